@@ -1,0 +1,44 @@
+"""gpustream: event-time stream processing on NVIDIA GPUs, with numba CPU twins.
+
+``import gpustream`` touches no GPU and loads neither numba's CUDA target nor cupy.
+
+Examples
+--------
+>>> import gpustream as gs
+>>> p = gs.Pipeline("hello", engine="cpu")
+>>> p.source(gs.from_arrow({"x": [1, 2, 3]})).filter(gs.col("x") > 1).collect().num_rows
+2
+"""
+
+from gpustream.backend import Backend, select_backend
+from gpustream.batch import Batch
+from gpustream.errors import BackendError, GpustreamError, PlanError
+from gpustream.expr import Expr, col, lit
+from gpustream.ingest.arrow import from_arrow
+from gpustream.pipeline import Pipeline, Stream
+from gpustream.runtime import RunStats
+from gpustream.sinks import Sink, to_callback, to_console
+from gpustream.watermark import Watermark
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "Batch",
+    "Expr",
+    "GpustreamError",
+    "Pipeline",
+    "PlanError",
+    "RunStats",
+    "Sink",
+    "Stream",
+    "Watermark",
+    "__version__",
+    "col",
+    "from_arrow",
+    "lit",
+    "select_backend",
+    "to_callback",
+    "to_console",
+]

@@ -1,0 +1,671 @@
+"""Column expressions: ``gs.col("price") * 0.9 > 100`` (Polars vocabulary).
+
+An expression is an immutable tree. The planner types it against a schema before
+anything runs (:func:`expr_type`), so a missing column or a type clash fails at plan
+time with the step, the column and the columns that exist; at run time it evaluates
+vectorized with the backend's array namespace ``xp`` (numpy or cupy), never per row.
+
+Null semantics follow SQL: arithmetic and comparisons with a null give null; ``&`` and
+``|`` use three-valued (Kleene) logic; a filter keeps only rows whose predicate is true.
+Division and modulo by zero give null, as in DuckDB. Integer arithmetic wraps on
+overflow, as in numpy. Python literals are "weak": ``col_int32 + 1`` stays int32.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from gpustream.batch import physical_dtype
+from gpustream.errors import PlanError
+
+if TYPE_CHECKING:
+    from gpustream.batch import Batch
+    from gpustream.ingest.dictionary import StringDictionary
+
+__all__ = ["Expr", "col", "evaluate", "expr_type", "lit"]
+
+Scalar = bool | int | float | str
+
+_ARITH = {"+": "add", "-": "subtract", "*": "multiply", "/": "true_divide",
+          "//": "floor_divide", "%": "remainder"}
+_COMPARE = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal",
+            ">": "greater", ">=": "greater_equal"}
+_LOGIC = {"&": "logical_and", "|": "logical_or", "^": "logical_xor"}
+_FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+class Expr:
+    """Base of all column expressions; build them with :func:`col` and :func:`lit`.
+
+    Examples
+    --------
+    >>> e = (col("price") * 0.9 > 100) & ~col("flag")
+    >>> e
+    (((col('price') * 0.9) > 100) & ~col('flag'))
+    """
+
+    # arithmetic
+    def __add__(self, other: Any) -> Expr:
+        return BinOp("+", self, _wrap(other))
+
+    def __radd__(self, other: Any) -> Expr:
+        return BinOp("+", _wrap(other), self)
+
+    def __sub__(self, other: Any) -> Expr:
+        return BinOp("-", self, _wrap(other))
+
+    def __rsub__(self, other: Any) -> Expr:
+        return BinOp("-", _wrap(other), self)
+
+    def __mul__(self, other: Any) -> Expr:
+        return BinOp("*", self, _wrap(other))
+
+    def __rmul__(self, other: Any) -> Expr:
+        return BinOp("*", _wrap(other), self)
+
+    def __truediv__(self, other: Any) -> Expr:
+        return BinOp("/", self, _wrap(other))
+
+    def __rtruediv__(self, other: Any) -> Expr:
+        return BinOp("/", _wrap(other), self)
+
+    def __floordiv__(self, other: Any) -> Expr:
+        return BinOp("//", self, _wrap(other))
+
+    def __rfloordiv__(self, other: Any) -> Expr:
+        return BinOp("//", _wrap(other), self)
+
+    def __mod__(self, other: Any) -> Expr:
+        return BinOp("%", self, _wrap(other))
+
+    def __rmod__(self, other: Any) -> Expr:
+        return BinOp("%", _wrap(other), self)
+
+    def __neg__(self) -> Expr:
+        return UnaryOp("-", self)
+
+    def __abs__(self) -> Expr:
+        return UnaryOp("abs", self)
+
+    def abs(self) -> Expr:
+        """Absolute value."""
+        return UnaryOp("abs", self)
+
+    # comparisons (return expressions, as in Polars)
+    def __eq__(self, other: Any) -> Expr:  # type: ignore[override]
+        return BinOp("==", self, _wrap(other))
+
+    def __ne__(self, other: Any) -> Expr:  # type: ignore[override]
+        return BinOp("!=", self, _wrap(other))
+
+    def __lt__(self, other: Any) -> Expr:
+        return BinOp("<", self, _wrap(other))
+
+    def __le__(self, other: Any) -> Expr:
+        return BinOp("<=", self, _wrap(other))
+
+    def __gt__(self, other: Any) -> Expr:
+        return BinOp(">", self, _wrap(other))
+
+    def __ge__(self, other: Any) -> Expr:
+        return BinOp(">=", self, _wrap(other))
+
+    __hash__ = object.__hash__
+
+    # logic
+    def __and__(self, other: Any) -> Expr:
+        return BinOp("&", self, _wrap(other))
+
+    def __rand__(self, other: Any) -> Expr:
+        return BinOp("&", _wrap(other), self)
+
+    def __or__(self, other: Any) -> Expr:
+        return BinOp("|", self, _wrap(other))
+
+    def __ror__(self, other: Any) -> Expr:
+        return BinOp("|", _wrap(other), self)
+
+    def __xor__(self, other: Any) -> Expr:
+        return BinOp("^", self, _wrap(other))
+
+    def __invert__(self) -> Expr:
+        return UnaryOp("~", self)
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "an expression has no truth value: combine conditions with & | ~ instead of "
+            "and/or/not, and wrap each comparison in parentheses"
+        )
+
+    # nulls and types
+    def is_null(self) -> Expr:
+        """True where the value is null.
+
+        Examples
+        --------
+        >>> col("v").is_null()
+        col('v').is_null()
+        """
+        return IsNull(self, negate=False)
+
+    def is_not_null(self) -> Expr:
+        """True where the value is present."""
+        return IsNull(self, negate=True)
+
+    def fill_null(self, value: Scalar) -> Expr:
+        """Replace nulls with ``value``.
+
+        Examples
+        --------
+        >>> col("v").fill_null(0)
+        col('v').fill_null(0)
+        """
+        return FillNull(self, value)
+
+    def cast(self, dtype: str | pa.DataType | np.dtype | type) -> Expr:
+        """Convert to another type (numbers, bool, timestamps).
+
+        Parameters
+        ----------
+        dtype
+            An Arrow type, a numpy dtype, or a name such as ``"float32"``, ``"int64"``,
+            ``"bool"``, ``"timestamp[ms]"``.
+
+        Examples
+        --------
+        >>> col("v").cast("float32")
+        col('v').cast(float)
+        """
+        return Cast(self, _to_arrow_type(dtype))
+
+    def columns(self) -> set[str]:
+        """Every column name the expression reads.
+
+        Examples
+        --------
+        >>> sorted((col("a") + col("b") * 2).columns())
+        ['a', 'b']
+        """
+        out: set[str] = set()
+        stack: list[Expr] = [self]
+        while stack:
+            e = stack.pop()
+            if isinstance(e, Col):
+                out.add(e.name)
+            stack.extend(e._children())
+        return out
+
+    def _children(self) -> Sequence[Expr]:
+        return ()
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Col(Expr):
+    """A reference to a column by name."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"col({self.name!r})"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Lit(Expr):
+    """A literal value (bool, int, float or str)."""
+
+    value: Scalar
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class BinOp(Expr):
+    """A binary operation: arithmetic, comparison or logic."""
+
+    op: str
+    left: Expr
+    right: Expr
+
+    def __repr__(self) -> str:
+        return f"({self.left!r} {self.op} {self.right!r})"
+
+    def _children(self) -> Sequence[Expr]:
+        return (self.left, self.right)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class UnaryOp(Expr):
+    """Negation (``-``), absolute value (``abs``) or logical not (``~``)."""
+
+    op: str
+    operand: Expr
+
+    def __repr__(self) -> str:
+        return f"abs({self.operand!r})" if self.op == "abs" else f"{self.op}{self.operand!r}"
+
+    def _children(self) -> Sequence[Expr]:
+        return (self.operand,)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class IsNull(Expr):
+    """``is_null()`` / ``is_not_null()``."""
+
+    operand: Expr
+    negate: bool
+
+    def __repr__(self) -> str:
+        return f"{self.operand!r}.{'is_not_null' if self.negate else 'is_null'}()"
+
+    def _children(self) -> Sequence[Expr]:
+        return (self.operand,)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class FillNull(Expr):
+    """``fill_null(value)``."""
+
+    operand: Expr
+    value: Scalar
+
+    def __repr__(self) -> str:
+        return f"{self.operand!r}.fill_null({self.value!r})"
+
+    def _children(self) -> Sequence[Expr]:
+        return (self.operand,)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Cast(Expr):
+    """``cast(dtype)``."""
+
+    operand: Expr
+    to: pa.DataType
+
+    def __repr__(self) -> str:
+        return f"{self.operand!r}.cast({self.to})"
+
+    def _children(self) -> Sequence[Expr]:
+        return (self.operand,)
+
+
+def col(name: str) -> Expr:
+    """A column of the stream, by name.
+
+    Examples
+    --------
+    >>> col("price") > 100
+    (col('price') > 100)
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"col() takes a column name (a non-empty str), got {name!r}")
+    return Col(name)
+
+
+def lit(value: Scalar) -> Expr:
+    """A literal value.
+
+    Examples
+    --------
+    >>> lit(3) + col("x")
+    (3 + col('x'))
+    """
+    if isinstance(value, Expr):
+        return value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, (bool, int, float, str)):
+        raise TypeError(
+            f"literal {value!r} of type {type(value).__name__} is not supported; use a bool, "
+            "int, float or str"
+        )
+    return Lit(value)
+
+
+def _wrap(value: Any) -> Expr:
+    return value if isinstance(value, Expr) else lit(value)
+
+
+def _to_arrow_type(dtype: str | pa.DataType | np.dtype | type) -> pa.DataType:
+    if isinstance(dtype, pa.DataType):
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.strip().lower()
+        if name.startswith("timestamp"):
+            unit = name[len("timestamp"):].strip("[]() ") or "ms"
+            return pa.timestamp(unit)
+        if name in ("str", "string", "utf8"):
+            return pa.string()
+        if name == "bool":
+            return pa.bool_()
+        try:
+            return pa.from_numpy_dtype(np.dtype(name))
+        except TypeError as exc:
+            raise TypeError(f"unknown type {dtype!r}; use e.g. 'int64', 'float32', 'bool'") from exc
+    return pa.from_numpy_dtype(np.dtype(dtype))
+
+
+# --------------------------------------------------------------------------------------
+# typing (plan time)
+# --------------------------------------------------------------------------------------
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _lit_type(value: Scalar) -> pa.DataType:
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    return pa.string()
+
+
+def _describe(e: Expr, t: pa.DataType) -> str:
+    if isinstance(e, Col):
+        return f"column {e.name!r} ({t})"
+    if isinstance(e, Lit):
+        return f"{type(e.value).__name__} literal {e.value!r}"
+    return f"expression {e!r} ({t})"
+
+
+def _operand_for_numpy(e: Expr, t: pa.DataType) -> Any:
+    """What stands for an operand in numpy's type resolution: literals stay weak scalars."""
+    if isinstance(e, Lit) and not isinstance(e.value, str):
+        return e.value
+    return np.empty(0, dtype=physical_dtype(t))
+
+
+def _numpy_result(op: str, left: Any, right: Any, where: str, what: str) -> pa.DataType:
+    ufunc = getattr(np, _ARITH.get(op) or _COMPARE[op])
+    try:
+        with np.errstate(all="ignore"):
+            out = ufunc(left, right)
+    except OverflowError as exc:
+        raise PlanError(
+            f"{where}: {what}: {exc}; cast the column to a wider type first, e.g. "
+            ".cast('int64')"
+        ) from exc
+    return pa.from_numpy_dtype(np.asarray(out).dtype)
+
+
+def expr_type(expr: Expr, schema: pa.Schema, where: str = "expression") -> pa.DataType:
+    """The Arrow type an expression yields on ``schema``; raises :class:`PlanError` if invalid.
+
+    Parameters
+    ----------
+    expr
+        The expression.
+    schema
+        The schema of the stream it runs on.
+    where
+        Names the step in error messages, e.g. ``"step 2 (filter)"``.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> s = pa.schema({"price": pa.int32(), "name": pa.string()})
+    >>> expr_type(col("price") + 1, s), expr_type(col("price") / 2, s)
+    (DataType(int32), DataType(double))
+    >>> expr_type(col("prize") > 1, s, "step 1 (filter)")
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: step 1 (filter): unknown column 'prize'; did you mean 'price'? The columns are: price, name
+    >>> expr_type(col("name") + 1, s, "step 2 (with_columns)")
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: step 2 (with_columns): '+' needs numbers, but column 'name' (string) is not a number; cast it or use another column
+    """
+    if isinstance(expr, Col):
+        if expr.name not in schema.names:
+            hint = difflib.get_close_matches(expr.name, schema.names, n=1)
+            did = f"; did you mean {hint[0]!r}?" if hint else "."
+            raise PlanError(
+                f"{where}: unknown column {expr.name!r}{did} The columns are: "
+                f"{', '.join(schema.names)}"
+            )
+        return schema.field(expr.name).type
+    if isinstance(expr, Lit):
+        return _lit_type(expr.value)
+    if isinstance(expr, BinOp):
+        return _binop_type(expr, schema, where)
+    if isinstance(expr, UnaryOp):
+        t = expr_type(expr.operand, schema, where)
+        if expr.op == "~":
+            if not pa.types.is_boolean(t):
+                raise PlanError(
+                    f"{where}: '~' needs a bool, but {_describe(expr.operand, t)} is not; "
+                    "compare it first, e.g. col('x') > 0"
+                )
+            return t
+        if not _is_numeric(t):
+            raise PlanError(
+                f"{where}: '{expr.op}' needs a number, but {_describe(expr.operand, t)} is not"
+            )
+        return pa.int64() if pa.types.is_timestamp(t) else t
+    if isinstance(expr, IsNull):
+        expr_type(expr.operand, schema, where)
+        return pa.bool_()
+    if isinstance(expr, FillNull):
+        t = expr_type(expr.operand, schema, where)
+        fill_t = _lit_type(expr.value)
+        if _is_string(t) or _is_string(fill_t):
+            raise PlanError(f"{where}: fill_null on strings is not supported yet; filter the "
+                            "nulls out with .is_not_null() instead")
+        if pa.types.is_boolean(t) != pa.types.is_boolean(fill_t):
+            raise PlanError(f"{where}: fill_null({expr.value!r}) does not fit "
+                            f"{_describe(expr.operand, t)}; use a value of its type")
+        if pa.types.is_integer(t) and isinstance(expr.value, float):
+            raise PlanError(f"{where}: fill_null({expr.value!r}) does not fit "
+                            f"{_describe(expr.operand, t)}; cast it to float first")
+        return t
+    if isinstance(expr, Cast):
+        t = expr_type(expr.operand, schema, where)
+        to = expr.to
+        if _is_string(t) or _is_string(to):
+            raise PlanError(f"{where}: casting {_describe(expr.operand, t)} to {to} is not "
+                            "supported; strings are dictionary codes and convert only to themselves")
+        try:
+            physical_dtype(to, column=repr(expr))
+        except TypeError as exc:
+            raise PlanError(f"{where}: {exc}") from exc
+        return to
+    raise PlanError(f"{where}: {expr!r} is not a column expression")
+
+
+def _binop_type(expr: BinOp, schema: pa.Schema, where: str) -> pa.DataType:
+    lt = expr_type(expr.left, schema, where)
+    rt = expr_type(expr.right, schema, where)
+    op = expr.op
+    if op in _LOGIC:
+        for e, t in ((expr.left, lt), (expr.right, rt)):
+            if not pa.types.is_boolean(t):
+                raise PlanError(
+                    f"{where}: '{op}' combines conditions, but {_describe(e, t)} is not a bool; "
+                    "compare it first, e.g. (col('x') > 0)"
+                )
+        return pa.bool_()
+    if op in _COMPARE:
+        if _is_string(lt) or _is_string(rt):
+            if op not in ("==", "!="):
+                raise PlanError(f"{where}: strings support only == and !=, not '{op}'")
+            str_side = [e for e, t in ((expr.left, lt), (expr.right, rt)) if _is_string(t)]
+            other = expr.right if str_side[0] is expr.left else expr.left
+            other_t = rt if other is expr.right else lt
+            if not (isinstance(other, Lit) and isinstance(other.value, str)):
+                if len(str_side) == 2:
+                    raise PlanError(f"{where}: comparing two string columns is not supported "
+                                    "yet; compare each with a string literal")
+                raise PlanError(f"{where}: cannot compare {_describe(str_side[0], pa.string())} "
+                                f"with {_describe(other, other_t)}")
+            if not isinstance(str_side[0], Col):
+                raise PlanError(f"{where}: compare string columns directly with a literal")
+            return pa.bool_()
+        if pa.types.is_boolean(lt) or pa.types.is_boolean(rt):
+            if not (pa.types.is_boolean(lt) and pa.types.is_boolean(rt)) or op not in ("==", "!="):
+                raise PlanError(f"{where}: cannot compare {_describe(expr.left, lt)} with "
+                                f"{_describe(expr.right, rt)} using '{op}'")
+            return pa.bool_()
+        _check_numeric(op, ((expr.left, lt), (expr.right, rt)), where)
+        what = f"{_describe(expr.left, lt)} {op} {_describe(expr.right, rt)}"
+        _numpy_result(op, _operand_for_numpy(expr.left, lt), _operand_for_numpy(expr.right, rt),
+                      where, what)
+        return pa.bool_()
+    if op in _ARITH:
+        _check_numeric(op, ((expr.left, lt), (expr.right, rt)), where)
+        lt2 = pa.int64() if pa.types.is_timestamp(lt) else lt
+        rt2 = pa.int64() if pa.types.is_timestamp(rt) else rt
+        what = f"{_describe(expr.left, lt)} {op} {_describe(expr.right, rt)}"
+        return _numpy_result(op, _operand_for_numpy(expr.left, lt2),
+                             _operand_for_numpy(expr.right, rt2), where, what)
+    raise PlanError(f"{where}: unknown operator {op!r}")
+
+
+def _check_numeric(op: str, sides: Sequence[tuple[Expr, pa.DataType]], where: str) -> None:
+    for e, t in sides:
+        if not _is_numeric(t):
+            raise PlanError(
+                f"{where}: '{op}' needs numbers, but {_describe(e, t)} is not a number; "
+                "cast it or use another column"
+            )
+
+
+# --------------------------------------------------------------------------------------
+# evaluation (run time, vectorized)
+# --------------------------------------------------------------------------------------
+
+class Column(NamedTuple):
+    """An evaluated expression: values, validity (None = no nulls), dictionary for strings."""
+
+    values: Any
+    valid: Any | None
+    dictionary: StringDictionary | None = None
+
+
+def _and_valid(xp: ModuleType, a: Any | None, b: Any | None) -> Any | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return xp.logical_and(a, b)
+
+
+def evaluate(expr: Expr, batch: Batch, xp: ModuleType) -> Column:
+    """Evaluate a (type-checked) expression on a batch with array namespace ``xp``.
+
+    Literals stay scalars; the result of a bare literal is broadcast to the batch length.
+
+    Examples
+    --------
+    >>> import numpy as np, pyarrow as pa
+    >>> from gpustream.batch import Batch
+    >>> b = Batch.from_arrow(pa.record_batch({"x": [1, 2, None], "y": [2, 0, 1]}))
+    >>> out = evaluate(col("x") / col("y"), b, np)
+    >>> out.values[out.valid].tolist(), out.valid.tolist()
+    ([0.5], [True, False, False])
+    """
+    out = _eval(expr, batch, xp)
+    if not hasattr(out.values, "shape") or out.values.shape == ():
+        value = out.values
+        return Column(xp.full(batch.num_rows, value, dtype=np.asarray(value).dtype), None)
+    return out
+
+
+def _eval(expr: Expr, batch: Batch, xp: ModuleType) -> Column:
+    if isinstance(expr, Col):
+        return Column(batch[expr.name], batch.validity(expr.name),
+                      batch.dictionaries.get(expr.name))
+    if isinstance(expr, Lit):
+        return Column(expr.value, None)
+    if isinstance(expr, BinOp):
+        return _eval_binop(expr, batch, xp)
+    if isinstance(expr, UnaryOp):
+        c = _eval(expr.operand, batch, xp)
+        fn = {"-": xp.negative, "abs": xp.abs, "~": xp.logical_not}[expr.op]
+        return Column(fn(c.values), c.valid)
+    if isinstance(expr, IsNull):
+        c = _eval(expr.operand, batch, xp)
+        if c.valid is None:
+            return Column(xp.full(batch.num_rows, expr.negate, dtype=np.bool_), None)
+        return Column(c.valid.copy() if expr.negate else xp.logical_not(c.valid), None)
+    if isinstance(expr, FillNull):
+        c = _eval(expr.operand, batch, xp)
+        if c.valid is None:
+            return c
+        values = xp.where(c.valid, c.values, xp.asarray(expr.value, dtype=c.values.dtype))
+        return Column(values, None)
+    if isinstance(expr, Cast):
+        c = _eval(expr.operand, batch, xp)
+        dtype = physical_dtype(expr.to)
+        if not hasattr(c.values, "astype"):
+            return Column(np.asarray(c.values).astype(dtype)[()], None)
+        return Column(c.values.astype(dtype, copy=False), c.valid)
+    raise TypeError(f"cannot evaluate {expr!r}")
+
+
+def _eval_binop(expr: BinOp, batch: Batch, xp: ModuleType) -> Column:
+    op = expr.op
+    left = _eval(expr.left, batch, xp)
+    right = _eval(expr.right, batch, xp)
+    if op in ("==", "!=") and (left.dictionary is not None or right.dictionary is not None):
+        # string column against a string literal: compare dictionary codes
+        c, s = (left, right) if left.dictionary is not None else (right, left)
+        assert c.dictionary is not None
+        code = c.dictionary.lookup(str(s.values))
+        fn = xp.equal if op == "==" else xp.not_equal
+        return Column(fn(c.values, np.int32(code)), c.valid)
+    valid = _and_valid(xp, left.valid, right.valid)
+    if op in _LOGIC:
+        lv, rv = left.values, right.values
+        values = getattr(xp, _LOGIC[op])(lv, rv)
+        if op != "^" and (left.valid is not None or right.valid is not None):
+            valid = _kleene_valid(xp, op, lv, left.valid, rv, right.valid)
+        return Column(values, valid)
+    if op in _COMPARE:
+        return Column(getattr(xp, _COMPARE[op])(left.values, right.values), valid)
+    lv, rv = left.values, right.values
+    if op in ("/", "//", "%"):
+        # division by zero gives null (as in DuckDB), never inf or a warning
+        if not hasattr(rv, "shape"):
+            if rv == 0:
+                rv = type(rv)(1)
+                valid = xp.zeros(batch.num_rows, dtype=np.bool_)
+        else:
+            zero = xp.equal(rv, 0)
+            valid = _and_valid(xp, valid, xp.logical_not(zero))
+            rv = xp.where(zero, xp.ones((), dtype=rv.dtype), rv)
+    if xp is np:
+        with np.errstate(all="ignore"):
+            values = getattr(np, _ARITH[op])(lv, rv)
+    else:
+        values = getattr(xp, _ARITH[op])(lv, rv)
+    return Column(values, valid)
+
+
+def _kleene_valid(xp: ModuleType, op: str, lv: Any, lvalid: Any | None, rv: Any,
+                  rvalid: Any | None) -> Any:
+    """Validity under three-valued logic: false & null = false, true | null = true."""
+    lval = lvalid if lvalid is not None else True
+    rval = rvalid if rvalid is not None else True
+    both = xp.logical_and(lval, rval)
+    if op == "&":
+        decided_l = xp.logical_and(lval, xp.logical_not(lv))
+        decided_r = xp.logical_and(rval, xp.logical_not(rv))
+    else:
+        decided_l = xp.logical_and(lval, lv)
+        decided_r = xp.logical_and(rval, rv)
+    return xp.logical_or(both, xp.logical_or(decided_l, decided_r))

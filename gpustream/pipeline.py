@@ -1,0 +1,261 @@
+"""The fluent API: ``gs.Pipeline`` and ``Stream`` (DESIGN.md section 9)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from gpustream.backend import ENGINES, Backend, select_backend
+from gpustream.errors import PlanError
+from gpustream.expr import Col, Expr, lit
+from gpustream.ingest.source import Source
+from gpustream.plan import FilterNode, Node, SelectNode, SourceNode, WithColumnsNode, output_schema
+from gpustream.planner import build_physical, render_plan
+from gpustream.runtime import RunStats, execute
+from gpustream.sinks import CollectSink, Sink
+from gpustream.watermark import Watermark
+
+__all__ = ["Pipeline", "Stream"]
+
+
+class Pipeline:
+    """A streaming job: sources, the steps applied to them, and sinks.
+
+    Parameters
+    ----------
+    name
+        Names the job in logs, metrics and checkpoints.
+    engine
+        ``"auto"`` (a GPU when one works, else the CPU, saying why), ``"cpu"`` or
+        ``"cuda"``; ``"cudasim"`` runs the cuda backend under numba's simulator (tests).
+        ``GPUSTREAM_ENGINE`` overrides it. The backend is chosen once, when the pipeline is
+        first planned (``explain()``, ``run()``, ``collect()``).
+
+    Examples
+    --------
+    >>> import gpustream as gs
+    >>> p = gs.Pipeline("demo", engine="cpu")
+    >>> s = p.source(gs.from_arrow({"x": [1, 2, 3], "y": [1.0, 2.0, 4.0]}))
+    >>> s.filter(gs.col("x") >= 2).with_columns(z=gs.col("x") * gs.col("y")).collect().to_pydict()
+    {'x': [2, 3], 'y': [2.0, 4.0], 'z': [4.0, 12.0]}
+    """
+
+    def __init__(self, name: str = "pipeline", engine: str = "auto") -> None:
+        if engine not in ENGINES:
+            raise PlanError(f"Pipeline {name!r}: engine={engine!r} is not one of "
+                            f"{', '.join(ENGINES[:3])}")
+        self.name = name
+        self.engine = engine
+        self._sinks: list[tuple[Node, Sink]] = []
+        self._nodes: list[Node] = []
+        self._source_names: set[str] = set()
+        self._backend: Backend | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """The backend this pipeline runs on (chosen on first use, then fixed)."""
+        if self._backend is None:
+            self._backend = select_backend(self.engine)
+        return self._backend
+
+    def source(
+        self,
+        source: Source,
+        event_time: str | None = None,
+        watermark: Watermark | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Add a source; returns its stream.
+
+        Parameters
+        ----------
+        source
+            E.g. ``gs.from_arrow(table, batch_rows=...)``.
+        event_time
+            The event-time column (timestamp or int milliseconds); windows need it.
+        watermark
+            E.g. ``gs.Watermark.bounded("2s")``.
+        name
+            A stable name for this source (default ``source``, ``source_1`` …).
+        """
+        if not isinstance(source, Source):
+            raise PlanError(
+                f"Pipeline.source takes a source such as gs.from_arrow(...), got "
+                f"{type(source).__name__}"
+            )
+        if watermark is not None and not isinstance(watermark, Watermark):
+            raise PlanError("Pipeline.source: watermark must be gs.Watermark.bounded(delay)")
+        if name is None:
+            name = "source" if "source" not in self._source_names else (
+                f"source_{len(self._source_names)}")
+        if name in self._source_names:
+            raise PlanError(f"Pipeline {self.name!r}: a source named {name!r} exists already; "
+                            "give each source its own name=")
+        node = SourceNode(source, event_time, watermark, name)
+        schema = output_schema(node)
+        self._source_names.add(name)
+        return self._stream(node, schema)
+
+    def _stream(self, node: Node, schema: pa.Schema) -> Stream:
+        self._nodes.append(node)
+        return Stream(self, node, schema)
+
+    def _sink(self, node: Node, sink: Sink) -> None:
+        self._sinks.append((node, sink))
+
+    def explain(self) -> str:
+        """The plan, the backend that runs it and, on fallback, why the GPU is not used.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline("doc", engine="cpu")
+        >>> _ = p.source(gs.from_arrow({"x": [1]}), name="nums").filter(gs.col("x") > 0)
+        >>> print(p.explain())
+        pipeline 'doc'
+        backend: cpu (engine='cpu' was asked for)
+        plan:
+          (no sink)
+            step 1 (filter) (col('x') > 0)  [x: int64]
+              step 0 (source) 'nums': from_arrow(1 rows, batch_rows=65536)  [x: int64]
+        """
+        used = {id(i) for n in self._nodes for i in n.inputs} | {id(n) for n, _ in self._sinks}
+        dangling = [n for n in self._nodes if id(n) not in used]
+        lines = [f"pipeline {self.name!r}", f"backend: {self.backend.describe()}", "plan:"]
+        lines += ["  " + line for line in render_plan(self._sinks, dangling)]
+        return "\n".join(lines)
+
+    def run(self, max_events: int | None = None) -> RunStats:
+        """Run until the bounded sources end (or after ``max_events`` input events).
+
+        Returns
+        -------
+        RunStats
+            Events in and out, batches, late events, bad records, elapsed time.
+        """
+        plan = build_physical(self._sinks, self.backend)
+        return execute(plan, self.name, max_events)
+
+
+class Stream:
+    """A stream of rows with a known schema; methods return new streams.
+
+    Build streams with :meth:`Pipeline.source`; never construct one directly.
+    """
+
+    def __init__(self, pipeline: Pipeline, node: Node, schema: pa.Schema) -> None:
+        self._pipeline = pipeline
+        self._node = node
+        self._schema = schema
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The rows' schema (strings as ``string``, timestamps with their unit)."""
+        return self._schema
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline this stream belongs to."""
+        return self._pipeline
+
+    def _then(self, node: Node) -> Stream:
+        schema = output_schema(node, {id(self._node): self._schema})
+        return self._pipeline._stream(node, schema)
+
+    def filter(self, predicate: Expr) -> Stream:
+        """Keep the rows where ``predicate`` is true (null counts as false, as in SQL).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"x": [1, None, 3]}))
+        >>> s.filter(gs.col("x") > 1).collect()["x"].to_pylist()
+        [3]
+        """
+        if not isinstance(predicate, Expr):
+            raise PlanError(f"step {self._node.step + 1} (filter): expected an expression such "
+                            f"as gs.col('x') > 0, got {predicate!r}")
+        return self._then(FilterNode(self._node, predicate))
+
+    def with_columns(
+        self, exprs: Mapping[str, Expr | Any] | None = None, **named: Expr | Any
+    ) -> Stream:
+        """Add or replace columns (``name=expression``; plain values become literals).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"price": [100, 250]}))
+        >>> s.with_columns(usd=gs.col("price") * 0.5).collect()["usd"].to_pylist()
+        [50.0, 125.0]
+        """
+        items = {**(dict(exprs) if exprs else {}), **named}
+        if not items:
+            raise PlanError(f"step {self._node.step + 1} (with_columns): name at least one "
+                            "column, e.g. with_columns(usd=gs.col('price') * 0.9)")
+        pairs = tuple((str(n), e if isinstance(e, Expr) else lit(e)) for n, e in items.items())
+        return self._then(WithColumnsNode(self._node, pairs))
+
+    def select(self, *columns: str | Expr, **named: Expr | Any) -> Stream:
+        """Keep exactly these columns, in this order: names, ``gs.col(...)`` or ``name=expr``.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"a": [1], "b": [2], "c": [3]}))
+        >>> s.select("c", "a", d=gs.col("b") + 1).collect().to_pydict()
+        {'c': [3], 'a': [1], 'd': [3]}
+        """
+        pairs: list[tuple[str, Expr]] = []
+        for c in columns:
+            if isinstance(c, str):
+                pairs.append((c, Col(c)))
+            elif isinstance(c, Col):
+                pairs.append((c.name, c))
+            else:
+                raise PlanError(
+                    f"step {self._node.step + 1} (select): {c!r} needs a name; pass it as "
+                    "name=expression"
+                )
+        pairs += [(str(n), e if isinstance(e, Expr) else lit(e)) for n, e in named.items()]
+        return self._then(SelectNode(self._node, tuple(pairs)))
+
+    def sink(self, sink: Sink) -> Stream:
+        """Send this stream's rows to ``sink`` when the pipeline runs; returns this stream."""
+        if not isinstance(sink, Sink):
+            raise PlanError(f"Stream.sink takes a sink such as gs.to_console(), got "
+                            f"{type(sink).__name__}")
+        self._pipeline._sink(self._node, sink)
+        return self
+
+    def collect(self) -> pa.Table:
+        """Run this stream's part of the pipeline to the end and return its rows.
+
+        Only this stream's upstream runs; the pipeline's sinks are not written. The
+        sources must be bounded.
+        """
+        unbounded = [
+            n.name for n in _sources_of(self._node) if not n.source.bounded
+        ]
+        if unbounded:
+            raise PlanError(f"collect() needs bounded sources, but {', '.join(unbounded)} "
+                            "never ends; use .sink(...) and Pipeline.run() instead")
+        sink = CollectSink()
+        plan = build_physical([(self._node, sink)], self._pipeline.backend)
+        execute(plan, self._pipeline.name)
+        return sink.table()
+
+    def __repr__(self) -> str:
+        cols = ", ".join(f"{f.name}: {f.type}" for f in self._schema)
+        return f"Stream({self._node.label} of {self._pipeline.name!r}: [{cols}])"
+
+
+def _sources_of(node: Node) -> list[SourceNode]:
+    from gpustream.plan import lineage
+
+    return [n for n in lineage(node) if isinstance(n, SourceNode)]

@@ -1,0 +1,124 @@
+"""From logical plan to physical operators for one backend (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from gpustream.backend import Backend
+from gpustream.errors import PlanError
+from gpustream.operators import FilterOp, Operator, ProjectOp
+from gpustream.plan import (
+    FilterNode,
+    Node,
+    SelectNode,
+    SourceNode,
+    WithColumnsNode,
+    lineage,
+    output_schema,
+)
+from gpustream.sinks import Sink
+
+__all__ = ["PhysicalNode", "PhysicalPlan", "build_physical", "render_plan"]
+
+
+@dataclass(eq=False)
+class PhysicalNode:
+    """An operator with the nodes and sinks its output feeds."""
+
+    node: Node
+    op: Operator
+    schema: pa.Schema
+    children: list[PhysicalNode] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
+
+
+@dataclass
+class PhysicalPlan:
+    """What the runtime executes: sources (in order) feeding a DAG of operators."""
+
+    backend: Backend
+    sources: list[PhysicalNode]
+    sinks: list[tuple[PhysicalNode, Sink]]
+
+
+def _operator(node: Node, schema: pa.Schema, backend: Backend) -> Operator:
+    xp = backend.xp
+    if isinstance(node, SourceNode):
+        return Operator()
+    if isinstance(node, FilterNode):
+        return FilterOp(node.predicate, xp)
+    if isinstance(node, WithColumnsNode):
+        return ProjectOp(node.exprs, schema, True, xp)
+    if isinstance(node, SelectNode):
+        return ProjectOp(node.exprs, schema, False, xp)
+    raise PlanError(f"{node.label}: no physical operator for {type(node).__name__}")
+
+
+def build_physical(targets: list[tuple[Node, Sink]], backend: Backend) -> PhysicalPlan:
+    """Validate every node that feeds a sink and build one operator per node.
+
+    Raises
+    ------
+    PlanError
+        When there is nothing to run, or a step is invalid.
+    """
+    if not targets:
+        raise PlanError(
+            "the pipeline has no sinks: add one with Stream.sink(gs.to_console()) or call "
+            "Stream.collect()"
+        )
+    memo: dict[int, pa.Schema] = {}
+    phys: dict[int, PhysicalNode] = {}
+    sources: list[PhysicalNode] = []
+    for target, _ in targets:
+        output_schema(target, memo)
+        for n in lineage(target):
+            if id(n) in phys:
+                continue
+            pn = PhysicalNode(n, _operator(n, memo[id(n)], backend), memo[id(n)])
+            phys[id(n)] = pn
+            for parent in n.inputs:
+                phys[id(parent)].children.append(pn)
+            if isinstance(n, SourceNode):
+                sources.append(pn)
+    sinks = []
+    for target, sink in targets:
+        pn = phys[id(target)]
+        pn.sinks.append(sink)
+        sinks.append((pn, sink))
+    return PhysicalPlan(backend, sources, sinks)
+
+
+def render_plan(targets: list[tuple[Node, Sink]], dangling: list[Node]) -> list[str]:
+    """The plan as indented lines, from each sink up to its sources.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.sinks import CollectSink
+    >>> s = SourceNode(from_arrow(pa.table({"x": [1]})), name="nums")
+    >>> print("\\n".join(render_plan([(s, CollectSink())], [])))
+    sink collect
+      step 0 (source) 'nums': from_arrow(1 rows, batch_rows=65536)  [x: int64]
+    """
+    memo: dict[int, pa.Schema] = {}
+    lines: list[str] = []
+
+    def walk(n: Node, depth: int) -> None:
+        schema = output_schema(n, memo)
+        cols = ", ".join(f"{f.name}: {f.type}" for f in schema)
+        detail = n.detail()
+        lines.append(f"{'  ' * depth}{n.label}{' ' + detail if detail else ''}  [{cols}]")
+        for i in n.inputs:
+            walk(i, depth + 1)
+
+    for target, sink in targets:
+        lines.append(f"sink {sink.describe()}")
+        walk(target, 1)
+    for n in dangling:
+        lines.append("(no sink)")
+        walk(n, 1)
+    return lines

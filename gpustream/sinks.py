@@ -1,0 +1,151 @@
+"""Sinks: where a stream's rows go. More sinks (files, brokers) arrive with issue 5."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from gpustream.batch import Batch
+
+__all__ = ["CallbackSink", "CollectSink", "ConsoleSink", "Sink", "to_callback", "to_console"]
+
+
+class Sink:
+    """A sink receives host Arrow record batches: ``open(schema)``, ``write`` …, ``close()``."""
+
+    name = "sink"
+
+    def open(self, schema: pa.Schema) -> None:
+        """Called once before the first batch, with the stream's schema."""
+        self.schema = schema
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Called for each non-empty output batch, in order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Called once when the run ends."""
+
+    def describe(self) -> str:
+        """One line for ``explain()``."""
+        return self.name
+
+
+class CallbackSink(Sink):
+    """Calls ``fn(record_batch)`` for every output batch."""
+
+    def __init__(self, fn: Callable[[pa.RecordBatch], Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"to_callback needs a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.name = f"callback {getattr(fn, '__name__', repr(fn))}"
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.fn(batch)
+
+
+class CollectSink(Sink):
+    """Keeps every batch in memory; ``table()`` concatenates them."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self.schema: pa.Schema | None = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.batches.append(batch)
+
+    def table(self) -> pa.Table:
+        """All collected rows as one table (empty with the schema when there were none)."""
+        if self.batches:
+            return pa.Table.from_batches(self.batches)
+        assert self.schema is not None, "table() before open()"
+        return self.schema.empty_table()
+
+
+class ConsoleSink(Sink):
+    """Prints each batch as a rich table (at most ``max_rows`` rows of each)."""
+
+    def __init__(self, max_rows: int = 20, console: Any = None) -> None:
+        if max_rows < 1:
+            raise ValueError(f"to_console: max_rows must be >= 1, got {max_rows}")
+        self.max_rows = max_rows
+        self.console = console
+        self.name = f"console (max_rows={max_rows})"
+
+    def open(self, schema: pa.Schema) -> None:
+        super().open(schema)
+        if self.console is None:
+            from rich.console import Console
+
+            self.console = Console()
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        from rich.table import Table
+
+        table = Table(*batch.schema.names, caption=_caption(batch.num_rows, self.max_rows))
+        head = batch.slice(0, self.max_rows).to_pylist()
+        for row in head:
+            table.add_row(*("∅" if v is None else str(v) for v in row.values()))
+        self.console.print(table)
+
+
+def _caption(n: int, max_rows: int) -> str:
+    if n <= max_rows:
+        return f"{n} rows"
+    return f"{max_rows} of {n} rows"
+
+
+def to_callback(fn: Callable[[pa.RecordBatch], Any]) -> CallbackSink:
+    """A sink that calls ``fn`` with each output ``pyarrow.RecordBatch``.
+
+    Examples
+    --------
+    >>> import gpustream as gs
+    >>> got = []
+    >>> p = gs.Pipeline("doc")
+    >>> s = p.source(gs.from_arrow({"x": [1, 2, 3]}, batch_rows=2))
+    >>> _ = s.filter(gs.col("x") != 2).sink(to_callback(lambda rb: got.extend(rb["x"].to_pylist())))
+    >>> stats = p.run()
+    >>> got
+    [1, 3]
+    """
+    return CallbackSink(fn)
+
+
+def to_console(max_rows: int = 20, console: Any = None) -> ConsoleSink:
+    """A sink that prints each output batch as a rich table.
+
+    Parameters
+    ----------
+    max_rows
+        Rows shown per batch; the caption says how many there were.
+    console
+        A ``rich.console.Console`` to print to (default: standard output).
+
+    Examples
+    --------
+    >>> import gpustream as gs
+    >>> from rich.console import Console
+    >>> p = gs.Pipeline("doc")
+    >>> con = Console(width=30, color_system=None)
+    >>> _ = p.source(gs.from_arrow({"x": [1, 2], "s": ["a", None]})).sink(to_console(console=con))
+    >>> _ = p.run()
+    ┏━━━┳━━━┓
+    ┃ x ┃ s ┃
+    ┡━━━╇━━━┩
+    │ 1 │ a │
+    │ 2 │ ∅ │
+    └───┴───┘
+     2 rows
+    """
+    return ConsoleSink(max_rows, console)
+
+
+def write_batch(sink: Sink, batch: Batch) -> None:
+    """Hand a batch to a sink as host Arrow (skipping empty batches)."""
+    if batch.num_rows:
+        sink.write(batch.to_arrow())

@@ -1,0 +1,90 @@
+"""Append-only string dictionaries: strings become int32 codes at ingest.
+
+One dictionary per string column per stream; it grows across batches in order of first
+appearance (so codes never depend on how the stream is cut into batches) and is plain
+Arrow data, ready to be checkpointed. Kernels only ever see the codes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["StringDictionary"]
+
+
+class StringDictionary:
+    """Maps strings to stable int32 codes; grows across batches.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> d = StringDictionary()
+    >>> codes, valid = d.encode(pa.array(["b", "a", None, "b"]))
+    >>> codes.tolist(), valid.tolist()
+    ([0, 1, 0, 0], [True, True, False, True])
+    >>> d.encode(pa.array(["c", "a"]))[0].tolist()
+    [2, 1]
+    >>> d.decode(codes, valid).to_pylist()
+    ['b', 'a', None, 'b']
+    >>> d.lookup("a"), d.lookup("zebra")
+    (1, -1)
+    """
+
+    def __init__(self, values: pa.Array | None = None) -> None:
+        self._values: pa.Array = pa.array([], type=pa.large_string())
+        if values is not None:
+            self.restore(values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def values(self) -> pa.Array:
+        """The dictionary: code ``i`` stands for ``values[i]``."""
+        return self._values
+
+    def encode(self, array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Codes (int32) and validity (None when there are no nulls) for a string array."""
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if not pa.types.is_dictionary(array.type):
+            array = pc.dictionary_encode(array)
+        local_dict = array.dictionary.cast(pa.large_string())
+        local_idx = array.indices
+        pos = pc.index_in(local_dict, value_set=self._values)
+        missing = pos.is_null()
+        if pc.any(missing).as_py():
+            new_values = local_dict.filter(missing)
+            self._values = pa.concat_arrays([self._values, new_values])
+            pos = pc.index_in(local_dict, value_set=self._values)
+        remap = pos.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        if array.null_count:
+            idx = pc.fill_null(local_idx, 0).to_numpy(zero_copy_only=False)
+            valid = local_idx.is_valid().to_numpy(zero_copy_only=False)
+        else:
+            idx = local_idx.to_numpy(zero_copy_only=False)
+            valid = None
+        codes = remap[idx] if len(remap) else np.zeros(len(idx), dtype=np.int32)
+        return codes.astype(np.int32, copy=False), valid
+
+    def decode(self, codes: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+        """The strings (``pa.string()``) for host codes, with nulls where ``valid`` is False."""
+        mask = None if valid is None else ~np.asarray(valid, dtype=bool)
+        indices = pa.array(np.asarray(codes, dtype=np.int32), mask=mask)
+        return self._values.take(indices).cast(pa.string())
+
+    def lookup(self, value: str) -> int:
+        """The code of ``value``, or -1 when it has not been seen (it then matches no row)."""
+        pos = pc.index_in(pa.array([value], type=pa.large_string()), value_set=self._values)
+        code = pos[0].as_py()
+        return -1 if code is None else int(code)
+
+    def snapshot(self) -> pa.Array:
+        """The dictionary as an Arrow array, for checkpoints."""
+        return self._values
+
+    def restore(self, values: pa.Array) -> None:
+        """Replace the dictionary with a snapshot."""
+        self._values = values.cast(pa.large_string())

@@ -1,0 +1,49 @@
+"""The source contract: bounded or unbounded streams of Arrow record batches with offsets."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+__all__ = ["Source", "SourceBatch"]
+
+
+@dataclass(frozen=True)
+class SourceBatch:
+    """One batch from a source and the source's offset just after it.
+
+    ``offset`` is plain data (ints, strings, lists, dicts) that :meth:`Source.open` accepts
+    back to resume right after this batch: checkpoints store it.
+    """
+
+    data: pa.RecordBatch
+    offset: Any
+
+
+class Source(abc.ABC):
+    """Where events come from. Subclasses live in ``gpustream.ingest``.
+
+    A source knows its schema before it runs (so plans are checked before anything runs),
+    yields Arrow record batches in arrival order, and reports offsets.
+    """
+
+    #: A short description for ``explain()`` and error messages.
+    name: str = "source"
+    #: True when the source ends by itself (files, in-memory tables).
+    bounded: bool = True
+
+    @abc.abstractmethod
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the batches this source yields."""
+
+    @abc.abstractmethod
+    def open(self, offset: Any = None) -> Iterator[SourceBatch]:
+        """Yield batches, starting after ``offset`` (None: from the beginning)."""
+
+    def describe(self) -> str:
+        """One line for ``explain()``."""
+        return self.name

@@ -1,0 +1,120 @@
+"""Backend selection (DESIGN.md section 4): explicit, automatic, overridden, never silent."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import gpustream as gs
+from gpustream import backend as backend_mod
+from gpustream.backend import select_backend
+from gpustream.errors import BackendError
+from gpustream.probe import GpuInfo, ProbeResult, _probe, probe_gpu
+
+NO_GPU = ProbeResult((), "no NVIDIA driver: libcuda.so.1 could not be loaded")
+H100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", 85_000_000_000, (9, 0), "12.8")
+
+
+@pytest.fixture(autouse=True)
+def _no_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPUSTREAM_ENGINE", raising=False)
+
+
+def test_cpu_when_asked() -> None:
+    b = select_backend("cpu")
+    assert (b.name, b.fallback, b.requested) == ("cpu", None, "cpu")
+
+
+def test_auto_falls_back_to_cpu_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend_mod, "probe_gpu", lambda: NO_GPU)
+    b = select_backend("auto")
+    assert b.name == "cpu"
+    assert b.fallback == NO_GPU.reason
+    assert "GPU not used: no NVIDIA driver" in b.describe()
+
+
+def test_auto_falls_back_when_gpu_found_but_stack_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend_mod, "probe_gpu", lambda: ProbeResult((H100,)))
+    monkeypatch.setattr(backend_mod, "_cuda_stack_problem", lambda: "cupy is not installed")
+    b = select_backend("auto")
+    assert b.name == "cpu" and b.fallback == "cupy is not installed"
+
+
+def test_auto_picks_cuda_when_everything_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend_mod, "probe_gpu", lambda: ProbeResult((H100,)))
+    monkeypatch.setattr(backend_mod, "_cuda_stack_problem", lambda: None)
+    b = select_backend("auto")
+    assert b.name == "cuda" and b.device == H100
+    assert "NVIDIA H100" in b.reason and "sm_90" in b.reason
+
+
+def test_cuda_without_gpu_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend_mod, "probe_gpu", lambda: NO_GPU)
+    with pytest.raises(BackendError, match=r"needs a working NVIDIA GPU, but no NVIDIA driver.*"
+                                           r"engine='auto' or 'cpu'"):
+        select_backend("cuda")
+
+
+def test_env_var_overrides_the_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUSTREAM_ENGINE", "cpu")
+    b = select_backend("cuda")
+    assert b.name == "cpu"
+    assert "GPUSTREAM_ENGINE=cpu (overrides engine='cuda')" in b.reason
+
+
+def test_bad_env_var_names_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUSTREAM_ENGINE", "tpu")
+    with pytest.raises(BackendError, match="GPUSTREAM_ENGINE='tpu' is not an engine"):
+        select_backend("auto")
+
+
+def test_cudasim_needs_the_simulator_switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend_mod, "_cudasim_enabled", lambda: False)
+    with pytest.raises(BackendError, match="NUMBA_ENABLE_CUDASIM=1"):
+        select_backend("cudasim")
+
+
+def test_bad_engine_in_pipeline_fails_at_construction() -> None:
+    with pytest.raises(gs.PlanError, match="engine='gpu' is not one of auto, cpu, cuda"):
+        gs.Pipeline("p", engine="gpu")
+
+
+def test_probe_is_silent_and_explains_absence(capfd: pytest.CaptureFixture[str]) -> None:
+    r = _probe(("libdefinitely-not-cuda.so.7",))
+    assert not r.ok and "libcuda.so.1 could not be loaded" in r.reason
+    real = probe_gpu()
+    assert real.ok or real.reason
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_choice_is_made_once_and_logged(monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+    real = backend_mod.select_backend
+
+    def counting(engine: str) -> gs.Backend:
+        calls.append(engine)
+        return real(engine)
+
+    monkeypatch.setattr("gpustream.pipeline.select_backend", counting)
+    p = gs.Pipeline("once", engine="cpu")
+    s = p.source(gs.from_arrow({"x": [1, 2]}))
+    s.sink(gs.to_callback(lambda rb: None))
+    with caplog.at_level(logging.INFO, logger="gpustream"):
+        p.explain()
+        p.run()
+        s.collect()
+    assert calls == ["cpu"]
+    first = next(r.getMessage() for r in caplog.records)
+    assert first.startswith("pipeline 'once' runs on cpu (")
+
+
+def test_backend_fixture_arrays_round_trip(backend: gs.Backend) -> None:
+    import numpy as np
+
+    a = np.arange(10, dtype=np.int64)
+    dev = backend.to_device(a)
+    assert backend.to_host(dev).tolist() == a.tolist()
+    assert type(dev).__module__.split(".")[0] == ("cupy" if backend.name == "cuda" else "numpy")
