@@ -10,32 +10,43 @@ Examples
 2
 """
 
+from gpustream.aggs import Agg, count
 from gpustream.backend import Backend, select_backend
 from gpustream.batch import Batch
 from gpustream.errors import BackendError, GpustreamError, PlanError
 from gpustream.expr import Expr, col, lit
 from gpustream.ingest.arrow import from_arrow
-from gpustream.pipeline import Pipeline, Stream
+from gpustream.pipeline import AggStream, KeyedStream, Pipeline, Stream, WindowedStream
 from gpustream.runtime import RunStats
 from gpustream.sinks import Sink, to_callback, to_console
 from gpustream.watermark import Watermark
+from gpustream.windows import Session, Sliding, Tumbling, WindowAssigner
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agg",
+    "AggStream",
     "Backend",
     "BackendError",
     "Batch",
     "Expr",
     "GpustreamError",
+    "KeyedStream",
     "Pipeline",
     "PlanError",
     "RunStats",
+    "Session",
     "Sink",
+    "Sliding",
     "Stream",
+    "Tumbling",
     "Watermark",
+    "WindowAssigner",
+    "WindowedStream",
     "__version__",
     "col",
+    "count",
     "from_arrow",
     "lit",
     "select_backend",

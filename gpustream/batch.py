@@ -131,7 +131,7 @@ class Batch:
     True
     """
 
-    __slots__ = ("_columns", "_validity", "dictionaries", "schema")
+    __slots__ = ("_columns", "_validity", "dictionaries", "schema", "watermarks")
 
     def __init__(
         self,
@@ -139,8 +139,12 @@ class Batch:
         schema: pa.Schema,
         validity: Mapping[str, Any] | None = None,
         dictionaries: Mapping[str, StringDictionary] | None = None,
+        watermarks: Any | None = None,
     ) -> None:
         self._columns: dict[str, Any] = dict(columns)
+        #: Per-row event-time watermark (the watermark as of each event), set by the source
+        #: stage when the stream has an event time; it travels with the rows.
+        self.watermarks = watermarks
         self.schema = schema
         self._validity: dict[str, Any] = {k: v for k, v in (validity or {}).items() if v is not None}
         self.dictionaries: dict[str, StringDictionary] = dict(dictionaries or {})
@@ -245,6 +249,7 @@ class Batch:
             self.schema,
             {k: fn(v) for k, v in self._validity.items()},
             self.dictionaries,
+            None if self.watermarks is None else fn(self.watermarks),
         )
 
     # -- cudf (optional extra) ------------------------------------------------------------
@@ -322,6 +327,7 @@ class Batch:
             pa.schema([self.schema.field(n) for n in names]),
             {n: self._validity.get(n) for n in names},
             {n: self.dictionaries[n] for n in names if n in self.dictionaries},
+            self.watermarks,
         )
 
     def __repr__(self) -> str:

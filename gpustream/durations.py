@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-__all__ = ["Duration", "to_millis"]
+__all__ = ["Duration", "format_millis", "to_millis"]
 
 Duration = timedelta | int | str
 
@@ -60,3 +60,18 @@ def _whole_ms(ms: float, value: object, what: str) -> int:
     if ms != int(ms):
         raise ValueError(f"{what}: {value!r} is not a whole number of milliseconds")
     return int(ms)
+
+
+def format_millis(ms: int) -> str:
+    """The shortest exact text for a duration, as the API reads it back.
+
+    Examples
+    --------
+    >>> format_millis(9000), format_millis(250), format_millis(120_000), format_millis(3_600_000)
+    ('9s', '250ms', '2m', '1h')
+    """
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS_MS[unit]
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"

@@ -26,6 +26,7 @@ from gpustream.batch import physical_dtype
 from gpustream.errors import PlanError
 
 if TYPE_CHECKING:
+    from gpustream.aggs import Agg
     from gpustream.batch import Batch
     from gpustream.ingest.dictionary import StringDictionary
 
@@ -184,6 +185,73 @@ class Expr:
         col('v').cast(float)
         """
         return Cast(self, _to_arrow_type(dtype))
+
+    # aggregations (for windows)
+    def _agg(self, kind: str, precision: int = 12) -> Agg:
+        from gpustream.aggs import Agg
+
+        return Agg(kind, self, precision)
+
+    def sum(self) -> Agg:
+        """Sum of the non-null values (int64 for integers, float64 for floats).
+
+        Examples
+        --------
+        >>> col("v").sum()
+        col('v').sum()
+        """
+        return self._agg("sum")
+
+    def min(self) -> Agg:
+        """Smallest non-null value (numbers and timestamps)."""
+        return self._agg("min")
+
+    def max(self) -> Agg:
+        """Largest non-null value (numbers and timestamps)."""
+        return self._agg("max")
+
+    def mean(self) -> Agg:
+        """Mean of the non-null values (float64)."""
+        return self._agg("mean")
+
+    def var(self) -> Agg:
+        """Sample variance (ddof=1) of the non-null values; null below two values."""
+        return self._agg("var")
+
+    def std(self) -> Agg:
+        """Sample standard deviation (ddof=1); null below two values."""
+        return self._agg("std")
+
+    def first(self) -> Agg:
+        """The non-null value with the smallest event time (ties: the first to arrive)."""
+        return self._agg("first")
+
+    def last(self) -> Agg:
+        """The non-null value with the largest event time (ties: the last to arrive)."""
+        return self._agg("last")
+
+    def count(self) -> Agg:
+        """Number of non-null values (``gs.count()`` counts rows)."""
+        return self._agg("count_valid")
+
+    def count_distinct(self) -> Agg:
+        """Exact number of distinct non-null values."""
+        return self._agg("count_distinct")
+
+    def approx_count_distinct(self, precision: int = 12) -> Agg:
+        """Approximate number of distinct non-null values (HyperLogLog).
+
+        With ``precision=p`` the sketch has ``m = 2**p`` registers and a relative
+        standard error of about ``1.04 / sqrt(m)``: 1.6 % at the default p=12, 0.8 % at
+        p=14 (tested: within three standard errors). Each open (key, window) holds
+        ``4 * m`` bytes of registers (16 KiB at p=12).
+
+        Examples
+        --------
+        >>> col("user").approx_count_distinct(precision=14).precision
+        14
+        """
+        return self._agg("approx_count_distinct", precision)
 
     def columns(self) -> set[str]:
         """Every column name the expression reads.

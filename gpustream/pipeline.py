@@ -7,17 +7,29 @@ from typing import Any
 
 import pyarrow as pa
 
+from gpustream.aggs import Agg
 from gpustream.backend import ENGINES, Backend, select_backend
+from gpustream.durations import Duration, to_millis
 from gpustream.errors import PlanError
 from gpustream.expr import Col, Expr, lit
 from gpustream.ingest.source import Source
-from gpustream.plan import FilterNode, Node, SelectNode, SourceNode, WithColumnsNode, output_schema
+from gpustream.plan import (
+    FilterNode,
+    LateNode,
+    Node,
+    SelectNode,
+    SourceNode,
+    WindowAggNode,
+    WithColumnsNode,
+    output_schema,
+)
 from gpustream.planner import build_physical, render_plan
 from gpustream.runtime import RunStats, execute
 from gpustream.sinks import CollectSink, Sink
 from gpustream.watermark import Watermark
+from gpustream.windows import WindowAssigner
 
-__all__ = ["Pipeline", "Stream"]
+__all__ = ["KeyedStream", "Pipeline", "Stream", "WindowedStream"]
 
 
 class Pipeline:
@@ -225,6 +237,29 @@ class Stream:
         pairs += [(str(n), e if isinstance(e, Expr) else lit(e)) for n, e in named.items()]
         return self._then(SelectNode(self._node, tuple(pairs)))
 
+    def key_by(self, *columns: str) -> KeyedStream:
+        """Partition by key columns (integers, strings, bools, timestamps) for windows.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"k": ["a", "b", "a"], "ts": [1, 2, 30]}), event_time="ts")
+        >>> out = s.key_by("k").window(gs.Tumbling(10), name="w").agg(n=gs.count()).collect()
+        >>> out.to_pydict()
+        {'k': ['a', 'b', 'a'], 'window_start': [0, 0, 30], 'window_end': [10, 10, 40], 'n': [1, 1, 1]}
+        """
+        cols = tuple(c for group in columns for c in ([group] if isinstance(group, str)
+                                                      else list(group)))
+        if not cols:
+            raise PlanError(f"step {self._node.step + 1} (key_by): name at least one key column")
+        return KeyedStream(self, cols)
+
+    def window(self, assigner: WindowAssigner, name: str | None = None,
+               allowed_lateness: Duration = 0) -> WindowedStream:
+        """Event-time windows over the whole stream (no key); see :meth:`KeyedStream.window`."""
+        return KeyedStream(self, ()).window(assigner, name, allowed_lateness)
+
     def sink(self, sink: Sink) -> Stream:
         """Send this stream's rows to ``sink`` when the pipeline runs; returns this stream."""
         if not isinstance(sink, Sink):
@@ -259,3 +294,83 @@ def _sources_of(node: Node) -> list[SourceNode]:
     from gpustream.plan import lineage
 
     return [n for n in lineage(node) if isinstance(n, SourceNode)]
+
+
+class KeyedStream:
+    """A stream partitioned by key columns; call :meth:`window` next."""
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
+        self._stream = stream
+        self.keys = keys
+
+    def window(self, assigner: WindowAssigner, name: str | None = None,
+               allowed_lateness: Duration = 0) -> WindowedStream:
+        """Event-time windows: ``gs.Tumbling``, ``gs.Sliding`` or ``gs.Session``.
+
+        Parameters
+        ----------
+        assigner
+            The windows each event belongs to.
+        name
+            A stable name for the window's state (keys its checkpoints); default
+            ``window@<step>``.
+        allowed_lateness
+            How long a fired window keeps its state; each late event within it re-fires
+            the window with ``revision`` 1, 2, ... (the output gains a ``revision`` column).
+        """
+        if not isinstance(assigner, WindowAssigner):
+            raise PlanError(f"step {self._stream._node.step + 1} (window): expected "
+                            f"gs.Tumbling, gs.Sliding or gs.Session, got {assigner!r}")
+        lateness = to_millis(allowed_lateness, what="allowed_lateness")
+        return WindowedStream(self._stream, self.keys, assigner, name, lateness)
+
+
+class WindowedStream:
+    """Windows waiting for their aggregations; call :meth:`agg`."""
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...], assigner: WindowAssigner,
+                 name: str | None, lateness_ms: int) -> None:
+        self._stream = stream
+        self.keys = keys
+        self.assigner = assigner
+        self.name = name
+        self.lateness_ms = lateness_ms
+
+    def agg(self, **aggs: Agg) -> AggStream:
+        """Aggregate each window: ``agg(n=gs.count(), total=gs.col("v").sum())``.
+
+        Output rows: key columns, ``window_start``, ``window_end``, the aggregates in the
+        order given (and ``revision`` with allowed lateness), one row per (key, window)
+        when the watermark reaches the window's end.
+        """
+        parent = self._stream
+        name = self.name or f"window@{parent._node.step + 1}"
+        node = WindowAggNode(parent._node, self.keys, self.assigner, tuple(aggs.items()), name,
+                             self.lateness_ms)
+        schema = output_schema(node, {id(parent._node): parent._schema})
+        parent._pipeline._nodes.append(node)
+        return AggStream(parent._pipeline, node, schema)
+
+
+class AggStream(Stream):
+    """The output of a windowed aggregation; ``.late`` is its stream of late input rows."""
+
+    @property
+    def late(self) -> Stream:
+        """Input rows that arrived after every window they belong to had fired, unchanged.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"ts": [5, 25, 3], "v": [1, 2, 3]}), event_time="ts")
+        >>> w = s.window(gs.Tumbling(10)).agg(total=gs.col("v").sum())
+        >>> w.late.collect().to_pydict()
+        {'ts': [3], 'v': [3]}
+        """
+        node = self._node
+        assert isinstance(node, WindowAggNode)
+        late = LateNode(node)
+        schema = output_schema(late, {id(node): self._schema,
+                                      id(node.input): output_schema(node.input)})
+        return self._pipeline._stream(late, schema)

@@ -12,18 +12,23 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from gpustream.aggs import Agg, agg_type
 from gpustream.batch import physical_dtype
 from gpustream.errors import PlanError
 from gpustream.expr import Col, Expr, expr_type
 from gpustream.ingest.source import Source
 from gpustream.watermark import Watermark
+from gpustream.windows import Session, Sliding, Tumbling, WindowAssigner
 
 __all__ = [
     "FilterNode",
+    "LateNode",
     "Node",
     "SelectNode",
     "SourceNode",
+    "WindowAggNode",
     "WithColumnsNode",
+    "event_time_of",
     "lineage",
     "output_schema",
 ]
@@ -149,6 +154,61 @@ class SelectNode(Node):
         )
 
 
+@dataclass(frozen=True, eq=False)
+class WindowAggNode(Node):
+    """Keyed event-time windows with aggregations; ``LateNode`` is its ``.late`` output."""
+
+    input: Node
+    keys: tuple[str, ...]
+    assigner: WindowAssigner
+    aggs: tuple[tuple[str, Agg], ...]
+    name: str
+    allowed_lateness_ms: int = 0
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "window"
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step} (window {self.name!r})"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.input,)
+
+    def detail(self) -> str:
+        keys = f"key_by({', '.join(self.keys)}) " if self.keys else ""
+        late = f", allowed_lateness={self.allowed_lateness_ms}ms" if self.allowed_lateness_ms else ""
+        aggs = ", ".join(f"{n}={a!r}" for n, a in self.aggs)
+        return f"{keys}{self.assigner.describe()}{late} agg({aggs})"
+
+
+@dataclass(frozen=True, eq=False)
+class LateNode(Node):
+    """The input rows that came too late for every window they belong to."""
+
+    input: WindowAggNode
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "late"
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step} (late of window {self.input.name!r})"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.input,)
+
+
 def lineage(node: Node) -> list[Node]:
     """Every node ``node`` depends on, upstream first, each once.
 
@@ -259,6 +319,120 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
             if not n.exprs:
                 raise PlanError(f"{n.label}: select needs at least one column")
             memo[id(n)] = pa.schema(_computed_fields(n, schema))
+        elif isinstance(n, WindowAggNode):
+            memo[id(n)] = window_output_schema(n, memo[id(n.input)])
+        elif isinstance(n, LateNode):
+            memo[id(n)] = memo[id(n.input.input)]
         else:
             raise PlanError(f"{n.label}: unknown plan node {type(n).__name__}")
     return memo[id(node)]
+
+
+_UNIT_PER_MS = {"s": (1, 1000), "ms": (1, 1), "us": (1000, 1), "ns": (1_000_000, 1)}
+
+
+def event_time_of(node: Node) -> tuple[SourceNode, pa.DataType]:
+    """The source a windowed step reads its event time from, and the column's type.
+
+    Raises :class:`PlanError` when the source has no event time, or a step between them
+    dropped or redefined the event-time column.
+    """
+    where = node.label
+    chain: list[Node] = []
+    n = node.inputs[0]
+    while not isinstance(n, SourceNode):
+        if len(n.inputs) != 1:
+            raise PlanError(f"{where}: windows over joined streams arrive with issue 6")
+        chain.append(n)
+        n = n.inputs[0]
+    src = n
+    if src.event_time is None:
+        raise PlanError(f"{where}: windows need an event time: pass event_time='<column>' to "
+                        f"Pipeline.source for {src.name!r}")
+    et = src.event_time
+    for step in chain:
+        if isinstance(step, (WithColumnsNode, SelectNode)):
+            named = dict(step.exprs)
+            kept = named.get(et)
+            redefined = kept is not None and not (isinstance(kept, Col) and kept.name == et)
+            dropped = isinstance(step, SelectNode) and et not in named
+            if redefined or dropped:
+                raise PlanError(f"{where}: {step.label} {'redefines' if redefined else 'drops'} "
+                                f"the event-time column {et!r}; keep it unchanged up to the window")
+    return src, src.source.schema().field(et).type
+
+
+def to_event_units(ms: int, ts_type: pa.DataType, what: str) -> int:
+    """A duration in milliseconds in the unit of the event-time column.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> to_event_units(1500, pa.timestamp("us"), "size"), to_event_units(2000, pa.timestamp("s"), "size")
+    (1500000, 2)
+    >>> to_event_units(2500, pa.timestamp("s"), "window size")
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: window size: 2500 ms is not a whole number of s, the unit of the event-time column
+    """
+    unit = ts_type.unit if pa.types.is_timestamp(ts_type) else "ms"
+    mul, div = _UNIT_PER_MS[unit]
+    if (ms * mul) % div:
+        raise PlanError(f"{what}: {ms} ms is not a whole number of {unit}, the unit of the "
+                        "event-time column")
+    return ms * mul // div
+
+
+def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
+    """Keys, window_start, window_end, the aggregates in order, and ``revision`` with lateness."""
+    where = node.label
+    src, ts_type = event_time_of(node)
+    if src.event_time not in schema.names:
+        raise PlanError(f"{where}: the event-time column {src.event_time!r} is missing")
+    fields: list[tuple[str, pa.DataType]] = []
+    for k in node.keys:
+        if k not in schema.names:
+            expr_type(Col(k), schema, f"{where} key_by")
+        t = schema.field(k).type
+        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_boolean(t)
+                or pa.types.is_timestamp(t)):
+            raise PlanError(f"{where}: key column {k!r} has type {t}; keys must be integers, "
+                            "strings, bools or timestamps (cast floats with .cast('int64'))")
+        fields.append((k, t))
+    if len(set(node.keys)) != len(node.keys):
+        raise PlanError(f"{where}: key_by lists a column twice")
+    if len(node.keys) > 62:
+        raise PlanError(f"{where}: at most 62 key columns")
+    if not node.aggs:
+        raise PlanError(f"{where}: agg needs at least one aggregation, e.g. n=gs.count()")
+    fields += [("window_start", ts_type), ("window_end", ts_type)]
+    for name, agg in node.aggs:
+        if not isinstance(agg, Agg):
+            raise PlanError(f"{where} agg {name!r}: {agg!r} is not an aggregation; use e.g. "
+                            "gs.count() or gs.col('v').sum()")
+        fields.append((name, agg_type(agg, schema, f"{where} agg {name!r}")))
+    if node.allowed_lateness_ms:
+        fields.append(("revision", pa.int32()))
+    names = [n for n, _ in fields]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise PlanError(f"{where}: output column(s) {', '.join(clash)} appear twice; rename "
+                        "the aggregation(s)")
+    if node.allowed_lateness_ms < 0:
+        raise PlanError(f"{where}: allowed_lateness must be >= 0")
+    a = node.assigner
+    if isinstance(a, (Tumbling, Sliding)):
+        to_event_units(a.size_ms, ts_type, f"{where} window size")
+        if isinstance(a, Sliding):
+            to_event_units(a.slide_ms, ts_type, f"{where} window slide")
+        to_event_units(a.offset_ms, ts_type, f"{where} window offset")
+    elif isinstance(a, Session):
+        to_event_units(a.gap_ms, ts_type, f"{where} session gap")
+        if node.allowed_lateness_ms:
+            raise PlanError(f"{where}: allowed_lateness with session windows is not supported "
+                            "yet; late events of sessions go to .late")
+    else:
+        raise PlanError(f"{where}: {a!r} is not a window; use gs.Tumbling, gs.Sliding or "
+                        "gs.Session")
+    to_event_units(node.allowed_lateness_ms, ts_type, f"{where} allowed_lateness")
+    return pa.schema(fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -11,14 +12,22 @@ from gpustream.errors import PlanError
 from gpustream.operators import FilterOp, Operator, ProjectOp
 from gpustream.plan import (
     FilterNode,
+    LateNode,
     Node,
     SelectNode,
     SourceNode,
+    WindowAggNode,
     WithColumnsNode,
+    event_time_of,
     lineage,
     output_schema,
+    to_event_units,
 )
 from gpustream.sinks import Sink
+from gpustream.windows import Session, Sliding, Tumbling
+
+if TYPE_CHECKING:
+    from gpustream.operators.window import WindowSpec
 
 __all__ = ["PhysicalNode", "PhysicalPlan", "build_physical", "render_plan"]
 
@@ -32,6 +41,8 @@ class PhysicalNode:
     schema: pa.Schema
     children: list[PhysicalNode] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
+    #: side outputs (e.g. ``late``) -> the nodes they feed
+    side: dict[str, list[PhysicalNode]] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,9 +54,55 @@ class PhysicalPlan:
     sinks: list[tuple[PhysicalNode, Sink]]
 
 
-def _operator(node: Node, schema: pa.Schema, backend: Backend) -> Operator:
+def window_spec(node: WindowAggNode, input_schema: pa.Schema, schema: pa.Schema) -> WindowSpec:
+    """The physical description of a windowed step, in event-time units."""
+    from gpustream.expr import expr_type
+    from gpustream.operators.window import AggSpec, WindowSpec
+    src, ts_type = event_time_of(node)
+    assert src.event_time is not None
+    a = node.assigner
+    where = node.label
+    size = slide = offset = gap = 0
+    if isinstance(a, Tumbling):
+        size = slide = to_event_units(a.size_ms, ts_type, where)
+        offset = to_event_units(a.offset_ms, ts_type, where)
+    elif isinstance(a, Sliding):
+        size = to_event_units(a.size_ms, ts_type, where)
+        slide = to_event_units(a.slide_ms, ts_type, where)
+        offset = to_event_units(a.offset_ms, ts_type, where) % slide
+    elif isinstance(a, Session):
+        gap = to_event_units(a.gap_ms, ts_type, where)
+    aggs = []
+    for name, agg in node.aggs:
+        in_type = None if agg.input is None else expr_type(agg.input, input_schema, where)
+        aggs.append(AggSpec(name, agg, in_type, schema.field(name).type))
+    return WindowSpec(node.name, node.keys, src.event_time, size, slide, offset, gap,
+                      to_event_units(node.allowed_lateness_ms, ts_type, where), tuple(aggs),
+                      schema, node.allowed_lateness_ms > 0)
+
+
+def _operator(node: Node, schema: pa.Schema, backend: Backend,
+              memo: dict[int, pa.Schema]) -> Operator:
+    # operators with kernels load numba only now, when a plan is built
+    from gpustream.operators.watermark import WatermarkOp
+    from gpustream.operators.window import WindowAggOp
+
     xp = backend.xp
     if isinstance(node, SourceNode):
+        if node.event_time is None:
+            return Operator()
+        _, ts_type = node, node.source.schema().field(node.event_time).type
+        delay = node.watermark.delay_ms if node.watermark else 0
+        return WatermarkOp(node.event_time,
+                           to_event_units(delay, ts_type, f"{node.label} watermark"), backend)
+    if isinstance(node, WindowAggNode):
+        spec = window_spec(node, memo[id(node.input)], schema)
+        if isinstance(node.assigner, Session):
+            from gpustream.operators.session import SessionAggOp
+
+            return SessionAggOp(spec, backend)
+        return WindowAggOp(spec, backend)
+    if isinstance(node, LateNode):
         return Operator()
     if isinstance(node, FilterNode):
         return FilterOp(node.predicate, xp)
@@ -77,10 +134,13 @@ def build_physical(targets: list[tuple[Node, Sink]], backend: Backend) -> Physic
         for n in lineage(target):
             if id(n) in phys:
                 continue
-            pn = PhysicalNode(n, _operator(n, memo[id(n)], backend), memo[id(n)])
+            pn = PhysicalNode(n, _operator(n, memo[id(n)], backend, memo), memo[id(n)])
             phys[id(n)] = pn
             for parent in n.inputs:
-                phys[id(parent)].children.append(pn)
+                if isinstance(n, LateNode):
+                    phys[id(parent)].side.setdefault("late", []).append(pn)
+                else:
+                    phys[id(parent)].children.append(pn)
             if isinstance(n, SourceNode):
                 sources.append(pn)
     sinks = []

@@ -13,6 +13,7 @@ from gpustream.ingest.source import SourceBatch
 from gpustream.plan import SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
 from gpustream.sinks import write_batch
+from gpustream.watermark import NO_WATERMARK
 
 __all__ = ["RunStats", "execute"]
 
@@ -70,6 +71,22 @@ class _Runner:
     def push(self, pn: PhysicalNode, batch: Batch) -> None:
         for out in pn.op.process(batch):
             self.emit(pn, out)
+        self.drain(pn)
+
+    def drain(self, pn: PhysicalNode) -> None:
+        """Route what the operator put on its side outputs (``.late``) to their nodes."""
+        for port, batches in pn.op.side_outputs().items():
+            for child in pn.side.get(port, []):
+                for b in batches:
+                    self.emit(child, b)
+
+    def advance(self, pn: PhysicalNode, watermark: int) -> None:
+        """The stream's watermark moved: let every operator below fire what is due."""
+        for out in pn.op.on_watermark(watermark):
+            self.emit(pn, out)
+        self.drain(pn)
+        for child in pn.children:
+            self.advance(child, watermark)
 
     def emit(self, pn: PhysicalNode, batch: Batch) -> None:
         if not batch.num_rows:
@@ -88,8 +105,18 @@ class _Runner:
             self.emit(pn, out)
         for out in pn.op.finish():
             self.emit(pn, out)
-        for child in pn.children:
+        self.drain(pn)
+        for child in [*pn.children, *(c for cs in pn.side.values() for c in cs)]:
             self.end(child)
+
+    def collect_counters(self, pn: PhysicalNode, seen: set[int]) -> None:
+        if id(pn) in seen:
+            return
+        seen.add(id(pn))
+        self.stats.late_events += getattr(pn.op, "late_events", 0)
+        self.stats.bad_records += getattr(pn.op, "no_time_events", 0)
+        for child in [*pn.children, *(c for cs in pn.side.values() for c in cs)]:
+            self.collect_counters(child, seen)
 
 
 def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None) -> RunStats:
@@ -127,12 +154,18 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None) ->
                 stats.events_in += batch.num_rows
                 stats.batches_in += 1
                 runner.push(pn, batch)
+                watermark = getattr(pn.op, "current", None)
+                if watermark is not None and watermark != NO_WATERMARK:
+                    runner.advance(pn, watermark)
                 if stats.stopped_early:
                     break
             if stats.stopped_early:
                 for pn, _, _ in live:
                     runner.end(pn)
                 live.clear()
+        seen: set[int] = set()
+        for pn in plan.sources:
+            runner.collect_counters(pn, seen)
     finally:
         stats.elapsed_s = time.perf_counter() - started
         for _, sink in plan.sinks:

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 from gpustream.durations import Duration, to_millis
 
-__all__ = ["Watermark"]
+__all__ = ["NO_WATERMARK", "Watermark"]
+
+#: The watermark before any event time was seen (-infinity as int64).
+NO_WATERMARK = -(2**63)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,10 @@ class Operator:
         """The input ended (after a final +infinity watermark); flush what is left."""
         return []
 
+    def side_outputs(self) -> dict[str, list[Batch]]:
+        """Batches produced on side outputs (e.g. ``late``) since the last call."""
+        return {}
+
     def snapshot(self) -> dict[str, Any]:
         """State as plain arrays, for checkpoints (empty for stateless operators)."""
         return {}

@@ -93,6 +93,6 @@ class ProjectOp(Operator):
             else:
                 dictionaries.pop(name, None)
         ordered = {f.name: columns[f.name] for f in self.schema}
-        return [Batch(ordered, self.schema, validity, dictionaries)]
+        return [Batch(ordered, self.schema, validity, dictionaries, batch.watermarks)]
 
 

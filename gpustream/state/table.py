@@ -1,0 +1,182 @@
+"""``SlotTable``: a keyed state table on one backend, growing and compacting as needed.
+
+It wraps the kernels of :mod:`gpustream.kernels.hashtable` (the same array layout on
+every backend) and owns named per-slot columns that aggregation states register; when
+the table is rebuilt (to grow, or to drop freed slots) every column follows its slot.
+Memory stays bounded by the live keys: freed slots are dropped at the next rebuild.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from gpustream.kernels.hashing import hash_rows
+from gpustream.kernels.hashtable import TOMBSTONE, new_table, upsert
+
+__all__ = ["SlotTable", "StateTable"]
+
+MAX_LOAD = 0.5
+MIN_CAPACITY = 1024
+
+
+class StateTable(Protocol):
+    """What aggregation states need of the table that holds them (slot or dense)."""
+
+    xp: Any
+    on_device: bool
+    columns: dict[str, Any]
+
+    def add_column(self, name: str, dtype: Any, fill: Any) -> None: ...
+
+    def init(self, slots: Any) -> None: ...
+
+    def live_slots(self) -> Any: ...
+
+
+def _pow2_at_least(n: int) -> int:
+    c = MIN_CAPACITY
+    while c < n:
+        c *= 2
+    return c
+
+
+class SlotTable:
+    """Keys (``uint64[K]`` per slot) -> slot, plus named per-slot state columns.
+
+    Parameters
+    ----------
+    key_words
+        Number of uint64 words per key.
+    xp
+        numpy or cupy.
+    on_device
+        Run the CUDA kernels (cupy, or numpy under the simulator) instead of the CPU twins.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = SlotTable(1, np, on_device=False)
+    >>> t.add_column("total", np.int64, 0)
+    >>> keys = np.array([[5, 6, 5]], dtype=np.uint64)
+    >>> slots, new = t.upsert(keys, np.arange(3))
+    >>> t.init(slots[new.astype(bool)])
+    >>> np.add.at(t.columns["total"], slots, [1, 2, 3])
+    >>> t.live_count, int(t.columns["total"][slots[0]])
+    (2, 4)
+    """
+
+    def __init__(self, key_words: int, xp: Any, on_device: bool,
+                 capacity: int = MIN_CAPACITY) -> None:
+        self.key_words = key_words
+        self.xp = xp
+        self.on_device = on_device
+        self.capacity = _pow2_at_least(capacity)
+        self.arrays = new_table(self.capacity, key_words, xp)
+        self.columns: dict[str, Any] = {}
+        self._fill: dict[str, tuple[Any, Any]] = {}
+        self.live_count = 0
+        self.used = 0  # live + freed (tombstones)
+        self.rebuilds = 0
+
+    # -- columns --------------------------------------------------------------------------
+    def add_column(self, name: str, dtype: Any, fill: Any, width: int = 0) -> None:
+        """Register a per-slot column (``width`` > 0: a 2-D ``[capacity, width]`` column)."""
+        shape = (self.capacity, width) if width else (self.capacity,)
+        self.columns[name] = self.xp.full(shape, fill, dtype=dtype)
+        self._fill[name] = (dtype, fill)
+
+    def init(self, slots: Any) -> None:
+        """Reset every column of newly created ``slots`` to its fill value."""
+        for name, (_, fill) in self._fill.items():
+            self.columns[name][slots] = fill
+
+    # -- keys -----------------------------------------------------------------------------
+    @property
+    def t_hash(self) -> Any:
+        """Per-slot hash (0 empty, 1 freed)."""
+        return self.arrays[0]
+
+    @property
+    def t_keys(self) -> Any:
+        """Per-slot key words, ``uint64[K, capacity]``."""
+        return self.arrays[2]
+
+    def ensure_room(self, extra: int) -> None:
+        """Rebuild (larger, without freed slots) if ``extra`` new keys could overfill it."""
+        if self.used + extra <= self.capacity * MAX_LOAD:
+            return
+        self.rebuild(_pow2_at_least(int((self.live_count + extra) / MAX_LOAD) + 1))
+
+    def upsert(self, keys: Any, rows: Any) -> tuple[Any, Any]:
+        """Slots of the keys of ``rows`` (others -1), creating missing ones; and which are new.
+
+        New slots must be initialised by the caller (:meth:`init` then its own values).
+        """
+        self.ensure_room(int(rows.shape[0]))
+        hashes = hash_rows(keys, self.on_device)
+        slots, is_new = upsert(self.arrays, hashes, keys, rows, self.on_device)
+        created = int(is_new.sum())
+        self.live_count += created
+        self.used += created
+        return slots, is_new
+
+    def free(self, slots: Any) -> None:
+        """Free ``slots`` (their columns keep stale values until the next rebuild)."""
+        if slots.shape[0] == 0:
+            return
+        self.arrays[0][slots] = TOMBSTONE
+        self.arrays[1][slots] = 0
+        self.live_count -= int(slots.shape[0])
+
+    def live_slots(self) -> Any:
+        """Indices of the live slots, ascending."""
+        return self.xp.nonzero(self.arrays[0] > TOMBSTONE)[0]
+
+    def rebuild(self, capacity: int | None = None) -> Any:
+        """Re-insert the live keys into fresh arrays; returns old slot -> new slot for them."""
+        xp = self.xp
+        capacity = _pow2_at_least(capacity or int(self.live_count / MAX_LOAD) + 1)
+        old = self.live_slots()
+        keys = xp.ascontiguousarray(self.arrays[2][:, old])
+        arrays = new_table(capacity, self.key_words, xp)
+        new_slots, _ = upsert(arrays, self.arrays[0][old], keys,
+                              xp.arange(old.shape[0], dtype=np.int64), self.on_device)
+        for name, (dtype, fill) in self._fill.items():
+            col = self.columns[name]
+            shape = (capacity, *col.shape[1:])
+            fresh = xp.full(shape, fill, dtype=dtype)
+            fresh[new_slots] = col[old]
+            self.columns[name] = fresh
+        self.arrays = arrays
+        self.capacity = capacity
+        self.used = self.live_count = int(old.shape[0])
+        self.rebuilds += 1
+        return new_slots
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def snapshot(self, to_host: Any) -> dict[str, np.ndarray]:
+        """The live keys and their columns as host arrays (no empty or freed slots)."""
+        live = self.live_slots()
+        out = {"keys": to_host(self.arrays[2][:, live]), "hashes": to_host(self.arrays[0][live])}
+        for name, col in self.columns.items():
+            out[f"col.{name}"] = to_host(col[live])
+        return out
+
+    def restore(self, state: dict[str, np.ndarray], to_device: Any) -> Any:
+        """Load a :meth:`snapshot` (taken on any backend); returns each snapshot row's slot."""
+        n = int(state["hashes"].shape[0])
+        capacity = _pow2_at_least(int(n / MAX_LOAD) + 1)
+        self.arrays = new_table(capacity, self.key_words, self.xp)
+        keys = self.xp.ascontiguousarray(to_device(state["keys"]))
+        slots, _ = upsert(self.arrays, to_device(state["hashes"]), keys,
+                          self.xp.arange(n, dtype=np.int64), self.on_device)
+        for name, (dtype, fill) in self._fill.items():
+            col = self.columns[name]
+            fresh = self.xp.full((capacity, *col.shape[1:]), fill, dtype=dtype)
+            fresh[slots] = to_device(state[f"col.{name}"])
+            self.columns[name] = fresh
+        self.capacity = capacity
+        self.used = self.live_count = n
+        return slots

@@ -1,0 +1,287 @@
+"""Aggregate update kernels: CPU twins (sequential njit) and CUDA kernels (atomics).
+
+Every kernel folds (event, window) assignments into per-slot state arrays. Assignment
+``a`` updates slot ``slots[a]`` (skipped when -1) with the value of row ``rows[a]``;
+``valid`` (empty when the column has no nulls) marks non-null values, which SQL-style
+aggregations skip. Floating-point sums on the GPU add in a nondeterministic order, so
+they can differ from the CPU in the last bits; integer results are exact everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numba.extending import register_jitable
+
+from gpustream.kernels.hashing import hash_u64
+from gpustream.kernels.registry import cuda_kernel, launch_config
+
+__all__ = ["hll_update", "update_count", "update_minmax", "update_moments", "update_sum"]
+
+cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
+
+_SEED_HLL = np.uint64(0x5BD1E995)
+_ONE = np.uint64(1)
+
+
+@register_jitable
+def _take(valid, r):  # type: ignore[no-untyped-def]
+    return valid.shape[0] == 0 or valid[r]
+
+
+# ---- count -----------------------------------------------------------------------------
+
+@numba.njit(nogil=True, cache=False)
+def _count_cpu(cnt, slots, rows, valid):  # type: ignore[no-untyped-def]
+    for a in range(slots.shape[0]):
+        s = slots[a]
+        if s >= 0 and _take(valid, rows[a]):
+            cnt[s] += 1
+
+
+@cuda_kernel("void(int64[::1], int64[::1], int64[::1], boolean[::1])")
+def _count_cuda(cnt, slots, rows, valid):  # type: ignore[no-untyped-def]
+    a = cuda.grid(1)
+    if a < slots.shape[0]:
+        s = slots[a]
+        if s >= 0 and _take(valid, rows[a]):
+            cuda.atomic.add(cnt, s, 1)
+
+
+# ---- sum (int64 or float64 accumulators) -----------------------------------------------
+
+@numba.njit(nogil=True, cache=False)
+def _sum_cpu(acc, nn, slots, rows, values, valid):  # type: ignore[no-untyped-def]
+    for a in range(slots.shape[0]):
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            acc[s] += values[r]
+            nn[s] += 1
+
+
+@cuda_kernel(
+    "void(int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], boolean[::1])",
+    "void(float64[::1], int64[::1], int64[::1], int64[::1], float64[::1], boolean[::1])",
+)
+def _sum_cuda(acc, nn, slots, rows, values, valid):  # type: ignore[no-untyped-def]
+    a = cuda.grid(1)
+    if a < slots.shape[0]:
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            cuda.atomic.add(acc, s, values[r])
+            cuda.atomic.add(nn, s, 1)
+
+
+# ---- min / max --------------------------------------------------------------------------
+
+@numba.njit(nogil=True, cache=False)
+def _minmax_cpu(acc, nn, slots, rows, values, valid, is_max):  # type: ignore[no-untyped-def]
+    for a in range(slots.shape[0]):
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            v = values[r]
+            if (is_max and v > acc[s]) or (not is_max and v < acc[s]):
+                acc[s] = v
+            nn[s] += 1
+
+
+@cuda_kernel(
+    "void(int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], boolean[::1], boolean)",
+    "void(float64[::1], int64[::1], int64[::1], int64[::1], float64[::1], boolean[::1], boolean)",
+)
+def _minmax_cuda(acc, nn, slots, rows, values, valid, is_max):  # type: ignore[no-untyped-def]
+    a = cuda.grid(1)
+    if a < slots.shape[0]:
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            if is_max:
+                cuda.atomic.max(acc, s, values[r])
+            else:
+                cuda.atomic.min(acc, s, values[r])
+            cuda.atomic.add(nn, s, 1)
+
+
+# ---- moments for mean / var / std (shifted by a per-slot pivot) ------------------------
+
+@numba.njit(nogil=True, cache=False)
+def _moments_cpu(nn, s1, s2, pivot, slots, rows, values, valid):  # type: ignore[no-untyped-def]
+    for a in range(slots.shape[0]):
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            d = values[r] - pivot[s]
+            nn[s] += 1
+            s1[s] += d
+            s2[s] += d * d
+
+
+@cuda_kernel("void(int64[::1], float64[::1], float64[::1], float64[::1], int64[::1], int64[::1], "
+             "float64[::1], boolean[::1])")
+def _moments_cuda(nn, s1, s2, pivot, slots, rows, values, valid):  # type: ignore[no-untyped-def]
+    a = cuda.grid(1)
+    if a < slots.shape[0]:
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            d = values[r] - pivot[s]
+            cuda.atomic.add(nn, s, 1)
+            cuda.atomic.add(s1, s, d)
+            cuda.atomic.add(s2, s, d * d)
+
+
+# ---- HyperLogLog registers -------------------------------------------------------------
+
+@register_jitable
+def _hll_position(bits, p):  # type: ignore[no-untyped-def]
+    """(register index, rank) of a value's 64-bit pattern for 2**p registers."""
+    h = hash_u64(bits, _SEED_HLL)
+    idx = np.int64(h >> np.uint64(64 - p))
+    rest = h << np.uint64(p)
+    rank = 1
+    limit = 64 - p + 1
+    while rank < limit and (rest >> np.uint64(63)) == np.uint64(0):
+        rank += 1
+        rest = rest << _ONE
+    return idx, rank
+
+
+@numba.njit(nogil=True, cache=False)
+def _hll_cpu(regs, reg_row, slots, rows, bits, valid, p):  # type: ignore[no-untyped-def]
+    for a in range(slots.shape[0]):
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            idx, rank = _hll_position(bits[r], p)
+            row = reg_row[s]
+            if rank > regs[row, idx]:
+                regs[row, idx] = rank
+
+
+@cuda_kernel("void(int32[:, ::1], int64[::1], int64[::1], int64[::1], uint64[::1], boolean[::1], "
+             "int64)")
+def _hll_cuda(regs, reg_row, slots, rows, bits, valid, p):  # type: ignore[no-untyped-def]
+    a = cuda.grid(1)
+    if a < slots.shape[0]:
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            idx, rank = _hll_position(bits[r], p)
+            cuda.atomic.max(regs, (reg_row[s], idx), np.int32(rank))
+
+
+# ---- dispatch ---------------------------------------------------------------------------
+
+def _empty_valid(valid: Any, xp: Any) -> Any:
+    return xp.empty(0, dtype=np.bool_) if valid is None else valid
+
+
+def _xp(a: Any) -> Any:
+    return np if isinstance(a, np.ndarray) else __import__("cupy")
+
+
+def update_count(cnt: Any, slots: Any, rows: Any, valid: Any, on_device: bool) -> None:
+    """``cnt[slot] += 1`` per assignment (only non-null rows when ``valid`` is given).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cnt = np.zeros(3, np.int64)
+    >>> update_count(cnt, np.array([0, 2, 2, -1]), np.arange(4), None, on_device=False)
+    >>> cnt.tolist()
+    [1, 0, 2]
+    """
+    v = _empty_valid(valid, _xp(slots))
+    if not on_device:
+        _count_cpu(cnt, slots, rows, v)
+    elif slots.shape[0]:
+        _count_cuda[launch_config(slots.shape[0])](cnt, slots, rows, v)
+
+
+def update_sum(acc: Any, nn: Any, slots: Any, rows: Any, values: Any, valid: Any,
+               on_device: bool) -> None:
+    """``acc[slot] += value`` and ``nn[slot] += 1`` for non-null values (int64 or float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acc, nn = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    >>> update_sum(acc, nn, np.array([1, 1, 0]), np.arange(3), np.array([5, 6, 7]),
+    ...            np.array([True, True, False]), on_device=False)
+    >>> acc.tolist(), nn.tolist()
+    ([0, 11], [0, 2])
+    """
+    v = _empty_valid(valid, _xp(slots))
+    if not on_device:
+        _sum_cpu(acc, nn, slots, rows, values, v)
+    elif slots.shape[0]:
+        _sum_cuda[launch_config(slots.shape[0])](acc, nn, slots, rows, values, v)
+
+
+def update_minmax(acc: Any, nn: Any, slots: Any, rows: Any, values: Any, valid: Any,
+                  is_max: bool, on_device: bool) -> None:
+    """Running min or max of non-null values (``acc`` starts at +/- the type's extreme).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acc, nn = np.full(1, -np.inf), np.zeros(1, np.int64)
+    >>> update_minmax(acc, nn, np.array([0, 0]), np.arange(2), np.array([3.0, 9.0]), None,
+    ...               True, on_device=False)
+    >>> acc.tolist()
+    [9.0]
+    """
+    v = _empty_valid(valid, _xp(slots))
+    if not on_device:
+        _minmax_cpu(acc, nn, slots, rows, values, v, is_max)
+    elif slots.shape[0]:
+        _minmax_cuda[launch_config(slots.shape[0])](acc, nn, slots, rows, values, v, is_max)
+
+
+def update_moments(nn: Any, s1: Any, s2: Any, pivot: Any, slots: Any, rows: Any, values: Any,
+                   valid: Any, on_device: bool) -> None:
+    """Count, sum and sum of squares of ``value - pivot[slot]`` (float64), for mean/var/std.
+
+    Shifting by a per-slot pivot (a value of the group) keeps the variance accurate when
+    the values are large compared with their spread.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> nn, s1, s2, piv = np.zeros(1, np.int64), np.zeros(1), np.zeros(1), np.array([10.0])
+    >>> update_moments(nn, s1, s2, piv, np.zeros(3, np.int64), np.arange(3),
+    ...                np.array([9.0, 10.0, 11.0]), None, on_device=False)
+    >>> nn.tolist(), s1.tolist(), s2.tolist()
+    ([3], [0.0], [2.0])
+    """
+    v = _empty_valid(valid, _xp(slots))
+    if not on_device:
+        _moments_cpu(nn, s1, s2, pivot, slots, rows, values, v)
+    elif slots.shape[0]:
+        _moments_cuda[launch_config(slots.shape[0])](nn, s1, s2, pivot, slots, rows, values, v)
+
+
+def hll_update(regs: Any, reg_row: Any, slots: Any, rows: Any, bits: Any, valid: Any, p: int,
+               on_device: bool) -> None:
+    """Raise HyperLogLog registers ``regs[reg_row[slot]]`` with each non-null value's rank.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> regs = np.zeros((1, 16), np.int32)
+    >>> hll_update(regs, np.zeros(1, np.int64), np.zeros(100, np.int64), np.arange(100),
+    ...            np.arange(100, dtype=np.uint64), None, 4, on_device=False)
+    >>> int((regs > 0).sum()) > 10
+    True
+    """
+    v = _empty_valid(valid, _xp(slots))
+    if not on_device:
+        _hll_cpu(regs, reg_row, slots, rows, bits, v, np.int64(p))
+    elif slots.shape[0]:
+        _hll_cuda[launch_config(slots.shape[0])](regs, reg_row, slots, rows, bits, v,
+                                                 np.int64(p))

@@ -1,0 +1,169 @@
+"""Open-addressing hash table of multi-word keys: the state layout of keyed operators.
+
+The table is three arrays, the same on every backend so that a checkpoint taken on a
+GPU restores on a CPU-only machine and back:
+
+- ``t_hash: uint64[C]``: 0 empty, 1 tombstone (a freed slot), else the key's hash;
+- ``t_ready: int32[C]``: 1 once the slot's key words are written;
+- ``t_keys: uint64[K, C]``: the key words (key columns, null bits, window start ...).
+
+``C`` is a power of two; probing is linear. Slots are never reused in place (a freed
+slot stays a tombstone until the table is rebuilt), so two threads can never claim two
+slots for one key.
+
+On the GPU one thread handles one row: it claims an empty slot with an atomic
+compare-and-swap on ``t_hash``, writes the key words, then publishes ``t_ready``. A
+thread that meets its own hash in a slot whose key words are not yet published does
+not wait: it puts its row on a retry list, and the host launches again for those rows
+(after the launch, every claimed slot is published). The CPU twin inserts rows one by
+one in arrival order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numba.extending import register_jitable
+
+from gpustream.kernels.registry import cuda_kernel, launch_config
+
+__all__ = ["EMPTY", "TOMBSTONE", "new_table", "upsert"]
+
+EMPTY = np.uint64(0)
+TOMBSTONE = np.uint64(1)
+_TWO = np.uint64(2)
+
+cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
+
+
+@register_jitable
+def _live_hash(h):  # type: ignore[no-untyped-def]
+    """Hashes 0 and 1 mark empty and freed slots; move real hashes off them."""
+    if h < _TWO:
+        return h + _TWO
+    return h
+
+
+@register_jitable
+def _keys_equal(t_keys, s, keys, i):  # type: ignore[no-untyped-def]
+    for c in range(keys.shape[0]):  # noqa: SIM110 (a plain loop compiles for CUDA)
+        if t_keys[c, s] != keys[c, i]:
+            return False
+    return True
+
+
+@numba.njit(nogil=True, cache=False)
+def _upsert_cpu(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new):  # type: ignore[no-untyped-def]
+    mask = np.uint64(t_hash.shape[0] - 1)
+    created = 0
+    for j in range(rows.shape[0]):
+        i = rows[j]
+        h = _live_hash(hashes[i])
+        s = h & mask
+        while True:
+            th = t_hash[s]
+            if th == EMPTY:
+                t_hash[s] = h
+                for c in range(keys.shape[0]):
+                    t_keys[c, s] = keys[c, i]
+                t_ready[s] = 1
+                slots[i] = s
+                is_new[i] = 1
+                created += 1
+                break
+            if th == h and _keys_equal(t_keys, s, keys, i):
+                slots[i] = s
+                is_new[i] = 0
+                break
+            s = (s + np.uint64(1)) & mask
+    return created
+
+
+@cuda_kernel("void(uint64[::1], int32[::1], uint64[:, ::1], uint64[::1], uint64[:, ::1], "
+             "int64[::1], int64[::1], int8[::1], int64[::1], int64[::1])")
+def _upsert_cuda(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new, retry, n_retry):  # type: ignore[no-untyped-def]
+    j = cuda.grid(1)
+    if j >= rows.shape[0]:
+        return
+    i = rows[j]
+    mask = np.uint64(t_hash.shape[0] - 1)
+    h = _live_hash(hashes[i])
+    s = h & mask
+    while True:
+        old = cuda.atomic.cas(t_hash, s, EMPTY, h)
+        if old == EMPTY:
+            for c in range(keys.shape[0]):
+                t_keys[c, s] = keys[c, i]
+            cuda.threadfence()
+            cuda.atomic.exch(t_ready, s, 1)
+            slots[i] = s
+            is_new[i] = 1
+            return
+        if old == h:
+            if cuda.atomic.add(t_ready, s, 0) == 0:
+                pos = cuda.atomic.add(n_retry, 0, 1)
+                retry[pos] = i
+                return
+            if _keys_equal(t_keys, s, keys, i):
+                slots[i] = s
+                is_new[i] = 0
+                return
+        s = (s + np.uint64(1)) & mask
+
+
+def new_table(capacity: int, key_words: int, xp: Any) -> tuple[Any, Any, Any]:
+    """Empty ``(t_hash, t_ready, t_keys)`` arrays for ``capacity`` slots (a power of two).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> h, r, k = new_table(8, 3, np)
+    >>> h.shape, r.dtype, k.shape
+    ((8,), dtype('int32'), (3, 8))
+    """
+    if capacity & (capacity - 1):
+        raise ValueError(f"capacity must be a power of two, got {capacity}")
+    return (xp.zeros(capacity, dtype=np.uint64), xp.zeros(capacity, dtype=np.int32),
+            xp.zeros((key_words, capacity), dtype=np.uint64))
+
+
+def upsert(
+    table: tuple[Any, Any, Any], hashes: Any, keys: Any, rows: Any, on_device: bool,
+) -> tuple[Any, Any]:
+    """Find or insert the keys of ``rows``; returns ``(slots, is_new)`` indexed by row.
+
+    Rows not listed in ``rows`` get slot -1. The caller keeps the load factor below 1
+    (the table must have a free slot for every new key).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpustream.kernels.hashing import hash_rows
+    >>> table = new_table(16, 1, np)
+    >>> keys = np.array([[7, 8, 7, 9]], dtype=np.uint64)
+    >>> slots, new = upsert(table, hash_rows(keys, False), keys, np.arange(4), False)
+    >>> bool(slots[0] == slots[2]), new.tolist()
+    (True, [1, 1, 0, 1])
+    """
+    t_hash, t_ready, t_keys = table
+    n = hashes.shape[0]
+    if not on_device:
+        slots_h = np.full(n, -1, dtype=np.int64)
+        new_h = np.zeros(n, dtype=np.int8)
+        _upsert_cpu(t_hash, t_ready, t_keys, hashes, keys, rows, slots_h, new_h)
+        return slots_h, new_h
+    xp: Any = np if isinstance(hashes, np.ndarray) else __import__("cupy")
+    slots = xp.full(n, -1, dtype=np.int64)
+    is_new = xp.zeros(n, dtype=np.int8)
+    retry = xp.empty(max(1, rows.shape[0]), dtype=np.int64)
+    n_retry = xp.zeros(1, dtype=np.int64)
+    todo = rows
+    while todo.shape[0]:
+        n_retry[0] = 0
+        _upsert_cuda[launch_config(todo.shape[0])](t_hash, t_ready, t_keys, hashes, keys,
+                                                     todo, slots, is_new, retry, n_retry)
+        k = int(n_retry[0])
+        todo = retry[:k].copy()
+    return slots, is_new

@@ -1,0 +1,142 @@
+"""Per-event watermarks: an exclusive running maximum of event times.
+
+The watermark as of event ``i`` is ``max(ts[0..i-1]) - delay`` (DESIGN.md section 3),
+so the engine needs, per batch, the exclusive prefix maximum of the event times seeded
+with the maximum of all earlier batches. Rows whose event time is null do not raise it.
+
+CPU: one sequential njit pass. CUDA: two launches; each block of ``THREADS`` threads
+covers ``THREADS * ITEMS`` rows: first every block's maximum, then every block scans its
+rows in shared memory with the maximum of the blocks before it as carry-in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numba import types as nt
+
+from gpustream.kernels.registry import cuda_kernel
+
+__all__ = ["INT64_MIN", "exclusive_prefix_max"]
+
+INT64_MIN = np.int64(-(2**63))
+THREADS = 256
+ITEMS = 8
+CHUNK = THREADS * ITEMS
+
+cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
+
+
+@numba.njit(nogil=True, cache=False)
+def _scan_cpu(ts, valid, carry, out):  # type: ignore[no-untyped-def]
+    running = carry
+    has_valid = valid.shape[0] > 0
+    for i in range(ts.shape[0]):
+        out[i] = running
+        if (not has_valid or valid[i]) and ts[i] > running:
+            running = ts[i]
+    return running
+
+
+@cuda_kernel("void(int64[::1], boolean[::1], int64[::1])")
+def _block_max_cuda(ts, valid, block_max):  # type: ignore[no-untyped-def]
+    shared = cuda.shared.array(THREADS, nt.int64)
+    t = cuda.threadIdx.x
+    base = cuda.blockIdx.x * CHUNK + t * ITEMS
+    n = ts.shape[0]
+    has_valid = valid.shape[0] > 0
+    m = INT64_MIN
+    for j in range(ITEMS):
+        i = base + j
+        if i < n and (not has_valid or valid[i]) and ts[i] > m:
+            m = ts[i]
+    shared[t] = m
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if t < step and shared[t + step] > shared[t]:
+            shared[t] = shared[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        block_max[cuda.blockIdx.x] = shared[0]
+
+
+@cuda_kernel("void(int64[::1], boolean[::1], int64[::1], int64, int64[::1])")
+def _block_scan_cuda(ts, valid, block_max, carry, out):  # type: ignore[no-untyped-def]
+    shared = cuda.shared.array(THREADS, nt.int64)
+    t = cuda.threadIdx.x
+    b = cuda.blockIdx.x
+    base = b * CHUNK + t * ITEMS
+    n = ts.shape[0]
+    has_valid = valid.shape[0] > 0
+    m = INT64_MIN
+    for j in range(ITEMS):
+        i = base + j
+        if i < n and (not has_valid or valid[i]) and ts[i] > m:
+            m = ts[i]
+    shared[t] = m
+    cuda.syncthreads()
+    # inclusive Hillis-Steele scan of the threads' maxima
+    step = 1
+    while step < THREADS:
+        v = shared[t]
+        if t >= step and shared[t - step] > v:
+            v = shared[t - step]
+        cuda.syncthreads()
+        shared[t] = v
+        cuda.syncthreads()
+        step *= 2
+    running = carry
+    for j in range(b):  # the blocks before this one: few per batch
+        if block_max[j] > running:
+            running = block_max[j]
+    if t > 0 and shared[t - 1] > running:
+        running = shared[t - 1]
+    for j in range(ITEMS):
+        i = base + j
+        if i < n:
+            out[i] = running
+            if (not has_valid or valid[i]) and ts[i] > running:
+                running = ts[i]
+
+
+def exclusive_prefix_max(ts: Any, valid: Any, carry: int, on_device: bool) -> tuple[Any, int]:
+    """``out[i] = max(carry, ts[0..i-1])`` over valid rows, and the maximum after the batch.
+
+    Parameters
+    ----------
+    ts
+        int64 event times (numpy, or cupy on the GPU).
+    valid
+        Boolean validity of ``ts``, or None when none is null.
+    carry
+        The maximum of earlier batches (``INT64_MIN`` at the start).
+    on_device
+        Launch the CUDA kernels (cupy arrays, or numpy under the simulator).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out, running = exclusive_prefix_max(np.array([5, 3, 9, 1]), None, 4, on_device=False)
+    >>> out.tolist(), running
+    ([4, 5, 5, 9], 9)
+    """
+    n = ts.shape[0]
+    if not on_device:
+        out_h = np.empty(n, dtype=np.int64)
+        v = np.empty(0, dtype=np.bool_) if valid is None else valid
+        running = _scan_cpu(ts, v, np.int64(carry), out_h)
+        return out_h, int(running)
+    xp: Any = np if isinstance(ts, np.ndarray) else __import__("cupy")
+    out = xp.empty(n, dtype=np.int64)
+    if n == 0:
+        return out, int(carry)
+    v = xp.empty(0, dtype=np.bool_) if valid is None else valid
+    blocks = -(-n // CHUNK)
+    block_max = xp.empty(blocks, dtype=np.int64)
+    _block_max_cuda[blocks, THREADS](ts, v, block_max)
+    _block_scan_cuda[blocks, THREADS](ts, v, block_max, np.int64(carry), out)
+    return out, max(int(carry), int(block_max.max()))

@@ -1,0 +1,121 @@
+"""Window assignment with per-event lateness, for tumbling and sliding windows.
+
+Each event belongs to ``nwin = size / slide`` windows (1 for tumbling). For every
+(event, window) pair the kernel writes the window start and a status, decided from the
+event's own watermark ``wm`` (DESIGN.md section 3):
+
+- ``ON_TIME``: the window has not fired for this event (``end > wm``);
+- ``LATE``: it has fired, but its state is kept (``end <= wm < end + lateness``);
+- ``DROPPED``: its state is gone (``end + lateness <= wm``);
+- ``NO_TIME``: the event time is null.
+
+The helper :func:`window_start` is written once for the CPU, CUDA and the simulator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numba.extending import register_jitable
+
+from gpustream.kernels.registry import cuda_kernel, launch_config
+
+__all__ = ["DROPPED", "LATE", "NO_TIME", "ON_TIME", "assign_windows", "window_start"]
+
+ON_TIME = np.int8(0)
+LATE = np.int8(1)
+DROPPED = np.int8(2)
+NO_TIME = np.int8(3)
+
+cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
+
+
+@register_jitable
+def window_start(ts, slide, offset):  # type: ignore[no-untyped-def]
+    """Start of the last window of stride ``slide`` aligned to ``offset`` that holds ``ts``.
+
+    Examples
+    --------
+    >>> window_start(10_500, 1_000, 0), window_start(-1, 1_000, 0), window_start(10_500, 1_000, 200)
+    (10000, -1000, 10200)
+    """
+    return ts - (ts - offset) % slide
+
+
+@register_jitable
+def _status(end, wm, lateness):  # type: ignore[no-untyped-def]
+    if end > wm:
+        return ON_TIME
+    if end - wm > -lateness:  # end + lateness > wm, without overflow near INT64_MIN
+        return LATE
+    return DROPPED
+
+
+@numba.njit(nogil=True, cache=False)
+def _assign_cpu(ts, valid, wm, size, slide, offset, lateness, nwin, starts, status):  # type: ignore[no-untyped-def]
+    has_valid = valid.shape[0] > 0
+    for i in range(ts.shape[0]):
+        last = window_start(ts[i], slide, offset)
+        for j in range(nwin):
+            a = i * nwin + j
+            st = last - j * slide
+            starts[a] = st
+            if has_valid and not valid[i]:
+                status[a] = NO_TIME
+            else:
+                status[a] = _status(st + size, wm[i], lateness)
+
+
+@cuda_kernel("void(int64[::1], boolean[::1], int64[::1], int64, int64, int64, int64, int64, "
+             "int64[::1], int8[::1])")
+def _assign_cuda(ts, valid, wm, size, slide, offset, lateness, nwin, starts, status):  # type: ignore[no-untyped-def]
+    i = cuda.grid(1)
+    if i < ts.shape[0]:
+        has_valid = valid.shape[0] > 0
+        last = window_start(ts[i], slide, offset)
+        for j in range(nwin):
+            a = i * nwin + j
+            st = last - j * slide
+            starts[a] = st
+            if has_valid and not valid[i]:
+                status[a] = NO_TIME
+            else:
+                status[a] = _status(st + size, wm[i], lateness)
+
+
+def assign_windows(
+    ts: Any, valid: Any, wm: Any, size: int, slide: int, offset: int, lateness: int,
+    on_device: bool,
+) -> tuple[Any, Any]:
+    """Window starts and statuses of every (event, window) pair, event-major.
+
+    Assignment ``a`` belongs to event ``a // nwin`` with ``nwin = size // slide``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ts = np.array([1500, 200])
+    >>> wm = np.array([-10**18, 2000])     # the second event arrives after the first
+    >>> starts, status = assign_windows(ts, None, wm, 1000, 500, 0, 0, on_device=False)
+    >>> starts.tolist(), status.tolist()
+    ([1500, 1000, 0, -500], [0, 0, 2, 2])
+    """
+    nwin = size // slide
+    n = ts.shape[0]
+    if not on_device:
+        starts_h = np.empty(n * nwin, dtype=np.int64)
+        status_h = np.empty(n * nwin, dtype=np.int8)
+        v = np.empty(0, dtype=np.bool_) if valid is None else valid
+        _assign_cpu(ts, v, wm, size, slide, offset, lateness, nwin, starts_h, status_h)
+        return starts_h, status_h
+    xp: Any = np if isinstance(ts, np.ndarray) else __import__("cupy")
+    starts = xp.empty(n * nwin, dtype=np.int64)
+    status = xp.empty(n * nwin, dtype=np.int8)
+    if n:
+        v = xp.empty(0, dtype=np.bool_) if valid is None else valid
+        _assign_cuda[launch_config(n)](ts, v, wm, np.int64(size), np.int64(slide),
+                                       np.int64(offset), np.int64(lateness), np.int64(nwin),
+                                       starts, status)
+    return starts, status

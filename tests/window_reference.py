@@ -1,0 +1,199 @@
+"""A plain reference for keyed event-time windows, written from DESIGN.md section 3.
+
+It walks the events in arrival order with Python integers and computes each window's
+aggregates with pandas over the rows that count, independently of gpustream's kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tests.reference import to_pandas
+
+AGG_KINDS = ("count", "count_valid", "sum", "min", "max", "mean", "var", "std", "first", "last",
+             "count_distinct", "approx_count_distinct")
+
+
+def _windows(ts: int, size: int, slide: int, offset: int) -> list[int]:
+    last = ts - ((ts - offset) % slide)
+    return [last - j * slide for j in range(size // slide)]
+
+
+def _aggregate(rows: pd.DataFrame, kind: str, column: str | None, ts_col: str) -> Any:
+    if kind == "count":
+        return len(rows)
+    assert column is not None
+    s = rows[column]
+    nn = s.dropna()
+    if kind == "count_valid":
+        return len(nn)
+    if kind in ("count_distinct", "approx_count_distinct"):
+        return nn.nunique()
+    if kind in ("first", "last"):
+        ok = rows[s.notna()]
+        if ok.empty:
+            return None
+        # arrival order is the row order; sort by event time, stable
+        ordered = ok.sort_values(ts_col, kind="stable")
+        return ordered[column].iloc[0 if kind == "first" else -1]
+    if nn.empty:
+        return None
+    if kind == "sum":
+        return nn.sum()
+    if kind == "min":
+        return nn.min()
+    if kind == "max":
+        return nn.max()
+    if kind == "mean":
+        return float(nn.astype(float).mean())
+    if len(nn) < 2:
+        return None
+    var = float(np.var(nn.astype(float).to_numpy(), ddof=1))
+    return var if kind == "var" else math.sqrt(var)
+
+
+def reference_windows(
+    table: pa.Table, keys: Sequence[str], ts_col: str, size: int, slide: int, offset: int,
+    delay: int, lateness: int, aggs: dict[str, tuple[str, str | None]],
+) -> tuple[pd.DataFrame, list[int]]:
+    """(output rows sorted by window_end, window_start, keys, revision; late row numbers)."""
+    df = to_pandas(table).reset_index(drop=True)
+    running: int | None = None
+    on_time: dict[tuple, list[int]] = defaultdict(list)
+    late_allowed: list[tuple[tuple, int]] = []  # in arrival order
+    late_rows: list[int] = []
+    for i in range(len(df)):
+        t = df[ts_col].iloc[i]
+        wm = None if running is None else running - delay
+        if pd.isna(t):
+            late_rows.append(i)
+            continue
+        t = int(t.value // 10**6) if isinstance(t, pd.Timestamp) else int(t)
+        key = tuple(None if pd.isna(df[k].iloc[i]) else df[k].iloc[i] for k in keys)
+        updated = False
+        for start in _windows(t, size, slide, offset):
+            end = start + size
+            window = (*key, start)
+            if wm is None or end > wm:
+                on_time[window].append(i)
+                updated = True
+            elif end + lateness > wm:
+                late_allowed.append((window, i))
+                updated = True
+        if not updated:
+            late_rows.append(i)
+        running = t if running is None else max(running, t)
+    out = []
+    fired: dict[tuple, list[int]] = {}
+    for w, rows in on_time.items():
+        fired[w] = list(rows)
+        out.append((w, 0, rows))
+    revisions: dict[tuple, int] = {w: 1 for w in on_time}
+    for w, i in late_allowed:
+        rows = fired.setdefault(w, [])
+        rows.append(i)
+        rev = revisions.get(w, 0)
+        revisions[w] = rev + 1
+        out.append((w, rev, list(rows)))
+    records = []
+    for w, rev, rows in out:
+        sub = df.iloc[rows]
+        rec: dict[str, Any] = {k: w[j] for j, k in enumerate(keys)}
+        rec["window_start"] = w[-1]
+        rec["window_end"] = w[-1] + size
+        for name, (kind, column) in aggs.items():
+            rec[name] = _aggregate(sub, kind, column, ts_col)
+        if lateness:
+            rec["revision"] = rev
+        records.append(rec)
+    cols = [*keys, "window_start", "window_end", *aggs, *(["revision"] if lateness else [])]
+    result = pd.DataFrame.from_records(records, columns=cols)
+    return sort_output(result, keys), late_rows
+
+
+def sort_output(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Rows in a canonical order: window_end, window_start, keys (nulls last), revision."""
+    by = ["window_end", "window_start", *keys] + (["revision"] if "revision" in df else [])
+    return df.sort_values(by, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def assert_windows_equal(got: pd.DataFrame, want: pd.DataFrame, approx: Sequence[str] = (),
+                         hll: Sequence[str] = ()) -> None:
+    """Same rows; floats to 1e-9 relative, ``approx`` columns to 1e-6, HLL within 5 %."""
+    assert list(got.columns) == list(want.columns), (list(got.columns), list(want.columns))
+    assert len(got) == len(want), (len(got), len(want))
+    for c in got.columns:
+        g = got[c].astype(object).where(got[c].notna(), None).tolist()
+        w = want[c].astype(object).where(want[c].notna(), None).tolist()
+        assert [x is None for x in g] == [x is None for x in w], c
+        pairs = [(x, y) for x, y in zip(g, w, strict=True) if x is not None]
+        if c in hll:
+            for x, y in pairs:
+                assert abs(x - y) <= max(2, 0.05 * y), (c, x, y)
+        elif pairs and isinstance(pairs[0][0], (float, np.floating)):
+            tol = 1e-6 if c in approx else 1e-9
+            a = np.array([p[0] for p in pairs], dtype=float)
+            b = np.array([p[1] for p in pairs], dtype=float)
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=c)
+        else:
+            assert [x for x, _ in pairs] == [y for _, y in pairs], c
+
+
+def reference_sessions(
+    table: pa.Table, keys: Sequence[str], ts_col: str, gap: int, delay: int,
+    aggs: dict[str, tuple[str, str | None]],
+) -> tuple[pd.DataFrame, list[int]]:
+    """Session windows per DESIGN.md with Flink's merge-first lateness, no allowed lateness.
+
+    Per event in arrival order: sessions of its key whose end <= its watermark have fired
+    and are closed; the event's window [t, t + gap) merges with every open session it
+    overlaps; with none, it opens a session unless t + gap <= watermark (late).
+    """
+    df = to_pandas(table).reset_index(drop=True)
+    running: int | None = None
+    open_: dict[tuple, list[list[Any]]] = defaultdict(list)  # key -> [start, end, rows]
+    closed: list[tuple[tuple, int, int, list[int]]] = []
+    late_rows: list[int] = []
+    for i in range(len(df)):
+        t = df[ts_col].iloc[i]
+        wm = None if running is None else running - delay
+        if pd.isna(t):
+            late_rows.append(i)
+            continue
+        t = int(t)
+        key = tuple(None if pd.isna(df[k].iloc[i]) else df[k].iloc[i] for k in keys)
+        sessions = open_[key]
+        if wm is not None:
+            for s in [s for s in sessions if s[1] <= wm]:
+                closed.append((key, s[0], s[1], s[2]))
+                sessions.remove(s)
+        hit = [s for s in sessions if s[0] < t + gap and t < s[1]]
+        if not hit and wm is not None and t + gap <= wm:
+            late_rows.append(i)
+        else:
+            merged = [min([t] + [s[0] for s in hit]), max([t + gap] + [s[1] for s in hit]),
+                      sorted([i] + [r for s in hit for r in s[2]])]
+            for s in hit:
+                sessions.remove(s)
+            sessions.append(merged)
+        running = t if running is None else max(running, t)
+    for key, sessions in open_.items():
+        closed += [(key, s[0], s[1], s[2]) for s in sessions]
+    records = []
+    for key, start, end, rows in closed:
+        rec: dict[str, Any] = {k: key[j] for j, k in enumerate(keys)}
+        rec["window_start"], rec["window_end"] = start, end
+        sub = df.iloc[rows]
+        for name, (kind, column) in aggs.items():
+            rec[name] = _aggregate(sub, kind, column, ts_col)
+        records.append(rec)
+    result = pd.DataFrame.from_records(records, columns=[*keys, "window_start", "window_end",
+                                                         *aggs])
+    return sort_output(result, keys), late_rows
