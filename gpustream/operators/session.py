@@ -59,6 +59,7 @@ class SessionAggOp(KeyedAggBase):
         self.store = store
         self.keys = SlotTable(len(spec.keys) + 1, backend.xp, backend.is_device)
         self.keys.add_column("head", np.int64, -1)
+        self.keys.on_rebuild = self._keys_moved
         self._inputs_for: Batch | None = None
         self._inputs_cache: dict[int, Any] = {}
 
@@ -90,6 +91,11 @@ class SessionAggOp(KeyedAggBase):
         """Run the session kernel; returns each event's final session (-1: late)."""
         xp = self.xp
         m = int(rows.shape[0])
+        if self.store.top + m > self.store.capacity:
+            # compact before the keys of this batch are looked up: relinking frees the keys
+            # that have no session, which a key new in this batch has not yet
+            self.store.compact(m)
+            self._rebuild_lists()
         key_words = self._key_words(batch, rows, None)
         kslot, new_key = self.keys.upsert(key_words, xp.arange(m, dtype=np.int64))
         self.keys.init(kslot[new_key.astype(bool)])
@@ -98,9 +104,6 @@ class SessionAggOp(KeyedAggBase):
         bounds = xp.nonzero(ks_sorted[1:] != ks_sorted[:-1])[0] + 1
         seg_starts = xp.concatenate([xp.zeros(1, np.int64), bounds.astype(np.int64),
                                      xp.full(1, m, np.int64)])
-        if self.store.top + m > self.store.capacity:
-            self.store.compact(m)
-            self._rebuild_lists()
         base = self.store.reserve(m)
         meta = self.store.meta
         ev_sess = sessionize(seg_starts, order.astype(np.int64), ts, wm, kslot, self.spec.gap,
@@ -123,6 +126,15 @@ class SessionAggOp(KeyedAggBase):
         meta["state"][dead] = FREE
         meta["into"][dead] = -1
         return ev_final
+
+    def _keys_moved(self, old: Any, new: Any) -> None:
+        """The key table was rebuilt: point the sessions at their keys' new slots."""
+        xp = self.xp
+        remap = xp.full(int(old.max()) + 1 if old.shape[0] else 1, -1, dtype=np.int64)
+        remap[old] = new
+        meta = self.store.meta
+        live = self.store.live_slots()
+        meta["kslot"][live] = remap[meta["kslot"][live]]
 
     def _survivor(self, ids: Any) -> Any:
         """Follow ``into`` links (merge chains within a batch) to the live session."""

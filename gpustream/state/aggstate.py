@@ -278,7 +278,7 @@ class DistinctState(AggState):
         if p.used + extra <= p.capacity * 0.5:
             return
         live_pairs = p.live_slots()
-        live_gids = self.col("gid")[self.table.live_slots()]
+        live_gids = self.col("gid")[self.table.held_slots()]
         gids = p.t_keys[0, live_pairs].view(np.int64)
         p.free(live_pairs[~self.xp.isin(gids, live_gids)])
 
@@ -349,7 +349,7 @@ class HllState(AggState):
         xp = self.xp
         if self.next_row + extra <= self.regs.shape[0]:
             return
-        live = self.table.live_slots()
+        live = self.table.held_slots()
         rows = self.col("row")[live]
         has = rows >= 0
         live, rows = live[has], rows[has]

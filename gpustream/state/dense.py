@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gpustream.kernels.sessions import LIVE
+from gpustream.kernels.sessions import DEAD, LIVE
 
 __all__ = ["DenseTable"]
 
@@ -57,6 +57,12 @@ class DenseTable:
     def live_slots(self) -> Any:
         """Ids of the live records, ascending."""
         return self.xp.nonzero(self.meta["state"] == LIVE)[0]
+
+    def held_slots(self) -> Any:
+        """Records whose state must be kept: live ones, and ones merged away whose state
+        is still to be folded into their survivor."""
+        state = self.meta["state"]
+        return self.xp.nonzero((state == LIVE) | (state == DEAD))[0]
 
     @property
     def live_count(self) -> int:

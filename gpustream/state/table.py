@@ -34,6 +34,8 @@ class StateTable(Protocol):
 
     def live_slots(self) -> Any: ...
 
+    def held_slots(self) -> Any: ...
+
 
 def _pow2_at_least(n: int) -> int:
     c = MIN_CAPACITY
@@ -79,6 +81,9 @@ class SlotTable:
         self.live_count = 0
         self.used = 0  # live + freed (tombstones)
         self.rebuilds = 0
+        #: called as ``on_rebuild(old_slots, new_slots)`` after a rebuild moved live slots,
+        #: for owners that keep slot numbers outside the table's columns
+        self.on_rebuild: Any = None
 
     # -- columns --------------------------------------------------------------------------
     def add_column(self, name: str, dtype: Any, fill: Any, width: int = 0) -> None:
@@ -134,6 +139,10 @@ class SlotTable:
         """Indices of the live slots, ascending."""
         return self.xp.nonzero(self.arrays[0] > TOMBSTONE)[0]
 
+    def held_slots(self) -> Any:
+        """Slots whose state must be kept (here: the live ones)."""
+        return self.live_slots()
+
     def rebuild(self, capacity: int | None = None) -> Any:
         """Re-insert the live keys into fresh arrays; returns old slot -> new slot for them."""
         xp = self.xp
@@ -153,6 +162,8 @@ class SlotTable:
         self.capacity = capacity
         self.used = self.live_count = int(old.shape[0])
         self.rebuilds += 1
+        if self.on_rebuild is not None:
+            self.on_rebuild(old, new_slots)
         return new_slots
 
     # -- checkpoints ----------------------------------------------------------------------
