@@ -6,6 +6,8 @@ column and reports offsets for checkpoints; it knows nothing about windows or jo
 
 from gpustream.ingest.arrow import ArrowSource, from_arrow
 from gpustream.ingest.dictionary import StringDictionary
+from gpustream.ingest.files import ParquetSource, read_parquet
 from gpustream.ingest.source import Source, SourceBatch
 
-__all__ = ["ArrowSource", "Source", "SourceBatch", "StringDictionary", "from_arrow"]
+__all__ = ["ArrowSource", "ParquetSource", "Source", "SourceBatch", "StringDictionary",
+           "from_arrow", "read_parquet"]

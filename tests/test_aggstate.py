@@ -163,3 +163,19 @@ def test_cpu_equals_cudasim_for_windows(assigner: gs.WindowAssigner) -> None:
     sim = _windowed("cudasim", table, assigner, 0, None)
     pd.testing.assert_frame_equal(sim, cpu, check_exact=False, rtol=1e-9)
     assert select_backend("cudasim").name == "cudasim"
+
+
+def test_slot_table_grows_while_inserting_and_keeps_earlier_slots() -> None:
+    rng = np.random.default_rng(4)
+    keys = rng.integers(0, 50_000, (2, 120_000)).astype(np.uint64)
+    table = SlotTable(2, np, on_device=False)
+    table.add_column("first_row", np.int64, -1)
+    slots, is_new = table.upsert(keys, np.arange(keys.shape[1]))
+    assert table.rebuilds > 0, "the insert should have grown the table several times"
+    created = is_new.astype(bool)
+    table.columns["first_row"][slots[created]] = np.nonzero(created)[0]
+    # every row's slot holds its own key, and equal keys share a slot
+    assert np.array_equal(table.t_keys[:, slots], keys)
+    _, first, inverse = np.unique(keys.T, axis=0, return_index=True, return_inverse=True)
+    assert int(created.sum()) == len(first) == table.live_count
+    assert np.array_equal(table.columns["first_row"][slots], first[inverse.ravel()])

@@ -168,8 +168,15 @@ class KeyedAggBase(Operator):
         xp = self.xp
         spec = self.spec
         k = len(spec.keys)
-        order = xp.lexsort(xp.stack([*(key_words[c] for c in range(k - 1, -1, -1)),
-                                     starts, ends]))
+        sort_by = [key_words[c] for c in range(k - 1, -1, -1)]
+        if starts.shape[0] and bool((starts != starts[0]).any() | (ends != ends[0]).any()):
+            sort_by += [starts.view(np.uint64), ends.view(np.uint64)]
+        if not sort_by:
+            order = xp.argsort(starts, kind="stable")
+        elif len(sort_by) == 1:
+            order = xp.argsort(sort_by[0], kind="stable")
+        else:
+            order = xp.lexsort(xp.stack(sort_by))
         key_words, slots = key_words[:, order], slots[order]
         starts, ends = starts[order], ends[order]
         if revision is not None:
@@ -177,10 +184,11 @@ class KeyedAggBase(Operator):
         columns: dict[str, Any] = {}
         validity: dict[str, Any] = {}
         nulls = key_words[k].view(np.int64)
+        any_null = bool(nulls.any()) if k else False
         for c, name in enumerate(spec.keys):
             dtype = physical_dtype(spec.schema.field(name).type)
             columns[name] = key_words[c].view(np.int64).astype(dtype)
-            validity[name] = ((nulls >> c) & 1) == 0
+            validity[name] = ((nulls >> c) & 1) == 0 if any_null else None
         columns["window_start"] = starts
         columns["window_end"] = ends
         for a, st in zip(spec.aggs, self.states, strict=True):

@@ -50,9 +50,8 @@ class DenseTable:
         self._fill[name] = (dtype, fill)
 
     def init(self, slots: Any) -> None:
-        """Reset the registered columns of new records to their fill values."""
-        for name, (_, fill) in self._fill.items():
-            self.columns[name][slots] = fill
+        """Nothing to do: a never-used record already holds every column's fill value
+        (ids are handed out once; compaction starts from fresh arrays)."""
 
     def live_slots(self) -> Any:
         """Ids of the live records, ascending."""

@@ -93,9 +93,7 @@ class SlotTable:
         self._fill[name] = (dtype, fill)
 
     def init(self, slots: Any) -> None:
-        """Reset every column of newly created ``slots`` to its fill value."""
-        for name, (_, fill) in self._fill.items():
-            self.columns[name][slots] = fill
+        """Nothing to do: a never-used slot already holds every column's fill value."""
 
     # -- keys -----------------------------------------------------------------------------
     @property
@@ -117,14 +115,47 @@ class SlotTable:
     def upsert(self, keys: Any, rows: Any) -> tuple[Any, Any]:
         """Slots of the keys of ``rows`` (others -1), creating missing ones; and which are new.
 
-        New slots must be initialised by the caller (:meth:`init` then its own values).
+        A slot that was never used holds every column's fill value (freed slots are not
+        reused until a rebuild, which starts from fresh arrays), so new slots need no
+        reset; states set their own initial values.
+
+        On the GPU the table first grows to hold every row as a new key (a kernel cannot
+        pause to grow it). The CPU inserts in chunks no larger than the room left and grows
+        between chunks, so the table tracks the keys actually seen.
         """
-        self.ensure_room(int(rows.shape[0]))
         hashes = hash_rows(keys, self.on_device)
-        slots, is_new = upsert(self.arrays, hashes, keys, rows, self.on_device)
-        created = int(is_new.sum())
-        self.live_count += created
-        self.used += created
+        m = int(rows.shape[0])
+        if self.on_device:
+            self.ensure_room(m)
+            slots, is_new = upsert(self.arrays, hashes, keys, rows, self.on_device)
+            created = int(is_new.sum())
+            self.live_count += created
+            self.used += created
+            return slots, is_new
+        slots = np.full(hashes.shape[0], -1, dtype=np.int64)
+        is_new = np.zeros(hashes.shape[0], dtype=np.int8)
+        pos = 0
+        while pos < m:
+            room = int(self.capacity * MAX_LOAD) - self.used
+            if room < min(m - pos, MIN_CAPACITY):
+                # grow geometrically: room for the rest of the rows, or 4x the live keys
+                target = self.live_count + min(m - pos, max(4 * self.live_count, MIN_CAPACITY))
+                old_capacity, old = self.capacity, self.live_slots()
+                new = self.rebuild(_pow2_at_least(int(target / MAX_LOAD) + 1))
+                if pos:  # the rows placed so far moved with their keys
+                    remap = np.full(old_capacity, -1, dtype=np.int64)
+                    remap[old] = new
+                    done = rows[:pos]
+                    slots[done] = remap[slots[done]]
+                continue
+            part = rows[pos : pos + room]
+            s, new = upsert(self.arrays, hashes, keys, part, False)
+            slots[part] = s[part]
+            is_new[part] = new[part]
+            created = int(new[part].sum())
+            self.live_count += created
+            self.used += created
+            pos += room
         return slots, is_new
 
     def free(self, slots: Any) -> None:

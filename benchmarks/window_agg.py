@@ -1,0 +1,133 @@
+"""1 s tumbling window, count/sum/min/max/mean per key, from Parquet, end to end.
+
+gpustream runs the streaming query (per-event watermarks, windows firing as the
+watermark passes them); DuckDB and Polars run the same group-by in batch over the same
+file, in the same process, one after the other, so the ratios are side by side. Every
+system's answer is checked against DuckDB's before any time is reported.
+
+    python benchmarks/window_agg.py --events 10000000 --keys 10000 --engine cpu
+
+Needs the ``bench`` extra (duckdb, polars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import gpustream as gs
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def make_data(events: int, keys: int, path: Path, seed: int = 1) -> None:
+    """``events`` rows over 100 s of event time, lightly out of order (up to 500 ms)."""
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.integers(0, 100_000, events)) + 1_700_000_000_000
+    ts -= rng.integers(0, 500, events) * (rng.random(events) < 0.1)
+    table = pa.table({
+        "key": rng.integers(0, keys, events).astype(np.int64),
+        "ts": ts.astype(np.int64),
+        "v": rng.normal(100.0, 25.0, events),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=1 << 20)
+
+
+def run_gpustream(path: Path, engine: str, batch_rows: int) -> pa.Table:
+    p = gs.Pipeline("bench-window", engine=engine)
+    s = p.source(gs.read_parquet(path, batch_rows=batch_rows), event_time="ts",
+                 watermark=gs.Watermark.bounded("1s"))
+    w = s.key_by("key").window(gs.Tumbling("1s"), name="w").agg(
+        n=gs.count(), total=gs.col("v").sum(), lo=gs.col("v").min(), hi=gs.col("v").max(),
+        avg=gs.col("v").mean())
+    out: list[pa.RecordBatch] = []
+    w.sink(gs.to_callback(out.append))
+    stats = p.run()
+    assert stats.late_events == 0, "the data is generated without late events"
+    return pa.Table.from_batches(out)
+
+
+def run_duckdb(path: Path) -> pa.Table:
+    import duckdb
+
+    con = duckdb.connect()
+    return con.sql(f"""
+        SELECT key, ts - ((ts % 1000) + 1000) % 1000 AS window_start,
+               count(*) AS n, sum(v) AS total, min(v) AS lo, max(v) AS hi, avg(v) AS avg
+        FROM read_parquet('{path}') GROUP BY ALL""").to_arrow_table()
+
+
+def run_polars(path: Path) -> pa.Table:
+    import polars as pl
+
+    q = (pl.scan_parquet(path)
+         .with_columns(window_start=pl.col("ts") - pl.col("ts").mod(1000))
+         .group_by("key", "window_start")
+         .agg(n=pl.len(), total=pl.col("v").sum(), lo=pl.col("v").min(),
+              hi=pl.col("v").max(), avg=pl.col("v").mean()))
+    return q.collect().to_arrow()
+
+
+def canonical(t: pa.Table) -> pa.Table:
+    cols = ["key", "window_start", "n", "total", "lo", "hi", "avg"]
+    t = t.select(cols).cast(pa.schema([("key", pa.int64()), ("window_start", pa.int64()),
+                                       ("n", pa.int64()), ("total", pa.float64()),
+                                       ("lo", pa.float64()), ("hi", pa.float64()),
+                                       ("avg", pa.float64())]))
+    return t.sort_by([("window_start", "ascending"), ("key", "ascending")])
+
+
+def same(a: pa.Table, b: pa.Table) -> None:
+    a, b = canonical(a), canonical(b)
+    assert a.num_rows == b.num_rows, (a.num_rows, b.num_rows)
+    for c in ("key", "window_start", "n"):
+        assert a[c].equals(b[c]), c
+    for c in ("total", "lo", "hi", "avg"):
+        np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--keys", type=int, default=10_000)
+    ap.add_argument("--engine", default="cpu")
+    ap.add_argument("--batch-rows", type=int, default=1 << 20)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    path = DATA / f"events_{args.events}_{args.keys}.parquet"
+    if not path.exists():
+        make_data(args.events, args.keys, path)
+    runs = {
+        f"gpustream ({args.engine})": lambda: run_gpustream(path, args.engine, args.batch_rows),
+        "duckdb": lambda: run_duckdb(path),
+        "polars": lambda: run_polars(path),
+    }
+    reference = run_duckdb(path)
+    times: dict[str, list[float]] = {}
+    for name, fn in runs.items():
+        same(fn(), reference)  # warm-up (JIT compilation) and a correctness check
+        times[name] = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    print(f"# {args.events:,} events, {args.keys:,} keys, 1 s tumbling, 5 aggregates; "
+          f"{platform.node()} {platform.processor() or platform.machine()}, "
+          f"{time.strftime('%Y-%m-%d')}; median of {args.repeat}")
+    ours = statistics.median(times[f"gpustream ({args.engine})"])
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:22s} {med:8.3f} s  {args.events / med / 1e6:8.1f} M events/s  "
+              f"gpustream/this = {med / ours:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
