@@ -40,69 +40,43 @@ def synthetic_bids(n: int, seed: int = 7) -> pa.Table:
 
 def demo_pipeline(
     events: int = 1_000_000, engine: str = "auto", batch_rows: int = 65_536,
-) -> tuple[gs.Pipeline, gs.Stream]:
-    """Expensive bids outside one channel, priced in another currency.
+) -> tuple[gs.Pipeline, gs.AggStream]:
+    """Per channel, every 5 s over the last 10 s: bids, volume, top bid, distinct bidders.
 
     Examples
     --------
     >>> p, hot = demo_pipeline(1000, engine="cpu")
     >>> hot.schema.names
-    ['auction', 'bidder', 'usd', 'channel', 'ts']
+    ['channel', 'window_start', 'window_end', 'bids', 'volume', 'top', 'bidders']
     """
-    p = gs.Pipeline("demo-expensive-bids", engine=engine)
+    p = gs.Pipeline("demo-channel-activity", engine=engine)
     bids = p.source(gs.from_arrow(synthetic_bids(events), batch_rows=batch_rows),
-                    event_time="ts", name="bids")
+                    event_time="ts", watermark=gs.Watermark.bounded("2s"), name="bids")
     hot = (
-        bids.filter((gs.col("price") > 100_000) & (gs.col("channel") != "apple"))
+        bids.filter(gs.col("channel") != "apple")
         .with_columns(usd=gs.col("price").cast("float64") * 0.01 * 1.08)
-        .select("auction", "bidder", "usd", "channel", "ts")
+        .key_by("channel")
+        .window(gs.Sliding("10s", "5s"), name="activity")
+        .agg(bids=gs.count(), volume=gs.col("usd").sum(), top=gs.col("usd").max(),
+             bidders=gs.col("bidder").approx_count_distinct())
     )
     return p, hot
 
 
-class ChannelSummary:
-    """A callback sink body: bids, volume and top bid per channel, merged per batch.
-
-    Examples
-    --------
-    >>> import pyarrow as pa
-    >>> s = ChannelSummary()
-    >>> s(pa.record_batch({"channel": ["a", "b", "a"], "usd": [1.0, 2.0, 3.0]}))
-    >>> s.table().to_pylist()
-    [{'channel': 'a', 'bids': 2, 'volume': 4.0, 'top': 3.0}, {'channel': 'b', 'bids': 1, 'volume': 2.0, 'top': 2.0}]
-    """
-
-    def __init__(self) -> None:
-        self.parts: list[pa.Table] = []
-
-    def __call__(self, rb: pa.RecordBatch) -> None:
-        self.parts.append(pa.Table.from_batches([rb]).group_by("channel").aggregate(
-            [([], "count_all"), ("usd", "sum"), ("usd", "max")]))
-
-    def table(self) -> pa.Table:
-        """Per-channel totals so far, sorted by channel."""
-        if not self.parts:
-            return pa.table({"channel": pa.array([], pa.string()), "bids": pa.array([], pa.int64()),
-                             "volume": pa.array([], pa.float64()), "top": pa.array([], pa.float64())})
-        t = pa.concat_tables(self.parts).group_by("channel").aggregate(
-            [("count_all", "sum"), ("usd_sum", "sum"), ("usd_max", "max")])
-        t = t.rename_columns({"count_all_sum": "bids", "usd_sum_sum": "volume",
-                              "usd_max_max": "top"})
-        return t.select(["channel", "bids", "volume", "top"]).sort_by("channel")
-
-
-def run_demo(events: int, engine: str, console: Console) -> RunStats:
-    """Build and run the demo, printing the backend, a per-channel table and the stats."""
+def run_demo(events: int, engine: str, console: Console, rows: int = 12) -> RunStats:
+    """Build and run the demo, printing the backend, the last windows and the stats."""
     p, hot = demo_pipeline(events, engine)
-    summary = ChannelSummary()
-    hot.sink(gs.to_callback(summary))
+    out: list[pa.RecordBatch] = []
+    hot.sink(gs.to_callback(out.append))
     console.print(f"[bold]backend[/bold]: {p.backend.describe()}", highlight=False)
     stats = p.run()
-    table = Table("channel", "bids", "volume (USD)", "top bid (USD)",
-                  title="expensive bids outside the apple channel")
-    for row in summary.table().to_pylist():
-        table.add_row(row["channel"], f"{row['bids']:,}", f"{row['volume']:,.2f}",
-                      f"{row['top']:,.2f}")
+    result = pa.Table.from_batches(out) if out else hot.schema.empty_table()
+    table = Table("channel", "window from", "bids", "volume (USD)", "top bid (USD)", "bidders",
+                  title=f"bids per channel, 10 s windows every 5 s (last {rows})")
+    for row in result.slice(max(0, result.num_rows - rows)).to_pylist():
+        window = f"{row['window_start']:%H:%M:%S}"
+        table.add_row(row["channel"], window, f"{row['bids']:,}", f"{row['volume']:,.2f}",
+                      f"{row['top']:,.2f}", f"~{row['bidders']:,}")
     console.print(table)
     console.print(stats.summary(), highlight=False)
     return stats

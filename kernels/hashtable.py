@@ -29,7 +29,7 @@ from numba.extending import register_jitable
 
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
-__all__ = ["EMPTY", "TOMBSTONE", "new_table", "upsert"]
+__all__ = ["EMPTY", "TOMBSTONE", "new_table", "upsert", "upsert_cpu_into"]
 
 EMPTY = np.uint64(0)
 TOMBSTONE = np.uint64(1)
@@ -127,6 +127,22 @@ def new_table(capacity: int, key_words: int, xp: Any) -> tuple[Any, Any, Any]:
         raise ValueError(f"capacity must be a power of two, got {capacity}")
     return (xp.zeros(capacity, dtype=np.uint64), xp.zeros(capacity, dtype=np.int32),
             xp.zeros((key_words, capacity), dtype=np.uint64))
+
+
+def upsert_cpu_into(table: tuple[Any, Any, Any], hashes: Any, keys: Any, rows: Any,
+                    slots: Any, is_new: Any) -> int:
+    """CPU twin writing into caller-owned ``slots``/``is_new``; returns how many keys it created.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> table = new_table(8, 1, np)
+    >>> keys = np.array([[3, 3, 4]], dtype=np.uint64)
+    >>> slots, new = np.full(3, -1), np.zeros(3, np.int8)
+    >>> upsert_cpu_into(table, keys[0].copy(), keys, np.arange(3), slots, new), new.tolist()
+    (2, [1, 0, 1])
+    """
+    return int(_upsert_cpu(table[0], table[1], table[2], hashes, keys, rows, slots, is_new))
 
 
 def upsert(

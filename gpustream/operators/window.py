@@ -101,22 +101,24 @@ class KeyedAggBase(Operator):
     def _key_words(self, batch: Batch, rows: Any, extra: Any | None) -> Any:
         """``uint64[K, len(rows)]``: key columns, their null bits, then ``extra`` if given."""
         xp = self.xp
+        identity = rows.shape[0] == batch.num_rows  # one assignment per event, in order
         cols = []
-        nulls = xp.zeros(batch.num_rows, dtype=np.int64)
+        nulls = None
         for c, name in enumerate(self.spec.keys):
             values = batch[name]
             valid = batch.validity(name)
             if valid is not None:
                 values = xp.where(valid, values, xp.zeros((), dtype=values.dtype))
-                nulls |= (~valid).astype(np.int64) << c
-            cols.append(values)
-        cols.append(nulls)
-        words = widen_keys(cols, xp)
-        keys = xp.empty((len(cols) + (extra is not None), rows.shape[0]), dtype=np.uint64)
-        keys[: len(cols)] = words[:, rows]
+                bits = (~valid).astype(np.int64) << c
+                nulls = bits if nulls is None else nulls | bits
+            cols.append(values if identity else values[rows])
+        if nulls is None:
+            cols.append(xp.zeros(rows.shape[0], dtype=np.int64))
+        else:
+            cols.append(nulls if identity else nulls[rows])
         if extra is not None:
-            keys[-1] = extra.view(np.uint64)
-        return keys
+            cols.append(extra)
+        return widen_keys(cols, xp)
 
     def _remember_dictionaries(self, batch: Batch) -> None:
         for name, d in batch.dictionaries.items():

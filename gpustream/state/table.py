@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gpustream.kernels.hashing import hash_rows
-from gpustream.kernels.hashtable import TOMBSTONE, new_table, upsert
+from gpustream.kernels.hashtable import TOMBSTONE, new_table, upsert, upsert_cpu_into
 
 __all__ = ["SlotTable", "StateTable"]
 
@@ -137,7 +137,8 @@ class SlotTable:
         pos = 0
         while pos < m:
             room = int(self.capacity * MAX_LOAD) - self.used
-            if room < min(m - pos, MIN_CAPACITY):
+            # rebuild (dropping freed slots, growing if needed) rather than trickle in chunks
+            if room < min(m - pos, max(MIN_CAPACITY, self.live_count)):
                 # grow geometrically: room for the rest of the rows, or 4x the live keys
                 target = self.live_count + min(m - pos, max(4 * self.live_count, MIN_CAPACITY))
                 old_capacity, old = self.capacity, self.live_slots()
@@ -149,10 +150,7 @@ class SlotTable:
                     slots[done] = remap[slots[done]]
                 continue
             part = rows[pos : pos + room]
-            s, new = upsert(self.arrays, hashes, keys, part, False)
-            slots[part] = s[part]
-            is_new[part] = new[part]
-            created = int(new[part].sum())
+            created = upsert_cpu_into(self.arrays, hashes, keys, part, slots, is_new)
             self.live_count += created
             self.used += created
             pos += room
