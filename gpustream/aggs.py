@@ -24,7 +24,20 @@ _NUMERIC_ONLY = ("sum", "mean", "var", "std")
 
 @dataclass(frozen=True, eq=False)
 class Agg:
-    """One aggregation: its kind, its input expression, and its parameters."""
+    """One aggregation: its kind, its input expression, and its parameters.
+
+    Build them with ``gs.count()`` and the column methods (``gs.col("v").sum()``).
+
+    Examples
+    --------
+    >>> from gpustream.expr import col
+    >>> Agg("sum", col("v"))
+    col('v').sum()
+    >>> Agg("median", col("v"))
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: unknown aggregation 'median'; use one of count, count_valid, sum, min, max, mean, var, std, first, last, count_distinct, approx_count_distinct
+    """
 
     kind: str
     input: Expr | None = None

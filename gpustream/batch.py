@@ -158,7 +158,13 @@ class Batch:
     # -- access ---------------------------------------------------------------------------
     @property
     def num_rows(self) -> int:
-        """Number of rows."""
+        """Number of rows.
+
+        Examples
+        --------
+        >>> Batch.from_arrow(pa.record_batch({"x": [1, 2]})).num_rows
+        2
+        """
         for arr in self._columns.values():
             return len(arr)
         return 0
@@ -168,12 +174,24 @@ class Batch:
 
     @property
     def column_names(self) -> list[str]:
-        """Column names in order."""
+        """Column names in order.
+
+        Examples
+        --------
+        >>> Batch.from_arrow(pa.record_batch({"a": [1], "b": [2]})).column_names
+        ['a', 'b']
+        """
         return list(self._columns)
 
     @property
     def columns(self) -> Mapping[str, Any]:
-        """Column name -> physical values."""
+        """Column name -> physical values.
+
+        Examples
+        --------
+        >>> Batch.from_arrow(pa.record_batch({"s": ["x", "y", "x"]})).columns["s"].tolist()
+        [0, 1, 0]
+        """
         return self._columns
 
     def __getitem__(self, name: str) -> Any:
@@ -183,12 +201,25 @@ class Batch:
         return iter(self._columns)
 
     def validity(self, name: str) -> Any | None:
-        """The validity mask of a column, or None when it has no nulls."""
+        """The validity mask of a column, or None when it has no nulls.
+
+        Examples
+        --------
+        >>> b = Batch.from_arrow(pa.record_batch({"x": [1, None], "y": [1, 2]}))
+        >>> b.validity("x").tolist(), b.validity("y")
+        ([True, False], None)
+        """
         return self._validity.get(name)
 
     @property
     def on_device(self) -> bool:
-        """True when the columns are GPU (cupy) arrays."""
+        """True when the columns are GPU (cupy) arrays.
+
+        Examples
+        --------
+        >>> Batch.from_arrow(pa.record_batch({"x": [1]})).on_device
+        False
+        """
         return any(not isinstance(a, np.ndarray) for a in self._columns.values())
 
     # -- Arrow ----------------------------------------------------------------------------
@@ -219,7 +250,13 @@ class Batch:
         return cls(columns, pa.schema(fields), validity, used)
 
     def to_arrow(self) -> pa.RecordBatch:
-        """The batch as a host ``pyarrow.RecordBatch`` (strings decoded)."""
+        """The batch as a host ``pyarrow.RecordBatch`` (strings decoded).
+
+        Examples
+        --------
+        >>> Batch.from_arrow(pa.record_batch({"s": ["a", None]})).to_arrow().column(0).to_pylist()
+        ['a', None]
+        """
         host = self.to_host()
         arrays = [
             _column_to_arrow(
@@ -232,13 +269,28 @@ class Batch:
 
     # -- devices --------------------------------------------------------------------------
     def to_device(self, backend: Backend) -> Batch:
-        """The batch on ``backend``'s device (cupy on ``cuda``; unchanged otherwise)."""
+        """The batch on ``backend``'s device (cupy on ``cuda``; unchanged otherwise).
+
+        Examples
+        --------
+        >>> from gpustream.backend import select_backend
+        >>> b = Batch.from_arrow(pa.record_batch({"x": [1]}))
+        >>> b.to_device(select_backend("cpu")) is b
+        True
+        """
         if not backend.is_device or backend.name == "cudasim" or self.on_device:
             return self
         return self._map(backend.to_device)
 
     def to_host(self) -> Batch:
-        """The batch with numpy arrays (copies from the GPU only when on it)."""
+        """The batch with numpy arrays (copies from the GPU only when on it).
+
+        Examples
+        --------
+        >>> b = Batch.from_arrow(pa.record_batch({"x": [1]}))
+        >>> b.to_host() is b
+        True
+        """
         if not self.on_device:
             return self
         return self._map(lambda a: a if isinstance(a, np.ndarray) else a.get())
@@ -285,7 +337,10 @@ class Batch:
     def from_cudf(
         cls, df: Any, dictionaries: dict[str, StringDictionary] | None = None
     ) -> Batch:
-        """A device batch from a ``cudf.DataFrame``; numeric columns without nulls are not copied."""
+        """A device batch from a ``cudf.DataFrame``; numeric columns without nulls are not copied.
+
+        Needs the ``cudf`` extra and a GPU; the round trip is tested where both exist.
+        """
         _import_cudf()
         import cupy
 
@@ -313,15 +368,35 @@ class Batch:
 
     # -- row selection and columns --------------------------------------------------------
     def filter(self, mask: Any) -> Batch:
-        """Rows where the boolean ``mask`` (same device) is True."""
+        """Rows where the boolean ``mask`` (same device) is True.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> b = Batch.from_arrow(pa.record_batch({"x": [1, 2, 3]}))
+        >>> b.filter(np.array([True, False, True]))["x"].tolist()
+        [1, 3]
+        """
         return self._map(lambda a: a[mask])
 
     def slice(self, start: int, stop: int) -> Batch:
-        """Rows ``start:stop``, as views."""
+        """Rows ``start:stop``, as views.
+
+        Examples
+        --------
+        >>> Batch.from_arrow(pa.record_batch({"x": [1, 2, 3]})).slice(1, 3)["x"].tolist()
+        [2, 3]
+        """
         return self._map(lambda a: a[start:stop])
 
     def select(self, names: list[str]) -> Batch:
-        """Only the named columns, in that order."""
+        """Only the named columns, in that order.
+
+        Examples
+        --------
+        >>> Batch.from_arrow(pa.record_batch({"a": [1], "b": [2]})).select(["b"]).column_names
+        ['b']
+        """
         return Batch(
             {n: self._columns[n] for n in names},
             pa.schema([self.schema.field(n) for n in names]),

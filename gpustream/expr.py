@@ -96,7 +96,13 @@ class Expr:
         return UnaryOp("abs", self)
 
     def abs(self) -> Expr:
-        """Absolute value."""
+        """Absolute value.
+
+        Examples
+        --------
+        >>> col("delta").abs()
+        abs(col('delta'))
+        """
         return UnaryOp("abs", self)
 
     # comparisons (return expressions, as in Polars)
@@ -157,7 +163,13 @@ class Expr:
         return IsNull(self, negate=False)
 
     def is_not_null(self) -> Expr:
-        """True where the value is present."""
+        """True where the value is present.
+
+        Examples
+        --------
+        >>> col("v").is_not_null()
+        col('v').is_not_null()
+        """
         return IsNull(self, negate=True)
 
     def fill_null(self, value: Scalar) -> Expr:
@@ -203,39 +215,93 @@ class Expr:
         return self._agg("sum")
 
     def min(self) -> Agg:
-        """Smallest non-null value (numbers and timestamps)."""
+        """Smallest non-null value (numbers and timestamps).
+
+        Examples
+        --------
+        >>> col("v").min()
+        col('v').min()
+        """
         return self._agg("min")
 
     def max(self) -> Agg:
-        """Largest non-null value (numbers and timestamps)."""
+        """Largest non-null value (numbers and timestamps).
+
+        Examples
+        --------
+        >>> col("v").max()
+        col('v').max()
+        """
         return self._agg("max")
 
     def mean(self) -> Agg:
-        """Mean of the non-null values (float64)."""
+        """Mean of the non-null values (float64).
+
+        Examples
+        --------
+        >>> col("v").mean()
+        col('v').mean()
+        """
         return self._agg("mean")
 
     def var(self) -> Agg:
-        """Sample variance (ddof=1) of the non-null values; null below two values."""
+        """Sample variance (ddof=1) of the non-null values; null below two values.
+
+        Examples
+        --------
+        >>> col("v").var()
+        col('v').var()
+        """
         return self._agg("var")
 
     def std(self) -> Agg:
-        """Sample standard deviation (ddof=1); null below two values."""
+        """Sample standard deviation (ddof=1); null below two values.
+
+        Examples
+        --------
+        >>> col("v").std()
+        col('v').std()
+        """
         return self._agg("std")
 
     def first(self) -> Agg:
-        """The non-null value with the smallest event time (ties: the first to arrive)."""
+        """The non-null value with the smallest event time (ties: the first to arrive).
+
+        Examples
+        --------
+        >>> col("v").first()
+        col('v').first()
+        """
         return self._agg("first")
 
     def last(self) -> Agg:
-        """The non-null value with the largest event time (ties: the last to arrive)."""
+        """The non-null value with the largest event time (ties: the last to arrive).
+
+        Examples
+        --------
+        >>> col("v").last()
+        col('v').last()
+        """
         return self._agg("last")
 
     def count(self) -> Agg:
-        """Number of non-null values (``gs.count()`` counts rows)."""
+        """Number of non-null values (``gs.count()`` counts rows).
+
+        Examples
+        --------
+        >>> col("v").count()
+        col('v').count()
+        """
         return self._agg("count_valid")
 
     def count_distinct(self) -> Agg:
-        """Exact number of distinct non-null values."""
+        """Exact number of distinct non-null values.
+
+        Examples
+        --------
+        >>> col("v").count_distinct()
+        col('v').count_distinct()
+        """
         return self._agg("count_distinct")
 
     def approx_count_distinct(self, precision: int = 12) -> Agg:

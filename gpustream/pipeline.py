@@ -67,7 +67,14 @@ class Pipeline:
 
     @property
     def backend(self) -> Backend:
-        """The backend this pipeline runs on (chosen on first use, then fixed)."""
+        """The backend this pipeline runs on (chosen on first use, then fixed).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> gs.Pipeline(engine="cpu").backend.name
+        'cpu'
+        """
         if self._backend is None:
             self._backend = select_backend(self.engine)
         return self._backend
@@ -91,6 +98,15 @@ class Pipeline:
             E.g. ``gs.Watermark.bounded("2s")``.
         name
             A stable name for this source (default ``source``, ``source_1`` …).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"ts": [1, 2]}), event_time="ts",
+        ...              watermark=gs.Watermark.bounded("1s"), name="clicks")
+        >>> s.schema.names
+        ['ts']
         """
         if not isinstance(source, Source):
             raise PlanError(
@@ -146,6 +162,15 @@ class Pipeline:
         -------
         RunStats
             Events in and out, batches, late events, bad records, elapsed time.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> _ = p.source(gs.from_arrow({"x": [1, 2, 3]})).sink(gs.to_callback(lambda rb: None))
+        >>> stats = p.run()
+        >>> stats.events_in, stats.events_out
+        (3, 3)
         """
         plan = build_physical(self._sinks, self.backend)
         return execute(plan, self.name, max_events)
@@ -164,12 +189,27 @@ class Stream:
 
     @property
     def schema(self) -> pa.Schema:
-        """The rows' schema (strings as ``string``, timestamps with their unit)."""
+        """The rows' schema (strings as ``string``, timestamps with their unit).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> gs.Pipeline().source(gs.from_arrow({"s": ["a"]})).schema.field("s").type
+        DataType(string)
+        """
         return self._schema
 
     @property
     def pipeline(self) -> Pipeline:
-        """The pipeline this stream belongs to."""
+        """The pipeline this stream belongs to.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline("mine")
+        >>> p.source(gs.from_arrow({"x": [1]})).pipeline is p
+        True
+        """
         return self._pipeline
 
     def _then(self, node: Node) -> Stream:
@@ -257,11 +297,31 @@ class Stream:
 
     def window(self, assigner: WindowAssigner, name: str | None = None,
                allowed_lateness: Duration = 0) -> WindowedStream:
-        """Event-time windows over the whole stream (no key); see :meth:`KeyedStream.window`."""
+        """Event-time windows over the whole stream (no key); see :meth:`KeyedStream.window`.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"ts": [1, 5, 12]}), event_time="ts")
+        >>> s.window(gs.Tumbling(10)).agg(n=gs.count()).collect()["n"].to_pylist()
+        [2, 1]
+        """
         return KeyedStream(self, ()).window(assigner, name, allowed_lateness)
 
     def sink(self, sink: Sink) -> Stream:
-        """Send this stream's rows to ``sink`` when the pipeline runs; returns this stream."""
+        """Send this stream's rows to ``sink`` when the pipeline runs; returns this stream.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> rows = []
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> _ = p.source(gs.from_arrow({"x": [7]})).sink(gs.to_callback(rows.append))
+        >>> _ = p.run()
+        >>> rows[0].to_pydict()
+        {'x': [7]}
+        """
         if not isinstance(sink, Sink):
             raise PlanError(f"Stream.sink takes a sink such as gs.to_console(), got "
                             f"{type(sink).__name__}")
@@ -273,6 +333,13 @@ class Stream:
 
         Only this stream's upstream runs; the pipeline's sinks are not written. The
         sources must be bounded.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> p.source(gs.from_arrow({"x": [1, 2]})).collect().num_rows
+        2
         """
         unbounded = [
             n.name for n in _sources_of(self._node) if not n.source.bounded
@@ -317,6 +384,15 @@ class KeyedStream:
         allowed_lateness
             How long a fired window keeps its state; each late event within it re-fires
             the window with ``revision`` 1, 2, ... (the output gains a ``revision`` column).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"k": [1, 1, 1], "ts": [5, 15, 3]}), event_time="ts")
+        >>> w = s.key_by("k").window(gs.Tumbling(10), allowed_lateness=20).agg(n=gs.count())
+        >>> w.collect().to_pydict()   # ts=3 arrived after [0, 10) fired: it fires again
+        {'k': [1, 1, 1], 'window_start': [0, 0, 10], 'window_end': [10, 10, 20], 'n': [1, 2, 1], 'revision': [0, 1, 0]}
         """
         if not isinstance(assigner, WindowAssigner):
             raise PlanError(f"step {self._stream._node.step + 1} (window): expected "
@@ -342,6 +418,14 @@ class WindowedStream:
         Output rows: key columns, ``window_start``, ``window_end``, the aggregates in the
         order given (and ``revision`` with allowed lateness), one row per (key, window)
         when the watermark reaches the window's end.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"ts": [1, 2, 3], "v": [1.0, 2.0, 6.0]}), event_time="ts")
+        >>> s.window(gs.Tumbling(10)).agg(m=gs.col("v").mean(), hi=gs.col("v").max()).collect().to_pydict()
+        {'window_start': [0], 'window_end': [10], 'm': [3.0], 'hi': [6.0]}
         """
         parent = self._stream
         name = self.name or f"window@{parent._node.step + 1}"

@@ -46,9 +46,21 @@ class Watermark:
 
     @classmethod
     def bounded(cls, delay: Duration) -> Watermark:
-        """Events may arrive up to ``delay`` later than the largest event time seen."""
+        """Events may arrive up to ``delay`` later than the largest event time seen.
+
+        Examples
+        --------
+        >>> Watermark.bounded("250ms").delay_ms
+        250
+        """
         return cls(to_millis(delay, what="Watermark.bounded delay"))
 
     def with_idleness(self, timeout: Duration) -> Watermark:
-        """Let this source stop holding back a multi-source watermark after ``timeout`` idle."""
+        """Let this source stop holding back a multi-source watermark after ``timeout`` idle.
+
+        Examples
+        --------
+        >>> Watermark.bounded("1s").with_idleness("30s")
+        Watermark(delay_ms=1000, idleness_ms=30000)
+        """
         return Watermark(self.delay_ms, to_millis(timeout, what="Watermark.with_idleness"))
