@@ -136,25 +136,43 @@ class SlotTable:
         is_new = np.zeros(hashes.shape[0], dtype=np.int8)
         pos = 0
         while pos < m:
-            room = int(self.capacity * MAX_LOAD) - self.used
-            # rebuild (dropping freed slots, growing if needed) rather than trickle in chunks
-            if room < min(m - pos, max(MIN_CAPACITY, self.live_count)):
-                # grow geometrically: room for the rest of the rows, or 4x the live keys
-                target = self.live_count + min(m - pos, max(4 * self.live_count, MIN_CAPACITY))
-                old_capacity, old = self.capacity, self.live_slots()
-                new = self.rebuild(_pow2_at_least(int(target / MAX_LOAD) + 1))
+            room = self.room()
+            remap = self.make_room(m - pos, room)
+            if remap is not None:
                 if pos:  # the rows placed so far moved with their keys
-                    remap = np.full(old_capacity, -1, dtype=np.int64)
-                    remap[old] = new
                     done = rows[:pos]
                     slots[done] = remap[slots[done]]
                 continue
             part = rows[pos : pos + room]
-            created = upsert_cpu_into(self.arrays, hashes, keys, part, slots, is_new)
-            self.live_count += created
-            self.used += created
+            self.created(upsert_cpu_into(self.arrays, hashes, keys, part, slots, is_new))
             pos += room
         return slots, is_new
+
+    def room(self) -> int:
+        """How many new keys fit before the table must be rebuilt."""
+        return int(self.capacity * MAX_LOAD) - self.used
+
+    def make_room(self, wanted: int, room: int, at_least: int = 1) -> Any | None:
+        """Rebuild when ``room`` is short of what ``wanted`` more keys need (CPU inserts).
+
+        Rebuilding drops freed slots and grows geometrically (room for ``wanted``, or 4x
+        the live keys), rather than letting inserts trickle in small chunks. Returns None,
+        or the remap array old slot -> new slot of the rebuild.
+        """
+        if room >= max(at_least, min(wanted, max(MIN_CAPACITY, self.live_count))):
+            return None
+        target = self.live_count + max(at_least, min(wanted, max(4 * self.live_count,
+                                                                 MIN_CAPACITY)))
+        old_capacity, old = self.capacity, self.live_slots()
+        new = self.rebuild(_pow2_at_least(int(target / MAX_LOAD) + 1))
+        remap = self.xp.full(old_capacity, -1, dtype=np.int64)
+        remap[old] = new
+        return remap
+
+    def created(self, n: int) -> None:
+        """Account for ``n`` keys a kernel inserted directly."""
+        self.live_count += n
+        self.used += n
 
     def free(self, slots: Any) -> None:
         """Free ``slots`` (their columns keep stale values until the next rebuild)."""
