@@ -16,6 +16,7 @@ from typing import Any
 import numba
 import numpy as np
 from numba import types as nt
+from numba.extending import register_jitable
 
 from gpustream.kernels.registry import cuda_kernel
 
@@ -40,11 +41,9 @@ def _scan_cpu(ts, valid, carry, out):  # type: ignore[no-untyped-def]
     return running
 
 
-@cuda_kernel("void(int64[::1], boolean[::1], int64[::1])")
-def _block_max_cuda(ts, valid, block_max):  # type: ignore[no-untyped-def]
-    shared = cuda.shared.array(THREADS, nt.int64)
-    t = cuda.threadIdx.x
-    base = cuda.blockIdx.x * CHUNK + t * ITEMS
+@register_jitable
+def _thread_max(ts, valid, base):  # type: ignore[no-untyped-def]
+    """Maximum valid event time among the ``ITEMS`` rows a thread covers from ``base``."""
     n = ts.shape[0]
     has_valid = valid.shape[0] > 0
     m = INT64_MIN
@@ -52,7 +51,14 @@ def _block_max_cuda(ts, valid, block_max):  # type: ignore[no-untyped-def]
         i = base + j
         if i < n and (not has_valid or valid[i]) and ts[i] > m:
             m = ts[i]
-    shared[t] = m
+    return m
+
+
+@cuda_kernel("void(int64[::1], boolean[::1], int64[::1])")
+def _block_max_cuda(ts, valid, block_max):  # type: ignore[no-untyped-def]
+    shared = cuda.shared.array(THREADS, nt.int64)
+    t = cuda.threadIdx.x
+    shared[t] = _thread_max(ts, valid, cuda.blockIdx.x * CHUNK + t * ITEMS)
     cuda.syncthreads()
     step = THREADS // 2
     while step > 0:
@@ -72,12 +78,7 @@ def _block_scan_cuda(ts, valid, block_max, carry, out):  # type: ignore[no-untyp
     base = b * CHUNK + t * ITEMS
     n = ts.shape[0]
     has_valid = valid.shape[0] > 0
-    m = INT64_MIN
-    for j in range(ITEMS):
-        i = base + j
-        if i < n and (not has_valid or valid[i]) and ts[i] > m:
-            m = ts[i]
-    shared[t] = m
+    shared[t] = _thread_max(ts, valid, base)
     cuda.syncthreads()
     # inclusive Hillis-Steele scan of the threads' maxima
     step = 1

@@ -53,19 +53,22 @@ def _status(end, wm, lateness):  # type: ignore[no-untyped-def]
     return DROPPED
 
 
+@register_jitable
+def _assign_event(i, ts, valid, wm, size, slide, offset, lateness, nwin, starts, status):  # type: ignore[no-untyped-def]
+    """Window starts and statuses of event ``i``'s ``nwin`` windows."""
+    no_time = valid.shape[0] > 0 and not valid[i]
+    last = window_start(ts[i], slide, offset)
+    for j in range(nwin):
+        a = i * nwin + j
+        st = last - j * slide
+        starts[a] = st
+        status[a] = NO_TIME if no_time else _status(st + size, wm[i], lateness)
+
+
 @numba.njit(nogil=True, cache=False)
 def _assign_cpu(ts, valid, wm, size, slide, offset, lateness, nwin, starts, status):  # type: ignore[no-untyped-def]
-    has_valid = valid.shape[0] > 0
     for i in range(ts.shape[0]):
-        last = window_start(ts[i], slide, offset)
-        for j in range(nwin):
-            a = i * nwin + j
-            st = last - j * slide
-            starts[a] = st
-            if has_valid and not valid[i]:
-                status[a] = NO_TIME
-            else:
-                status[a] = _status(st + size, wm[i], lateness)
+        _assign_event(i, ts, valid, wm, size, slide, offset, lateness, nwin, starts, status)
 
 
 @cuda_kernel("void(int64[::1], boolean[::1], int64[::1], int64, int64, int64, int64, int64, "
@@ -73,16 +76,7 @@ def _assign_cpu(ts, valid, wm, size, slide, offset, lateness, nwin, starts, stat
 def _assign_cuda(ts, valid, wm, size, slide, offset, lateness, nwin, starts, status):  # type: ignore[no-untyped-def]
     i = cuda.grid(1)
     if i < ts.shape[0]:
-        has_valid = valid.shape[0] > 0
-        last = window_start(ts[i], slide, offset)
-        for j in range(nwin):
-            a = i * nwin + j
-            st = last - j * slide
-            starts[a] = st
-            if has_valid and not valid[i]:
-                status[a] = NO_TIME
-            else:
-                status[a] = _status(st + size, wm[i], lateness)
+        _assign_event(i, ts, valid, wm, size, slide, offset, lateness, nwin, starts, status)
 
 
 def assign_windows(

@@ -68,17 +68,10 @@ class SessionAggOp(KeyedAggBase):
         if n == 0:
             return []
         xp = self.xp
-        spec = self.spec
-        self._remember_dictionaries(batch)
-        ts_all = batch[spec.event_time]
-        ts_valid = batch.validity(spec.event_time)
-        wm_all = batch.watermarks
-        assert wm_all is not None, "windowed operators need per-event watermarks from the source"
+        ts_all, ts_valid, wm_all = self._event_times(batch)
         rows = (xp.arange(n, dtype=np.int64) if ts_valid is None
                 else xp.nonzero(ts_valid)[0])
         m = int(rows.shape[0])
-        if ts_valid is not None:
-            self.no_time_events += n - m
         late = xp.ones(n, dtype=bool)
         if m:
             ev_sess = self._assign(batch, rows, ts_all[rows], wm_all[rows])

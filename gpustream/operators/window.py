@@ -120,6 +120,16 @@ class KeyedAggBase(Operator):
             cols.append(extra)
         return widen_keys(cols, xp)
 
+    def _event_times(self, batch: Batch) -> tuple[Any, Any | None, Any]:
+        """Event times, their validity, and per-event watermarks; counts rows without time."""
+        self._remember_dictionaries(batch)
+        ts_valid = batch.validity(self.spec.event_time)
+        wm = batch.watermarks
+        assert wm is not None, "windowed operators need per-event watermarks from the source"
+        if ts_valid is not None:
+            self.no_time_events += int((~ts_valid).sum())
+        return batch[self.spec.event_time], ts_valid, wm
+
     def _remember_dictionaries(self, batch: Batch) -> None:
         for name, d in batch.dictionaries.items():
             self.dictionaries[name] = d
@@ -275,16 +285,10 @@ class WindowAggOp(KeyedAggBase):
             return []
         xp = self.xp
         spec = self.spec
-        self._remember_dictionaries(batch)
-        ts = batch[spec.event_time]
-        ts_valid = batch.validity(spec.event_time)
-        wm = batch.watermarks
-        assert wm is not None, "windowed operators need per-event watermarks from the source"
+        ts, ts_valid, wm = self._event_times(batch)
         starts, status = assign_windows(ts, ts_valid, wm, spec.size, spec.slide, spec.offset,
                                         spec.lateness, self.on_device)
         late = xp.all(status.reshape(n, self.nwin) >= DROPPED, axis=1)
-        if ts_valid is not None:
-            self.no_time_events += int((~ts_valid).sum())
         self._late_rows(batch, late)
         rows = xp.arange(n * self.nwin, dtype=np.int64) // self.nwin
         todo = xp.nonzero(status <= LATE)[0]

@@ -66,6 +66,13 @@ class AggState:
         """Fold assignments (slot -1: skip) with row values into the state."""
         raise NotImplementedError
 
+    def _folded(self, slots: Any, rows: Any, valid: Any) -> Any:
+        """Indices of the assignments that fold a value: a slot, and a non-null value."""
+        sel = slots >= 0
+        if valid is not None:
+            sel &= valid[rows]
+        return self.xp.nonzero(sel)[0]
+
     def merge(self, dst: Any, src: Any) -> None:
         """Fold the state of slots ``src`` into slots ``dst`` (pairwise; ``dst`` unique)."""
         raise NotImplementedError
@@ -221,10 +228,7 @@ class FirstLastState(AggState):
 
     def update(self, slots: Any, rows: Any, values: Any, valid: Any, ctx: UpdateContext) -> None:
         xp = self.xp
-        sel = slots >= 0
-        if valid is not None:
-            sel &= valid[rows]
-        idx = xp.nonzero(sel)[0]
+        idx = self._folded(slots, rows, valid)
         if idx.shape[0] == 0:
             return
         s, r = slots[idx], rows[idx]
@@ -291,10 +295,7 @@ class DistinctState(AggState):
 
     def update(self, slots: Any, rows: Any, values: Any, valid: Any, ctx: UpdateContext) -> None:
         xp = self.xp
-        sel = slots >= 0
-        if valid is not None:
-            sel &= valid[rows]
-        idx = xp.nonzero(sel)[0]
+        idx = self._folded(slots, rows, valid)
         if idx.shape[0] == 0:
             return
         s = slots[idx]
