@@ -428,9 +428,6 @@ def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
         to_event_units(a.offset_ms, ts_type, f"{where} window offset")
     elif isinstance(a, Session):
         to_event_units(a.gap_ms, ts_type, f"{where} session gap")
-        if node.allowed_lateness_ms:
-            raise PlanError(f"{where}: allowed_lateness with session windows is not supported "
-                            "yet; late events of sessions go to .late")
     else:
         raise PlanError(f"{where}: {a!r} is not a window; use gs.Tumbling, gs.Sliding or "
                         "gs.Session")

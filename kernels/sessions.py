@@ -33,13 +33,29 @@ cuda: Any = None  # numba.cuda, bound by the kernel registry before the first co
 
 
 @register_jitable
-def _segment(g, seg_starts, order, ts, wm, kslot, gap, base, head, s_start, s_end, s_next,  # type: ignore[no-untyped-def]
-             s_state, s_into, s_kslot, ev_sess):
-    for j in range(seg_starts[g], seg_starts[g + 1]):
+def _segment(g, seg_pos, seg_end, order, ts, wm, kslot, gap, lateness, split, rnd, base,  # type: ignore[no-untyped-def]
+             head, s_start, s_end, s_next, s_state, s_into, s_kslot, s_dirty, s_rev, s_emit,
+             ev_sess, ev_round):
+    j = seg_pos[g]
+    stop = seg_end[g]
+    while j < stop:
         e = order[j]
         t = ts[e]
         w = wm[e]
         ks = kslot[e]
+        if split:
+            # sessions of this key that reached their end with unemitted data fire first
+            due = False
+            s = head[ks]
+            while s != -1:
+                if s_dirty[s] == 1 and s_end[s] <= w:
+                    s_emit[s] = 1
+                    s_dirty[s] = 0
+                    due = True
+                s = s_next[s]
+            if due:
+                seg_pos[g] = j
+                return
         lo = t
         hi = t + gap
         dst = -1
@@ -47,7 +63,9 @@ def _segment(g, seg_starts, order, ts, wm, kslot, gap, base, head, s_start, s_en
         s = head[ks]
         while s != -1:
             nxt = s_next[s]
-            if s_end[s] > w and s_start[s] < t + gap and t < s_end[s]:
+            # its state is still held: end + lateness > w (w may be INT64_MIN: no subtraction)
+            kept = s_end[s] + lateness > w
+            if kept and s_start[s] < t + gap and t < s_end[s]:
                 lo = min(lo, s_start[s])
                 hi = max(hi, s_end[s])
                 if dst == -1:
@@ -56,6 +74,8 @@ def _segment(g, seg_starts, order, ts, wm, kslot, gap, base, head, s_start, s_en
                 else:
                     s_state[s] = DEAD
                     s_into[s] = dst
+                    s_rev[dst] = max(s_rev[dst], s_rev[s])
+                    s_dirty[dst] = max(s_dirty[dst], s_dirty[s])
                     if prev == -1:
                         head[ks] = nxt
                     else:
@@ -63,83 +83,111 @@ def _segment(g, seg_starts, order, ts, wm, kslot, gap, base, head, s_start, s_en
             else:
                 prev = s
             s = nxt
+        ev_round[e] = rnd
         if dst == -1:
-            if hi <= w:
+            if hi + lateness <= w:  # too late for any window
                 ev_sess[e] = -1
+                j += 1
                 continue
             dst = base + j
             s_state[dst] = LIVE
             s_into[dst] = -1
             s_kslot[dst] = ks
+            s_rev[dst] = 0
+            s_dirty[dst] = 0
             s_next[dst] = head[ks]
             head[ks] = dst
         s_start[dst] = lo
         s_end[dst] = hi
         ev_sess[e] = dst
+        if split and hi <= w:
+            # the window had fired: it fires again now, with this event
+            s_emit[dst] = 1
+            s_dirty[dst] = 0
+            seg_pos[g] = j + 1
+            return
+        s_dirty[dst] = 1
+        j += 1
+    seg_pos[g] = stop
 
 
 @numba.njit(nogil=True, cache=False)
-def _sessionize_cpu(seg_starts, order, ts, wm, kslot, gap, base, head, s_start, s_end, s_next,  # type: ignore[no-untyped-def]
-                    s_state, s_into, s_kslot, ev_sess):
-    for g in range(seg_starts.shape[0] - 1):
-        _segment(g, seg_starts, order, ts, wm, kslot, gap, base, head, s_start, s_end, s_next,
-                 s_state, s_into, s_kslot, ev_sess)
+def _sessionize_cpu(seg_pos, seg_end, order, ts, wm, kslot, gap, lateness, split, rnd, base,  # type: ignore[no-untyped-def]
+                    head, s_start, s_end, s_next, s_state, s_into, s_kslot, s_dirty, s_rev,
+                    s_emit, ev_sess, ev_round):
+    for g in range(seg_pos.shape[0]):
+        _segment(g, seg_pos, seg_end, order, ts, wm, kslot, gap, lateness, split, rnd, base,
+                 head, s_start, s_end, s_next, s_state, s_into, s_kslot, s_dirty, s_rev, s_emit,
+                 ev_sess, ev_round)
 
 
-@cuda_kernel("void(int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64, int64, "
-             "int64[::1], int64[::1], int64[::1], int64[::1], int8[::1], int64[::1], int64[::1], "
+@cuda_kernel("void(int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64, "
+             "int64, boolean, int64, int64, int64[::1], int64[::1], int64[::1], int64[::1], "
+             "int8[::1], int64[::1], int64[::1], int8[::1], int64[::1], int8[::1], int64[::1], "
              "int64[::1])")
-def _sessionize_cuda(seg_starts, order, ts, wm, kslot, gap, base, head, s_start, s_end, s_next,  # type: ignore[no-untyped-def]
-                     s_state, s_into, s_kslot, ev_sess):
+def _sessionize_cuda(seg_pos, seg_end, order, ts, wm, kslot, gap, lateness, split, rnd, base,  # type: ignore[no-untyped-def]
+                     head, s_start, s_end, s_next, s_state, s_into, s_kslot, s_dirty, s_rev,
+                     s_emit, ev_sess, ev_round):
     g = cuda.grid(1)
-    if g < seg_starts.shape[0] - 1:
-        _segment(g, seg_starts, order, ts, wm, kslot, gap, base, head, s_start, s_end, s_next,
-                 s_state, s_into, s_kslot, ev_sess)
+    if g < seg_pos.shape[0]:
+        _segment(g, seg_pos, seg_end, order, ts, wm, kslot, gap, lateness, split, rnd, base,
+                 head, s_start, s_end, s_next, s_state, s_into, s_kslot, s_dirty, s_rev, s_emit,
+                 ev_sess, ev_round)
 
 
-def sessionize(seg_starts: Any, order: Any, ts: Any, wm: Any, kslot: Any, gap: int, base: int,
-               head: Any, store: dict[str, Any], on_device: bool) -> Any:
-    """Assign events to sessions; returns the session record of each event (-1: late).
+def sessionize(seg_pos: Any, seg_end: Any, order: Any, ts: Any, wm: Any, kslot: Any, gap: int,
+               lateness: int, split: bool, rnd: int, base: int, head: Any, store: dict[str, Any],
+               ev_sess: Any, ev_round: Any, on_device: bool) -> None:
+    """One round of session assignment over every key's remaining events.
 
     Parameters
     ----------
-    seg_starts
-        Offsets into ``order`` where each key's events begin (plus the end), int64.
+    seg_pos, seg_end
+        Per key segment: the position in ``order`` to resume from (updated in place) and
+        where its events end.
     order
         Event indices sorted by key, arrival order kept within a key.
     ts, wm, kslot
         Per event: event time, watermark as of the event, key slot.
-    gap
-        Session gap in event-time units.
+    gap, lateness
+        Session gap and allowed lateness, in event-time units.
+    split
+        With allowed lateness: stop a key's walk where a session must fire before an
+        event (``emit`` set), and right after a late event re-fires its session, so the
+        caller can fold and emit exactly the state as of that event, then call again.
+    rnd
+        This round's number, written to ``ev_round`` for the events it handled.
     base
         First free record id; the event at position ``j`` of ``order`` may take ``base + j``.
     head
         Per key slot: first session record of its list (-1: none).
     store
-        Session records: ``start``, ``end``, ``next``, ``state``, ``into``, ``kslot``.
+        Session records: ``start``, ``end``, ``next``, ``state``, ``into``, ``kslot``,
+        ``dirty`` (data not emitted yet), ``rev`` (firings so far), ``emit``.
+    ev_sess
+        Out: each handled event's session record (-1: late for every window).
 
     Examples
     --------
     >>> import numpy as np
-    >>> store = {k: np.full(8, -1, np.int64) for k in ("start", "end", "next", "into", "kslot")}
-    >>> store["state"] = np.zeros(8, np.int8)
+    >>> store = {k: np.full(8, -1, np.int64) for k in ("start", "end", "next", "into", "kslot",
+    ...                                                 "rev")}
+    >>> store.update({k: np.zeros(8, np.int8) for k in ("state", "dirty", "emit")})
     >>> head = np.full(1, -1, np.int64)
     >>> ts = np.array([10, 30, 20]); wm = np.array([-99, 10, 15])
-    >>> sess = sessionize(np.array([0, 3]), np.arange(3), ts, wm, np.zeros(3, np.int64), 12, 0,
-    ...                   head, store, on_device=False)
+    >>> sess, rounds = np.full(3, -1), np.full(3, -1)
+    >>> sessionize(np.array([0]), np.array([3]), np.arange(3), ts, wm, np.zeros(3, np.int64),
+    ...            12, 0, False, 0, 0, head, store, sess, rounds, on_device=False)
     >>> sess.tolist(), store["state"][:3].tolist(), store["into"][:2].tolist()
     ([0, 1, 1], [2, 1, 0], [1, -1])
     >>> int(store["start"][1]), int(store["end"][1])    # 20 bridged [10, 22) and [30, 42)
     (10, 42)
     """
-    n = ts.shape[0]
-    xp: Any = np if isinstance(ts, np.ndarray) else __import__("cupy")
-    ev_sess = xp.full(n, -1, dtype=np.int64)
-    args = (seg_starts, order, ts, wm, kslot, np.int64(gap), np.int64(base), head,
-            store["start"], store["end"], store["next"], store["state"], store["into"],
-            store["kslot"], ev_sess)
+    args = (seg_pos, seg_end, order, ts, wm, kslot, np.int64(gap), np.int64(lateness),
+            np.bool_(split), np.int64(rnd), np.int64(base), head, store["start"], store["end"],
+            store["next"], store["state"], store["into"], store["kslot"], store["dirty"],
+            store["rev"], store["emit"], ev_sess, ev_round)
     if not on_device:
         _sessionize_cpu(*args)
-    elif seg_starts.shape[0] > 1:
-        _sessionize_cuda[launch_config(seg_starts.shape[0] - 1)](*args)
-    return ev_sess
+    elif seg_pos.shape[0]:
+        _sessionize_cuda[launch_config(seg_pos.shape[0])](*args)

@@ -74,3 +74,20 @@ def test_kernel_compiles_to_ptx(kernel: CudaKernel, cc: tuple[int, int]) -> None
         if kernel.name.rsplit(".", 1)[-1] in INTEGER_ONLY:
             # a float instruction in these means numba promoted a uint64/int64 mix to float
             assert not re.search(r"\b(cvt\.rn\.f64|[a-z]+\.f64)\b", ptx), kernel.name
+
+
+def test_sessions_before_the_first_watermark_merge() -> None:
+    """Regression: with the watermark at -infinity (INT64_MIN), end - watermark overflowed
+    and a session looked purged, so the next event opened a second session."""
+    from gpustream.kernels.sessions import sessionize
+
+    store = {k: np.full(4, -1, np.int64) for k in ("start", "end", "next", "into", "kslot", "rev")}
+    store.update({k: np.zeros(4, np.int8) for k in ("state", "dirty", "emit")})
+    head = np.full(1, -1, np.int64)
+    ts = np.array([100, 105])
+    wm = np.full(2, np.iinfo(np.int64).min)
+    sess, rounds = np.full(2, -1), np.full(2, -1)
+    sessionize(np.array([0]), np.array([2]), np.arange(2), ts, wm, np.zeros(2, np.int64), 10,
+               5, True, 0, 0, head, store, sess, rounds, on_device=False)
+    assert sess.tolist() == [0, 0]
+    assert (int(store["start"][0]), int(store["end"][0])) == (100, 115)

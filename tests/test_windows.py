@@ -362,8 +362,36 @@ def test_sessions_do_not_depend_on_batching(batch_rows: int) -> None:
     assert cut_late.equals(whole_late)
 
 
-def test_session_lateness_is_rejected_at_plan_time() -> None:
-    p = gs.Pipeline(engine="cpu")
-    s = p.source(gs.from_arrow({"ts": [1]}), event_time="ts")
-    with pytest.raises(PlanError, match="allowed_lateness with session windows is not supported"):
-        s.window(gs.Session(10), allowed_lateness=5).agg(n=gs.count())
+@pytest.mark.parametrize(("lateness", "batch_rows"), [(1500, 1), (1500, 250), (6000, 5000),
+                                                     (400, 37)])
+def test_session_lateness_matches_reference(backend: gs.Backend, lateness: int,
+                                            batch_rows: int) -> None:
+    from tests.window_reference import reference_sessions
+
+    n = 2500
+    if backend.name == "cudasim":  # the simulator runs a few thousand threads a second
+        n, batch_rows = 150, max(batch_rows, 25)
+    table = events(11, n, keys=4, disorder=6000, span=30 * n)
+    aggs = {k: ALL_AGGS[k] for k in ("n", "total", "hi", "avg", "first_v", "last_c",
+                                     "distinct")}
+    got, late = run_windows(table, backend.name, gs.Session(300), ("k",), aggs, delay=200,
+                            lateness=lateness, batch_rows=batch_rows)
+    want, late_rows = reference_sessions(table, ("k",), "ts", 300, 200, aggs, lateness)
+    assert_windows_equal(got, want)
+    assert late.equals(table.take(pa.array(late_rows, pa.int64())))
+    assert (got["revision"] > 0).any(), "late events must re-fire sessions"
+
+
+def test_session_late_event_refires_and_extension_fires_again() -> None:
+    # gap 10, no delay, lateness 30; one key
+    table = pa.table({"ts": [0, 5, 40, 8, 12, 100, 3], "v": [1, 2, 3, 4, 5, 6, 7]})
+    got, late = run_windows(table, "cpu", gs.Session(10), (), {"n": ("count", None),
+                                                              "s": ("sum", "v")},
+                            delay=0, lateness=30, batch_rows=2)
+    # [0, 15) fires at wm 40 (rev 0: 0 and 5); 8 arrives late and re-fires it (rev 1);
+    # 12 extends it to [0, 22) -- still at or before wm 40, so it re-fires again (rev 2);
+    # 3 arrives at wm 100 > 22 + 30: too late. [40, 50) and [100, 110) fire at the end.
+    assert got.to_dict("list") == {
+        "window_start": [0, 0, 0, 40, 100], "window_end": [15, 18, 22, 50, 110],
+        "n": [2, 3, 4, 1, 1], "s": [3, 7, 12, 3, 6], "revision": [0, 1, 2, 0, 0]}
+    assert late["ts"].to_pylist() == [3]

@@ -148,19 +148,28 @@ def assert_windows_equal(got: pd.DataFrame, want: pd.DataFrame, approx: Sequence
 
 def reference_sessions(
     table: pa.Table, keys: Sequence[str], ts_col: str, gap: int, delay: int,
-    aggs: dict[str, tuple[str, str | None]],
+    aggs: dict[str, tuple[str, str | None]], lateness: int = 0,
 ) -> tuple[pd.DataFrame, list[int]]:
-    """Session windows per DESIGN.md with Flink's merge-first lateness, no allowed lateness.
+    """Session windows per DESIGN.md with Flink's merge-first lateness.
 
-    Per event in arrival order: sessions of its key whose end <= its watermark have fired
-    and are closed; the event's window [t, t + gap) merges with every open session it
-    overlaps; with none, it opens a session unless t + gap <= watermark (late).
+    Per event in arrival order, for its key: sessions whose end <= its watermark and that
+    hold events not yet emitted fire (revision = firings so far); sessions whose end +
+    lateness <= watermark are gone. The event's window [t, t + gap) merges with every
+    held session it overlaps (revision: the largest of theirs); with none, it opens a
+    session unless t + gap + lateness <= watermark (late). A session that ends at or
+    before the watermark after this fires again at once; otherwise it waits for its end.
     """
     df = to_pandas(table).reset_index(drop=True)
     running: int | None = None
-    open_: dict[tuple, list[list[Any]]] = defaultdict(list)  # key -> [start, end, rows]
-    closed: list[tuple[tuple, int, int, list[int]]] = []
+    held: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    fired: list[tuple[tuple, int, int, list[int], int]] = []
     late_rows: list[int] = []
+
+    def fire(key: tuple, s: dict[str, Any]) -> None:
+        fired.append((key, s["start"], s["end"], sorted(s["rows"]), s["rev"]))
+        s["rev"] += 1
+        s["dirty"] = False
+
     for i in range(len(df)):
         t = df[ts_col].iloc[i]
         wm = None if running is None else running - delay
@@ -169,31 +178,40 @@ def reference_sessions(
             continue
         t = int(t)
         key = tuple(None if pd.isna(df[k].iloc[i]) else df[k].iloc[i] for k in keys)
-        sessions = open_[key]
+        sessions = held[key]
         if wm is not None:
-            for s in [s for s in sessions if s[1] <= wm]:
-                closed.append((key, s[0], s[1], s[2]))
-                sessions.remove(s)
-        hit = [s for s in sessions if s[0] < t + gap and t < s[1]]
-        if not hit and wm is not None and t + gap <= wm:
+            for s in sessions:
+                if s["dirty"] and s["end"] <= wm:
+                    fire(key, s)
+            sessions[:] = [s for s in sessions if s["end"] + lateness > wm]
+        hit = [s for s in sessions if s["start"] < t + gap and t < s["end"]]
+        if not hit and wm is not None and t + gap + lateness <= wm:
             late_rows.append(i)
         else:
-            merged = [min([t] + [s[0] for s in hit]), max([t + gap] + [s[1] for s in hit]),
-                      sorted([i] + [r for s in hit for r in s[2]])]
+            merged = {"start": min([t] + [s["start"] for s in hit]),
+                      "end": max([t + gap] + [s["end"] for s in hit]),
+                      "rows": [i] + [r for s in hit for r in s["rows"]],
+                      "rev": max([0] + [s["rev"] for s in hit]), "dirty": True}
             for s in hit:
                 sessions.remove(s)
             sessions.append(merged)
+            if wm is not None and merged["end"] <= wm:
+                fire(key, merged)
         running = t if running is None else max(running, t)
-    for key, sessions in open_.items():
-        closed += [(key, s[0], s[1], s[2]) for s in sessions]
+    for key, sessions in held.items():
+        for s in sessions:
+            if s["dirty"]:
+                fire(key, s)
     records = []
-    for key, start, end, rows in closed:
+    for key, start, end, rows, rev in fired:
         rec: dict[str, Any] = {k: key[j] for j, k in enumerate(keys)}
         rec["window_start"], rec["window_end"] = start, end
         sub = df.iloc[rows]
         for name, (kind, column) in aggs.items():
             rec[name] = _aggregate(sub, kind, column, ts_col)
+        if lateness:
+            rec["revision"] = rev
         records.append(rec)
-    result = pd.DataFrame.from_records(records, columns=[*keys, "window_start", "window_end",
-                                                         *aggs])
+    cols = [*keys, "window_start", "window_end", *aggs, *(["revision"] if lateness else [])]
+    result = pd.DataFrame.from_records(records, columns=cols)
     return sort_output(result, keys), late_rows

@@ -3,13 +3,19 @@
 Per batch: key slots for the events (a hash table of keys), a sort by key keeping
 arrival order, then :func:`gpustream.kernels.sessions.sessionize` assigns each event to
 a session in arrival order, per key, deciding lateness on the merged window (as Flink
-does): an event is late when it opens no session and its own window ``[t, t + gap)``
-has already fired. Sessions the batch merged are folded into the session they went
-into (aggregation states are mergeable and order-independent), then the batch's events
-are folded into their final sessions. On each watermark, sessions whose end it reached
-fire once and are freed; a later event starts a new session, as in Flink with no
-allowed lateness (allowed lateness for sessions is not implemented yet: the planner
-says so).
+does): an event is late when it joins no session whose state is held and its own
+window ``[t, t + gap)`` is past the watermark by the allowed lateness. Sessions the
+batch merged are folded into the session they went into (aggregation states are
+mergeable and order-independent), then the events into their final sessions.
+
+A session fires when the watermark reaches its end, with its revision (firings so
+far). With allowed lateness its state is kept until the watermark passes end +
+lateness: a late event that joins it re-fires it at once, and an on-time event can
+still extend it (it then fires again at its new end). So that each firing holds exactly
+the events before it, the kernel then works in rounds: each key's walk stops where one
+of its sessions must fire before an event, or right after a late event; the round is
+folded and emitted, and the next round resumes there. Without lateness a fired session
+is closed and one round suffices.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from gpustream.state.table import SlotTable
 __all__ = ["SessionAggOp"]
 
 _META = {"start": (np.int64, 0), "end": (np.int64, 0), "next": (np.int64, -1),
-         "state": (np.int8, 0), "into": (np.int64, -1), "kslot": (np.int64, -1)}
+         "state": (np.int8, 0), "into": (np.int64, -1), "kslot": (np.int64, -1),
+         "dirty": (np.int8, 0), "rev": (np.int64, 0), "emit": (np.int8, 0),
+         "inited": (np.int8, 0)}
 
 
 class SessionAggOp(KeyedAggBase):
@@ -60,8 +68,6 @@ class SessionAggOp(KeyedAggBase):
         self.keys = SlotTable(len(spec.keys) + 1, backend.xp, backend.is_device)
         self.keys.add_column("head", np.int64, -1)
         self.keys.on_rebuild = self._keys_moved
-        self._inputs_for: Batch | None = None
-        self._inputs_cache: dict[int, Any] = {}
 
     def process(self, batch: Batch) -> list[Batch]:
         n = batch.num_rows
@@ -71,54 +77,102 @@ class SessionAggOp(KeyedAggBase):
         ts_all, ts_valid, wm_all = self._event_times(batch)
         rows = (xp.arange(n, dtype=np.int64) if ts_valid is None
                 else xp.nonzero(ts_valid)[0])
-        m = int(rows.shape[0])
         late = xp.ones(n, dtype=bool)
-        if m:
-            ev_sess = self._assign(batch, rows, ts_all[rows], wm_all[rows])
-            late[rows] = ev_sess < 0
-            self._fold(batch, rows, ev_sess)
+        out: list[Batch] = []
+        if rows.shape[0]:
+            out = self._assign(batch, rows, ts_all[rows], wm_all[rows], late)
         self._late_rows(batch, late)
-        return []
+        return out
 
-    def _assign(self, batch: Batch, rows: Any, ts: Any, wm: Any) -> Any:
-        """Run the session kernel; returns each event's final session (-1: late)."""
+    def _assign(self, batch: Batch, rows: Any, ts: Any, wm: Any, late: Any) -> list[Batch]:
+        """Run the session kernel in rounds, folding and emitting after each."""
         xp = self.xp
+        spec = self.spec
         m = int(rows.shape[0])
+        n = batch.num_rows
         if self.store.top + m > self.store.capacity:
             # compact before the keys of this batch are looked up: relinking frees the keys
             # that have no session, which a key new in this batch has not yet
             self.store.compact(m)
             self._rebuild_lists()
         key_words = self._key_words(batch, rows, None)
-        kslot, new_key = self.keys.upsert(key_words, xp.arange(m, dtype=np.int64))
-        self.keys.init(kslot[new_key.astype(bool)])
-        order = xp.argsort(kslot, kind="stable")
+        kslot, _ = self.keys.upsert(key_words, xp.arange(m, dtype=np.int64))
+        order = xp.argsort(kslot, kind="stable").astype(np.int64)
         ks_sorted = kslot[order]
         bounds = xp.nonzero(ks_sorted[1:] != ks_sorted[:-1])[0] + 1
         seg_starts = xp.concatenate([xp.zeros(1, np.int64), bounds.astype(np.int64),
                                      xp.full(1, m, np.int64)])
+        seg_pos, seg_end = seg_starts[:-1].copy(), seg_starts[1:].copy()
         base = self.store.reserve(m)
+        ev_sess = xp.full(m, -1, dtype=np.int64)
+        ev_round = xp.full(m, -1, dtype=np.int64)
+        inputs = self._inputs(batch)
+        ctx = UpdateContext(batch[spec.event_time],
+                            xp.arange(self.seq, self.seq + n, dtype=np.int64))
+        self.seq += n
+        split = spec.lateness > 0
+        out = []
+        rnd = 0
+        while True:
+            sessionize(seg_pos, seg_end, order, ts, wm, kslot, spec.gap, spec.lateness, split,
+                       rnd, base, self.keys.columns["head"], self.store.meta, ev_sess, ev_round,
+                       self.on_device)
+            this = xp.nonzero(ev_round == rnd)[0]
+            final = self._settle(ev_sess[this], base, rows, order, inputs)
+            placed = final >= 0
+            late[rows[this]] = ~placed
+            slots = xp.full(n, -1, dtype=np.int64)
+            slots[rows[this[placed]]] = final[placed]
+            self._update(slots, xp.arange(n, dtype=np.int64), inputs, ctx)
+            emitted = self._emit_flagged()
+            if emitted is not None:
+                out.append(emitted)
+            if not split or not bool((seg_pos < seg_end).any()):
+                break
+            rnd += 1
+        return out
+
+    def _settle(self, ev_sess: Any, base: int, rows: Any, order: Any,
+                inputs: dict[int, Any]) -> Any:
+        """After a round: initialise new sessions, fold merged ones into their survivors,
+        free the merged; returns the final session of each of the round's events."""
+        xp = self.xp
         meta = self.store.meta
-        ev_sess = sessionize(seg_starts, order.astype(np.int64), ts, wm, kslot, self.spec.gap,
-                             base, self.keys.columns["head"], meta, self.on_device)
-        # new sessions that survived: initialise their state from the event that opened them
-        block = xp.arange(base, base + m, dtype=np.int64)
-        new = block[meta["state"][block] == LIVE]
+        live = self.store.live_slots()
+        new = live[(meta["inited"][live] == 0) & (live >= base)]
         creators = rows[order[new - base]]
-        self._init_new(new, xp.ones(new.shape[0], dtype=bool), creators,
-                       self._cached_inputs(batch))
-        # sessions merged away this batch: fold their earlier state into their survivor
+        self._init_new(new, xp.ones(new.shape[0], dtype=bool), creators, inputs)
+        meta["inited"][new] = 1
         dead = xp.nonzero((meta["state"] == DEAD) & (meta["into"] >= 0))[0]
         rep = self._survivor(meta["into"][dead])
-        old = dead < base
-        self._merge_rounds(rep[old], dead[old])
-        # events opened or joined sessions that may have merged later in the batch
+        had_state = meta["inited"][dead] == 1
+        self._merge_rounds(rep[had_state], dead[had_state])
         ok = ev_sess >= 0
-        ev_final = ev_sess.copy()
-        ev_final[ok] = self._survivor(ev_sess[ok])
+        final = ev_sess.copy()
+        final[ok] = self._survivor(ev_sess[ok])
         meta["state"][dead] = FREE
         meta["into"][dead] = -1
-        return ev_final
+        meta["inited"][dead] = 0
+        return final
+
+    def _emit_flagged(self) -> Batch | None:
+        """Emit the sessions the kernel flagged to fire now, with their revisions."""
+        meta = self.store.meta
+        live = self.store.live_slots()
+        ids = live[meta["emit"][live] == 1]
+        if ids.shape[0] == 0:
+            return None
+        out = self._emit_sessions(ids)
+        meta["emit"][ids] = 0
+        return out
+
+    def _emit_sessions(self, ids: Any) -> Batch:
+        meta = self.store.meta
+        rev = meta["rev"][ids]
+        out = self._emit_rows(self.keys.t_keys[:, meta["kslot"][ids]], meta["start"][ids],
+                              meta["end"][ids], ids, rev.astype(np.int32))
+        meta["rev"][ids] = rev + 1
+        return out
 
     def _keys_moved(self, old: Any, new: Any) -> None:
         """The key table was rebuilt: point the sessions at their keys' new slots."""
@@ -155,37 +209,23 @@ class SessionAggOp(KeyedAggBase):
                 st.merge(dst[take], src[take])
             dst, src = dst[~take], src[~take]
 
-    def _cached_inputs(self, batch: Batch) -> dict[int, Any]:
-        if self._inputs_for is not batch:
-            self._inputs_for = batch
-            self._inputs_cache = self._inputs(batch)
-        return self._inputs_cache
-
-    def _fold(self, batch: Batch, rows: Any, ev_sess: Any) -> None:
-        xp = self.xp
-        n = batch.num_rows
-        slots = xp.full(n, -1, dtype=np.int64)
-        slots[rows] = ev_sess
-        ctx = UpdateContext(batch[self.spec.event_time],
-                            xp.arange(self.seq, self.seq + n, dtype=np.int64))
-        self.seq += n
-        self._update(slots, xp.arange(n, dtype=np.int64), self._cached_inputs(batch), ctx)
-        self._inputs_for = None
-
     def on_watermark(self, watermark: int) -> list[Batch]:
         meta = self.store.meta
         live = self.store.live_slots()
-        fire = live[meta["end"][live] <= watermark]
-        if fire.shape[0] == 0:
-            return []
-        kslot = meta["kslot"][fire]
-        out = self._emit_rows(self.keys.t_keys[:, kslot], meta["start"][fire],
-                              meta["end"][fire], fire, None)
-        for st in self.states:
-            st.free(fire)
-        meta["state"][fire] = FREE
-        self._rebuild_lists()
-        return [out]
+        due = live[(meta["end"][live] <= watermark) & (meta["dirty"][live] == 1)]
+        out = []
+        if due.shape[0]:
+            out.append(self._emit_sessions(due))
+            meta["dirty"][due] = 0
+        lateness = self.spec.lateness
+        if watermark - lateness >= -(2**63):
+            gone = live[meta["end"][live] <= watermark - lateness]
+            if gone.shape[0]:
+                for st in self.states:
+                    st.free(gone)
+                meta["state"][gone] = FREE
+                self._rebuild_lists()
+        return out
 
     def _rebuild_lists(self) -> None:
         """Relink every key's live sessions and free the keys that have none left."""
@@ -219,6 +259,8 @@ class SessionAggOp(KeyedAggBase):
         state["sessions.key"] = to_host(xp.searchsorted(key_live, meta["kslot"][live]))
         state["sessions.start"] = to_host(meta["start"][live])
         state["sessions.end"] = to_host(meta["end"][live])
+        state["sessions.dirty"] = to_host(meta["dirty"][live])
+        state["sessions.rev"] = to_host(meta["rev"][live])
         for name, col in self.store.columns.items():
             state[f"sessions.col.{name}"] = to_host(col[live])
         state.update(self._snapshot_aggs(live))
@@ -245,5 +287,8 @@ class SessionAggOp(KeyedAggBase):
         store.meta["end"][ids] = to_device(state["sessions.end"])
         store.meta["kslot"][ids] = key_slots[to_device(state["sessions.key"])]
         store.meta["state"][ids] = LIVE
+        store.meta["inited"][ids] = 1
+        store.meta["dirty"][ids] = to_device(state["sessions.dirty"])
+        store.meta["rev"][ids] = to_device(state["sessions.rev"])
         self._rebuild_lists()
         self._restore_aggs(state, ids)
