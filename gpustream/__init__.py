@@ -17,6 +17,7 @@ from gpustream.errors import BackendError, GpustreamError, PlanError
 from gpustream.expr import Expr, col, lit
 from gpustream.ingest.arrow import from_arrow
 from gpustream.ingest.files import read_parquet
+from gpustream.ingest.nexmark import nexmark
 from gpustream.pipeline import AggStream, KeyedStream, Pipeline, Stream, WindowedStream
 from gpustream.runtime import RunStats
 from gpustream.sinks import Sink, to_callback, to_console
@@ -50,6 +51,7 @@ __all__ = [
     "count",
     "from_arrow",
     "lit",
+    "nexmark",
     "read_parquet",
     "select_backend",
     "to_callback",
