@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -168,65 +167,16 @@ def _choose(rng: np.random.Generator, words: np.ndarray, n: int) -> pa.Array:
 
 
 _KINDS = ("persons", "auctions", "bids")
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-@numba.njit(inline="always")
-def _uniform(seed, event, draw):  # type: ignore[no-untyped-def]
-    """A uniform in [0, 1) that depends only on (seed, event, draw): splitmix64."""
-    z = seed + np.uint64(event * 8 + draw + 1) * _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    z = z ^ (z >> np.uint64(31))
-    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@numba.njit(inline="always")
-def _pick(u, n):  # type: ignore[no-untyped-def]
-    return min(np.int64(u * n), n - 1)
-
-
-@numba.njit(nogil=True, cache=False)
-def _bids(first, last, seed, total, pp, ap, in_flight, active, hot_a, hot_b, delay_us, base,  # type: ignore[no-untyped-def]
-          auction, bidder, price, channel, ts):
-    n = 0
-    for e in range(first, last):
-        epoch, off = divmod(e, total)
-        if off < pp + ap:
-            continue
-        last_person = epoch * pp + pp - 1
-        last_auction = epoch * ap + ap - 1
-        if _pick(_uniform(seed, e, 0), hot_a) > 0:
-            a = (last_auction // HOT_BLOCK) * HOT_BLOCK
-        else:
-            lo = max(last_auction - in_flight, 0)
-            a = lo + _pick(_uniform(seed, e, 1), last_auction - lo + 1 + ID_LEAD)
-        if _pick(_uniform(seed, e, 2), hot_b) > 0:
-            b = (last_person // HOT_BLOCK) * HOT_BLOCK + 1
-        else:
-            people = last_person + 1
-            act = min(people, active)
-            b = people - act + _pick(_uniform(seed, e, 3), act + ID_LEAD)
-        auction[n] = a + FIRST_ID
-        bidder[n] = b + FIRST_ID
-        price[n] = np.int64(np.rint(10.0 ** (_uniform(seed, e, 4) * 6.0) * 100.0))
-        ch = _pick(_uniform(seed, e, 5), 2 * NUM_CHANNELS)
-        channel[n] = ch % 4 if ch < NUM_CHANNELS else 4 + ch % NUM_CHANNELS
-        ts[n] = base + np.int64(e * delay_us) // 1000
-        n += 1
-    return n
-
-
 def _bid_rows(c: NexmarkConfig, first: int, last: int) -> pa.RecordBatch:
     """The bids among generator events ``first..last`` (one njit pass)."""
     cap = last - first
     cols = [np.empty(cap, np.int64) for _ in range(3)]
     channel = np.empty(cap, np.int32)
     ts = np.empty(cap, np.int64)
-    seed = np.uint64((c.seed * int(_M1)) & 0xFFFFFFFFFFFFFFFF)  # Python ints: no overflow warning
-    n = _bids(first, last, seed, c.total, c.person_proportion, c.auction_proportion,
+    from gpustream.kernels.nexmark_gen import M1, bids  # numba loads only when bids are made
+
+    seed = np.uint64((c.seed * int(M1)) & 0xFFFFFFFFFFFFFFFF)  # Python ints: no overflow warning
+    n = bids(first, last, seed, c.total, c.person_proportion, c.auction_proportion,
               c.in_flight_auctions, c.active_people, c.hot_auction_ratio, c.hot_bidders_ratio,
               1e6 / c.rate, c.base_time, cols[0], cols[1], cols[2], channel, ts)
     return pa.record_batch([
