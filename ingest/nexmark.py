@@ -1,4 +1,4 @@
-"""The Nexmark generator, vectorized: people, auctions and bids of an online auction.
+"""The Nexmark generator: people, auctions and bids of an online auction.
 
 It follows the Nexmark benchmark's generator (the Beam/Flink one) and its defaults:
 event ``n`` is a person, an auction or a bid by ``n % 50`` (proportions 1:3:46); ids
@@ -12,11 +12,10 @@ auctions expire within twice the time it takes to create 100 more auctions; cate
 are 10..14. Bids also carry a ``channel`` (Google, Facebook, Baidu, Apple, each
 1/8, else ``channel-<0..9999>``).
 
-Bids (46 of every 50 events) come from one njit pass whose random numbers depend only
-on (seed, event number, draw) (splitmix64). People and auctions are computed with numpy
-over blocks of ``BLOCK`` events, block ``b`` drawing from a generator seeded by
-``(seed, b, kind)``. So the output is the same for a seed however it is cut into
-batches (tested), and each stream can be generated alone
+Each kind comes from one njit pass over a range of event numbers
+(:mod:`gpustream.kernels.nexmark_gen`) whose random numbers depend only on (seed,
+event number, draw), so the output is the same for a seed however it is cut into
+batches (tested), each stream can be generated alone, and no row is touched by Python
 (``benchmarks/nexmark_gen.py`` measures the rate).
 """
 
@@ -110,60 +109,12 @@ class NexmarkConfig:
         return self.person_proportion + self.auction_proportion + self.bid_proportion
 
 
-def _last_person(c: NexmarkConfig, ev: np.ndarray) -> np.ndarray:
-    epoch, offset = np.divmod(ev, c.total)
-    return epoch * c.person_proportion + np.minimum(offset, c.person_proportion - 1)
-
-
-def _last_auction(c: NexmarkConfig, ev: np.ndarray) -> np.ndarray:
-    epoch, offset = np.divmod(ev, c.total)
-    before = offset < c.person_proportion
-    epoch = np.where(before, epoch - 1, epoch)
-    off = np.where(before | (offset >= c.person_proportion + c.auction_proportion),
-                   c.auction_proportion - 1, offset - c.person_proportion)
-    return epoch * c.auction_proportion + off
-
-
-def _uniform_int(u: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Integers in [0, n) from uniforms in [0, 1)."""
-    return np.minimum((u * n).astype(np.int64), n - 1)
-
-
-def _next_person(c: NexmarkConfig, ev: np.ndarray, u: np.ndarray) -> np.ndarray:
-    people = _last_person(c, ev) + 1
-    active = np.minimum(people, c.active_people)
-    return people - active + _uniform_int(u, active + ID_LEAD)
-
-
-def _price(u: np.ndarray) -> np.ndarray:
-    return np.rint(np.power(10.0, u * 6.0) * 100.0).astype(np.int64)
-
-
-def _timestamps(c: NexmarkConfig, ev: np.ndarray) -> np.ndarray:
-    return c.base_time + (ev * (1e6 / c.rate)).astype(np.int64) // 1000
-
-
 def _fixed(chars: np.ndarray) -> pa.Array:
     """A string array from a ``uint8[n, width]`` matrix of ASCII codes (no copies per row)."""
     n, width = chars.shape
     offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets),
                                        pa.py_buffer(np.ascontiguousarray(chars)))
-
-
-def _letters(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
-    return rng.integers(ord("a"), ord("z") + 1, (n, width), dtype=np.uint8)
-
-
-def _spliced(parts: list[np.ndarray | bytes], n: int) -> np.ndarray:
-    """Concatenate ``uint8[n, w]`` blocks and constant byte strings, column-wise."""
-    cols = [p if isinstance(p, np.ndarray) else
-            np.broadcast_to(np.frombuffer(p, np.uint8), (n, len(p))) for p in parts]
-    return np.concatenate(cols, axis=1)
-
-
-def _choose(rng: np.random.Generator, words: np.ndarray, n: int) -> pa.Array:
-    return pa.array(words).take(pa.array(rng.integers(0, len(words), n)))
 
 
 _KINDS = ("persons", "auctions", "bids")
@@ -173,9 +124,9 @@ def _bid_rows(c: NexmarkConfig, first: int, last: int) -> pa.RecordBatch:
     cols = [np.empty(cap, np.int64) for _ in range(3)]
     channel = np.empty(cap, np.int32)
     ts = np.empty(cap, np.int64)
-    from gpustream.kernels.nexmark_gen import M1, bids  # numba loads only when bids are made
+    from gpustream.kernels.nexmark_gen import bids  # numba loads only when events are made
 
-    seed = np.uint64((c.seed * int(M1)) & 0xFFFFFFFFFFFFFFFF)  # Python ints: no overflow warning
+    seed = _seed(c)
     n = bids(first, last, seed, c.total, c.person_proportion, c.auction_proportion,
               c.in_flight_auctions, c.active_people, c.hot_auction_ratio, c.hot_bidders_ratio,
               1e6 / c.rate, c.base_time, cols[0], cols[1], cols[2], channel, ts)
@@ -185,55 +136,47 @@ def _bid_rows(c: NexmarkConfig, first: int, last: int) -> pa.RecordBatch:
         pa.array(ts[:n], pa.timestamp("ms"))], schema=_BID_ARROW)
 
 
-def _block(c: NexmarkConfig, b: int, want: str) -> pa.RecordBatch | None:
-    """The ``want`` events (persons, auctions or bids) of block ``b``.
+def _seed(c: NexmarkConfig) -> np.uint64:
+    from gpustream.kernels.nexmark_gen import M1
 
-    Each event's six uniforms come from the block's generator ``(seed, b)``; the extra
-    draws for names and strings from ``(seed, b, kind)``, so each kind can be generated
-    alone and still match a run that generates all three.
-    """
-    ev = np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.int64)
-    rng = np.random.default_rng([c.seed, b, _KINDS.index(want)])
-    kind = ev % c.total
-    out: dict[str, Any] = {}
+    return np.uint64((c.seed * int(M1)) & 0xFFFFFFFFFFFFFFFF)  # Python ints: no overflow warning
 
-    p = kind < c.person_proportion
-    if want == "persons" and p.any():
-        pe = ev[p]
-        n = int(p.sum())
-        names = pc.binary_join_element_wise(_choose(rng, _FIRST, n), _choose(rng, _LAST, n), " ")
-        email = _fixed(_spliced([_letters(rng, n, 7), b"@", _letters(rng, n, 5), b".com"], n))
-        digits = rng.integers(ord("0"), ord("9") + 1, (n, 16), dtype=np.uint8)
-        card = _fixed(_spliced([digits[:, 0:4], b" ", digits[:, 4:8], b" ", digits[:, 8:12],
-                                b" ", digits[:, 12:16]], n))
-        out["persons"] = pa.record_batch([
-            pa.array(_last_person(c, pe) + FIRST_ID), names, email, card,
-            _choose(rng, _CITIES, n), _choose(rng, _STATES, n),
-            pa.array(_timestamps(c, pe), pa.timestamp("ms"))], schema=PERSON_SCHEMA)
 
-    a = (kind >= c.person_proportion) & (kind < c.person_proportion + c.auction_proportion)
-    if want == "auctions" and a.any():
-        ae = ev[a]
-        n = int(a.sum())
-        au = rng.random((n, 6))
-        ts_a = _timestamps(c, ae)
-        hot = _uniform_int(au[:, 0], np.int64(c.hot_sellers_ratio)) > 0
-        seller = np.where(hot, (_last_person(c, ae) // HOT_BLOCK) * HOT_BLOCK,
-                          _next_person(c, ae, au[:, 1])) + FIRST_ID
-        initial = _price(au[:, 2])
-        reserve = initial + _price(au[:, 3])
-        events_ahead = (c.in_flight_auctions * c.total) // c.auction_proportion
-        horizon = _timestamps(c, ae + events_ahead) - ts_a
-        expires = ts_a + 1 + _uniform_int(au[:, 4], np.maximum(horizon * 2, 1))
-        out["auctions"] = pa.record_batch([
-            pa.array(_last_auction(c, ae) + FIRST_ID), _fixed(_letters(rng, n, 20)),
-            _fixed(_spliced([_letters(rng, n, 10), b" auction"], n)), pa.array(initial),
-            pa.array(reserve), pa.array(ts_a, pa.timestamp("ms")),
-            pa.array(expires, pa.timestamp("ms")), pa.array(seller),
-            pa.array(FIRST_CATEGORY + _uniform_int(au[:, 5], np.int64(NUM_CATEGORIES)))],
-            schema=AUCTION_SCHEMA)
+def _person_rows(c: NexmarkConfig, first: int, last: int) -> pa.RecordBatch:
+    """The people among generator events ``first..last`` (one njit pass)."""
+    from gpustream.kernels.nexmark_gen import persons
 
-    return out.get(want)
+    cap = (last - first) // c.total * c.person_proportion + c.person_proportion
+    ints = [np.empty(cap, np.int64) for _ in range(6)]
+    email, card = np.empty((cap, 17), np.uint8), np.empty((cap, 19), np.uint8)
+    n = persons(first, last, _seed(c), c.total, c.person_proportion, len(_FIRST), len(_LAST),
+                len(_CITIES), len(_STATES), 1e6 / c.rate, c.base_time, ints[0], ints[1],
+                ints[2], ints[3], ints[4], email, card, ints[5])
+    names = pc.binary_join_element_wise(pa.array(_FIRST).take(pa.array(ints[1][:n])),
+                                        pa.array(_LAST).take(pa.array(ints[2][:n])), " ")
+    return pa.record_batch([
+        pa.array(ints[0][:n]), names, _fixed(email[:n]), _fixed(card[:n]),
+        pa.array(_CITIES).take(pa.array(ints[3][:n])),
+        pa.array(_STATES).take(pa.array(ints[4][:n])),
+        pa.array(ints[5][:n], pa.timestamp("ms"))], schema=PERSON_SCHEMA)
+
+
+def _auction_rows(c: NexmarkConfig, first: int, last: int) -> pa.RecordBatch:
+    """The auctions among generator events ``first..last`` (one njit pass)."""
+    from gpustream.kernels.nexmark_gen import auctions
+
+    cap = (last - first) // c.total * c.auction_proportion + c.auction_proportion
+    ints = [np.empty(cap, np.int64) for _ in range(7)]
+    name, desc = np.empty((cap, 20), np.uint8), np.empty((cap, 18), np.uint8)
+    ahead = (c.in_flight_auctions * c.total) // c.auction_proportion
+    n = auctions(first, last, _seed(c), c.total, c.person_proportion, c.auction_proportion,
+                 c.active_people, c.hot_sellers_ratio, ahead, 1e6 / c.rate, c.base_time,
+                 ints[0], name, desc, ints[1], ints[2], ints[3], ints[4], ints[5], ints[6])
+    return pa.record_batch([
+        pa.array(ints[0][:n]), _fixed(name[:n]), _fixed(desc[:n]), pa.array(ints[1][:n]),
+        pa.array(ints[2][:n]), pa.array(ints[3][:n], pa.timestamp("ms")),
+        pa.array(ints[4][:n], pa.timestamp("ms")), pa.array(ints[5][:n]),
+        pa.array(ints[6][:n])], schema=AUCTION_SCHEMA)
 
 
 _BID_ARROW = BID_SCHEMA.set(3, pa.field("channel", pa.dictionary(pa.int32(), pa.string())))
@@ -279,47 +222,18 @@ class NexmarkSource(Source):
         end = c.events
         started = time.monotonic()
         first = pos
-        cached: tuple[int, pa.RecordBatch | None] | None = None
         while end is None or pos < end:
             stop = pos + self.batch_events if end is None else min(pos + self.batch_events, end)
-            parts = []
-            p = pos
-            if self.kind == "bids":
-                parts.append(_bid_rows(c, pos, stop))
-                p = stop
-            while p < stop:
-                b = p // BLOCK
-                if cached is None or cached[0] != b:
-                    cached = (b, _block(c, b, self.kind))
-                lo, hi = p - b * BLOCK, min(stop, (b + 1) * BLOCK) - b * BLOCK
-                rb = cached[1]
-                if rb is not None:
-                    parts.append(_rows_between(rb, c, b, lo, hi, self.kind))
-                p = b * BLOCK + hi
-            data = pa.Table.from_batches([x for x in parts if x.num_rows],
-                                         schema=parts[0].schema if parts else None)
+            make = {"persons": _person_rows, "auctions": _auction_rows,
+                    "bids": _bid_rows}[self.kind]
+            data = make(c, pos, stop)
             if data.num_rows:
-                yield SourceBatch(data.combine_chunks().to_batches()[0], stop)
+                yield SourceBatch(data, stop)
             pos = stop
             if self.pace:
                 ahead = (pos - first) / c.rate - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
-
-
-def _rows_between(rb: pa.RecordBatch, c: NexmarkConfig, b: int, lo: int, hi: int,
-                  kind: str) -> pa.RecordBatch:
-    """The rows of ``rb`` (one kind of block ``b``) made by block events ``lo..hi``."""
-    ev = np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.int64) % c.total
-    if kind == "persons":
-        mine = ev < c.person_proportion
-    elif kind == "auctions":
-        mine = (ev >= c.person_proportion) & (ev < c.person_proportion + c.auction_proportion)
-    else:
-        mine = ev >= c.person_proportion + c.auction_proportion
-    before = np.cumsum(mine)
-    start = int(before[lo - 1]) if lo else 0
-    return rb.slice(start, int(before[hi - 1]) - start if hi else 0)
 
 
 @dataclass(frozen=True)
