@@ -36,7 +36,7 @@ def info(
 
 @app.command()
 def demo(
-    events: int = typer.Option(1_000_000, help="How many synthetic events to generate."),
+    events: int = typer.Option(2_000_000, help="How many Nexmark events to generate."),
     engine: str = typer.Option("auto", help="auto, cpu or cuda (GPUSTREAM_ENGINE overrides)."),
 ) -> None:
     """Run the demo pipeline over generated events and print what it did."""
