@@ -102,20 +102,26 @@ def reference_windows(
         rev = revisions.get(w, 0)
         revisions[w] = rev + 1
         out.append((w, rev, list(rows)))
+    firings = [(w[:-1], w[-1], w[-1] + size, rows, rev) for w, rev, rows in out]
+    return _output(df, keys, ts_col, aggs, lateness, firings), late_rows
+
+
+def _output(df: pd.DataFrame, keys: Sequence[str], ts_col: str,
+            aggs: dict[str, tuple[str, str | None]], lateness: int,
+            firings: list[tuple[tuple, int, int, list[int], int]]) -> pd.DataFrame:
+    """Output rows, one per firing (key, start, end, rows, revision), in canonical order."""
     records = []
-    for w, rev, rows in out:
+    for key, start, end, rows, rev in firings:
+        rec: dict[str, Any] = {k: key[j] for j, k in enumerate(keys)}
+        rec["window_start"], rec["window_end"] = start, end
         sub = df.iloc[rows]
-        rec: dict[str, Any] = {k: w[j] for j, k in enumerate(keys)}
-        rec["window_start"] = w[-1]
-        rec["window_end"] = w[-1] + size
         for name, (kind, column) in aggs.items():
             rec[name] = _aggregate(sub, kind, column, ts_col)
         if lateness:
             rec["revision"] = rev
         records.append(rec)
     cols = [*keys, "window_start", "window_end", *aggs, *(["revision"] if lateness else [])]
-    result = pd.DataFrame.from_records(records, columns=cols)
-    return sort_output(result, keys), late_rows
+    return sort_output(pd.DataFrame.from_records(records, columns=cols), keys)
 
 
 def sort_output(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -202,16 +208,4 @@ def reference_sessions(
         for s in sessions:
             if s["dirty"]:
                 fire(key, s)
-    records = []
-    for key, start, end, rows, rev in fired:
-        rec: dict[str, Any] = {k: key[j] for j, k in enumerate(keys)}
-        rec["window_start"], rec["window_end"] = start, end
-        sub = df.iloc[rows]
-        for name, (kind, column) in aggs.items():
-            rec[name] = _aggregate(sub, kind, column, ts_col)
-        if lateness:
-            rec["revision"] = rev
-        records.append(rec)
-    cols = [*keys, "window_start", "window_end", *aggs, *(["revision"] if lateness else [])]
-    result = pd.DataFrame.from_records(records, columns=cols)
-    return sort_output(result, keys), late_rows
+    return _output(df, keys, ts_col, aggs, lateness, fired), late_rows
