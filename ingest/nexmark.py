@@ -35,13 +35,7 @@ from gpustream.ingest.source import Source, SourceBatch
 __all__ = ["NexmarkConfig", "NexmarkSource", "NexmarkStreams", "nexmark"]
 
 BLOCK = 1 << 16
-FIRST_ID = 1000
-FIRST_CATEGORY = 10
-NUM_CATEGORIES = 5
-ID_LEAD = 10
-HOT_BLOCK = 100
 CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
-NUM_CHANNELS = 10_000
 _STATES = np.array(["AZ", "CA", "ID", "OR", "WA", "WY"])
 _CITIES = np.array(["Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend",
                     "Redmond", "Seattle", "Kent", "Cheyenne"])
@@ -186,6 +180,8 @@ _CHANNEL_NAMES: pa.Array | None = None
 def _channel_names() -> pa.Array:
     global _CHANNEL_NAMES
     if _CHANNEL_NAMES is None:
+        from gpustream.kernels.nexmark_gen import NUM_CHANNELS  # the kernel's channel ids
+
         _CHANNEL_NAMES = pa.array([*CHANNELS, *(f"channel-{i}" for i in range(NUM_CHANNELS))])
     return _CHANNEL_NAMES
 

@@ -35,7 +35,6 @@ def _fold(kind: str, parts: list[list[tuple[int | None, int]]], merge: bool) -> 
     keys = np.arange(len(parts), dtype=np.uint64).reshape(1, -1) if merge else \
         np.zeros((1, 1), dtype=np.uint64)
     slots, _ = table.upsert(np.ascontiguousarray(keys), np.arange(keys.shape[1]))
-    table.init(slots)
     seq = 0
     for p, part in enumerate(parts):
         slot = slots[p if merge else 0]

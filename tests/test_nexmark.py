@@ -86,10 +86,3 @@ def test_bad_parameters_fail_clearly() -> None:
         nexmark(hot_auction_ratio=0)
     assert not nexmark(events=None).bids.bounded
 
-
-def test_bid_kernel_constants_match_the_generator() -> None:
-    from gpustream.ingest import nexmark as gen
-    from gpustream.kernels import nexmark_gen as kernel
-
-    for name in ("FIRST_ID", "ID_LEAD", "HOT_BLOCK", "NUM_CHANNELS"):
-        assert getattr(kernel, name) == getattr(gen, name), name

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,16 +59,13 @@ def _aggregate(rows: pd.DataFrame, kind: str, column: str | None, ts_col: str) -
     return var if kind == "var" else math.sqrt(var)
 
 
-def reference_windows(
-    table: pa.Table, keys: Sequence[str], ts_col: str, size: int, slide: int, offset: int,
-    delay: int, lateness: int, aggs: dict[str, tuple[str, str | None]],
-) -> tuple[pd.DataFrame, list[int]]:
-    """(output rows sorted by window_end, window_start, keys, revision; late row numbers)."""
-    df = to_pandas(table).reset_index(drop=True)
+def _arrivals(df: pd.DataFrame, keys: Sequence[str], ts_col: str, delay: int,
+              late_rows: list[int]) -> Iterator[tuple[int, int, int | None, tuple]]:
+    """(row, event time in ms, watermark as of the row or None, key) in arrival order.
+
+    Rows without an event time go to ``late_rows`` and are not yielded.
+    """
     running: int | None = None
-    on_time: dict[tuple, list[int]] = defaultdict(list)
-    late_allowed: list[tuple[tuple, int]] = []  # in arrival order
-    late_rows: list[int] = []
     for i in range(len(df)):
         t = df[ts_col].iloc[i]
         wm = None if running is None else running - delay
@@ -77,6 +74,20 @@ def reference_windows(
             continue
         t = int(t.value // 10**6) if isinstance(t, pd.Timestamp) else int(t)
         key = tuple(None if pd.isna(df[k].iloc[i]) else df[k].iloc[i] for k in keys)
+        yield i, t, wm, key
+        running = t if running is None else max(running, t)
+
+
+def reference_windows(
+    table: pa.Table, keys: Sequence[str], ts_col: str, size: int, slide: int, offset: int,
+    delay: int, lateness: int, aggs: dict[str, tuple[str, str | None]],
+) -> tuple[pd.DataFrame, list[int]]:
+    """(output rows sorted by window_end, window_start, keys, revision; late row numbers)."""
+    df = to_pandas(table).reset_index(drop=True)
+    on_time: dict[tuple, list[int]] = defaultdict(list)
+    late_allowed: list[tuple[tuple, int]] = []  # in arrival order
+    late_rows: list[int] = []
+    for i, t, wm, key in _arrivals(df, keys, ts_col, delay, late_rows):
         updated = False
         for start in _windows(t, size, slide, offset):
             end = start + size
@@ -89,7 +100,6 @@ def reference_windows(
                 updated = True
         if not updated:
             late_rows.append(i)
-        running = t if running is None else max(running, t)
     out = []
     fired: dict[tuple, list[int]] = {}
     for w, rows in on_time.items():
@@ -166,7 +176,6 @@ def reference_sessions(
     before the watermark after this fires again at once; otherwise it waits for its end.
     """
     df = to_pandas(table).reset_index(drop=True)
-    running: int | None = None
     held: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     fired: list[tuple[tuple, int, int, list[int], int]] = []
     late_rows: list[int] = []
@@ -176,14 +185,7 @@ def reference_sessions(
         s["rev"] += 1
         s["dirty"] = False
 
-    for i in range(len(df)):
-        t = df[ts_col].iloc[i]
-        wm = None if running is None else running - delay
-        if pd.isna(t):
-            late_rows.append(i)
-            continue
-        t = int(t)
-        key = tuple(None if pd.isna(df[k].iloc[i]) else df[k].iloc[i] for k in keys)
+    for i, t, wm, key in _arrivals(df, keys, ts_col, delay, late_rows):
         sessions = held[key]
         if wm is not None:
             for s in sessions:
@@ -203,7 +205,6 @@ def reference_sessions(
             sessions.append(merged)
             if wm is not None and merged["end"] <= wm:
                 fire(key, merged)
-        running = t if running is None else max(running, t)
     for key, sessions in held.items():
         for s in sessions:
             if s["dirty"]:

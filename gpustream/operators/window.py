@@ -139,8 +139,7 @@ class KeyedAggBase(Operator):
         idx = xp.nonzero(is_new)[0]
         if idx.shape[0] == 0:
             return
-        new_slots = slots[idx]
-        self.table.init(new_slots)
+        new_slots = slots[idx]  # their columns hold the fill values: never used before
         for i, st in enumerate(self.states):
             col = inputs[i]
             if col is not None:

@@ -45,13 +45,11 @@ class DenseTable:
         self.top = 0
 
     def add_column(self, name: str, dtype: Any, fill: Any) -> None:
-        """Register a per-record column."""
+        """Register a per-record column. A record never used before holds ``fill`` (ids are
+        handed out once; compaction starts from fresh arrays)."""
         self.columns[name] = self.xp.full(self.capacity, fill, dtype=dtype)
         self._fill[name] = (dtype, fill)
 
-    def init(self, slots: Any) -> None:
-        """Nothing to do: a never-used record already holds every column's fill value
-        (ids are handed out once; compaction starts from fresh arrays)."""
 
     def live_slots(self) -> Any:
         """Ids of the live records, ascending."""

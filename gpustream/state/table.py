@@ -30,8 +30,6 @@ class StateTable(Protocol):
 
     def add_column(self, name: str, dtype: Any, fill: Any) -> None: ...
 
-    def init(self, slots: Any) -> None: ...
-
     def live_slots(self) -> Any: ...
 
     def held_slots(self) -> Any: ...
@@ -63,7 +61,6 @@ class SlotTable:
     >>> t.add_column("total", np.int64, 0)
     >>> keys = np.array([[5, 6, 5]], dtype=np.uint64)
     >>> slots, new = t.upsert(keys, np.arange(3))
-    >>> t.init(slots[new.astype(bool)])
     >>> np.add.at(t.columns["total"], slots, [1, 2, 3])
     >>> t.live_count, int(t.columns["total"][slots[0]])
     (2, 4)
@@ -86,14 +83,10 @@ class SlotTable:
         self.on_rebuild: Any = None
 
     # -- columns --------------------------------------------------------------------------
-    def add_column(self, name: str, dtype: Any, fill: Any, width: int = 0) -> None:
-        """Register a per-slot column (``width`` > 0: a 2-D ``[capacity, width]`` column)."""
-        shape = (self.capacity, width) if width else (self.capacity,)
-        self.columns[name] = self.xp.full(shape, fill, dtype=dtype)
+    def add_column(self, name: str, dtype: Any, fill: Any) -> None:
+        """Register a per-slot column. A slot never used before holds ``fill``."""
+        self.columns[name] = self.xp.full(self.capacity, fill, dtype=dtype)
         self._fill[name] = (dtype, fill)
-
-    def init(self, slots: Any) -> None:
-        """Nothing to do: a never-used slot already holds every column's fill value."""
 
     # -- keys -----------------------------------------------------------------------------
     @property
