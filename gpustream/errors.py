@@ -5,7 +5,7 @@ Every error says what was wrong, where (step, column, spec field) and how to fix
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "GpustreamError", "PlanError"]
+__all__ = ["BackendError", "GpustreamError", "IngestError", "PlanError"]
 
 
 class GpustreamError(Exception):
@@ -26,3 +26,16 @@ class PlanError(GpustreamError, ValueError):
 
 class BackendError(GpustreamError, RuntimeError):
     """The requested execution backend cannot run on this machine."""
+
+
+class IngestError(GpustreamError, ValueError):
+    """A source that cannot be read: a missing file, a wrong schema, or a file whose
+    records are mostly not in the format given (over the source's ``max_bad_fraction``).
+
+    Examples
+    --------
+    >>> raise IngestError("read_csv: data.bin: 98 of 100 records do not parse as CSV")
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.IngestError: read_csv: data.bin: 98 of 100 records do not parse as CSV
+    """

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -12,6 +14,7 @@ from gpustream.backend import ENGINES, Backend, select_backend
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import PlanError
 from gpustream.expr import Col, Expr, lit
+from gpustream.ingest.deadletter import DeadLetterFile
 from gpustream.ingest.source import Source
 from gpustream.plan import (
     FilterNode,
@@ -44,6 +47,11 @@ class Pipeline:
         ``"cuda"``; ``"cudasim"`` runs the cuda backend under numba's simulator (tests).
         ``GPUSTREAM_ENGINE`` overrides it. The backend is chosen once, when the pipeline is
         first planned (``explain()``, ``run()``, ``collect()``).
+    dead_letter
+        The JSONL file that receives bad records (raw record, source, offset, reason):
+        lines that do not parse, values of the wrong type, rows without an event time.
+        Default ``dead-letters/<name>.jsonl`` in the working directory, created only when
+        a bad record arrives; ``RunStats`` counts them and names the file.
 
     Examples
     --------
@@ -54,12 +62,15 @@ class Pipeline:
     {'x': [2, 3], 'y': [2.0, 4.0], 'z': [4.0, 12.0]}
     """
 
-    def __init__(self, name: str = "pipeline", engine: str = "auto") -> None:
+    def __init__(self, name: str = "pipeline", engine: str = "auto",
+                 dead_letter: str | os.PathLike[str] | None = None) -> None:
         if engine not in ENGINES:
             raise PlanError(f"Pipeline {name!r}: engine={engine!r} is not one of "
                             f"{', '.join(ENGINES[:3])}")
         self.name = name
         self.engine = engine
+        self.dead_letter = Path(dead_letter if dead_letter is not None
+                                else Path("dead-letters") / f"{name}.jsonl")
         self._sinks: list[tuple[Node, Sink]] = []
         self._nodes: list[Node] = []
         self._source_names: set[str] = set()
@@ -173,7 +184,7 @@ class Pipeline:
         (3, 3)
         """
         plan = build_physical(self._sinks, self.backend)
-        return execute(plan, self.name, max_events)
+        return execute(plan, self.name, max_events, DeadLetterFile(self.dead_letter))
 
 
 class Stream:
@@ -349,7 +360,7 @@ class Stream:
                             "never ends; use .sink(...) and Pipeline.run() instead")
         sink = CollectSink()
         plan = build_physical([(self._node, sink)], self._pipeline.backend)
-        execute(plan, self._pipeline.name)
+        execute(plan, self._pipeline.name, None, DeadLetterFile(self._pipeline.dead_letter))
         return sink.table()
 
     def __repr__(self) -> str:

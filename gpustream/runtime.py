@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gpustream.batch import Batch
+from gpustream.ingest.deadletter import DeadLetterFile, split_missing
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.source import SourceBatch
+from gpustream.ingest.threaded import SourceThreads
 from gpustream.plan import SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
 from gpustream.sinks import write_batch
@@ -45,6 +46,8 @@ class RunStats:
     elapsed_s: float = 0.0
     rows_out_by_sink: dict[str, int] = field(default_factory=dict)
     stopped_early: bool = False
+    #: where the bad records went (None when there were none)
+    dead_letters: str | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -59,6 +62,7 @@ class RunStats:
             f"{self.bad_records} bad records in {self.elapsed_s:.3f} s "
             f"({self.events_per_s:,.0f} events/s)"
             + (" (stopped at --max-events)" if self.stopped_early else "")
+            + (f"; bad records in {self.dead_letters}" if self.dead_letters else "")
         )
 
 
@@ -119,12 +123,14 @@ class _Runner:
             self.collect_counters(child, seen)
 
 
-def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None) -> RunStats:
+def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
+            dead_letters: DeadLetterFile | None = None) -> RunStats:
     """Run a physical plan until its bounded sources end (or ``max_events`` inputs).
 
-    Sources are read round-robin, a batch at a time; each batch is encoded (strings to
-    dictionary codes) and moved to the backend's device once, then flows through the
-    operators to the sinks.
+    Each source runs on its own thread into one bounded queue (backpressure); batches are
+    taken in arrival order, their bad records (and rows without an event time) written to
+    ``dead_letters`` and counted, the rest encoded (strings to dictionary codes) and moved
+    to the backend's device once, then pushed through the operators to the sinks.
     """
     backend = plan.backend
     stats = RunStats(pipeline, backend.name)
@@ -132,43 +138,61 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None) ->
     for pn, sink in plan.sinks:
         sink.open(pn.schema)
     started = time.perf_counter()
-    live: list[tuple[PhysicalNode, Iterator[SourceBatch], dict[str, StringDictionary]]] = []
+    dictionaries: list[dict[str, StringDictionary]] = [{} for _ in plan.sources]
+    nodes: list[SourceNode] = []
     for pn in plan.sources:
         assert isinstance(pn.node, SourceNode)
-        live.append((pn, iter(pn.node.source.open()), {}))
+        nodes.append(pn.node)
+    live = set(range(len(plan.sources)))
     runner = _Runner(plan, stats)
+    threads: SourceThreads[SourceBatch] = SourceThreads(
+        [n.source.open() for n in nodes], capacity=2 + 2 * len(nodes), names=[n.name for n in nodes])
     try:
-        while live:
-            for entry in list(live):
-                pn, it, dictionaries = entry
-                sb = next(it, None)
-                if sb is None:
-                    live.remove(entry)
-                    runner.end(pn)
-                    continue
-                data = sb.data
-                if max_events is not None and stats.events_in + data.num_rows >= max_events:
-                    data = data.slice(0, max_events - stats.events_in)
-                    stats.stopped_early = True
-                batch = Batch.from_arrow(data, dictionaries).to_device(backend)
-                stats.events_in += batch.num_rows
-                stats.batches_in += 1
-                runner.push(pn, batch)
-                watermark = getattr(pn.op, "current", None)
-                if watermark is not None and watermark != NO_WATERMARK:
-                    runner.advance(pn, watermark)
-                if stats.stopped_early:
-                    break
+        for arrival in threads:
+            i = arrival.index
+            pn, node = plan.sources[i], nodes[i]
+            if arrival.done:
+                live.discard(i)
+                runner.end(pn)
+                continue
+            sb = arrival.item
+            assert sb is not None
+            data, rejects = sb.data, sb.rejects
+            if node.event_time is not None:
+                data, missing = split_missing(data, node.event_time, node.source.name, sb.offset)
+                rejects += missing
+            if rejects:
+                if dead_letters is None:
+                    raise RuntimeError("bad records but no dead-letter sink")  # pragma: no cover
+                dead_letters.write(rejects)
+                stats.bad_records += len(rejects)
+                stats.dead_letters = str(dead_letters.path)
+            if not data.num_rows:
+                continue
+            if max_events is not None and stats.events_in + data.num_rows >= max_events:
+                data = data.slice(0, max_events - stats.events_in)
+                stats.stopped_early = True
+            batch = Batch.from_arrow(data, dictionaries[i]).to_device(backend)
+            stats.events_in += batch.num_rows
+            stats.batches_in += 1
+            runner.push(pn, batch)
+            watermark = getattr(pn.op, "current", None)
+            if watermark is not None and watermark != NO_WATERMARK:
+                runner.advance(pn, watermark)
             if stats.stopped_early:
-                for pn, _, _ in live:
-                    runner.end(pn)
-                live.clear()
+                break
+        threads.close()
+        for i in sorted(live):  # stopped at max_events: what is open fires now
+            runner.end(plan.sources[i])
         seen: set[int] = set()
         for pn in plan.sources:
             runner.collect_counters(pn, seen)
     finally:
+        threads.close()
         stats.elapsed_s = time.perf_counter() - started
         for _, sink in plan.sinks:
             sink.close()
+        if dead_letters is not None:
+            dead_letters.close()
     log.info("%s", stats.summary())
     return stats

@@ -1,30 +1,41 @@
-"""File sources. This first one streams Parquet; CSV, JSONL, Arrow IPC and follow mode
-arrive with issue 4 on the same pattern.
+"""Columnar file sources: ``gs.read_parquet`` and ``gs.read_arrow_ipc``.
 
-Files are read in order (sorted names), a row group batch at a time through
-``pyarrow.parquet.ParquetFile.iter_batches``, never whole. The offset after a batch is
-``[file index, rows read from that file]``.
+Files (a file, a glob, or a directory) are read in name order, a batch at a time through
+pyarrow's readers, never whole. Every file is conformed to the first file's schema
+(timestamps of another unit are converted to its unit). The offset after a batch is
+``[file name, rows read from that file]``; files that sort before it are done. With
+``follow=True`` the source never ends and polls for new files, which must appear whole
+(write them under another name, then rename them into place) and sort after those read.
+The text formats are in :mod:`gpustream.ingest.textfiles`.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from gpustream.durations import Duration, to_millis
+from gpustream.errors import IngestError
 from gpustream.ingest.arrow import DEFAULT_BATCH_ROWS
+from gpustream.ingest.schema import conform
 from gpustream.ingest.source import Source, SourceBatch
 
-__all__ = ["ParquetSource", "expand_paths", "read_parquet"]
+__all__ = ["ArrowIpcSource", "ParquetSource", "expand_paths", "read_arrow_ipc", "read_parquet"]
 
 
-def expand_paths(path: str | os.PathLike[str], suffix: str) -> list[Path]:
+def expand_paths(path: str | os.PathLike[str], suffix: str | tuple[str, ...],
+                 allow_empty: bool = False) -> list[Path]:
     """A file, a glob, or a directory (its ``*suffix`` files), as a sorted list of files.
+
+    ``allow_empty``: no match is not an error (a followed directory may still be empty).
 
     Examples
     --------
@@ -41,61 +52,156 @@ def expand_paths(path: str | os.PathLike[str], suffix: str) -> list[Path]:
         files = sorted(Path(f) for f in glob.glob(text) if Path(f).is_file())
     else:
         files = [p] if p.is_file() else []
-    if not files:
+    if not files and not allow_empty:
+        first = suffix if isinstance(suffix, str) else suffix[0]
         raise FileNotFoundError(f"no file matches {text!r}; give a file, a glob such as "
-                                f"'data/*{suffix}', or a directory")
+                                f"'data/*{first}', or a directory")
     return files
 
 
-class ParquetSource(Source):
-    """A bounded source over Parquet files, streamed in batches of ``batch_rows``."""
+class _ColumnarFiles(Source):
+    """Files read batch by batch and conformed to the first file's schema."""
 
-    def __init__(self, path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH_ROWS,
-                 columns: list[str] | None = None) -> None:
+    where = "read"
+    suffix: tuple[str, ...] = ()
+
+    def __init__(self, path: str | os.PathLike[str], batch_rows: int,
+                 columns: list[str] | None, follow: bool, poll_interval: Duration) -> None:
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-            raise ValueError(f"read_parquet: batch_rows must be a positive int, got {batch_rows!r}")
-        self.files = expand_paths(path, ".parquet")
+            raise ValueError(f"{self.where}: batch_rows must be a positive int, got {batch_rows!r}")
+        self.path = os.fspath(path)
         self.batch_rows = batch_rows
-        self.columns = columns
-        self.name = f"read_parquet({os.fspath(path)!s}, {len(self.files)} file(s))"
-        self._schema = pq.read_schema(self.files[0])
+        self.follow = follow
+        self.bounded = not follow
+        self.poll_s = to_millis(poll_interval, what=f"{self.where}: poll_interval") / 1e3
+        files = expand_paths(path, self.suffix)
+        self.name = (f"{self.where}({self.path!s}, {len(files)} file(s)"
+                     f"{', follow' if follow else ''})")
+        full = self.file_schema(files[0])
         if columns is not None:
-            missing = [c for c in columns if c not in self._schema.names]
+            missing = [c for c in columns if c not in full.names]
             if missing:
-                raise ValueError(f"read_parquet: column(s) {', '.join(missing)} are not in "
-                                 f"{self.files[0]}; its columns are: "
-                                 f"{', '.join(self._schema.names)}")
-            self._schema = pa.schema([self._schema.field(c) for c in columns])
+                raise ValueError(f"{self.where}: column(s) {', '.join(missing)} are not in "
+                                 f"{files[0]}; its columns are: {', '.join(full.names)}")
+            full = pa.schema([full.field(c) for c in columns])
+        self._schema = full.remove_metadata()
+        self.columns = columns
+
+    def file_schema(self, path: Path) -> pa.Schema:
+        """A file's schema, read from its footer or header."""
+        raise NotImplementedError
+
+    def batches(self, path: Path) -> Iterator[pa.RecordBatch]:
+        """A file's record batches (at most ``batch_rows`` rows each)."""
+        raise NotImplementedError
 
     def schema(self) -> pa.Schema:
-        """The schema of the first file (the others must match it)."""
+        """The first file's schema (the others are conformed to it)."""
         return self._schema
 
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
-        """Yield batches from ``offset`` (``[file index, rows already read]``) onwards."""
-        start_file, skip = (0, 0) if offset is None else (int(offset[0]), int(offset[1]))
-        for i in range(start_file, len(self.files)):
-            f = pq.ParquetFile(self.files[i])
-            if f.schema_arrow.remove_metadata() != pq.read_schema(self.files[0]).remove_metadata():
-                raise ValueError(f"read_parquet: {self.files[i]} has schema {f.schema_arrow}, "
-                                 f"which differs from {self.files[0]}'s")
-            done = 0
-            for rb in f.iter_batches(batch_size=self.batch_rows, columns=self.columns):
-                end = done + rb.num_rows
-                if i == start_file and end <= skip:
-                    done = end
+        """Yield batches after ``offset`` (``[file name, rows read from it]``)."""
+        last, skip = ("", 0) if offset is None else (str(offset[0]), int(offset[1]))
+        while True:
+            for path in expand_paths(self.path, self.suffix, allow_empty=self.follow):
+                if str(path) < last:
                     continue
-                if i == start_file and done < skip:
-                    rb = rb.slice(skip - done)
-                done = end
-                if rb.num_rows:
-                    yield SourceBatch(rb, [i, done])
-            skip = 0
+                done = skip if str(path) == last else 0
+                yield from self._file(path, done)
+                last, skip = str(path), -1  # -1: this file is wholly read
+            if not self.follow:
+                return
+            time.sleep(self.poll_s)
+
+    def _file(self, path: Path, skip: int) -> Iterator[SourceBatch]:
+        if skip < 0:
+            return
+        seen = 0
+        for rb in self.batches(path):
+            end = seen + rb.num_rows
+            if end <= skip:
+                seen = end
+                continue
+            if seen < skip:
+                rb = rb.slice(skip - seen)
+            seen = end
+            missing = [n for n in self._schema.names if n not in rb.schema.names]
+            if missing:
+                raise IngestError(f"{self.where}: {path} lacks column(s) {', '.join(missing)} "
+                                  f"of the first file's schema ({', '.join(self._schema.names)})"
+                                  "; give files of one layout, or columns= that all have")
+            try:
+                data = conform(rb, self._schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise IngestError(f"{self.where}: {path} does not fit the first file's schema "
+                                  f"({err}); its schema is {rb.schema}, the stream's is "
+                                  f"{self._schema}") from err
+            if data.num_rows:
+                yield SourceBatch(data, [str(path), seen])
+
+
+class ParquetSource(_ColumnarFiles):
+    """Parquet files, streamed in batches of ``batch_rows`` through ``iter_batches``."""
+
+    where = "read_parquet"
+    suffix = (".parquet",)
+
+    def file_schema(self, path: Path) -> pa.Schema:
+        """The schema in the file's footer."""
+        return pq.read_schema(path)
+
+    def batches(self, path: Path) -> Iterator[pa.RecordBatch]:
+        """Row groups, cut into batches of ``batch_rows``."""
+        with pq.ParquetFile(path) as f:
+            yield from f.iter_batches(batch_size=self.batch_rows, columns=self.columns)
+
+
+class ArrowIpcSource(_ColumnarFiles):
+    """Arrow IPC files (the random-access file format or the stream format)."""
+
+    where = "read_arrow_ipc"
+    suffix = (".arrow", ".arrows", ".feather", ".ipc")
+
+    def file_schema(self, path: Path) -> pa.Schema:
+        """The schema in the file's header."""
+        with pa.memory_map(str(path)) as m:
+            try:
+                return ipc.open_file(m).schema
+            except pa.ArrowInvalid:
+                m.seek(0)
+                return ipc.open_stream(m).schema
+
+    def batches(self, path: Path) -> Iterator[pa.RecordBatch]:
+        """The file's record batches (memory-mapped), cut to ``batch_rows``."""
+        with pa.memory_map(str(path)) as m:
+            try:
+                reader: Any = ipc.open_file(m)
+                stored = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            except pa.ArrowInvalid:
+                m.seek(0)
+                stored = iter(ipc.open_stream(m))
+            for rb in stored:
+                if self.columns is not None:
+                    rb = rb.select(self.columns)
+                for start in range(0, rb.num_rows, self.batch_rows):
+                    yield rb.slice(start, self.batch_rows)
 
 
 def read_parquet(path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH_ROWS,
-                 columns: list[str] | None = None) -> ParquetSource:
-    """Stream Parquet files (a file, a glob, or a directory) as a bounded source.
+                 columns: list[str] | None = None, follow: bool = False,
+                 poll_interval: Duration = "1s") -> ParquetSource:
+    """Stream Parquet files (a file, a glob, or a directory) as a source.
+
+    Parameters
+    ----------
+    path
+        A file, a glob (``"data/*.parquet"``) or a directory (its ``.parquet`` files).
+    batch_rows
+        Rows per batch at most.
+    columns
+        Read only these columns.
+    follow
+        Never end: keep polling for new files (written elsewhere, then renamed in).
 
     Examples
     --------
@@ -103,9 +209,28 @@ def read_parquet(path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH_R
     >>> d = tempfile.mkdtemp()
     >>> pq.write_table(pa.table({"x": list(range(5))}), os.path.join(d, "a.parquet"))
     >>> src = read_parquet(d, batch_rows=2)
-    >>> [(b.data.num_rows, b.offset) for b in src.open()]
-    [(2, [0, 2]), (2, [0, 4]), (1, [0, 5])]
-    >>> [b.data["x"].to_pylist() for b in src.open([0, 3])]
+    >>> [(b.data.num_rows, b.offset[1]) for b in src.open()]
+    [(2, 2), (2, 4), (1, 5)]
+    >>> [b.data["x"].to_pylist() for b in src.open([os.path.join(d, "a.parquet"), 3])]
     [[3], [4]]
     """
-    return ParquetSource(path, batch_rows, columns)
+    return ParquetSource(path, batch_rows, columns, follow, poll_interval)
+
+
+def read_arrow_ipc(path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH_ROWS,
+                   columns: list[str] | None = None, follow: bool = False,
+                   poll_interval: Duration = "1s") -> ArrowIpcSource:
+    """Stream Arrow IPC files (``.arrow``/``.feather`` file format or ``.arrows`` stream
+    format; a file, a glob, or a directory), memory-mapped. Parameters as
+    :func:`read_parquet`.
+
+    Examples
+    --------
+    >>> import pyarrow as pa, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.arrow")
+    >>> with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, pa.schema([("x", pa.int64())])) as w:
+    ...     w.write_table(pa.table({"x": [1, 2, 3]}))
+    >>> [b.data["x"].to_pylist() for b in read_arrow_ipc(path, batch_rows=2).open()]
+    [[1, 2], [3]]
+    """
+    return ArrowIpcSource(path, batch_rows, columns, follow, poll_interval)

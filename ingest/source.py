@@ -9,6 +9,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from gpustream.ingest.deadletter import DeadLetter
+
 __all__ = ["Source", "SourceBatch"]
 
 
@@ -17,11 +19,14 @@ class SourceBatch:
     """One batch from a source and the source's offset just after it.
 
     ``offset`` is plain data (ints, strings, lists, dicts) that :meth:`Source.open` accepts
-    back to resume right after this batch: checkpoints store it.
+    back to resume right after this batch: checkpoints store it. ``rejects`` are the
+    records of this stretch of input that could not be read (the runtime writes them to
+    the dead-letter sink and counts them); ``data`` may then have no rows.
     """
 
     data: pa.RecordBatch
     offset: Any
+    rejects: tuple[DeadLetter, ...] = ()
 
 
 class Source(abc.ABC):

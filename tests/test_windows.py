@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -206,10 +208,10 @@ def test_single_event_empty_batches_and_windows_of_one_row() -> None:
     assert out.to_pydict() == {"window_start": [50], "window_end": [100], "n": [5], "s": [85]}
 
 
-def test_all_null_values_and_null_event_times() -> None:
+def test_all_null_values_and_null_event_times(tmp_path: Path) -> None:
     table = pa.table({"ts": pa.array([1, None, 3, 11], pa.int64()),
                       "v": pa.array([None, 5, None, 2], pa.int64())})
-    p = gs.Pipeline(engine="cpu")
+    p = gs.Pipeline(engine="cpu", dead_letter=tmp_path / "dead.jsonl")
     s = p.source(gs.from_arrow(table), event_time="ts")
     w = s.window(gs.Tumbling(10), name="w").agg(
         n=gs.count(), nv=gs.col("v").count(), s=gs.col("v").sum(), lo=gs.col("v").min(),
@@ -222,9 +224,13 @@ def test_all_null_values_and_null_event_times() -> None:
     assert pa.Table.from_batches(out).to_pydict() == {
         "window_start": [0, 10], "window_end": [10, 20], "n": [2, 1], "nv": [0, 1],
         "s": [None, 2], "lo": [None, 2], "f": [None, 2], "m": [None, 2.0]}
-    # the row without an event time cannot be placed: it goes to .late and counts as bad
-    assert pa.Table.from_batches(late).to_pydict() == {"ts": [None], "v": [5]}
-    assert stats.bad_records == 1 and stats.late_events == 1
+    # the row without an event time cannot be placed: it is a dead letter, counted as bad
+    assert late == []
+    assert stats.bad_records == 1 and stats.late_events == 0
+    dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert [(json.loads(d["raw"]), d["reason"]) for d in dead] == [
+        ({"ts": None, "v": 5}, "missing event time 'ts'")]
+    assert stats.dead_letters == str(tmp_path / "dead.jsonl")
 
 
 def test_timestamp_event_time_in_microseconds() -> None:
