@@ -13,11 +13,12 @@ Examples
 from gpustream.aggs import Agg, count
 from gpustream.backend import Backend, select_backend
 from gpustream.batch import Batch
-from gpustream.errors import BackendError, GpustreamError, PlanError
+from gpustream.errors import BackendError, GpustreamError, IngestError, PlanError
 from gpustream.expr import Expr, col, lit
 from gpustream.ingest.arrow import from_arrow
-from gpustream.ingest.files import read_parquet
+from gpustream.ingest.files import read_arrow_ipc, read_parquet
 from gpustream.ingest.nexmark import nexmark
+from gpustream.ingest.textfiles import read_csv, read_jsonl
 from gpustream.pipeline import AggStream, KeyedStream, Pipeline, Stream, WindowedStream
 from gpustream.runtime import RunStats
 from gpustream.sinks import Sink, to_callback, to_console
@@ -34,6 +35,7 @@ __all__ = [
     "Batch",
     "Expr",
     "GpustreamError",
+    "IngestError",
     "KeyedStream",
     "Pipeline",
     "PlanError",
@@ -52,6 +54,9 @@ __all__ = [
     "from_arrow",
     "lit",
     "nexmark",
+    "read_arrow_ipc",
+    "read_csv",
+    "read_jsonl",
     "read_parquet",
     "select_backend",
     "to_callback",

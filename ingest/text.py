@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
@@ -61,11 +62,22 @@ def wire_schema(stream: pa.Schema, inferred: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _text_timestamps_in_ms(schema: pa.Schema) -> pa.Schema:
-    # text is inferred as timestamp[s]; later values may carry fractions: read milliseconds
-    return pa.schema([pa.field(f.name, pa.timestamp("ms", f.type.tz))
-                      if pa.types.is_timestamp(f.type) and f.type.unit == "s" else f
-                      for f in schema])
+def _refine(sample: pa.Table) -> pa.Schema:
+    """The inferred schema, with timestamps read in milliseconds (text inferred as
+    seconds may carry fractions later) and text columns whose every sampled value is an
+    ISO 8601 timestamp as ``timestamp[ms]``."""
+    fields = []
+    for f, column in zip(sample.schema, sample.columns, strict=True):
+        if pa.types.is_timestamp(f.type) and f.type.unit == "s":
+            f = pa.field(f.name, pa.timestamp("ms", f.type.tz))
+        elif pa.types.is_string(f.type) and column.null_count < len(column):
+            try:
+                pc.cast(column, pa.timestamp("ms"))
+                f = pa.field(f.name, pa.timestamp("ms"))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        fields.append(f)
+    return pa.schema(fields)
 
 
 @dataclass
@@ -94,7 +106,7 @@ class TextFormat:
         if not lines.data.strip():
             return pa.schema([])
         try:
-            return _text_timestamps_in_ms(self.infer_raw(lines.data).schema)
+            return _refine(self.infer_raw(lines.data))
         except (pa.ArrowException, ValueError):
             pass
         result = parse_lines(lines, self.infer_raw, where, lambda line, byte: line, keep=False)
@@ -103,9 +115,17 @@ class TextFormat:
             raise IngestError(f"{where}: cannot infer a schema, no sampled line parses as "
                               f"{self.kind} ({first}); check the format, or give schema=")
         bad = {d.offset for d in result.rejects}
-        good = b"".join(lines.data[int(starts[i]):int(starts[i + 1])]
-                        for i in range(lines.count) if i + 1 not in bad)
-        return _text_timestamps_in_ms(self.infer_raw(good).schema)
+        good = [lines.data[int(starts[i]):int(starts[i + 1])]
+                for i in range(lines.count) if i + 1 not in bad]
+        lo, hi = 1, len(good)  # lines that parse alone may clash with each other's types:
+        while lo < hi:         # infer from the longest prefix that parses together
+            mid = (lo + hi + 1) // 2
+            try:
+                self.infer_raw(b"".join(good[:mid]))
+                lo = mid
+            except (pa.ArrowException, ValueError):
+                hi = mid - 1
+        return _refine(self.infer_raw(b"".join(good[:lo])))
 
     def parser(self, sample: bytes, given: pa.Schema | None, complete: bool,
                where: str) -> Parser:

@@ -66,11 +66,15 @@ class TextFileSource(Source):
         given = None if schema is None and schema_overrides is None else as_schema(
             schema if schema is not None else schema_overrides, where)
         sample = b""
-        if files:
-            with open(files[0], "rb") as f:
+        for i, path in enumerate(files):  # the sample: the first file that has records
+            with open(path, "rb") as f:
                 if isinstance(fmt, CsvFormat) and has_header:
-                    fmt.names = fmt.header(f.readline(), fmt.delimiter, f"{where}: {files[0]}")
+                    head = f.readline()
+                    if i == 0:
+                        fmt.names = fmt.header(head, fmt.delimiter, f"{where}: {path}")
                 sample = f.read(SAMPLE_BYTES)
+            if sample.strip():
+                break
         if isinstance(fmt, CsvFormat) and not fmt.names:
             if given is None or schema is None:
                 raise IngestError(f"{where}: {'no file yet' if not files else 'has_header=False'}"
