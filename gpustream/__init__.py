@@ -17,7 +17,10 @@ from gpustream.errors import BackendError, GpustreamError, IngestError, PlanErro
 from gpustream.expr import Expr, col, lit
 from gpustream.ingest.arrow import from_arrow
 from gpustream.ingest.files import read_arrow_ipc, read_parquet
+from gpustream.ingest.kafka import kafka
 from gpustream.ingest.nexmark import nexmark
+from gpustream.ingest.redis import redis_stream
+from gpustream.ingest.streams import socket, stdin
 from gpustream.ingest.textfiles import read_csv, read_jsonl
 from gpustream.pipeline import AggStream, KeyedStream, Pipeline, Stream, WindowedStream
 from gpustream.runtime import RunStats
@@ -52,13 +55,17 @@ __all__ = [
     "col",
     "count",
     "from_arrow",
+    "kafka",
     "lit",
     "nexmark",
     "read_arrow_ipc",
     "read_csv",
     "read_jsonl",
     "read_parquet",
+    "redis_stream",
     "select_backend",
+    "socket",
+    "stdin",
     "to_callback",
     "to_console",
 ]

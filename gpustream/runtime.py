@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from gpustream.batch import Batch
-from gpustream.ingest.deadletter import DeadLetterFile, split_missing
+from gpustream.ingest.deadletter import DeadLetter, DeadLetterFile, split_missing
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.source import SourceBatch
+from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
 from gpustream.plan import SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
@@ -48,6 +51,8 @@ class RunStats:
     stopped_early: bool = False
     #: where the bad records went (None when there were none)
     dead_letters: str | None = None
+    #: bytes copied host -> device through the pinned staging buffers (0 on cpu)
+    bytes_staged: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -123,14 +128,37 @@ class _Runner:
             self.collect_counters(child, seen)
 
 
+@dataclass
+class _Ingested:
+    """A source batch as it leaves its source thread: rows encoded and staged."""
+
+    staged: Staged | None
+    rejects: tuple[DeadLetter, ...]
+    offset: Any
+
+
+def _ingest(node: SourceNode, batches: Iterator[SourceBatch], stager: Stager,
+            dictionaries: dict[str, StringDictionary]) -> Iterator[_Ingested]:
+    """Runs on the source's thread: rows without an event time to dead letters, strings
+    to dictionary codes, and the copy to the device started (pinned, on a copy stream)."""
+    for sb in batches:
+        data, rejects = sb.data, sb.rejects
+        if node.event_time is not None:
+            data, missing = split_missing(data, node.event_time, node.source.name, sb.offset)
+            rejects += missing
+        staged = stager.stage(Batch.from_arrow(data, dictionaries)) if data.num_rows else None
+        yield _Ingested(staged, rejects, sb.offset)
+
+
 def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
             dead_letters: DeadLetterFile | None = None) -> RunStats:
     """Run a physical plan until its bounded sources end (or ``max_events`` inputs).
 
-    Each source runs on its own thread into one bounded queue (backpressure); batches are
-    taken in arrival order, their bad records (and rows without an event time) written to
-    ``dead_letters`` and counted, the rest encoded (strings to dictionary codes) and moved
-    to the backend's device once, then pushed through the operators to the sinks.
+    Each source runs on its own thread into one bounded queue (backpressure), where its
+    batches are also encoded (strings to dictionary codes) and staged to the device, so
+    ingest overlaps compute. Batches are taken in arrival order; their bad records (and
+    rows without an event time) are written to ``dead_letters`` and counted, the rest
+    pushed through the operators to the sinks.
     """
     backend = plan.backend
     stats = RunStats(pipeline, backend.name)
@@ -138,41 +166,38 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
     for pn, sink in plan.sinks:
         sink.open(pn.schema)
     started = time.perf_counter()
-    dictionaries: list[dict[str, StringDictionary]] = [{} for _ in plan.sources]
     nodes: list[SourceNode] = []
     for pn in plan.sources:
         assert isinstance(pn.node, SourceNode)
         nodes.append(pn.node)
+    stagers = [Stager(backend) for _ in nodes]
     live = set(range(len(plan.sources)))
     runner = _Runner(plan, stats)
-    threads: SourceThreads[SourceBatch] = SourceThreads(
-        [n.source.open() for n in nodes], capacity=2 + 2 * len(nodes), names=[n.name for n in nodes])
+    threads: SourceThreads[_Ingested] = SourceThreads(
+        [_ingest(n, n.source.open(), st, {}) for n, st in zip(nodes, stagers, strict=True)],
+        capacity=2 + 2 * len(nodes), names=[n.name for n in nodes])
     try:
         for arrival in threads:
             i = arrival.index
-            pn, node = plan.sources[i], nodes[i]
+            pn = plan.sources[i]
             if arrival.done:
                 live.discard(i)
                 runner.end(pn)
                 continue
-            sb = arrival.item
-            assert sb is not None
-            data, rejects = sb.data, sb.rejects
-            if node.event_time is not None:
-                data, missing = split_missing(data, node.event_time, node.source.name, sb.offset)
-                rejects += missing
-            if rejects:
+            got = arrival.item
+            assert got is not None
+            if got.rejects:
                 if dead_letters is None:
                     raise RuntimeError("bad records but no dead-letter sink")  # pragma: no cover
-                dead_letters.write(rejects)
-                stats.bad_records += len(rejects)
+                dead_letters.write(got.rejects)
+                stats.bad_records += len(got.rejects)
                 stats.dead_letters = str(dead_letters.path)
-            if not data.num_rows:
+            if got.staged is None:
                 continue
-            if max_events is not None and stats.events_in + data.num_rows >= max_events:
-                data = data.slice(0, max_events - stats.events_in)
+            batch = stagers[i].land(got.staged)
+            if max_events is not None and stats.events_in + batch.num_rows >= max_events:
+                batch = batch.slice(0, max_events - stats.events_in)
                 stats.stopped_early = True
-            batch = Batch.from_arrow(data, dictionaries[i]).to_device(backend)
             stats.events_in += batch.num_rows
             stats.batches_in += 1
             runner.push(pn, batch)
@@ -190,6 +215,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
     finally:
         threads.close()
         stats.elapsed_s = time.perf_counter() - started
+        stats.bytes_staged = sum(st.bytes for st in stagers)
         for _, sink in plan.sinks:
             sink.close()
         if dead_letters is not None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from gpustream.ingest.deadletter import DeadLetter, raw_text
 
-__all__ = ["Lines", "ParseResult", "parse_lines", "read_lines", "split_lines"]
+__all__ = ["Lines", "ParseResult", "isolate", "parse_lines", "read_lines", "split_lines"]
 
 NEWLINE = 10
 
@@ -131,19 +131,40 @@ def parse_lines(lines: Lines, parse: Callable[[bytes], pa.Table], source: str,
     >>> r.table["x"].to_pylist(), [(d.raw, d.offset) for d in r.rejects]
     ([1, 2, 4], [('x', {'line': 3})])
     """
-    good: list[pa.Table] = []
-    rejects: list[DeadLetter] = []
     starts = lines.starts
 
+    def piece(lo: int, hi: int) -> pa.Table:
+        return parse(lines.data[int(starts[lo]):int(starts[hi])])
+
+    def reject(i: int, err: Exception) -> DeadLetter:
+        return DeadLetter(raw_text(lines.data[int(starts[i]):int(starts[i + 1])]), source,
+                          where(lines.first_line + i, lines.base + int(starts[i])), explain(err))
+
+    return isolate(lines.count, piece, reject, keep)
+
+
+def isolate(n: int, parse: Callable[[int, int], pa.Table],
+            reject: Callable[[int, Exception], DeadLetter], keep: bool = True) -> ParseResult:
+    """Parse records ``[0, n)`` with ``parse(lo, hi)``, halving failing ranges down to the
+    single records at fault, which ``reject(i, error)`` turns into dead letters.
+
+    Examples
+    --------
+    >>> vals = ["1", "x", "3"]
+    >>> r = isolate(3, lambda lo, hi: pa.table({"v": [int(v) for v in vals[lo:hi]]}),
+    ...             lambda i, err: DeadLetter(vals[i], "demo", i, str(err)))
+    >>> r.table["v"].to_pylist(), [d.offset for d in r.rejects]
+    ([1, 3], [1])
+    """
+    good: list[pa.Table] = []
+    rejects: list[DeadLetter] = []
+
     def attempt(lo: int, hi: int) -> None:
-        chunk = lines.data[int(starts[lo]):int(starts[hi])]
         try:
-            table = parse(chunk)
+            table = parse(lo, hi)
         except (pa.ArrowException, ValueError, TypeError) as err:
             if hi - lo == 1:
-                rejects.append(DeadLetter(raw_text(chunk), source,
-                                          where(lines.first_line + lo, lines.base + int(starts[lo])),
-                                          explain(err)))
+                rejects.append(reject(lo, err))
                 return
             mid = (lo + hi) // 2
             attempt(lo, mid)
@@ -152,8 +173,8 @@ def parse_lines(lines: Lines, parse: Callable[[bytes], pa.Table], source: str,
         if table.num_rows and keep:
             good.append(table)
 
-    if lines.count:
-        attempt(0, lines.count)
+    if n:
+        attempt(0, n)
     if not good:
         return ParseResult(None, rejects)
     table = good[0] if len(good) == 1 else pa.concat_tables(good)

@@ -1,0 +1,245 @@
+"""Kafka topics as a source: ``gs.kafka(topic, bootstrap=..., group=..., schema=...)``.
+
+Built on confluent-kafka (librdkafka). The consumer is *assigned* every partition of the
+topic (no group rebalance wait), starting from the offsets given to :meth:`open` (a
+checkpoint's), else the group's committed offsets, else the earliest. A batch is what one
+``consume(max_rows, timeout=max_delay)`` call returns: at most ``max_rows`` messages,
+closed after ``max_delay``. Message values are parsed per ``format``: ``json`` (one
+object per message, parsed as a block by pyarrow), ``arrow`` (each message an Arrow IPC
+stream) or ``avro`` (schemaless Avro records, decoded with fastavro). Values that do not
+parse become dead letters with their partition and offset.
+
+The offset is ``{partition: next offset}`` for every partition; after a batch is handed
+over, it is committed for the group too (at-least-once on its own; checkpoints make it
+exactly-once by restoring their offsets).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from gpustream.durations import Duration
+from gpustream.errors import IngestError
+from gpustream.ingest.batching import batch_bounds
+from gpustream.ingest.deadletter import DeadLetter, raw_text
+from gpustream.ingest.lines import ParseResult, isolate
+from gpustream.ingest.schema import SchemaLike, as_schema, conform
+from gpustream.ingest.source import Source, SourceBatch
+from gpustream.ingest.text import JsonlFormat, Parser
+
+__all__ = ["KafkaSource", "avro_schema", "kafka"]
+
+log = logging.getLogger("gpustream")
+FORMATS = ("json", "arrow", "avro")
+
+
+def avro_schema(schema: pa.Schema, name: str = "Event") -> dict[str, Any]:
+    """The Avro record schema that matches an Arrow schema (every field nullable).
+
+    Examples
+    --------
+    >>> avro_schema(pa.schema([("ts", pa.timestamp("ms")), ("v", pa.float64())]))["fields"]
+    [{'name': 'ts', 'type': ['null', {'type': 'long', 'logicalType': 'timestamp-millis'}]}, {'name': 'v', 'type': ['null', 'double']}]
+    """
+    def avro_type(t: pa.DataType) -> Any:
+        if pa.types.is_timestamp(t):
+            logical = {"ms": "timestamp-millis", "us": "timestamp-micros"}.get(t.unit)
+            return {"type": "long", "logicalType": logical} if logical else "long"
+        if pa.types.is_boolean(t):
+            return "boolean"
+        if pa.types.is_integer(t):
+            return "int" if t.bit_width <= 32 and pa.types.is_signed_integer(t) else "long"
+        if pa.types.is_float32(t):
+            return "float"
+        if pa.types.is_floating(t):
+            return "double"
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return "string"
+        raise IngestError(f"kafka: no Avro type for Arrow type {t}; give avro_schema=")
+    return {"type": "record", "name": name,
+            "fields": [{"name": f.name, "type": ["null", avro_type(f.type)]} for f in schema]}
+
+
+class KafkaSource(Source):
+    """See the module docstring and :func:`kafka`."""
+
+    def __init__(self, topic: str, bootstrap: str, group: str | None, schema: SchemaLike,
+                 format: str, max_rows: int, max_delay: Duration | None,
+                 bounded: bool, config: dict[str, Any] | None,
+                 avro: dict[str, Any] | None) -> None:
+        if format not in FORMATS:
+            raise IngestError(f"kafka: format={format!r} is not one of {', '.join(FORMATS)}")
+        if schema is None:
+            raise IngestError("kafka: give schema= (e.g. {'ts': 'timestamp[ms]', 'v': "
+                              "'float64'}): a topic is not sampled before the run")
+        self.topic, self.bootstrap, self.group = topic, bootstrap, group
+        self._schema = as_schema(schema, "kafka")
+        self.format = format
+        self.max_rows, delay = batch_bounds(max_rows, max_delay, "kafka")
+        self.max_delay_s = min(delay, 1.0)
+        self.bounded = bounded
+        self.config = dict(config or {})
+        self.name = f"kafka({topic}@{bootstrap}, {format})"
+        self.parser: Parser | None = None
+        self._avro: Any = None
+        if format == "avro":
+            import fastavro
+
+            self._avro = fastavro.parse_schema(avro or avro_schema(self._schema))
+
+    def schema(self) -> pa.Schema:
+        """The schema given."""
+        return self._schema
+
+    def _consumer(self) -> Any:
+        from confluent_kafka import Consumer
+
+        conf = {"bootstrap.servers": self.bootstrap,
+                "group.id": self.group or "gpustream",
+                "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000, **self.config}
+        return Consumer(conf)
+
+    def open(self, offset: Any = None) -> Iterator[SourceBatch]:
+        """Yield batches from ``offset`` (``{partition: next offset}``) onwards."""
+        from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+        consumer = self._consumer()
+        try:
+            meta = consumer.list_topics(self.topic, timeout=10)
+            info = meta.topics.get(self.topic)
+            if info is None or info.error is not None or not info.partitions:
+                raise IngestError(f"kafka: topic {self.topic!r} is not on {self.bootstrap} "
+                                  f"({info.error if info else 'no metadata'}); create it first")
+            parts = sorted(info.partitions)
+            given = {int(k): int(v) for k, v in (offset or {}).items()}
+            committed = {} if given or self.group is None else {
+                tp.partition: tp.offset for tp in consumer.committed(
+                    [TopicPartition(self.topic, p) for p in parts], timeout=10) if tp.offset >= 0}
+            start = {p: given.get(p, committed.get(p, OFFSET_BEGINNING)) for p in parts}
+            consumer.assign([TopicPartition(self.topic, p, start[p]) for p in parts])
+            ends: dict[int, int] = {}
+            if self.bounded:
+                for p in parts:
+                    _, high = consumer.get_watermark_offsets(
+                        TopicPartition(self.topic, p), timeout=10, cached=False)
+                    ends[p] = high
+            position = {p: max(start[p], 0) if start[p] >= 0 else 0 for p in parts}
+            while True:
+                if self.bounded and all(position[p] >= ends[p] for p in parts):
+                    return
+                msgs = consumer.consume(self.max_rows, timeout=self.max_delay_s)
+                good = []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        if not self.bounded or m.offset() < ends[m.partition()]:
+                            good.append(m)
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        if err.fatal():
+                            raise IngestError(f"kafka: {err.str()}")
+                        log.warning("kafka %s: %s", self.topic, err.str())
+                if not good:
+                    continue
+                for m in good:
+                    position[m.partition()] = m.offset() + 1
+                result = self._parse(good)
+                table = result.table if result.table is not None else self._schema.empty_table()
+                rbs = table.combine_chunks().to_batches()
+                data = rbs[0] if rbs else pa.RecordBatch.from_pylist([], schema=self._schema)
+                yield SourceBatch(data, {str(p): position[p] for p in parts},
+                                  tuple(result.rejects))
+                if self.group is not None:
+                    consumer.commit(offsets=[TopicPartition(self.topic, p, position[p])
+                                             for p in parts], asynchronous=True)
+        finally:
+            consumer.close()
+
+    def _parse(self, msgs: list[Any]) -> ParseResult:
+        empty = [m for m in msgs if not (m.value() or b"").strip()]
+        if empty:  # a message with no value (a tombstone) is no event: say so, keep going
+            msgs = [m for m in msgs if (m.value() or b"").strip()]
+        values = [m.value() for m in msgs]
+
+        def letter(m: Any, reason: str) -> DeadLetter:
+            return DeadLetter(raw_text(m.value() or b""), self.name,
+                              {"partition": m.partition(), "offset": m.offset()}, reason)
+
+        def reject(i: int, err: Exception) -> DeadLetter:
+            return letter(msgs[i], str(err).strip())
+
+        result = self._parse_values(values, reject)
+        result.rejects[:0] = [letter(m, "empty message") for m in empty]
+        result.rejects.sort(key=lambda d: (d.offset["partition"], d.offset["offset"]))
+        return result
+
+    def _parse_values(self, values: list[bytes], reject: Any) -> ParseResult:
+        if self.format == "json":
+            # JSON allows no raw newline inside a value: a message's newlines are spacing
+            lines = [v.replace(b"\n", b" ").replace(b"\r", b" ") for v in values]
+            if self.parser is None and lines:
+                self.parser = JsonlFormat().parser(b"\n".join(lines[:1000]), self._schema, True,
+                                                   self.name)
+            parser = self.parser
+            assert parser is not None or not lines
+            return isolate(len(lines), lambda lo, hi: parser(  # type: ignore[misc]
+                b"\n".join(lines[lo:hi]) + b"\n"), reject)
+        if self.format == "arrow":
+            return isolate(len(values), lambda lo, hi: pa.Table.from_batches(
+                [conform(pa.ipc.open_stream(v).read_all(), self._schema) for v in values[lo:hi]],
+                schema=self._schema), reject)
+        import fastavro
+
+        def avro(lo: int, hi: int) -> pa.Table:
+            try:
+                rows = [fastavro.schemaless_reader(io.BytesIO(v), self._avro, None)
+                        for v in values[lo:hi]]
+            except Exception as err:
+                raise ValueError(f"not an Avro record of the schema ({type(err).__name__}: "
+                                 f"{err})") from err
+            return pa.Table.from_pylist(rows, schema=self._schema)
+        return isolate(len(values), avro, reject)
+
+
+def kafka(topic: str, bootstrap: str, schema: SchemaLike, group: str | None = None,
+          format: str = "json", max_rows: int = 65_536,
+          max_delay: Duration | None = "50ms", bounded: bool = False,
+          config: dict[str, Any] | None = None,
+          avro_schema: dict[str, Any] | None = None) -> KafkaSource:
+    """Read a Kafka topic (every partition) with confluent-kafka.
+
+    Parameters
+    ----------
+    topic
+        The topic.
+    bootstrap
+        ``host:port[,host:port]`` of the brokers.
+    schema
+        Every column and its type; ``json`` timestamps as ISO 8601 text or epoch numbers.
+    group
+        The consumer group: where a run starts when no checkpoint says, and where
+        offsets are committed after each batch. None: start at the earliest, commit nothing.
+    format
+        ``"json"``, ``"arrow"`` (Arrow IPC stream per message) or ``"avro"`` (schemaless
+        records; ``avro_schema`` defaults to one derived from ``schema``).
+    max_rows, max_delay
+        A batch closes at ``max_rows`` messages or ``max_delay`` (at most 1 s).
+    bounded
+        End at the partitions' end offsets as of the start (a batch job over a topic).
+    config
+        More librdkafka settings (security, fetch sizes …).
+
+    Examples
+    --------
+    >>> src = kafka("bids", "127.0.0.1:9092", schema={"ts": "timestamp[ms]", "price": "float64"},
+    ...             group="hot-items")
+    >>> src.describe(), src.bounded
+    ('kafka(bids@127.0.0.1:9092, json)', False)
+    """
+    return KafkaSource(topic, bootstrap, group, schema, format, max_rows, max_delay, bounded,
+                       config, avro_schema)
