@@ -6,8 +6,6 @@ Whichever comes first: latency stays bounded at low rates (a lone record waits a
 
 from __future__ import annotations
 
-import numpy as np
-
 from gpustream.durations import Duration, to_millis
 from gpustream.ingest.lines import Lines
 
@@ -46,10 +44,8 @@ def join_lines(pieces: list[Lines]) -> Lines:
     """
     if len(pieces) == 1:
         return pieces[0]
-    shifts = np.cumsum([0] + [len(p.data) for p in pieces[:-1]])
-    starts = np.concatenate([pieces[0].starts[:1]]
-                            + [p.starts[1:] + s for p, s in zip(pieces, shifts, strict=True)])
-    return Lines(b"".join(p.data for p in pieces), starts, pieces[0].first_line, pieces[0].base)
+    return Lines(b"".join(p.data for p in pieces), None, pieces[0].first_line, pieces[0].base,
+                 count=sum(p.count for p in pieces))
 
 
 class LineBatcher:

@@ -19,7 +19,9 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["DeadLetter", "DeadLetterFile", "raw_text", "split_missing"]
+from gpustream.errors import IngestError
+
+__all__ = ["BadRecordGuard", "DeadLetter", "DeadLetterFile", "raw_text", "split_missing"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,48 @@ def split_missing(batch: pa.RecordBatch, column: str, source: str,
                             {"batch_end": offset, "row": i}, f"missing event time {column!r}")
                  for i, r in zip(rows, batch.filter(missing).to_pylist(), strict=True))
     return batch.filter(pc.invert(missing)), dead
+
+
+class BadRecordGuard:
+    """Stops a source whose records are mostly bad: a file or stream of another format.
+
+    Bad records below ``max_bad_fraction`` of those seen go to the dead letters; above
+    it, once ``judge_after`` records were seen (or at the end of a file, from 10), the
+    run stops with an :class:`~gpustream.errors.IngestError` naming the input.
+
+    Examples
+    --------
+    >>> guard = BadRecordGuard(0.5, "read_csv", "CSV")
+    >>> guard.count("a.csv", good=80, bad=20)
+    >>> guard.count("b.bin", good=3, bad=97)
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.IngestError: read_csv: b.bin: 97 of 100 records do not parse as CSV with the stream's schema, over max_bad_fraction=0.5; is it CSV? (the bad ones are in the dead-letter file) Give the right reader or format, or raise max_bad_fraction
+    """
+
+    def __init__(self, max_bad_fraction: float, where: str, kind: str,
+                 judge_after: int = 100) -> None:
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise IngestError(f"{where}: max_bad_fraction must be within [0, 1], got "
+                              f"{max_bad_fraction!r}")
+        self.max_bad_fraction = max_bad_fraction
+        self.where, self.kind, self.judge_after = where, kind, judge_after
+        self.counts: dict[str, list[int]] = {}
+
+    def count(self, name: str, good: int, bad: int, at_end: bool = False) -> None:
+        """Add ``good`` and ``bad`` records of input ``name``; raise when over the limit."""
+        c = self.counts.setdefault(name, [0, 0])
+        c[0] += good
+        c[1] += bad
+        total = c[0] + c[1]
+        if total < (min(10, self.judge_after) if at_end else self.judge_after):
+            return
+        if c[1] > self.max_bad_fraction * total:
+            raise IngestError(
+                f"{self.where}: {name}: {c[1]} of {total} records do not parse as {self.kind} "
+                f"with the stream's schema, over max_bad_fraction={self.max_bad_fraction}; is it"
+                f" {self.kind}? (the bad ones are in the dead-letter file) Give the right "
+                "reader or format, or raise max_bad_fraction")
 
 
 class DeadLetterFile:

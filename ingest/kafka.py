@@ -26,7 +26,7 @@ import pyarrow as pa
 from gpustream.durations import Duration
 from gpustream.errors import IngestError
 from gpustream.ingest.batching import batch_bounds
-from gpustream.ingest.deadletter import DeadLetter, raw_text
+from gpustream.ingest.deadletter import BadRecordGuard, DeadLetter, raw_text
 from gpustream.ingest.lines import ParseResult, isolate
 from gpustream.ingest.schema import SchemaLike, as_schema, conform
 from gpustream.ingest.source import Source, SourceBatch
@@ -71,7 +71,7 @@ class KafkaSource(Source):
     def __init__(self, topic: str, bootstrap: str, group: str | None, schema: SchemaLike,
                  format: str, max_rows: int, max_delay: Duration | None,
                  bounded: bool, config: dict[str, Any] | None,
-                 avro: dict[str, Any] | None) -> None:
+                 avro: dict[str, Any] | None, max_bad_fraction: float = 0.5) -> None:
         if format not in FORMATS:
             raise IngestError(f"kafka: format={format!r} is not one of {', '.join(FORMATS)}")
         if schema is None:
@@ -85,6 +85,8 @@ class KafkaSource(Source):
         self.bounded = bounded
         self.config = dict(config or {})
         self.name = f"kafka({topic}@{bootstrap}, {format})"
+        self.max_bad_fraction = max_bad_fraction
+        BadRecordGuard(max_bad_fraction, "kafka", format)  # checks the argument now
         self.parser: Parser | None = None
         self._avro: Any = None
         if format == "avro":
@@ -107,6 +109,12 @@ class KafkaSource(Source):
 
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches from ``offset`` (``{partition: next offset}``) onwards."""
+        guard = BadRecordGuard(self.max_bad_fraction, "kafka", self.format)
+        for sb in self._batches(offset):
+            yield sb
+            guard.count(f"topic {self.topic!r}", sb.data.num_rows, len(sb.rejects))
+
+    def _batches(self, offset: Any) -> Iterator[SourceBatch]:
         from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
         consumer = self._consumer()
@@ -210,7 +218,8 @@ def kafka(topic: str, bootstrap: str, schema: SchemaLike, group: str | None = No
           format: str = "json", max_rows: int = 65_536,
           max_delay: Duration | None = "50ms", bounded: bool = False,
           config: dict[str, Any] | None = None,
-          avro_schema: dict[str, Any] | None = None) -> KafkaSource:
+          avro_schema: dict[str, Any] | None = None,
+          max_bad_fraction: float = 0.5) -> KafkaSource:
     """Read a Kafka topic (every partition) with confluent-kafka.
 
     Parameters
@@ -233,6 +242,9 @@ def kafka(topic: str, bootstrap: str, schema: SchemaLike, group: str | None = No
         End at the partitions' end offsets as of the start (a batch job over a topic).
     config
         More librdkafka settings (security, fetch sizes …).
+    max_bad_fraction
+        Stop with an error when more than this fraction of the messages (after 100) do
+        not parse: the topic holds another format. Below it, they are dead letters.
 
     Examples
     --------
@@ -242,4 +254,4 @@ def kafka(topic: str, bootstrap: str, schema: SchemaLike, group: str | None = No
     ('kafka(bids@127.0.0.1:9092, json)', False)
     """
     return KafkaSource(topic, bootstrap, group, schema, format, max_rows, max_delay, bounded,
-                       config, avro_schema)
+                       config, avro_schema, max_bad_fraction)

@@ -40,37 +40,54 @@ def split_lines(data: bytes, final: bool) -> np.ndarray:
     return np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)])
 
 
-@dataclass
 class Lines:
-    """Whole lines of one file or stream: ``data[starts[i]:starts[i + 1]]`` is line i.
+    r"""Whole lines of one file or stream: ``data[starts[i]:starts[i + 1]]`` is line i.
 
-    ``first_line`` is the 1-based line number of line 0 and ``base`` the byte offset of
-    ``data[0]`` in its file or stream, both for dead letters and offsets.
+    ``data`` holds exactly ``count`` complete lines (the last may lack its newline at the
+    end of a file). ``first_line`` is the 1-based line number of line 0 and ``base`` the
+    byte offset of ``data[0]`` in its file or stream. ``starts`` is found only when asked
+    for (a chunk that parses cleanly never needs it).
+
+    Examples
+    --------
+    >>> ls = Lines(b"a\nbb\nc", None, 7, 100, count=3)
+    >>> ls.starts.tolist(), ls.end
+    ([0, 2, 5, 6], 106)
     """
 
-    data: bytes
-    starts: np.ndarray
-    first_line: int
-    base: int
+    def __init__(self, data: bytes, starts: np.ndarray | None, first_line: int, base: int,
+                 count: int | None = None) -> None:
+        self.data = data
+        self._starts = starts
+        self.first_line = first_line
+        self.base = base
+        if count is None:
+            assert starts is not None
+            count = len(starts) - 1
+        self.count = count
 
     @property
-    def count(self) -> int:
-        """The number of lines."""
-        return len(self.starts) - 1
+    def starts(self) -> np.ndarray:
+        """Start offsets of the lines, plus the end of the last one."""
+        if self._starts is None:
+            self._starts = split_lines(self.data, final=True)
+        return self._starts
 
     @property
     def end(self) -> int:
         """The byte offset just after the last line."""
-        return self.base + int(self.starts[-1])
+        return self.base + len(self.data)
 
 
 def read_lines(f: IO[bytes], max_rows: int, block_bytes: int, final: bool,
                first_line: int, base: int) -> Lines | None:
     r"""Read up to ``max_rows`` complete lines from ``f`` (positioned at ``base``).
 
-    Reads ``block_bytes`` at a time until enough lines or end of file; bytes after the
-    last complete line are given back with a seek. ``final``: the file will not grow, so a
-    last line without a newline is complete. None when no complete line is there yet.
+    Reads ``block_bytes`` at a time until enough lines or end of file, counting newlines
+    with ``bytes.count``; the cut after the last line taken is looked for in the last
+    block only. Bytes after it are given back with a seek. ``final``: the file will not
+    grow, so a last line without a newline is complete. None when no complete line is
+    there yet.
 
     Examples
     --------
@@ -82,24 +99,36 @@ def read_lines(f: IO[bytes], max_rows: int, block_bytes: int, final: bool,
     >>> ls = read_lines(f, 5, 1024, False, 3, 4)   # "4" has no newline: not complete yet
     >>> ls.count, ls.data
     (1, b'3\n')
+    >>> ls = read_lines(f, 5, 1024, True, 4, 6)    # now it is the file's last line
+    >>> ls.count, ls.data, f.tell()
+    (1, b'4', 7)
     """
     blocks: list[bytes] = []
-    lines = 0
+    lines = last_count = 0
     while lines < max_rows:
         block = f.read(block_bytes)
         if not block:
             break
         blocks.append(block)
-        lines += block.count(b"\n")
+        last_count = block.count(b"\n")
+        lines += last_count
+    if not blocks:
+        return None
     data = b"".join(blocks)
-    at_eof = not blocks or len(blocks[-1]) < block_bytes or lines < max_rows
-    starts = split_lines(data, final and at_eof)[: max_rows + 1]
-    used = int(starts[-1])
+    if lines > max_rows:  # the cut is in the last block: after its k-th newline
+        last = blocks[-1]
+        k = max_rows - (lines - last_count)
+        nl = np.flatnonzero(np.frombuffer(last, dtype=np.uint8) == NEWLINE)[k - 1]
+        used, count = len(data) - len(last) + int(nl) + 1, max_rows
+    else:
+        used, count = data.rfind(b"\n") + 1, lines
+        if final and lines < max_rows and used < len(data):  # at the end of the file
+            used, count = len(data), lines + 1
     if used < len(data):
         f.seek(base + used)
-    if len(starts) == 1:
+    if not count:
         return None
-    return Lines(data[:used], starts, first_line, base)
+    return Lines(data[:used] if used < len(data) else data, None, first_line, base, count)
 
 
 @dataclass
@@ -131,12 +160,14 @@ def parse_lines(lines: Lines, parse: Callable[[bytes], pa.Table], source: str,
     >>> r.table["x"].to_pylist(), [(d.raw, d.offset) for d in r.rejects]
     ([1, 2, 4], [('x', {'line': 3})])
     """
-    starts = lines.starts
-
     def piece(lo: int, hi: int) -> pa.Table:
+        if lo == 0 and hi == lines.count:  # the whole chunk: no need to find its lines
+            return parse(lines.data)
+        starts = lines.starts
         return parse(lines.data[int(starts[lo]):int(starts[hi])])
 
     def reject(i: int, err: Exception) -> DeadLetter:
+        starts = lines.starts
         return DeadLetter(raw_text(lines.data[int(starts[i]):int(starts[i + 1])]), source,
                           where(lines.first_line + i, lines.base + int(starts[i])), explain(err))
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from gpustream.durations import Duration
 from gpustream.errors import IngestError
 from gpustream.ingest.batching import batch_bounds
-from gpustream.ingest.deadletter import DeadLetter
+from gpustream.ingest.deadletter import BadRecordGuard, DeadLetter
 from gpustream.ingest.lines import ParseResult, isolate
 from gpustream.ingest.schema import SchemaLike, as_schema
 from gpustream.ingest.source import Source, SourceBatch
@@ -65,7 +65,7 @@ class RedisStreamSource(Source):
 
     def __init__(self, url: str, stream: str, group: str | None, consumer: str | None,
                  schema: SchemaLike, field: str | None, max_rows: int,
-                 max_delay: Duration | None, bounded: bool) -> None:
+                 max_delay: Duration | None, bounded: bool, max_bad_fraction: float = 0.5) -> None:
         if schema is None:
             raise IngestError("redis_stream: give schema= (e.g. {'ts': 'timestamp[ms]', "
                               "'v': 'float64'}): a stream is not sampled before the run")
@@ -78,6 +78,8 @@ class RedisStreamSource(Source):
         self.bounded = bounded
         self.name = f"redis_stream({stream}{', group ' + group if group else ''})"
         self.parser: Parser | None = None
+        self.max_bad_fraction = max_bad_fraction
+        BadRecordGuard(max_bad_fraction, "redis_stream", "entries")  # checks the argument
 
     def schema(self) -> pa.Schema:
         """The schema given."""
@@ -85,6 +87,13 @@ class RedisStreamSource(Source):
 
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches after ``offset`` (an entry id), or where the group stands."""
+        guard = BadRecordGuard(self.max_bad_fraction, "redis_stream",
+                               "JSON" if self.field else "entries of the schema")
+        for sb in self._batches(offset):
+            yield sb
+            guard.count(f"stream {self.stream!r}", sb.data.num_rows, len(sb.rejects))
+
+    def _batches(self, offset: Any) -> Iterator[SourceBatch]:
         import redis
 
         r = redis.Redis.from_url(self.url)
@@ -187,7 +196,7 @@ class RedisStreamSource(Source):
 def redis_stream(url: str, stream: str, schema: SchemaLike, group: str | None = None,
                  consumer: str | None = None, field: str | None = None,
                  max_rows: int = 65_536, max_delay: Duration | None = "50ms",
-                 bounded: bool = False) -> RedisStreamSource:
+                 bounded: bool = False, max_bad_fraction: float = 0.5) -> RedisStreamSource:
     """Read a Redis stream with redis-py (``XREADGROUP`` + ``XACK`` with a group).
 
     Parameters
@@ -207,6 +216,9 @@ def redis_stream(url: str, stream: str, schema: SchemaLike, group: str | None = 
         A batch is at most ``max_rows`` entries, waiting at most ``max_delay`` (<= 1 s).
     bounded
         End at the stream's last entry as of the start.
+    max_bad_fraction
+        Stop with an error when more than this fraction of the entries (after 100) do
+        not fit the schema. Below it, they are dead letters.
 
     Examples
     --------
@@ -216,4 +228,4 @@ def redis_stream(url: str, stream: str, schema: SchemaLike, group: str | None = 
     'redis_stream(clicks, group counts)'
     """
     return RedisStreamSource(url, stream, group, consumer, schema, field, max_rows, max_delay,
-                             bounded)
+                             bounded, max_bad_fraction)

@@ -22,6 +22,7 @@ import pyarrow as pa
 from gpustream.durations import Duration
 from gpustream.errors import IngestError
 from gpustream.ingest.batching import LineBatcher, batch_bounds
+from gpustream.ingest.deadletter import BadRecordGuard
 from gpustream.ingest.lines import Lines, parse_lines, split_lines
 from gpustream.ingest.schema import SchemaLike, as_schema
 from gpustream.ingest.source import Source, SourceBatch
@@ -50,7 +51,7 @@ class LineStreamSource(Source):
     bounded = False
 
     def __init__(self, name: str, where: str, schema: SchemaLike, fmt: str, max_rows: int,
-                 max_delay: Duration | None) -> None:
+                 max_delay: Duration | None, max_bad_fraction: float = 0.5) -> None:
         if schema is None:
             raise IngestError(f"{where}: give schema= (e.g. {{'ts': 'timestamp[ms]', 'v': "
                               "'float64'}): a live stream cannot be sampled before it runs")
@@ -59,6 +60,8 @@ class LineStreamSource(Source):
         self._schema = as_schema(schema, where)
         self.fmt = text_format(fmt, self._schema, where)
         self.max_rows, self.max_delay_s = batch_bounds(max_rows, max_delay, where)
+        self.max_bad_fraction = max_bad_fraction
+        BadRecordGuard(max_bad_fraction, where, self.fmt.kind)  # checks the argument now
         self.parser: Parser | None = None
 
     def schema(self) -> pa.Schema:
@@ -71,6 +74,12 @@ class LineStreamSource(Source):
 
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches until the peer closes the stream."""
+        guard = BadRecordGuard(self.max_bad_fraction, self.where, self.fmt.kind)
+        for sb in self._batches(offset):
+            yield sb
+            guard.count(self.name, sb.data.num_rows, len(sb.rejects))
+
+    def _batches(self, offset: Any) -> Iterator[SourceBatch]:
         read, close = self.connect()
         batcher = LineBatcher(self.max_rows, self.max_delay_s)
         buf, base, line = b"", int(offset or 0), 1
@@ -151,7 +160,8 @@ class StdinSource(LineStreamSource):
 
 
 def socket(host: str, port: int, schema: SchemaLike, format: str = "jsonl",
-           max_rows: int = 65_536, max_delay: Duration | None = "50ms") -> SocketSource:
+           max_rows: int = 65_536, max_delay: Duration | None = "50ms",
+           max_bad_fraction: float = 0.5) -> SocketSource:
     """Newline-delimited JSON (or CSV) over TCP: connects to ``host:port`` and reads.
 
     Parameters
@@ -164,6 +174,9 @@ def socket(host: str, port: int, schema: SchemaLike, format: str = "jsonl",
         ``"jsonl"`` or ``"csv"`` (no header; columns in the schema's order).
     max_rows, max_delay
         A batch closes at ``max_rows`` lines or ``max_delay`` after its first line.
+    max_bad_fraction
+        Stop with an error when more than this fraction of the records (after 100) are
+        bad: the peer speaks another format. Below it, bad lines are dead letters.
 
     Examples
     --------
@@ -180,11 +193,12 @@ def socket(host: str, port: int, schema: SchemaLike, format: str = "jsonl",
     >>> server.close()
     """
     return SocketSource(host, port, schema=schema, fmt=format, max_rows=max_rows,
-                        max_delay=max_delay)
+                        max_delay=max_delay, max_bad_fraction=max_bad_fraction)
 
 
 def stdin(schema: SchemaLike, format: str = "jsonl", max_rows: int = 65_536,
-          max_delay: Duration | None = "50ms", stream: IO[bytes] | None = None) -> StdinSource:
+          max_delay: Duration | None = "50ms", stream: IO[bytes] | None = None,
+          max_bad_fraction: float = 0.5) -> StdinSource:
     """Lines from standard input (``-`` in the CLI) until it ends; parameters as
     :func:`socket`. ``stream`` reads another binary file object instead (tests, pipes).
 
@@ -198,4 +212,5 @@ def stdin(schema: SchemaLike, format: str = "jsonl", max_rows: int = 65_536,
     ...     [b.data.to_pydict() for b in src.open()]
     [{'n': [1, 2], 's': ['a', 'b']}]
     """
-    return StdinSource(stream, schema=schema, fmt=format, max_rows=max_rows, max_delay=max_delay)
+    return StdinSource(stream, schema=schema, fmt=format, max_rows=max_rows, max_delay=max_delay,
+                       max_bad_fraction=max_bad_fraction)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import IngestError
 from gpustream.ingest.batching import LineBatcher, batch_bounds
+from gpustream.ingest.deadletter import BadRecordGuard
 from gpustream.ingest.files import expand_paths
 from gpustream.ingest.lines import Lines, parse_lines, read_lines
 from gpustream.ingest.schema import SchemaLike, as_schema
@@ -33,8 +34,6 @@ __all__ = ["TextFileSource", "read_csv", "read_jsonl"]
 
 SAMPLE_BYTES = 1 << 20
 BLOCK_BYTES = 1 << 20
-#: a file's bad fraction is judged once it has this many records (or at its end, from 10)
-JUDGE_AFTER = 100
 
 
 class TextFileSource(Source):
@@ -47,9 +46,6 @@ class TextFileSource(Source):
         if schema is not None and schema_overrides is not None:
             raise IngestError(f"{where}: give schema= (every column) or schema_overrides= "
                               "(some columns' types), not both")
-        if not 0.0 <= max_bad_fraction <= 1.0:
-            raise IngestError(f"{where}: max_bad_fraction must be within [0, 1], got "
-                              f"{max_bad_fraction!r}")
         self.where = where
         self.path = os.fspath(path)
         self.suffix = suffix
@@ -59,6 +55,7 @@ class TextFileSource(Source):
         self.follow = follow
         self.poll_s = to_millis(poll_interval, what=f"{where}: poll_interval") / 1e3
         self.max_bad_fraction = max_bad_fraction
+        BadRecordGuard(max_bad_fraction, where, fmt.kind)  # checks the argument now
         self.bounded = not follow
         files = expand_paths(path, suffix, allow_empty=follow)
         self.name = (f"{where}({self.path}, {len(files)} file(s)"
@@ -95,27 +92,35 @@ class TextFileSource(Source):
 
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches from ``offset`` (``{file: [byte, next line]}``) onwards."""
+        guard = BadRecordGuard(self.max_bad_fraction, self.where, self.fmt.kind)
+        for path, sb in self._batches(offset):
+            if sb is None:  # the end of a file
+                guard.count(Path(path).name, 0, 0, at_end=True)
+                continue
+            yield sb  # its dead letters are delivered before the guard may stop the run
+            guard.count(Path(path).name, sb.data.num_rows, len(sb.rejects))
+
+    def _batches(self, offset: Any) -> Iterator[tuple[str, SourceBatch | None]]:
         state: dict[str, tuple[int, int]] = {
             str(k): (int(v[0]), int(v[1])) for k, v in (offset or {}).items()}
-        counts: dict[str, list[int]] = {}
         batcher = LineBatcher(self.max_rows, self.max_delay_s if self.follow else 0.0)
         current: str | None = None  # the file the open batch's lines come from
         while True:
             files = expand_paths(self.path, self.suffix, allow_empty=self.follow)
             for path in (str(p) for p in files):
                 if current is not None and current != path and batcher.rows:
-                    yield self._emit(batcher.take(), current, state, counts)
+                    yield current, self._emit(batcher.take(), current, state)
                 for lines in self._read(path, state, batcher):
                     current = path
                     batcher.add(lines, time.monotonic())
                     if batcher.due(time.monotonic()):
-                        yield self._emit(batcher.take(), path, state, counts)
+                        yield path, self._emit(batcher.take(), path, state)
                 if not self.follow:
-                    self._judge(path, counts, at_end=True)
+                    yield path, None
             if not self.follow:
                 return
             if current is not None and batcher.due(time.monotonic()):
-                yield self._emit(batcher.take(), current, state, counts)
+                yield current, self._emit(batcher.take(), current, state)
             time.sleep(batcher.wait_s(time.monotonic(), self.poll_s))
 
     def _read(self, path: str, state: dict[str, tuple[int, int]],
@@ -151,31 +156,16 @@ class TextFileSource(Source):
                 state[path] = (byte, line)
                 yield lines
 
-    def _emit(self, lines: Lines | None, path: str, state: dict[str, tuple[int, int]],
-              counts: dict[str, list[int]]) -> SourceBatch:
+    def _emit(self, lines: Lines | None, path: str,
+              state: dict[str, tuple[int, int]]) -> SourceBatch:
         assert lines is not None
         result = parse_lines(lines, self.parser, self.name,
                              lambda line, byte: {"file": path, "line": line, "byte": byte},
                              self.parser.explain)
         table = result.table if result.table is not None else self.parser.stream.empty_table()
-        c = counts.setdefault(path, [0, 0])
-        c[0] += table.num_rows
-        c[1] += len(result.rejects)
-        self._judge(path, counts, at_end=False)
         batch = table.combine_chunks().to_batches()
         data = batch[0] if batch else pa.RecordBatch.from_pylist([], schema=self.parser.stream)
         return SourceBatch(data, {k: list(v) for k, v in state.items()}, tuple(result.rejects))
-
-    def _judge(self, path: str, counts: dict[str, list[int]], at_end: bool) -> None:
-        good, bad = counts.get(path, (0, 0))
-        total = good + bad
-        if total < (10 if at_end else JUDGE_AFTER) or bad <= self.max_bad_fraction * total:
-            return
-        raise IngestError(
-            f"{self.where}: {Path(path).name}: {bad} of {total} records do not parse as "
-            f"{self.fmt.kind} with the stream's schema, over max_bad_fraction="
-            f"{self.max_bad_fraction}; is it a {self.fmt.kind} file? (the bad ones are in the "
-            "dead-letter file) Give the right reader, or raise max_bad_fraction")
 
 
 def read_jsonl(path: str | os.PathLike[str], schema: SchemaLike | None = None,

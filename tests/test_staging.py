@@ -44,7 +44,7 @@ def test_staged_batches_land_unchanged_while_buffers_are_reused(device_backend: 
         assert host.to_arrow().equals(b.to_arrow())
     assert stager.staged == 6
     assert stager.bytes == sum(
-        b[n].nbytes + (0 if b.validity(n) is None else b.validity(n).nbytes)
+        b[n].nbytes + (v.nbytes if (v := b.validity(n)) is not None else 0)
         for b in batches for n in b.column_names)
 
 
