@@ -253,6 +253,9 @@ def _source_schema(node: SourceNode) -> pa.Schema:
             raise PlanError(
                 f"{node.label} {node.name!r}: event_time column {node.event_time!r} has type "
                 f"{t}; it must be a timestamp or an integer (milliseconds)"
+                + (f"; for a text source give schema_overrides={{{node.event_time!r}: "
+                   "'timestamp[ms]'} (ISO 8601 text or epoch milliseconds)"
+                   if pa.types.is_string(t) or pa.types.is_large_string(t) else "")
             )
     return schema
 

@@ -311,3 +311,11 @@ def test_csv_with_given_schema_reads_only_its_columns(tmp_path: Path) -> None:
     t, _ = _read_all(src)
     assert t.schema.names == ["n", "ts"] and t.schema.field("n").type == pa.int32()
     assert t["n"].to_pylist() == df["n"].tolist()
+
+
+def test_event_time_as_text_tells_how_to_read_it(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"ts": "yesterday", "v": 1}\n')
+    p = gs.Pipeline(engine="cpu")
+    with pytest.raises(gs.PlanError, match=r"has type string.*schema_overrides=\{'ts': "
+                                           r"'timestamp\[ms\]'\}"):
+        p.source(gs.read_jsonl(tmp_path), event_time="ts")
