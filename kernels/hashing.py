@@ -17,7 +17,7 @@ from numba.extending import register_jitable
 
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
-__all__ = ["hash_rows", "hash_u64", "widen_keys"]
+__all__ = ["hash_row", "hash_rows", "hash_u64", "widen_keys"]
 
 _M32 = np.uint64(0xFFFFFFFF)
 _C1 = np.uint64(0x85EBCA6B)
@@ -60,24 +60,36 @@ def hash_u64(x, seed):  # type: ignore[no-untyped-def]
     return (hi << _S32) | lo
 
 
+@register_jitable
+def hash_row(keys, i):  # type: ignore[no-untyped-def]
+    """The 64-bit hash of row ``i`` of ``keys`` (``uint64[k, n]``).
+
+    Two 32-bit lanes run through the words: each word's low half is mixed into the low
+    lane, its high half (with the new low lane) into the high lane; a last mix folds the
+    high lane into the low one, so the low bits (which pick table slots) depend on every
+    bit of every word. Two ``fmix32`` per word and one more per row.
+    """
+    lo = _SEED & _M32
+    hi = _SEED >> _S32
+    for c in range(keys.shape[0]):
+        x = keys[c, i]
+        lo = _fmix32((x & _M32) ^ lo)
+        hi = _fmix32((x >> _S32) ^ hi ^ lo)
+    lo = _fmix32(lo ^ ((hi + _GOLD) & _M32))
+    return (hi << _S32) | lo
+
+
 @numba.njit(cache=False, nogil=True)
 def _hash_rows_cpu(keys, out):  # type: ignore[no-untyped-def]
-    n = out.shape[0]
-    for i in range(n):
-        h = _SEED
-        for c in range(keys.shape[0]):
-            h = hash_u64(keys[c, i], h)
-        out[i] = h
+    for i in range(out.shape[0]):
+        out[i] = hash_row(keys, i)
 
 
 @cuda_kernel("void(uint64[:, ::1], uint64[::1])")
 def _hash_rows_cuda(keys, out):  # type: ignore[no-untyped-def]
     i = cuda.grid(1)
     if i < out.shape[0]:
-        h = _SEED
-        for c in range(keys.shape[0]):
-            h = hash_u64(keys[c, i], h)
-        out[i] = h
+        out[i] = hash_row(keys, i)
 
 
 def widen_keys(columns: list[Any], xp: Any) -> Any:

@@ -49,7 +49,7 @@ def _live_hash(h):  # type: ignore[no-untyped-def]
 @register_jitable
 def _keys_equal(t_keys, s, keys, i):  # type: ignore[no-untyped-def]
     for c in range(keys.shape[0]):  # noqa: SIM110 (a plain loop compiles for CUDA)
-        if t_keys[c, s] != keys[c, i]:
+        if t_keys[s, c] != keys[c, i]:
             return False
     return True
 
@@ -67,7 +67,7 @@ def _upsert_cpu(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new):  # 
             if th == EMPTY:
                 t_hash[s] = h
                 for c in range(keys.shape[0]):
-                    t_keys[c, s] = keys[c, i]
+                    t_keys[s, c] = keys[c, i]
                 t_ready[s] = 1
                 slots[i] = s
                 is_new[i] = 1
@@ -95,7 +95,7 @@ def _upsert_cuda(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new, ret
         old = cuda.atomic.cas(t_hash, s, EMPTY, h)
         if old == EMPTY:
             for c in range(keys.shape[0]):
-                t_keys[c, s] = keys[c, i]
+                t_keys[s, c] = keys[c, i]
             cuda.threadfence()
             cuda.atomic.exch(t_ready, s, 1)
             slots[i] = s
@@ -116,17 +116,20 @@ def _upsert_cuda(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new, ret
 def new_table(capacity: int, key_words: int, xp: Any) -> tuple[Any, Any, Any]:
     """Empty ``(t_hash, t_ready, t_keys)`` arrays for ``capacity`` slots (a power of two).
 
+    ``t_keys`` is slot-major (``uint64[capacity, key_words]``): a slot's key words share a
+    cache line, so a probe that compares keys touches one line, not one per word.
+
     Examples
     --------
     >>> import numpy as np
     >>> h, r, k = new_table(8, 3, np)
     >>> h.shape, r.dtype, k.shape
-    ((8,), dtype('int32'), (3, 8))
+    ((8,), dtype('int32'), (8, 3))
     """
     if capacity & (capacity - 1):
         raise ValueError(f"capacity must be a power of two, got {capacity}")
     return (xp.zeros(capacity, dtype=np.uint64), xp.zeros(capacity, dtype=np.int32),
-            xp.zeros((key_words, capacity), dtype=np.uint64))
+            xp.zeros((capacity, key_words), dtype=np.uint64))
 
 
 def upsert_cpu_into(table: tuple[Any, Any, Any], hashes: Any, keys: Any, rows: Any,

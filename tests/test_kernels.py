@@ -40,6 +40,11 @@ def test_hash_is_deterministic_and_spreads() -> None:
     # low bits (used to pick hash-table slots) are close to uniform
     counts = np.bincount((h & np.uint64(1023)).astype(np.int64), minlength=1024)
     assert counts.min() > 100 and counts.max() < 300
+    # keys that differ only in their high 32 bits spread over the low bits too
+    high = [(np.arange(100_000, dtype=np.int64) << 32) + 7, np.zeros(100_000, np.int64)]
+    hh = hash_rows(widen_keys(high, np), on_device=False)
+    counts = np.bincount((hh & np.uint64(1023)).astype(np.int64), minlength=1024)
+    assert counts.min() > 40 and counts.max() < 170
     # the order of key columns matters
     a, b = np.arange(50), np.arange(50)[::-1].copy()
     assert not np.array_equal(hash_rows(widen_keys([a, b], np), False),

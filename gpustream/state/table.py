@@ -96,8 +96,8 @@ class SlotTable:
 
     @property
     def t_keys(self) -> Any:
-        """Per-slot key words, ``uint64[K, capacity]``."""
-        return self.arrays[2]
+        """Per-slot key words as ``uint64[K, capacity]`` (a view of the slot-major array)."""
+        return self.arrays[2].T
 
     def ensure_room(self, extra: int) -> None:
         """Rebuild (larger, without freed slots) if ``extra`` new keys could overfill it."""
@@ -188,7 +188,7 @@ class SlotTable:
         xp = self.xp
         capacity = _pow2_at_least(capacity or int(self.live_count / MAX_LOAD) + 1)
         old = self.live_slots()
-        keys = xp.ascontiguousarray(self.arrays[2][:, old])
+        keys = xp.ascontiguousarray(self.t_keys[:, old])
         arrays = new_table(capacity, self.key_words, xp)
         new_slots, _ = upsert(arrays, self.arrays[0][old], keys,
                               xp.arange(old.shape[0], dtype=np.int64), self.on_device)
@@ -210,7 +210,7 @@ class SlotTable:
     def snapshot(self, to_host: Any) -> dict[str, np.ndarray]:
         """The live keys and their columns as host arrays (no empty or freed slots)."""
         live = self.live_slots()
-        out = {"keys": to_host(self.arrays[2][:, live]), "hashes": to_host(self.arrays[0][live])}
+        out = {"keys": to_host(self.t_keys[:, live]), "hashes": to_host(self.arrays[0][live])}
         for name, col in self.columns.items():
             out[f"col.{name}"] = to_host(col[live])
         return out
