@@ -28,7 +28,7 @@ from gpustream.plan import (
 )
 from gpustream.planner import build_physical, render_plan
 from gpustream.runtime import RunStats, execute
-from gpustream.sinks import CollectSink, Sink
+from gpustream.sinks import CollectSink, DeadLetterSink, Sink
 from gpustream.watermark import Watermark
 from gpustream.windows import WindowAssigner
 
@@ -48,10 +48,11 @@ class Pipeline:
         ``GPUSTREAM_ENGINE`` overrides it. The backend is chosen once, when the pipeline is
         first planned (``explain()``, ``run()``, ``collect()``).
     dead_letter
-        The JSONL file that receives bad records (raw record, source, offset, reason):
-        lines that do not parse, values of the wrong type, rows without an event time.
-        Default ``dead-letters/<name>.jsonl`` in the working directory, created only when
-        a bad record arrives; ``RunStats`` counts them and names the file.
+        Where bad records go (raw record, source, offset, reason): lines that do not
+        parse, values of the wrong type, rows without an event time. A JSONL file path,
+        or any sink (``gs.to_parquet(...)``, ``gs.to_kafka(...)`` …). Default
+        ``dead-letters/<name>.jsonl`` in the working directory, created only when a bad
+        record arrives; ``RunStats`` counts them and names where they went.
 
     Examples
     --------
@@ -63,14 +64,16 @@ class Pipeline:
     """
 
     def __init__(self, name: str = "pipeline", engine: str = "auto",
-                 dead_letter: str | os.PathLike[str] | None = None) -> None:
+                 dead_letter: str | os.PathLike[str] | Sink | None = None) -> None:
         if engine not in ENGINES:
             raise PlanError(f"Pipeline {name!r}: engine={engine!r} is not one of "
                             f"{', '.join(ENGINES[:3])}")
         self.name = name
         self.engine = engine
-        self.dead_letter = Path(dead_letter if dead_letter is not None
-                                else Path("dead-letters") / f"{name}.jsonl")
+        self.dead_letter: Path | Sink = (
+            dead_letter if isinstance(dead_letter, Sink)
+            else Path(dead_letter if dead_letter is not None
+                      else Path("dead-letters") / f"{name}.jsonl"))
         self._sinks: list[tuple[Node, Sink]] = []
         self._nodes: list[Node] = []
         self._source_names: set[str] = set()
@@ -137,6 +140,11 @@ class Pipeline:
         self._source_names.add(name)
         return self._stream(node, schema)
 
+    def _dead_letters(self) -> DeadLetterFile | DeadLetterSink:
+        if isinstance(self.dead_letter, Sink):
+            return DeadLetterSink(self.dead_letter)
+        return DeadLetterFile(self.dead_letter)
+
     def _stream(self, node: Node, schema: pa.Schema) -> Stream:
         self._nodes.append(node)
         return Stream(self, node, schema)
@@ -184,7 +192,7 @@ class Pipeline:
         (3, 3)
         """
         plan = build_physical(self._sinks, self.backend)
-        return execute(plan, self.name, max_events, DeadLetterFile(self.dead_letter))
+        return execute(plan, self.name, max_events, self._dead_letters())
 
 
 class Stream:
@@ -360,7 +368,7 @@ class Stream:
                             "never ends; use .sink(...) and Pipeline.run() instead")
         sink = CollectSink()
         plan = build_physical([(self._node, sink)], self._pipeline.backend)
-        execute(plan, self._pipeline.name, None, DeadLetterFile(self._pipeline.dead_letter))
+        execute(plan, self._pipeline.name, None, self._pipeline._dead_letters())
         return sink.table()
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
 from gpustream.plan import SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
-from gpustream.sinks import write_batch
+from gpustream.sinks import DeadLetterSink, write_batch
 from gpustream.watermark import NO_WATERMARK
 
 __all__ = ["RunStats", "execute"]
@@ -151,7 +151,7 @@ def _ingest(node: SourceNode, batches: Iterator[SourceBatch], stager: Stager,
 
 
 def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
-            dead_letters: DeadLetterFile | None = None) -> RunStats:
+            dead_letters: DeadLetterFile | DeadLetterSink | None = None) -> RunStats:
     """Run a physical plan until its bounded sources end (or ``max_events`` inputs).
 
     Each source runs on its own thread into one bounded queue (backpressure), where its

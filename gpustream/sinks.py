@@ -9,7 +9,8 @@ import pyarrow as pa
 
 from gpustream.batch import Batch
 
-__all__ = ["CallbackSink", "CollectSink", "ConsoleSink", "Sink", "to_callback", "to_console"]
+__all__ = ["CallbackSink", "CollectSink", "ConsoleSink", "DeadLetterSink", "Sink", "to_callback",
+           "to_console"]
 
 
 class Sink:
@@ -149,3 +150,56 @@ def write_batch(sink: Sink, batch: Batch) -> None:
     """Hand a batch to a sink as host Arrow (skipping empty batches)."""
     if batch.num_rows:
         sink.write(batch.to_arrow())
+
+
+#: The rows a dead-letter stream carries when it is routed to a sink.
+DEAD_LETTER_SCHEMA = pa.schema([("raw", pa.string()), ("source", pa.string()),
+                                ("offset", pa.string()), ("reason", pa.string()),
+                                ("time", pa.timestamp("ms", tz="UTC"))])
+
+
+class DeadLetterSink:
+    """Routes dead letters to any sink as rows of ``DEAD_LETTER_SCHEMA`` (the offset as
+    JSON text); opened on the first bad record.
+
+    Examples
+    --------
+    >>> from gpustream.ingest.deadletter import DeadLetter
+    >>> got = []
+    >>> d = DeadLetterSink(to_callback(got.append))
+    >>> d.write([DeadLetter("x,y", "read_csv(a.csv)", {"line": 2}, "too few columns")])
+    >>> d.close()
+    >>> got[0].to_pylist()[0]["offset"], d.describe()
+    ('{"line": 2}', 'dead letters -> callback append')
+    """
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.opened = False
+        self.count = 0
+        self.path = sink.describe()
+
+    def write(self, letters: Any) -> None:
+        """Write dead letters as one batch."""
+        import json
+        from datetime import datetime, timezone
+
+        if not letters:
+            return
+        if not self.opened:
+            self.sink.open(DEAD_LETTER_SCHEMA)
+            self.opened = True
+        now = datetime.now(timezone.utc)
+        self.sink.write(pa.RecordBatch.from_pylist(
+            [{"raw": d.raw, "source": d.source, "offset": json.dumps(d.offset, default=str),
+              "reason": d.reason, "time": now} for d in letters], schema=DEAD_LETTER_SCHEMA))
+        self.count += len(letters)
+
+    def close(self) -> None:
+        """Close the sink (if anything was written)."""
+        if self.opened:
+            self.sink.close()
+
+    def describe(self) -> str:
+        """One line for ``explain()``."""
+        return f"dead letters -> {self.path}"
