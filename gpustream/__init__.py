@@ -13,8 +13,10 @@ Examples
 from gpustream.aggs import Agg, count
 from gpustream.backend import Backend, select_backend
 from gpustream.batch import Batch
+from gpustream.brokersinks import to_kafka, to_redis_stream
 from gpustream.errors import BackendError, GpustreamError, IngestError, PlanError
 from gpustream.expr import Expr, col, lit
+from gpustream.filesinks import to_csv, to_jsonl, to_parquet
 from gpustream.ingest.arrow import from_arrow
 from gpustream.ingest.files import read_arrow_ipc, read_parquet
 from gpustream.ingest.kafka import kafka
@@ -68,4 +70,9 @@ __all__ = [
     "stdin",
     "to_callback",
     "to_console",
+    "to_csv",
+    "to_jsonl",
+    "to_kafka",
+    "to_parquet",
+    "to_redis_stream",
 ]

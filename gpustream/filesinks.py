@@ -176,7 +176,8 @@ def to_csv(path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> CsvS
     >>> p = gs.Pipeline("doc", engine="cpu")
     >>> _ = p.source(gs.from_arrow({"x": [1, 2], "s": ["a", "b"]})).sink(to_csv(path))
     >>> _ = p.run()
-    >>> print(open(path).read().strip())
+    >>> from pathlib import Path
+    >>> print(Path(path).read_text().strip())
     "x","s"
     1,"a"
     2,"b"
@@ -192,9 +193,11 @@ def to_jsonl(path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> Js
     >>> import gpustream as gs, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "late.jsonl")
     >>> p = gs.Pipeline("doc", engine="cpu")
-    >>> _ = p.source(gs.from_arrow({"x": [1], "s": [None]})).sink(to_jsonl(path))
+    >>> _ = p.source(gs.from_arrow({"x": [1, 2], "s": ["a", None]})).sink(to_jsonl(path))
     >>> _ = p.run()
-    >>> print(open(path).read().strip())
-    {"x": 1, "s": null}
+    >>> from pathlib import Path
+    >>> print(Path(path).read_text().strip())
+    {"x": 1, "s": "a"}
+    {"x": 2, "s": null}
     """
     return JsonlSink(path, rows_per_file)

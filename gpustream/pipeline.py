@@ -16,6 +16,7 @@ from gpustream.errors import PlanError
 from gpustream.expr import Col, Expr, lit
 from gpustream.ingest.deadletter import DeadLetterFile
 from gpustream.ingest.source import Source
+from gpustream.metrics import Metrics
 from gpustream.plan import (
     FilterNode,
     LateNode,
@@ -174,8 +175,12 @@ class Pipeline:
         lines += ["  " + line for line in render_plan(self._sinks, dangling)]
         return "\n".join(lines)
 
-    def run(self, max_events: int | None = None) -> RunStats:
+    def run(self, max_events: int | None = None, metrics: Metrics | None = None) -> RunStats:
         """Run until the bounded sources end (or after ``max_events`` input events).
+
+        ``metrics`` (a :class:`gpustream.metrics.Metrics`) is kept current after every
+        batch, for a live view or a Prometheus endpoint. Ctrl-C stops the run cleanly:
+        sources stop, sinks close, and the statistics say it was interrupted.
 
         Returns
         -------
@@ -192,7 +197,7 @@ class Pipeline:
         (3, 3)
         """
         plan = build_physical(self._sinks, self.backend)
-        return execute(plan, self.name, max_events, self._dead_letters())
+        return execute(plan, self.name, max_events, self._dead_letters(), metrics)
 
 
 class Stream:

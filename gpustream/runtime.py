@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from gpustream.batch import Batch
 from gpustream.ingest.deadletter import DeadLetter, DeadLetterFile, split_missing
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.source import SourceBatch
 from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
+from gpustream.metrics import Metrics
 from gpustream.plan import SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
 from gpustream.sinks import DeadLetterSink, write_batch
@@ -53,6 +56,8 @@ class RunStats:
     dead_letters: str | None = None
     #: bytes copied host -> device through the pinned staging buffers (0 on cpu)
     bytes_staged: int = 0
+    #: stopped by Ctrl-C (what was read up to then went through and the sinks closed)
+    interrupted: bool = False
 
     @property
     def events_per_s(self) -> float:
@@ -67,6 +72,7 @@ class RunStats:
             f"{self.bad_records} bad records in {self.elapsed_s:.3f} s "
             f"({self.events_per_s:,.0f} events/s)"
             + (" (stopped at --max-events)" if self.stopped_early else "")
+            + (" (interrupted)" if self.interrupted else "")
             + (f"; bad records in {self.dead_letters}" if self.dead_letters else "")
         )
 
@@ -150,15 +156,34 @@ def _ingest(node: SourceNode, batches: Iterator[SourceBatch], stager: Stager,
         yield _Ingested(staged, rejects, sb.offset)
 
 
+def _gauges(plan: PhysicalPlan) -> dict[str, int]:
+    """Late events so far and windows holding state, read from the operators."""
+    late = open_windows = 0
+    seen: set[int] = set()
+    todo = list(plan.sources)
+    while todo:
+        pn = todo.pop()
+        if id(pn) in seen:
+            continue
+        seen.add(id(pn))
+        late += getattr(pn.op, "late_events", 0)
+        table = getattr(pn.op, "table", None)
+        open_windows += getattr(table, "live_count", 0)
+        todo += [*pn.children, *(c for cs in pn.side.values() for c in cs)]
+    return {"late_events": late, "open_windows": open_windows}
+
+
 def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
-            dead_letters: DeadLetterFile | DeadLetterSink | None = None) -> RunStats:
+            dead_letters: DeadLetterFile | DeadLetterSink | None = None,
+            metrics: Metrics | None = None) -> RunStats:
     """Run a physical plan until its bounded sources end (or ``max_events`` inputs).
 
     Each source runs on its own thread into one bounded queue (backpressure), where its
     batches are also encoded (strings to dictionary codes) and staged to the device, so
     ingest overlaps compute. Batches are taken in arrival order; their bad records (and
     rows without an event time) are written to ``dead_letters`` and counted, the rest
-    pushed through the operators to the sinks.
+    pushed through the operators to the sinks. ``metrics`` (the live view's and the
+    Prometheus endpoint's) is updated after every batch.
     """
     backend = plan.backend
     stats = RunStats(pipeline, backend.name)
@@ -171,44 +196,61 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
         assert isinstance(pn.node, SourceNode)
         nodes.append(pn.node)
     stagers = [Stager(backend) for _ in nodes]
+    if metrics is not None:
+        metrics.gauges = lambda: _gauges(plan)
+        for n in nodes:
+            if n.event_time is not None:
+                t = n.source.schema().field(n.event_time).type
+                metrics.unit = t.unit if pa.types.is_timestamp(t) else "ms"
     live = set(range(len(plan.sources)))
     runner = _Runner(plan, stats)
     threads: SourceThreads[_Ingested] = SourceThreads(
         [_ingest(n, n.source.open(), st, {}) for n, st in zip(nodes, stagers, strict=True)],
         capacity=2 + 2 * len(nodes), names=[n.name for n in nodes])
     try:
-        for arrival in threads:
-            i = arrival.index
-            pn = plan.sources[i]
-            if arrival.done:
-                live.discard(i)
-                runner.end(pn)
-                continue
-            got = arrival.item
-            assert got is not None
-            if got.rejects:
-                if dead_letters is None:
-                    raise RuntimeError("bad records but no dead-letter sink")  # pragma: no cover
-                dead_letters.write(got.rejects)
-                stats.bad_records += len(got.rejects)
-                stats.dead_letters = str(dead_letters.path)
-            if got.staged is None:
-                continue
-            batch = stagers[i].land(got.staged)
-            if max_events is not None and stats.events_in + batch.num_rows >= max_events:
-                batch = batch.slice(0, max_events - stats.events_in)
-                stats.stopped_early = True
-            stats.events_in += batch.num_rows
-            stats.batches_in += 1
-            runner.push(pn, batch)
-            watermark = getattr(pn.op, "current", None)
-            if watermark is not None and watermark != NO_WATERMARK:
-                runner.advance(pn, watermark)
-            if stats.stopped_early:
-                break
-        threads.close()
-        for i in sorted(live):  # stopped at max_events: what is open fires now
-            runner.end(plan.sources[i])
+        try:
+            for arrival in threads:
+                i = arrival.index
+                pn = plan.sources[i]
+                if arrival.done:
+                    live.discard(i)
+                    runner.end(pn)
+                    continue
+                got = arrival.item
+                assert got is not None
+                if got.rejects:
+                    if dead_letters is None:
+                        raise RuntimeError("bad records but no dead-letter sink")  # pragma: no cover
+                    dead_letters.write(got.rejects)
+                    stats.bad_records += len(got.rejects)
+                    stats.dead_letters = str(dead_letters.path)
+                if got.staged is None:
+                    if metrics is not None:
+                        metrics.bad_records = stats.bad_records
+                    continue
+                t0 = time.perf_counter()
+                batch = stagers[i].land(got.staged)
+                if max_events is not None and stats.events_in + batch.num_rows >= max_events:
+                    batch = batch.slice(0, max_events - stats.events_in)
+                    stats.stopped_early = True
+                stats.events_in += batch.num_rows
+                stats.batches_in += 1
+                runner.push(pn, batch)
+                watermark = getattr(pn.op, "current", None)
+                if watermark is not None and watermark != NO_WATERMARK:
+                    runner.advance(pn, watermark)
+                if metrics is not None:
+                    metrics.events_out = stats.events_out
+                    metrics.bad_records = stats.bad_records
+                    metrics.batch(batch.num_rows, time.perf_counter() - t0,
+                                  watermark if watermark != NO_WATERMARK else None)
+                if stats.stopped_early:
+                    break
+            threads.close()
+            for i in sorted(live):  # stopped at max_events: what is open fires now
+                runner.end(plan.sources[i])
+        except KeyboardInterrupt:  # Ctrl-C: stop cleanly, keep what was done, say so
+            stats.interrupted = True
         seen: set[int] = set()
         for pn in plan.sources:
             runner.collect_counters(pn, seen)
