@@ -78,7 +78,7 @@ def run(
         if server is not None:
             server.shutdown()
             server.server_close()
-    console.print(stats.summary(), highlight=False)
+    console.print(stats.summary(), highlight=False, soft_wrap=True)
     if stats.interrupted:
         raise Interrupted
 
@@ -89,7 +89,7 @@ def validate(spec: Path = typer.Argument(..., help="The pipeline spec (YAML)."))
     from gpustream.spec import pipeline_from_spec
 
     p = pipeline_from_spec(spec, "cpu")
-    Console().print(f"{spec}: ok (pipeline {p.name!r})", highlight=False)
+    Console().print(f"{spec}: ok (pipeline {p.name!r})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -180,7 +180,8 @@ def main() -> None:
         Console(stderr=True).print("interrupted", highlight=False)
         sys.exit(130)
     except GpustreamError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False,
+                                  soft_wrap=True)
         sys.exit(2 if isinstance(exc, ValueError) else 1)
     except (typer.Exit, typer.Abort) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
@@ -191,7 +192,7 @@ def main() -> None:
                 exc.show()
             sys.exit(code)
         Console(stderr=True).print(f"[red]failed:[/red] {type(exc).__name__}: {exc}",
-                                   highlight=False)
+                                   highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -254,6 +254,9 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
         seen: set[int] = set()
         for pn in plan.sources:
             runner.collect_counters(pn, seen)
+        if metrics is not None:  # what the end of the sources fired
+            metrics.events_out = stats.events_out
+            metrics.bad_records = stats.bad_records
     finally:
         threads.close()
         stats.elapsed_s = time.perf_counter() - started

@@ -369,7 +369,7 @@ def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
         except SpecError:
             raise
         except (GpustreamError, ValueError, TypeError) as err:
-            raise where.error(path, str(err)) from None
+            raise where.error(path, str(err).removeprefix(f"{_dotted(path)}: ")) from None
     if spec.sink is None:
         raise where.error((), "a spec needs a sink: e.g. 'sink: {type: console}'")
     sinks = spec.sink if isinstance(spec.sink, list) else [spec.sink]
@@ -384,17 +384,26 @@ def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
     return p
 
 
+def _text(parse: Any, text: Any, path: tuple[Any, ...], where: _Where) -> Any:
+    """Parse an expression of the spec, its errors pointing at its own line."""
+    label = _dotted(path)
+    try:
+        return parse(text, label)
+    except PlanError as err:
+        msg = str(err).removeprefix(f"{label}: ")
+        raise where.error(path, msg) from None
+
+
 def _step(stream: Any, windowed: Any, kind: str, arg: Any, path: tuple[Any, ...],
           where: _Where) -> tuple[Any, Any]:
     import gpustream as gs
 
-    label = _dotted(path)
     if kind == "filter":
-        return stream.filter(parse_expr(arg, label)), windowed
+        return stream.filter(_text(parse_expr, arg, path, where)), windowed
     if kind == "with_columns":
         if not isinstance(arg, dict) or not arg:
             raise where.error(path, "expected a mapping of new column -> expression")
-        return stream.with_columns(**{k: parse_expr(v, f"{label}.{k}")
+        return stream.with_columns(**{k: _text(parse_expr, v, (*path, k), where)
                                       for k, v in arg.items()}), windowed
     if kind == "select":
         cols = [arg] if isinstance(arg, str) else arg
@@ -430,7 +439,7 @@ def _step(stream: Any, windowed: Any, kind: str, arg: Any, path: tuple[Any, ...]
                                     "e.g. {n: count(), total: sum(v)}")
         if not hasattr(stream, "agg"):
             raise where.error(path, "agg needs a window step before it")
-        out = stream.agg(**{k: parse_agg(v, f"{label}.{k}") for k, v in arg.items()})
+        out = stream.agg(**{k: _text(parse_agg, v, (*path, k), where) for k, v in arg.items()})
         return out, out
     raise where.error(path, f"{kind} is not implemented in this version yet")
 

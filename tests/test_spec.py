@@ -1,0 +1,268 @@
+"""YAML specs, the CLI's run/validate/explain/generate, sinks, live view and metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+import gpustream as gs
+from gpustream.live import LiveView
+from gpustream.metrics import Metrics, serve_prometheus
+from gpustream.spec import SpecError, pipeline_from_spec
+
+GOOD = """\
+name: hot
+engine: cpu
+source:
+  type: nexmark
+  stream: bids
+  events: 5000
+  event_time: date_time
+  watermark: 2s
+steps:
+  - filter: "price > 100 and channel != 'apple'"
+  - with_columns: {usd: "price * 0.908"}
+  - key_by: auction
+  - window: {sliding: 10s, slide: 2s, name: hot}
+  - agg:
+      bids: count()
+      volume: sum(usd)
+      top: max(usd)
+sink: {type: parquet, path: out/hot}
+late: {type: jsonl, path: out/late.jsonl}
+"""
+
+
+def _spec(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _cli(*args: str, cwd: Path | None = None, stdin: str | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GPUSTREAM_ENGINE"}
+    return subprocess.run([sys.executable, "-m", "gpustream.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=180, cwd=cwd, input=stdin)
+
+
+def test_a_spec_runs_like_the_python_api(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, GOOD)
+    stats = pipeline_from_spec(spec).run()
+    got = pq.read_table(tmp_path / "out" / "hot").sort_by(
+        [("window_end", "ascending"), ("auction", "ascending")])
+    p = gs.Pipeline("hot", engine="cpu")
+    bids = p.source(gs.nexmark(events=5000).bids, event_time="date_time",
+                    watermark=gs.Watermark.bounded("2s"))
+    want = (bids.filter((gs.col("price") > 100) & (gs.col("channel") != "apple"))
+            .with_columns(usd=gs.col("price") * 0.908).key_by("auction")
+            .window(gs.Sliding("10s", "2s"), name="hot")
+            .agg(bids=gs.count(), volume=gs.col("usd").sum(), top=gs.col("usd").max())
+            .collect().sort_by([("window_end", "ascending"), ("auction", "ascending")]))
+    assert got.equals(want)
+    assert stats.events_in == 4600
+
+
+BROKEN = [
+    ("name: x\nsource: {type: parquet, pathh: a.parquet}\nsink: {type: console}\n",
+     r"p.yaml:2: source.pathh: unknown field; did you mean 'path'\?"),
+    ("source:\n  type: parket\n  path: a\nsink: {type: console}\n",
+     r"p.yaml:2: source.type: 'parket' is not one of 'parquet', 'csv'"),
+    ("source: {type: nexmark, events: 10, event_time: date_time}\nsteps:\n  - key_by: auction\n"
+     "  - window: {tumbling: 10s}\n  - agg:\n      x: avgg(price)\nsink: {type: console}\n",
+     r"p.yaml:6: steps\[2\].agg.x: unknown aggregation 'avgg'; did you mean 'avg'\?"),
+    ("source: {type: nexmark, events: 10}\nsteps:\n  - filter: \"prise > 3\"\n"
+     "sink: {type: console}\n",
+     r"p.yaml:3: steps\[0\].filter: .*'prise'.*did you mean 'price'"),
+    ("source: {type: nexmark, events: 10}\nsteps:\n  - fliter: \"price > 3\"\n"
+     "sink: {type: console}\n",
+     r"p.yaml:3: steps\[0\]: unknown step 'fliter'; did you mean 'filter'\?"),
+    ("source: {type: nexmark, events: 10}\nsteps:\n  - filter: \"__import__('os').system('x')\"\n"
+     "sink: {type: console}\n",
+     r"p.yaml:3: steps\[0\].filter: only plain function names can be called"),
+    ("source: {type: nexmark, events: 10}\nsteps:\n  - filter: \"open('x') == 1\"\n"
+     "sink: {type: console}\n",
+     r"p.yaml:3: steps\[0\].filter: unknown function 'open'"),
+    ("source: {type: nexmark, events: 10, event_time: date_time}\nsteps:\n  - key_by: auction\n"
+     "  - window: {tumbling: 10s, sliding: 5s}\n  - agg: {n: count()}\nsink: {type: console}\n",
+     r"p.yaml:4: steps\[1\].window: give exactly one of tumbling, sliding"),
+    ("source: {type: nexmark, events: 10, event_time: date_time}\nsteps:\n  - key_by: auction\n"
+     "  - window: {sliding: 10s, slide: 3s}\n  - agg: {n: count()}\nsink: {type: console}\n",
+     r"p.yaml:4: steps\[1\].window: .*multiple of"),
+    ("source: {type: kafka, topic: t}\nsink: {type: console}\n",
+     r"p.yaml:1: source.bootstrap: is required for type kafka"),
+    ("source: {type: nexmark, events: 10}\n", r"a spec needs a sink"),
+    ("source: {type: nexmark, events: 10}\nsink: {type: console}\nlate: {type: console}\n",
+     r"p.yaml:3: late: late: needs a window step"),
+    ("source: [\n", r"p.yaml:2: not valid YAML"),
+    ("engine: tpu\nsource: {type: nexmark}\nsink: {type: console}\n",
+     r"p.yaml:1: engine: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    ("source: {type: nexmark, events: 10}\nsteps:\n  - select: [price, nope]\n"
+     "sink: {type: console}\n", r"steps\[0\].select: .*'nope'"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BROKEN)
+def test_broken_specs_fail_before_running_with_file_line_field_and_fix(
+        tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        pipeline_from_spec(_spec(tmp_path, text))
+
+
+def test_validate_and_explain_on_the_cli(tmp_path: Path) -> None:
+    good = _spec(tmp_path, GOOD)
+    ok = _cli("validate", str(good))
+    assert ok.returncode == 0 and "ok (pipeline 'hot')" in ok.stdout
+    bad = _cli("validate", str(_spec(tmp_path, BROKEN[2][0], "bad.yaml")))
+    assert bad.returncode == 2
+    assert "bad.yaml:6: steps[2].agg.x: unknown aggregation 'avgg'" in bad.stderr.replace("\n", "")
+    missing = _cli("validate", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "cannot read the spec" in missing.stderr
+    plan = _cli("explain", str(good), "--engine", "cpu")
+    assert plan.returncode == 0
+    assert "backend: cpu" in plan.stdout and "window" in plan.stdout
+
+
+def test_run_on_the_cli_exit_codes_and_summary(tmp_path: Path) -> None:
+    good = _spec(tmp_path, GOOD)
+    out = _cli("run", str(good), "--no-live")
+    assert out.returncode == 0, out.stderr
+    assert "pipeline 'hot' on cpu: 4600 events in" in out.stdout.replace("\n", " ")
+    assert pq.read_table(tmp_path / "out" / "hot").num_rows > 0
+    stop = _cli("run", str(good), "--no-live", "--max-events", "1000")
+    assert stop.returncode == 0 and "1000 events in" in stop.stdout
+    assert "stopped at --max-events" in stop.stdout.replace("\n", " ")
+    assert _cli("run", str(good), "--checkpoint-dir", str(tmp_path)).returncode == 2
+    # a run that fails while running (a binary file read as CSV) exits 1
+    (tmp_path / "bin.csv").write_bytes(b"a,b\n" + bytes(range(256)) * 400)
+    spec = _spec(tmp_path, "source: {type: csv, path: bin.csv, schema: {a: int64, b: int64}}\n"
+                           "sink: {type: console}\n", "bin.yaml")
+    failed = _cli("run", str(spec), "--no-live")
+    assert failed.returncode == 1, failed.stderr
+    assert "do not parse as CSV" in failed.stderr.replace("\n", " ")
+
+
+def test_the_live_view_logs_lines_when_not_a_terminal(tmp_path: Path) -> None:
+    good = _spec(tmp_path, GOOD)
+    out = _cli("run", str(good))  # stdout is a pipe: plain lines, no terminal codes
+    assert out.returncode == 0, out.stderr
+    assert "hot: events in 4,600" in out.stdout.replace("\n", " ")
+    assert "\x1b[" not in out.stdout
+
+
+def test_the_live_view_renders_on_a_terminal() -> None:
+    m = Metrics("live", "cpu")
+    m.gauges = lambda: {"late_events": 3, "open_windows": 12}
+    m.batch(5000, 0.004, 1_767_225_600_000)
+    m.events_out, m.bad_records = 40, 2
+    console = Console(file=io.StringIO(), width=120, force_terminal=True, color_system=None)
+    with LiveView(m, console):
+        pass
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    for want in ("events in", "5,000", "rows out", "batch latency", "p50 4.0 ms",
+                 "watermark", "2026-01-01 00:00:00 UTC", "open windows", "12",
+                 "late events", "dead letters"):
+        assert want in text, want
+
+
+def test_metrics_endpoint_serves_the_run_counters(tmp_path: Path) -> None:
+    p = pipeline_from_spec(_spec(tmp_path, GOOD))
+    m = Metrics("hot", "cpu")
+    server = serve_prometheus(m, 0)
+    try:
+        p.run(metrics=m)
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{server.server_port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    values = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+              if ln.startswith("gpustream_") and "{" in ln}
+    assert values["gpustream_events_in_total"] == 4600
+    assert values["gpustream_events_out_total"] == m.events_out > 0
+    assert values["gpustream_batches_total"] >= 1
+    assert "gpustream_batch_latency_p99_seconds" in values
+    assert "gpustream_watermark_lag_seconds" in values
+    assert server.server_address[0] == "127.0.0.1"
+
+
+def test_generate_nexmark_writes_parquet(tmp_path: Path) -> None:
+    out = _cli("generate", "nexmark", "--events", "10000", "--out", str(tmp_path / "b.parquet"))
+    assert out.returncode == 0, out.stderr
+    t = pq.read_table(tmp_path / "b.parquet")
+    assert t.num_rows == 9200 and "auction" in t.schema.names
+    out = _cli("generate", "nexmark", "--events", "1000", "--stream", "all", "--out",
+               str(tmp_path / "all"))
+    assert out.returncode == 0
+    assert sorted(f.name for f in (tmp_path / "all").iterdir()) == [
+        "auctions.parquet", "bids.parquet", "persons.parquet"]
+    assert _cli("generate", "nexmark", "--stream", "cats", "--out", "x.parquet").returncode == 2
+
+
+def test_stdin_spec_reads_piped_lines(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, """\
+        source:
+          type: jsonl
+          path: "-"
+          schema: {ts: int64, v: float64}
+          event_time: ts
+        steps:
+          - window: {tumbling: 10}
+          - agg: {n: count(), total: sum(v)}
+        sink: {type: jsonl, path: out.jsonl}
+        """)
+    lines = "".join(json.dumps({"ts": i, "v": i / 2}) + "\n" for i in range(25))
+    out = _cli("run", str(spec), "--no-live", "--engine", "cpu", stdin=lines)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["n"], r["total"]) for r in rows] == [(10, 22.5), (10, 72.5), (5, 55.0)]
+
+
+def test_file_sinks_roll_part_files_and_never_show_half_a_file(tmp_path: Path) -> None:
+    table = pa.table({"x": list(range(25)), "s": [f"v{i}" for i in range(25)]})
+    for sink, read in [(gs.to_parquet, lambda d: pq.read_table(d).to_pydict()),
+                       (gs.to_csv, None), (gs.to_jsonl, None)]:
+        d = tmp_path / sink.__name__
+        p = gs.Pipeline(engine="cpu")
+        p.source(gs.from_arrow(table, batch_rows=7)).sink(sink(d, rows_per_file=10))
+        p.run()
+        files = sorted(f.name for f in d.iterdir())
+        suffix = "." + sink.__name__.removeprefix("to_")
+        assert files == [f"part-0000{i}{suffix}" for i in range(3)], files
+        if read is not None:
+            assert read(d) == table.to_pydict()
+    # a second run adds parts, never overwrites
+    p = gs.Pipeline(engine="cpu")
+    p.source(gs.from_arrow(table)).sink(gs.to_jsonl(tmp_path / "to_jsonl", rows_per_file=100))
+    p.run()
+    assert len(list((tmp_path / "to_jsonl").iterdir())) == 4
+    lines = (tmp_path / "to_jsonl" / "part-00003.jsonl").read_text().splitlines()
+    assert [json.loads(x)["x"] for x in lines] == list(range(25))
+
+
+def test_late_and_dead_letter_streams_route_to_any_sink(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text(
+        '{"ts": 1000, "v": 1}\n{"ts": 30000, "v": 2}\n{"ts": 2000, "v": 3}\nnot json\n'
+        '{"ts": 40000, "v": 4}\n')
+    p = gs.Pipeline(engine="cpu", dead_letter=gs.to_parquet(tmp_path / "dead.parquet"))
+    s = p.source(gs.read_jsonl(tmp_path / "in.jsonl", max_bad_fraction=1.0), event_time="ts")
+    w = s.window(gs.Tumbling("10s"), name="w").agg(n=gs.count())
+    w.late.sink(gs.to_parquet(tmp_path / "late.parquet"))
+    w.sink(gs.to_csv(tmp_path / "out.csv"))
+    stats = p.run()
+    assert stats.bad_records == 1 and stats.late_events == 1
+    dead = pq.read_table(tmp_path / "dead.parquet").to_pylist()
+    assert dead[0]["raw"] == "not json" and json.loads(dead[0]["offset"])["line"] == 4
+    assert pq.read_table(tmp_path / "late.parquet").to_pydict() == {"ts": [2000], "v": [3]}
+    assert stats.dead_letters == f"parquet {tmp_path / 'dead.parquet'}"
