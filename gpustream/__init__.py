@@ -25,6 +25,7 @@ from gpustream.ingest.redis import redis_stream
 from gpustream.ingest.streams import socket, stdin
 from gpustream.ingest.textfiles import read_csv, read_jsonl
 from gpustream.pipeline import AggStream, KeyedStream, Pipeline, Stream, WindowedStream
+from gpustream.plan import TableNode as Table
 from gpustream.runtime import RunStats
 from gpustream.sinks import Sink, to_callback, to_console
 from gpustream.watermark import Watermark
@@ -49,6 +50,7 @@ __all__ = [
     "Sink",
     "Sliding",
     "Stream",
+    "Table",
     "Tumbling",
     "Watermark",
     "WindowAssigner",

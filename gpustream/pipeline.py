@@ -19,10 +19,12 @@ from gpustream.ingest.source import Source
 from gpustream.metrics import Metrics
 from gpustream.plan import (
     FilterNode,
+    JoinTableNode,
     LateNode,
     Node,
     SelectNode,
     SourceNode,
+    TableNode,
     WindowAggNode,
     WithColumnsNode,
     output_schema,
@@ -33,7 +35,38 @@ from gpustream.sinks import CollectSink, DeadLetterSink, Sink
 from gpustream.watermark import Watermark
 from gpustream.windows import WindowAssigner
 
-__all__ = ["KeyedStream", "Pipeline", "Stream", "WindowedStream"]
+__all__ = ["KeyedStream", "Pipeline", "Stream", "WindowedStream", "join_on"]
+
+#: ``on=`` of the joins: a name, a (left, right) pair, or a list of either
+JoinOn = str | tuple[str, str] | list[str] | list[tuple[str, str]]
+
+
+def join_on(on: Any, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Left and right key columns from ``on=``.
+
+    Examples
+    --------
+    >>> join_on("card", "j"), join_on(("bidder", "id"), "j")
+    ((('card',), ('card',)), (('bidder',), ('id',)))
+    >>> join_on(["a", ("b", "c")], "j")
+    (('a', 'b'), ('a', 'c'))
+    """
+    items = [on] if isinstance(on, str | tuple) else list(on) if isinstance(on, list) else None
+    if not items:
+        raise PlanError(f"{where}: on= takes a column name, a (left, right) pair, or a list "
+                        f"of them; got {on!r}")
+    left, right = [], []
+    for item in items:
+        if isinstance(item, str):
+            left.append(item)
+            right.append(item)
+        elif isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            left.append(item[0])
+            right.append(item[1])
+        else:
+            raise PlanError(f"{where}: on= takes a column name, a (left, right) pair, or a "
+                            f"list of them; got {item!r}")
+    return tuple(left), tuple(right)
 
 
 class Pipeline:
@@ -78,6 +111,7 @@ class Pipeline:
         self._sinks: list[tuple[Node, Sink]] = []
         self._nodes: list[Node] = []
         self._source_names: set[str] = set()
+        self._tables: list[TableNode] = []
         self._backend: Backend | None = None
 
     @property
@@ -140,6 +174,32 @@ class Pipeline:
         schema = output_schema(node)
         self._source_names.add(name)
         return self._stream(node, schema)
+
+    def table(self, source: Source, key: str | list[str] | tuple[str, ...],
+              name: str | None = None) -> TableNode:
+        """A table for lookup joins (:meth:`Stream.join_table`), read whole from a bounded
+        source when the pipeline starts; rows later in the source replace earlier rows of
+        the same key.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> people = p.table(gs.from_arrow({"id": [1, 2], "name": ["ann", "bo"]}), key="id")
+        >>> people.key, people.name
+        (('id',), 'table')
+        """
+        if not isinstance(source, Source):
+            raise PlanError(f"Pipeline.table takes a source such as gs.read_parquet(...), got "
+                            f"{type(source).__name__}")
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        if not keys or not all(isinstance(k, str) for k in keys):
+            raise PlanError("Pipeline.table: key= must name one or more columns")
+        node = TableNode(source, keys, name or ("table" if not self._tables else
+                                                f"table_{len(self._tables)}"))
+        node.schema()  # checked now: its columns, its key, a bounded source
+        self._tables.append(node)
+        return node
 
     def _dead_letters(self) -> DeadLetterFile | DeadLetterSink:
         if isinstance(self.dead_letter, Sink):
@@ -255,6 +315,42 @@ class Stream:
             raise PlanError(f"step {self._node.step + 1} (filter): expected an expression such "
                             f"as gs.col('x') > 0, got {predicate!r}")
         return self._then(FilterNode(self._node, predicate))
+
+    def join_table(self, table: TableNode, on: JoinOn, how: str = "inner") -> Stream:
+        """Join each row with the table row of equal key (a lookup join).
+
+        Parameters
+        ----------
+        table
+            From :meth:`Pipeline.table`.
+        on
+            A column name (the same on both sides), a ``(left, right)`` pair, or a list of
+            either for several key columns; the right side must be the table's key.
+        how
+            ``"inner"`` (rows without a match are dropped) or ``"left"`` (kept, with nulls
+            for the table's columns). Null keys match nothing.
+
+        The table's columns follow the stream's; a name the stream has already gets
+        ``_right``.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> people = p.table(gs.from_arrow({"id": [1, 2], "name": ["ann", "bo"]}), key="id")
+        >>> bids = p.source(gs.from_arrow({"bidder": [2, 1, 9], "price": [5, 6, 7]}))
+        >>> bids.join_table(people, on=("bidder", "id")).collect().to_pydict()
+        {'bidder': [2, 1], 'price': [5, 6], 'id': [2, 1], 'name': ['bo', 'ann']}
+        """
+        if not isinstance(table, TableNode):
+            raise PlanError(f"step {self._node.step + 1} (join_table): expected a table from "
+                            f"Pipeline.table(...), got {type(table).__name__}")
+        left_on, right_on = join_on(on, f"step {self._node.step + 1} (join_table)")
+        if sorted(right_on) != sorted(table.key):
+            raise PlanError(f"step {self._node.step + 1} (join_table): table {table.name!r} is "
+                            f"keyed by ({', '.join(table.key)}); on= must name that key, "
+                            f"got ({', '.join(right_on)})")
+        return self._then(JoinTableNode(self._node, table, left_on, right_on, how))
 
     def with_columns(
         self, exprs: Mapping[str, Expr | Any] | None = None, **named: Expr | Any

@@ -22,10 +22,12 @@ from gpustream.windows import Session, Sliding, Tumbling, WindowAssigner
 
 __all__ = [
     "FilterNode",
+    "JoinTableNode",
     "LateNode",
     "Node",
     "SelectNode",
     "SourceNode",
+    "TableNode",
     "WindowAggNode",
     "WithColumnsNode",
     "event_time_of",
@@ -209,6 +211,111 @@ class LateNode(Node):
         return (self.input,)
 
 
+@dataclass(frozen=True, eq=False)
+class TableNode:
+    """A table for lookup joins: a bounded source loaded whole, unique by ``key``."""
+
+    source: Source
+    key: tuple[str, ...]
+    name: str
+
+    def schema(self) -> pa.Schema:
+        """The table's columns, checked: the key columns exist and can be keys."""
+        schema = self.source.schema()
+        if not self.source.bounded:
+            raise PlanError(f"table {self.name!r}: its source {self.source.describe()} never "
+                            "ends; a table is loaded whole from a bounded source")
+        for k in self.key:
+            if k not in schema.names:
+                raise PlanError(f"table {self.name!r}: key column {k!r} is not in it; its "
+                                f"columns are: {', '.join(schema.names)}")
+        for f in schema:
+            physical_dtype(f.type, column=f.name)
+        return schema
+
+
+@dataclass(frozen=True, eq=False)
+class JoinTableNode(Node):
+    """Each row joined with the table row of equal key (``how``: inner or left)."""
+
+    input: Node
+    table: TableNode
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    how: str
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "join_table"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.input,)
+
+    def detail(self) -> str:
+        on = ", ".join(f"{a}={b}" for a, b in zip(self.left_on, self.right_on, strict=True))
+        return f"{self.how} join table {self.table.name!r} on {on}"
+
+
+def _key_kind(t: pa.DataType) -> str | None:
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_timestamp(t):
+        return f"timestamp[{t.unit}]"
+    return None
+
+
+def join_columns(where: str, left: pa.Schema, right: pa.Schema, left_on: tuple[str, ...],
+                 right_on: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The right side's columns in the output as (right name, output name).
+
+    A right key column named as its left key is dropped (it equals it); other names that
+    the left side has get the suffix ``_right``. Key types must agree (any integer width
+    with any; strings with strings).
+
+    Examples
+    --------
+    >>> l = pa.schema([("card", pa.int64()), ("amount", pa.float64())])
+    >>> r = pa.schema([("card", pa.int32()), ("amount", pa.float64()), ("holder", pa.string())])
+    >>> join_columns("join", l, r, ("card",), ("card",))
+    [('amount', 'amount_right'), ('holder', 'holder')]
+    >>> join_columns("join", l, pa.schema([("card", pa.string())]), ("card",), ("card",))
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: join: key card (int64) and card (string) cannot be compared; cast one side (e.g. with_columns(card=gs.col('card').cast('string')))
+    """
+    if len(left_on) != len(right_on) or not left_on:
+        raise PlanError(f"{where}: on= needs as many right key columns as left ones")
+    for a, b in zip(left_on, right_on, strict=True):
+        if a not in left.names:
+            expr_type(Col(a), left, f"{where} on (left side)")
+        if b not in right.names:
+            raise PlanError(f"{where}: the right side has no column {b!r}; its columns are: "
+                            f"{', '.join(right.names)}")
+        ta, tb = left.field(a).type, right.field(b).type
+        ka, kb = _key_kind(ta), _key_kind(tb)
+        if ka is None or kb is None or ka != kb:
+            raise PlanError(f"{where}: key {a} ({ta}) and {b} ({tb}) cannot be compared; cast "
+                            f"one side (e.g. with_columns({a}=gs.col({a!r}).cast('{tb}')))")
+    out: list[tuple[str, str]] = []
+    for f in right:
+        if f.name in right_on and left_on[right_on.index(f.name)] == f.name:
+            continue
+        name = f.name if f.name not in left.names else f"{f.name}_right"
+        if name in left.names or name in [o for _, o in out]:
+            raise PlanError(f"{where}: the output would have column {name!r} twice; rename a "
+                            "column before the join")
+        out.append((f.name, name))
+    return out
+
+
 def lineage(node: Node) -> list[Node]:
     """Every node ``node`` depends on, upstream first, each once.
 
@@ -326,6 +433,14 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
             memo[id(n)] = window_output_schema(n, memo[id(n.input)])
         elif isinstance(n, LateNode):
             memo[id(n)] = memo[id(n.input.input)]
+        elif isinstance(n, JoinTableNode):
+            left = memo[id(n.input)]
+            right = n.table.schema()
+            if n.how not in ("inner", "left"):
+                raise PlanError(f"{n.label}: how={n.how!r} is not 'inner' or 'left'")
+            cols = join_columns(n.label, left, right, n.left_on, n.right_on)
+            memo[id(n)] = pa.schema(list(left) + [pa.field(o, right.field(r).type)
+                                                  for r, o in cols])
         else:
             raise PlanError(f"{n.label}: unknown plan node {type(n).__name__}")
     return memo[id(node)]
@@ -397,7 +512,8 @@ def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
         if k not in schema.names:
             expr_type(Col(k), schema, f"{where} key_by")
         t = schema.field(k).type
-        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_boolean(t)
+        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_boolean(t)
                 or pa.types.is_timestamp(t)):
             raise PlanError(f"{where}: key column {k!r} has type {t}; keys must be integers, "
                             "strings, bools or timestamps (cast floats with .cast('int64'))")

@@ -12,6 +12,7 @@ from gpustream.errors import PlanError
 from gpustream.operators import FilterOp, Operator, ProjectOp
 from gpustream.plan import (
     FilterNode,
+    JoinTableNode,
     LateNode,
     Node,
     SelectNode,
@@ -104,6 +105,10 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
         return WindowAggOp(spec, backend)
     if isinstance(node, LateNode):
         return Operator()
+    if isinstance(node, JoinTableNode):
+        from gpustream.operators.lookup import LookupJoinOp
+
+        return LookupJoinOp(node, memo[id(node.input)], schema, backend)
     if isinstance(node, FilterNode):
         return FilterOp(node.predicate, xp)
     if isinstance(node, WithColumnsNode):

@@ -29,7 +29,7 @@ from numba.extending import register_jitable
 
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
-__all__ = ["EMPTY", "TOMBSTONE", "new_table", "upsert", "upsert_cpu_into"]
+__all__ = ["EMPTY", "TOMBSTONE", "lookup", "new_table", "upsert", "upsert_cpu_into"]
 
 EMPTY = np.uint64(0)
 TOMBSTONE = np.uint64(1)
@@ -111,6 +111,64 @@ def _upsert_cuda(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new, ret
                 is_new[i] = 0
                 return
         s = (s + np.uint64(1)) & mask
+
+
+@register_jitable
+def _find(t_hash, t_keys, hashes, keys, i):  # type: ignore[no-untyped-def]
+    """The slot holding row ``i``'s key, or -1 (probing stops at an empty slot)."""
+    mask = np.uint64(t_hash.shape[0] - 1)
+    h = _live_hash(hashes[i])
+    s = h & mask
+    for _ in range(t_hash.shape[0]):
+        th = t_hash[s]
+        if th == EMPTY:
+            return -1
+        if th == h and _keys_equal(t_keys, s, keys, i):
+            return np.int64(s)
+        s = (s + np.uint64(1)) & mask
+    return -1
+
+
+@numba.njit(nogil=True, cache=False)
+def _lookup_cpu(t_hash, t_keys, hashes, keys, out):  # type: ignore[no-untyped-def]
+    for i in range(out.shape[0]):
+        out[i] = _find(t_hash, t_keys, hashes, keys, i)
+
+
+@cuda_kernel("void(uint64[::1], uint64[:, ::1], uint64[::1], uint64[:, ::1], int64[::1])")
+def _lookup_cuda(t_hash, t_keys, hashes, keys, out):  # type: ignore[no-untyped-def]
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = _find(t_hash, t_keys, hashes, keys, i)
+
+
+def lookup(table: tuple[Any, Any, Any], hashes: Any, keys: Any, on_device: bool) -> Any:
+    """The slot of every row's key, -1 where the table does not hold it (read only: the
+    probe side of a hash join).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpustream.kernels.hashing import hash_rows
+    >>> table = new_table(16, 1, np)
+    >>> build = np.array([[7, 8]], dtype=np.uint64)
+    >>> slots, _ = upsert(table, hash_rows(build, False), build, np.arange(2), False)
+    >>> probe = np.array([[8, 5, 7]], dtype=np.uint64)
+    >>> found = lookup(table, hash_rows(probe, False), probe, False)
+    >>> found.tolist() == [slots[1], -1, slots[0]]
+    True
+    """
+    t_hash, _, t_keys = table
+    n = hashes.shape[0]
+    if not on_device:
+        out_h = np.empty(n, dtype=np.int64)
+        _lookup_cpu(t_hash, t_keys, hashes, keys, out_h)
+        return out_h
+    xp: Any = np if isinstance(hashes, np.ndarray) else __import__("cupy")
+    out = xp.empty(n, dtype=np.int64)
+    if n:
+        _lookup_cuda[launch_config(n)](t_hash, t_keys, hashes, keys, out)
+    return out
 
 
 def new_table(capacity: int, key_words: int, xp: Any) -> tuple[Any, Any, Any]:

@@ -14,7 +14,7 @@ from gpustream.kernels.registry import CudaKernel
 
 ALL_KERNELS = load_all_kernels()
 INTEGER_ONLY = {"_hash_rows_cuda", "_upsert_cuda", "_block_max_cuda", "_block_scan_cuda",
-                "_assign_cuda", "_sessionize_cuda", "_count_cuda", "_hll_cuda"}
+                "_assign_cuda", "_sessionize_cuda", "_count_cuda", "_hll_cuda", "_lookup_cuda"}
 
 
 def test_integer_only_list_names_real_kernels() -> None:

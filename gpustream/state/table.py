@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gpustream.kernels.hashing import hash_rows
-from gpustream.kernels.hashtable import TOMBSTONE, new_table, upsert, upsert_cpu_into
+from gpustream.kernels.hashtable import TOMBSTONE, lookup, new_table, upsert, upsert_cpu_into
 
 __all__ = ["SlotTable", "StateTable"]
 
@@ -140,6 +140,18 @@ class SlotTable:
             self.created(upsert_cpu_into(self.arrays, hashes, keys, part, slots, is_new))
             pos += room
         return slots, is_new
+
+    def find(self, keys: Any) -> Any:
+        """The slot of each row's key (``uint64[K, n]``), -1 where absent; inserts nothing.
+
+        Examples
+        --------
+        >>> t = SlotTable(1, np, on_device=False)
+        >>> slots, _ = t.upsert(np.array([[5, 6]], dtype=np.uint64), np.arange(2))
+        >>> t.find(np.array([[6, 9]], dtype=np.uint64)).tolist() == [slots[1], -1]
+        True
+        """
+        return lookup(self.arrays, hash_rows(keys, self.on_device), keys, self.on_device)
 
     def room(self) -> int:
         """How many new keys fit before the table must be rebuilt."""

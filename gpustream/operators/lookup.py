@@ -1,0 +1,156 @@
+"""Stream-table (lookup) joins: ``Stream.join_table(table, on=..., how=...)``.
+
+The table is read whole from its bounded source when the pipeline starts, built into a
+hash table (:class:`gpustream.state.table.SlotTable`, the same layout on every backend)
+keyed by its key columns, and moved to the device once. Rows later in the source replace
+earlier rows of the same key (upsert order). Each batch of the stream then probes it with
+one kernel (:func:`gpustream.kernels.hashtable.lookup`) and gathers the table's columns
+for the matches: no per-row Python, nothing copied back to the host.
+
+String keys are compared by the table's dictionary codes: the stream's codes are mapped
+onto them through an array that grows only when the stream's dictionary does. A row with
+a null key matches nothing (as in SQL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpustream.backend import Backend
+from gpustream.batch import Batch
+from gpustream.ingest.dictionary import StringDictionary
+from gpustream.kernels.hashing import widen_keys
+from gpustream.operators.base import Operator
+from gpustream.plan import JoinTableNode, join_columns
+from gpustream.state.table import SlotTable
+
+__all__ = ["LookupJoinOp"]
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+class LookupJoinOp(Operator):
+    """Joins each batch with the table (see the module docstring).
+
+    Examples
+    --------
+    >>> import gpustream as gs
+    >>> p = gs.Pipeline(engine="cpu")
+    >>> cards = p.table(gs.from_arrow({"card": [1, 2], "holder": ["ann", "bo"]}), key="card")
+    >>> tx = p.source(gs.from_arrow({"card": [2, 3, 1], "amount": [5.0, 6.0, 7.0]}))
+    >>> tx.join_table(cards, on="card", how="left").collect().to_pydict()
+    {'card': [2, 3, 1], 'amount': [5.0, 6.0, 7.0], 'holder': ['bo', None, 'ann']}
+    """
+
+    def __init__(self, node: JoinTableNode, left: pa.Schema, schema: pa.Schema,
+                 backend: Backend) -> None:
+        self.node = node
+        self.schema = schema
+        self.backend = backend
+        self.xp = backend.xp
+        self.inner = node.how == "inner"
+        right = node.table.schema()
+        self.columns = join_columns(node.label, left, right, node.left_on, node.right_on)
+        self.string_keys = [_is_string(right.field(r).type) for r in node.right_on]
+        self.dicts: dict[str, StringDictionary] = {}
+        self._maps: dict[int, tuple[Any, Any]] = {}
+        self._load(right)
+
+    def _load(self, right: pa.Schema) -> None:
+        """Read the table, build the hash table on the host, move it to the device."""
+        batches = [Batch.from_arrow(sb.data, self.dicts) for sb in self.node.table.source.open()
+                   if sb.data.num_rows]
+        if not batches:  # an empty table: typed, zero rows
+            empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in right], schema=right)
+            batches = [Batch.from_arrow(empty, self.dicts)]
+        names = right.names
+        data = {n: np.concatenate([b[n] for b in batches]) for n in names}
+        valid = {n: np.concatenate([_valid(b, n) for b in batches]) for n in names}
+        n = len(data[names[0]])
+        ok = np.ones(n, dtype=bool)
+        for k in self.node.right_on:
+            ok &= valid[k]
+        rows = np.flatnonzero(ok).astype(np.int64)
+        host = SlotTable(len(self.node.right_on), np, on_device=False, capacity=2 * max(n, 1))
+        keys = widen_keys([data[k] for k in self.node.right_on], np)
+        slots, _ = host.upsert(keys, rows)
+        slot_row = np.full(host.capacity, -1, dtype=np.int64)
+        np.maximum.at(slot_row, slots[rows], rows)  # the last row of a key wins
+        to_device = self.backend.to_device
+        if self.backend.is_device:
+            self.table = SlotTable(host.key_words, self.xp, on_device=True,
+                                   capacity=host.capacity)
+            self.table.arrays = tuple(to_device(a) for a in host.arrays)
+        else:
+            self.table = host
+        self.slot_row = to_device(slot_row)
+        self.data = {r: to_device(data[r]) for r, _ in self.columns}
+        self.valid = {r: to_device(valid[r]) for r, _ in self.columns}
+        self.rows = n
+
+    def _codes(self, stream: StringDictionary, table: StringDictionary | None, codes: Any) -> Any:
+        """The stream's codes of a string key as the table's codes (-1: not in the table)."""
+        known, mapping = self._maps.get(id(stream), (0, None))
+        if known < len(stream) or mapping is None:
+            values = stream.values.cast(pa.large_string())
+            if table is None or not len(table):
+                host = np.full(len(values), -1, dtype=np.int64)
+            else:
+                pos = pc.index_in(values, value_set=table.values)
+                host = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+            mapping = self.backend.to_device(host if len(host) else np.full(1, -1, np.int64))
+            self._maps[id(stream)] = (len(stream), mapping)
+        return mapping[codes]
+
+    def process(self, batch: Batch) -> list[Batch]:
+        xp = self.xp
+        n = batch.num_rows
+        if n == 0:
+            return []
+        cols = []
+        missing = None
+        for (lname, rname), is_str in zip(zip(self.node.left_on, self.node.right_on, strict=True),
+                                          self.string_keys, strict=True):
+            values = batch[lname]
+            if is_str:
+                values = self._codes(batch.dictionaries[lname], self.dicts.get(rname), values)
+            valid = batch.validity(lname)
+            if valid is not None:
+                values = xp.where(valid, values, xp.zeros((), dtype=values.dtype))
+                missing = ~valid if missing is None else missing | ~valid
+            cols.append(values)
+        slots = self.table.find(widen_keys(cols, xp))
+        if missing is not None:
+            slots = xp.where(missing, -1, slots)
+        rows = xp.where(slots >= 0, self.slot_row[xp.maximum(slots, 0)], -1)
+        if self.inner:
+            keep = rows >= 0
+            batch = batch.filter(keep)
+            rows = rows[keep]
+        matched = rows >= 0
+        at = xp.maximum(rows, 0)
+        columns = {name: batch[name] for name in batch.column_names}
+        validity = {name: batch.validity(name) for name in batch.column_names}
+        dictionaries = dict(batch.dictionaries)
+        for r, o in self.columns:
+            if self.rows:
+                columns[o] = self.data[r][at]
+                validity[o] = matched & self.valid[r][at]
+            else:  # an empty table: every right column is null
+                dtype = self.data[r].dtype
+                columns[o] = xp.zeros(rows.shape[0], dtype=dtype)
+                validity[o] = xp.zeros(rows.shape[0], dtype=bool)
+            if r in self.dicts:
+                dictionaries[o] = self.dicts[r]
+        return [Batch(columns, self.schema, validity, dictionaries, batch.watermarks)]
+
+
+def _valid(b: Batch, name: str) -> np.ndarray:
+    v = b.validity(name)
+    return np.ones(b.num_rows, dtype=bool) if v is None else np.asarray(v)
