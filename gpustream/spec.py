@@ -335,9 +335,6 @@ def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
     if spec.checkpoint is not None:
         raise where.error(("checkpoint",), "checkpoints are not implemented in this version "
                                            "yet; remove the checkpoint section")
-    if spec.tables:
-        raise where.error(("tables",), "tables (join_table) are not implemented in this "
-                                       "version yet")
     dead: Any = None
     if spec.dead_letter is not None:
         dead = _sink(spec.dead_letter, ("dead_letter",), where, base)
@@ -351,6 +348,17 @@ def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
         raise
     except (GpustreamError, ValueError, TypeError) as err:
         raise where.error(("source",), str(err)) from None
+    tables: dict[str, Any] = {}
+    for tname, t in spec.tables.items():
+        tpath: tuple[Any, ...] = ("tables", tname)
+        if t.key is None:
+            raise where.error((*tpath, "key"), "is required: the column(s) a table is keyed by")
+        try:
+            tables[tname] = p.table(_source(t, tpath, where, base), key=t.key, name=tname)
+        except SpecError:
+            raise
+        except (GpustreamError, ValueError, TypeError) as err:
+            raise where.error(tpath, str(err)) from None
     windowed: Any = None
     for i, step in enumerate(spec.steps):
         path: tuple[Any, ...] = ("steps", i)
@@ -365,7 +373,7 @@ def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
                 f"; one of {', '.join(STEP_KINDS)}"
             raise where.error(path[:-1], f"unknown step {kind!r}{hint}")
         try:
-            stream, windowed = _step(stream, windowed, kind, arg, path, where)
+            stream, windowed = _step(stream, windowed, kind, arg, path, where, tables)
         except SpecError:
             raise
         except (GpustreamError, ValueError, TypeError) as err:
@@ -394,10 +402,39 @@ def _text(parse: Any, text: Any, path: tuple[Any, ...], where: _Where) -> Any:
         raise where.error(path, msg) from None
 
 
+class JoinTableSpec(_Model):
+    """``join_table:``."""
+
+    table: str
+    on: str | list[str] | list[list[str]]
+    how: Literal["inner", "left"] = "inner"
+
+
+def _on(on: Any) -> Any:
+    """``on:`` of a spec: a name, ``[left, right]``, or a list of ``[left, right]`` pairs."""
+    if isinstance(on, str):
+        return on
+    if len(on) == 2 and all(isinstance(x, str) for x in on):
+        return (on[0], on[1])
+    return [tuple(x) if isinstance(x, list) else x for x in on]
+
+
 def _step(stream: Any, windowed: Any, kind: str, arg: Any, path: tuple[Any, ...],
-          where: _Where) -> tuple[Any, Any]:
+          where: _Where, tables: dict[str, Any] | None = None) -> tuple[Any, Any]:
     import gpustream as gs
 
+    if kind == "join_table":
+        if isinstance(arg, dict):  # YAML 1.1 reads a bare `on:` key as true
+            arg = {("on" if k is True else k): v for k, v in arg.items()}
+        try:
+            j = JoinTableSpec.model_validate(arg)
+        except ValidationError as err:
+            raise _pydantic_error(err, path, where, JoinTableSpec) from None
+        known = tables or {}
+        if j.table not in known:
+            raise where.error((*path, "table"), f"no table {j.table!r} under tables:; known: "
+                                                f"{', '.join(known) or '(none)'}")
+        return stream.join_table(known[j.table], on=_on(j.on), how=j.how), windowed
     if kind == "filter":
         return stream.filter(_text(parse_expr, arg, path, where)), windowed
     if kind == "with_columns":

@@ -112,10 +112,32 @@ def test_trending_items_over_sliding_windows(workdir: Path) -> None:
     assert got[[*key, "sold"]].to_numpy().tolist() == ref[[*key, "sold"]].to_numpy().tolist()
 
 
+def test_fraud_velocity_alerts_enriched_from_the_card_table(workdir: Path) -> None:
+    _run(workdir, "fraud")
+    got = pd.DataFrame([json.loads(x) for x in
+                        (workdir / "out" / "alerts.jsonl").read_text().splitlines()])
+    tx, cards = make_data.transactions()
+    rows = []
+    for k in range(5):  # each transaction is in 5 windows of 5 min every minute
+        rows.append(tx.assign(window_start=tx.ts // 60_000 * 60_000 - k * 60_000))
+    ref = pd.concat(rows).groupby(["window_start", "card"]).agg(
+        txns=("amount", "size"), total=("amount", "sum"), largest=("amount", "max")).reset_index()
+    ref = ref[(ref.txns > 6) | (ref.largest > 500)].merge(cards, on="card", how="left")
+    got["window_start"] = pd.to_datetime(got["window_start"]).astype("datetime64[ms]").astype("int64")
+    key = ["window_start", "card"]
+    got = got.sort_values(key).reset_index(drop=True)
+    ref = ref.sort_values(key).reset_index(drop=True)
+    assert len(ref) > 20 and set(ref.card) >= {0, 1, 2}  # the bursting cards are caught
+    assert got[[*key, "txns", "holder", "country"]].to_numpy().tolist() == \
+        ref[[*key, "txns", "holder", "country"]].to_numpy().tolist()
+    np.testing.assert_allclose(got["total"], ref["total"], rtol=1e-9)
+    np.testing.assert_allclose(got["largest"], ref["largest"])
+
+
 def test_every_example_spec_validates() -> None:
     from gpustream.spec import load_spec
 
     specs = sorted(EXAMPLES.glob("*.yaml"))
-    assert {s.stem for s in specs} >= {"analytics", "iot", "recommendations"}
+    assert {s.stem for s in specs} >= {"analytics", "iot", "recommendations", "fraud"}
     for s in specs:
         load_spec(s)

@@ -110,6 +110,17 @@ BROKEN = [
      r"p.yaml:1: engine: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
     ("source: {type: nexmark, events: 10}\nsteps:\n  - select: [price, nope]\n"
      "sink: {type: console}\n", r"steps\[0\].select: .*'nope'"),
+    ("source: {type: nexmark, events: 10}\ntables:\n  people: {type: nexmark, stream: persons}\n"
+     "steps:\n  - join_table: {table: peple, on: [bidder, id]}\nsink: {type: console}\n",
+     r"p.yaml:3: tables.people.key: is required"),
+    ("source: {type: nexmark, events: 10}\ntables:\n  people: {type: nexmark, stream: persons,"
+     " events: 10, key: id}\nsteps:\n  - join_table: {table: peple, on: [bidder, id]}\n"
+     "sink: {type: console}\n",
+     r"p.yaml:5: steps\[0\].join_table.table: no table 'peple' under tables:; known: people"),
+    ("source: {type: nexmark, events: 10}\ntables:\n  people: {type: nexmark, stream: persons,"
+     " events: 10, key: id}\nsteps:\n  - join_table: {table: people, on: [bidder, name]}\n"
+     "sink: {type: console}\n",
+     r"steps\[0\].join_table: .*keyed by \(id\)"),
 ]
 
 
