@@ -379,6 +379,36 @@ class Batch:
         """
         return self._map(lambda a: a[mask])
 
+    @staticmethod
+    def concat(batches: list[Batch], xp: Any) -> Batch:
+        """Rows of ``batches`` (one schema, one device) one after the other.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> a = Batch.from_arrow(pa.record_batch({"x": [1, None]}))
+        >>> b = Batch.from_arrow(pa.record_batch({"x": [3]}))
+        >>> Batch.concat([a, b], np).to_arrow().to_pydict()
+        {'x': [1, None, 3]}
+        """
+        first = batches[0]
+        if len(batches) == 1:
+            return first
+        columns = {n: xp.concatenate([b[n] for b in batches]) for n in first.column_names}
+        validity = {}
+        for n in first.column_names:
+            vs = [b.validity(n) for b in batches]
+            if any(v is not None for v in vs):
+                validity[n] = xp.concatenate([
+                    v if v is not None else xp.ones(b.num_rows, dtype=bool)
+                    for v, b in zip(vs, batches, strict=True)])
+        wms = [b.watermarks for b in batches]
+        watermarks = xp.concatenate(wms) if all(w is not None for w in wms) else None
+        dictionaries: dict[str, StringDictionary] = {}
+        for b in batches:
+            dictionaries.update(b.dictionaries)
+        return Batch(columns, first.schema, validity, dictionaries, watermarks)
+
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop``, as views.
 

@@ -19,6 +19,7 @@ from gpustream.ingest.source import Source
 from gpustream.metrics import Metrics
 from gpustream.plan import (
     FilterNode,
+    IntervalJoinNode,
     JoinTableNode,
     LateNode,
     Node,
@@ -26,6 +27,7 @@ from gpustream.plan import (
     SourceNode,
     TableNode,
     WindowAggNode,
+    WindowJoinNode,
     WithColumnsNode,
     output_schema,
 )
@@ -351,6 +353,72 @@ class Stream:
                             f"keyed by ({', '.join(table.key)}); on= must name that key, "
                             f"got ({', '.join(right_on)})")
         return self._then(JoinTableNode(self._node, table, left_on, right_on, how))
+
+    def _other(self, other: Stream, what: str) -> None:
+        if not isinstance(other, Stream) or isinstance(other, (KeyedStream, WindowedStream)):
+            raise PlanError(f"step {self._node.step + 1} ({what}): expected another stream "
+                            f"(from Pipeline.source), got {type(other).__name__}")
+        if other._pipeline is not self._pipeline:
+            raise PlanError(f"step {self._node.step + 1} ({what}): the other stream belongs "
+                            "to another pipeline")
+
+    def interval_join(self, other: Stream, on: JoinOn, lower: Duration,
+                      upper: Duration) -> Stream:
+        """Pairs of rows with equal keys where ``other``'s event time is within
+        ``[self.ts + lower, self.ts + upper]`` (Flink's interval join).
+
+        A pair is emitted as soon as its second row arrives. Rows late on their own
+        stream (event time below its watermark) are dropped and counted; a row leaves
+        the state once the join's watermark (the smaller of both inputs') says no row of
+        the other input can match it any more, so state stays bounded.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> bids = p.source(gs.from_arrow({"a": [1, 2, 1], "ts": [100, 400, 900]}),
+        ...                 event_time="ts", name="bids")
+        >>> views = p.source(gs.from_arrow({"a": [1, 2], "ts": [50, 450]}), event_time="ts",
+        ...                  name="views")
+        >>> out = bids.interval_join(views, on="a", lower=-100, upper=100).collect()
+        >>> sorted(out.to_pylist(), key=lambda r: r["ts"])
+        [{'a': 1, 'ts': 100, 'ts_right': 50}, {'a': 2, 'ts': 400, 'ts_right': 450}]
+        """
+        self._other(other, "interval_join")
+        left_on, right_on = join_on(on, f"step {self._node.step + 1} (interval_join)")
+        node = IntervalJoinNode(self._node, other._node, left_on, right_on,
+                                to_millis(lower, what="interval_join lower"),
+                                to_millis(upper, what="interval_join upper"))
+        return self._then(node)
+
+    def window_join(self, other: Stream, on: JoinOn, window: WindowAssigner,
+                    how: str = "inner") -> Stream:
+        """Pairs of rows with equal keys in the same window (Flink's window join),
+        emitted when the join's watermark (the smaller of both inputs') passes the
+        window's end; the window's rows are dropped then. Output: both sides' columns,
+        then ``window_start`` and ``window_end``. Sessions are formed from both inputs'
+        rows of a key together.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> bids = p.source(gs.from_arrow({"a": [1, 1, 2], "ts": [100, 1900, 400]}),
+        ...                 event_time="ts", name="bids")
+        >>> views = p.source(gs.from_arrow({"a": [1, 2], "ts": [700, 1400]}), event_time="ts",
+        ...                  name="views")
+        >>> bids.window_join(views, on="a", window=gs.Tumbling(1000)).collect().to_pydict()
+        {'a': [1], 'ts': [100], 'ts_right': [700], 'window_start': [0], 'window_end': [1000]}
+        """
+        self._other(other, "window_join")
+        where = f"step {self._node.step + 1} (window_join)"
+        if how != "inner":
+            raise PlanError(f"{where}: how={how!r}: window joins are inner joins")
+        if not isinstance(window, WindowAssigner):
+            raise PlanError(f"{where}: window= takes gs.Tumbling, gs.Sliding or gs.Session, "
+                            f"got {window!r}")
+        left_on, right_on = join_on(on, where)
+        return self._then(WindowJoinNode(self._node, other._node, left_on, right_on, window))
 
     def with_columns(
         self, exprs: Mapping[str, Expr | Any] | None = None, **named: Expr | Any

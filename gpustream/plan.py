@@ -260,6 +260,118 @@ class JoinTableNode(Node):
         return f"{self.how} join table {self.table.name!r} on {on}"
 
 
+@dataclass(frozen=True, eq=False)
+class IntervalJoinNode(Node):
+    """Pairs of rows with equal keys and ``right.ts - left.ts`` in ``[lower, upper]``."""
+
+    left: Node
+    right: Node
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    lower_ms: int
+    upper_ms: int
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "interval_join"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+    def detail(self) -> str:
+        on = ", ".join(f"{a}={b}" for a, b in zip(self.left_on, self.right_on, strict=True))
+        return f"on {on}, right.ts - left.ts in [{self.lower_ms}ms, {self.upper_ms}ms]"
+
+
+@dataclass(frozen=True, eq=False)
+class WindowJoinNode(Node):
+    """Pairs of rows with equal keys in the same window, when the window fires."""
+
+    left: Node
+    right: Node
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    assigner: WindowAssigner
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "window_join"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+    def detail(self) -> str:
+        on = ", ".join(f"{a}={b}" for a, b in zip(self.left_on, self.right_on, strict=True))
+        return f"on {on}, {self.assigner.describe()}"
+
+
+def stream_event_time(node: Node, where: str) -> tuple[SourceNode, str, pa.DataType]:
+    """The source, event-time column and type of the stream ``node`` produces (a chain
+    of one-input steps down to a source that has an event time)."""
+    n = node
+    while not isinstance(n, SourceNode):
+        if len(n.inputs) != 1:
+            raise PlanError(f"{where}: joining the output of another join is not supported yet")
+        if isinstance(n, WindowAggNode):
+            raise PlanError(f"{where}: joining windowed aggregates is not supported yet; "
+                            "join the streams first")
+        n = n.inputs[0]
+    if n.event_time is None:
+        raise PlanError(f"{where}: both inputs need an event time: pass event_time= to "
+                        f"Pipeline.source for {n.name!r}")
+    return n, n.event_time, n.source.schema().field(n.event_time).type
+
+
+def _two_input_schema(n: IntervalJoinNode | WindowJoinNode, left: pa.Schema,
+                      right: pa.Schema) -> pa.Schema:
+    where = n.label
+    lsrc, lts, ltype = stream_event_time(n.left, where)
+    rsrc, rts, rtype = stream_event_time(n.right, where)
+    if lsrc is rsrc:
+        raise PlanError(f"{where}: joining a stream with itself is not supported; join two "
+                        "sources")
+    if ltype != rtype and not (pa.types.is_integer(ltype) and pa.types.is_integer(rtype)):
+        raise PlanError(f"{where}: the inputs' event times differ in type ({ltype} and "
+                        f"{rtype}); read both in one unit")
+    for side, ts, schema in (("left", lts, left), ("right", rts, right)):
+        if ts not in schema.names:
+            raise PlanError(f"{where}: the {side} input dropped its event-time column {ts!r}")
+    cols = join_columns(where, left, right, n.left_on, n.right_on)
+    fields = list(left) + [pa.field(o, right.field(r).type) for r, o in cols]
+    if isinstance(n, WindowJoinNode):
+        for name in ("window_start", "window_end"):
+            if name in [f.name for f in fields]:
+                raise PlanError(f"{where}: an input has a column {name!r}, which the window "
+                                "join adds; rename it first")
+        a = n.assigner
+        if isinstance(a, (Tumbling, Sliding)):
+            to_event_units(a.size_ms, ltype, f"{where} window size")
+            to_event_units(a.slide_ms if isinstance(a, Sliding) else a.size_ms, ltype,
+                           f"{where} window slide")
+            to_event_units(a.offset_ms, ltype, f"{where} window offset")
+        elif isinstance(a, Session):
+            to_event_units(a.gap_ms, ltype, f"{where} session gap")
+        else:
+            raise PlanError(f"{where}: {a!r} is not a window; use gs.Tumbling, gs.Sliding or "
+                            "gs.Session")
+        fields += [pa.field("window_start", ltype), pa.field("window_end", ltype)]
+    else:
+        if n.lower_ms > n.upper_ms:
+            raise PlanError(f"{where}: lower ({n.lower_ms} ms) is above upper "
+                            f"({n.upper_ms} ms)")
+        to_event_units(n.lower_ms, ltype, f"{where} lower")
+        to_event_units(n.upper_ms, ltype, f"{where} upper")
+    return pa.schema(fields)
+
+
 def _key_kind(t: pa.DataType) -> str | None:
     if pa.types.is_integer(t):
         return "integer"
@@ -433,6 +545,8 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
             memo[id(n)] = window_output_schema(n, memo[id(n.input)])
         elif isinstance(n, LateNode):
             memo[id(n)] = memo[id(n.input.input)]
+        elif isinstance(n, (IntervalJoinNode, WindowJoinNode)):
+            memo[id(n)] = _two_input_schema(n, memo[id(n.left)], memo[id(n.right)])
         elif isinstance(n, JoinTableNode):
             left = memo[id(n.input)]
             right = n.table.schema()
@@ -460,7 +574,8 @@ def event_time_of(node: Node) -> tuple[SourceNode, pa.DataType]:
     n = node.inputs[0]
     while not isinstance(n, SourceNode):
         if len(n.inputs) != 1:
-            raise PlanError(f"{where}: windows over joined streams arrive with issue 6")
+            raise PlanError(f"{where}: windows over the output of interval or window joins "
+                            "are not supported yet")
         chain.append(n)
         n = n.inputs[0]
     src = n

@@ -12,16 +12,20 @@ from gpustream.errors import PlanError
 from gpustream.operators import FilterOp, Operator, ProjectOp
 from gpustream.plan import (
     FilterNode,
+    IntervalJoinNode,
     JoinTableNode,
     LateNode,
     Node,
     SelectNode,
     SourceNode,
     WindowAggNode,
+    WindowJoinNode,
     WithColumnsNode,
     event_time_of,
+    join_columns,
     lineage,
     output_schema,
+    stream_event_time,
     to_event_units,
 )
 from gpustream.sinks import Sink
@@ -44,6 +48,8 @@ class PhysicalNode:
     sinks: list[Sink] = field(default_factory=list)
     #: side outputs (e.g. ``late``) -> the nodes they feed
     side: dict[str, list[PhysicalNode]] = field(default_factory=dict)
+    #: id(child) -> the input port of the child this node feeds (0 but for a join's right)
+    ports: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +115,8 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
         from gpustream.operators.lookup import LookupJoinOp
 
         return LookupJoinOp(node, memo[id(node.input)], schema, backend)
+    if isinstance(node, (IntervalJoinNode, WindowJoinNode)):
+        return _two_stream_join(node, schema, backend, memo)
     if isinstance(node, FilterNode):
         return FilterOp(node.predicate, xp)
     if isinstance(node, WithColumnsNode):
@@ -116,6 +124,36 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
     if isinstance(node, SelectNode):
         return ProjectOp(node.exprs, schema, False, xp)
     raise PlanError(f"{node.label}: no physical operator for {type(node).__name__}")
+
+
+def _two_stream_join(node: IntervalJoinNode | WindowJoinNode, schema: pa.Schema,
+                     backend: Backend, memo: dict[int, pa.Schema]) -> Operator:
+    from gpustream.operators.join import IntervalJoinOp, JoinSpec, WindowJoinOp, string_key_flags
+
+    where = node.label
+    left, right = memo[id(node.left)], memo[id(node.right)]
+    lsrc, lts, ltype = stream_event_time(node.left, where)
+    rsrc, rts, _ = stream_event_time(node.right, where)
+    idle = tuple(None if s.watermark is None or s.watermark.idleness_ms is None
+                 else s.watermark.idleness_ms / 1e3 for s in (lsrc, rsrc))
+    spec = JoinSpec(node.left_on, node.right_on, lts, rts,
+                    tuple(join_columns(where, left, right, node.left_on, node.right_on)),
+                    schema, string_key_flags(left, node.left_on), idle)  # type: ignore[arg-type]
+    if isinstance(node, IntervalJoinNode):
+        return IntervalJoinOp(spec, to_event_units(node.lower_ms, ltype, where),
+                              to_event_units(node.upper_ms, ltype, where), backend)
+    a = node.assigner
+    size = slide = offset = gap = 0
+    if isinstance(a, Tumbling):
+        size = slide = to_event_units(a.size_ms, ltype, where)
+        offset = to_event_units(a.offset_ms, ltype, where) % slide
+    elif isinstance(a, Sliding):
+        size = to_event_units(a.size_ms, ltype, where)
+        slide = to_event_units(a.slide_ms, ltype, where)
+        offset = to_event_units(a.offset_ms, ltype, where) % slide
+    elif isinstance(a, Session):
+        gap = to_event_units(a.gap_ms, ltype, where)
+    return WindowJoinOp(spec, size, slide, offset, gap, backend)
 
 
 def build_physical(targets: list[tuple[Node, Sink]], backend: Backend) -> PhysicalPlan:
@@ -141,11 +179,15 @@ def build_physical(targets: list[tuple[Node, Sink]], backend: Backend) -> Physic
                 continue
             pn = PhysicalNode(n, _operator(n, memo[id(n)], backend, memo), memo[id(n)])
             phys[id(n)] = pn
-            for parent in n.inputs:
+            for port, parent in enumerate(n.inputs):
                 if isinstance(n, LateNode):
                     phys[id(parent)].side.setdefault("late", []).append(pn)
                 else:
+                    if id(pn) in phys[id(parent)].ports:
+                        raise PlanError(f"{n.label}: joining a stream with itself is not "
+                                        "supported; join two sources")
                     phys[id(parent)].children.append(pn)
+                    phys[id(parent)].ports[id(pn)] = port
             if isinstance(n, SourceNode):
                 sources.append(pn)
     sinks = []

@@ -17,6 +17,7 @@ from gpustream.ingest.source import SourceBatch
 from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
 from gpustream.metrics import Metrics
+from gpustream.operators.base import WATERMARK_END, TwoInputOperator
 from gpustream.plan import SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
 from gpustream.sinks import DeadLetterSink, write_batch
@@ -26,7 +27,6 @@ __all__ = ["RunStats", "execute"]
 
 log = logging.getLogger("gpustream")
 
-WATERMARK_END = 2**63 - 1  # a bounded source that ends advances its watermark to +infinity
 
 
 @dataclass
@@ -83,8 +83,11 @@ class _Runner:
         self.stats = stats
         self.sink_names = {id(s): f"{i}: {s.describe()}" for i, (_, s) in enumerate(plan.sinks)}
 
-    def push(self, pn: PhysicalNode, batch: Batch) -> None:
-        for out in pn.op.process(batch):
+    def push(self, pn: PhysicalNode, batch: Batch, port: int = 0) -> None:
+        op = pn.op
+        outs = op.process_port(port, batch) if isinstance(op, TwoInputOperator) else \
+            op.process(batch)
+        for out in outs:
             self.emit(pn, out)
         self.drain(pn)
 
@@ -95,13 +98,25 @@ class _Runner:
                 for b in batches:
                     self.emit(child, b)
 
-    def advance(self, pn: PhysicalNode, watermark: int) -> None:
-        """The stream's watermark moved: let every operator below fire what is due."""
-        for out in pn.op.on_watermark(watermark):
-            self.emit(pn, out)
-        self.drain(pn)
+    def advance(self, pn: PhysicalNode, watermark: int, port: int = 0) -> None:
+        """The stream's watermark moved: let every operator below fire what is due.
+
+        An operator with two inputs passes on the smaller of its inputs' watermarks,
+        and only when that one moved."""
+        if isinstance(pn.op, TwoInputOperator):
+            outs, combined = pn.op.input_watermark(port, watermark)
+            for out in outs:
+                self.emit(pn, out)
+            self.drain(pn)
+            if combined is None:
+                return
+            watermark = combined
+        else:
+            for out in pn.op.on_watermark(watermark):
+                self.emit(pn, out)
+            self.drain(pn)
         for child in pn.children:
-            self.advance(child, watermark)
+            self.advance(child, watermark, pn.ports.get(id(child), 0))
 
     def emit(self, pn: PhysicalNode, batch: Batch) -> None:
         if not batch.num_rows:
@@ -112,16 +127,32 @@ class _Runner:
             key = self.sink_names[id(sink)]
             self.stats.rows_out_by_sink[key] = self.stats.rows_out_by_sink.get(key, 0) + batch.num_rows
         for child in pn.children:
-            self.push(child, batch)
+            self.push(child, batch, pn.ports.get(id(child), 0))
 
-    def end(self, pn: PhysicalNode) -> None:
-        """An input ended: fire everything (+infinity watermark), flush, and pass it on."""
-        for out in pn.op.on_watermark(WATERMARK_END):
-            self.emit(pn, out)
+    def end(self, pn: PhysicalNode, port: int = 0) -> None:
+        """An input ended: fire everything (+infinity watermark), flush, and pass it on.
+
+        An operator with two inputs ends when both have; before that, the end of one
+        only moves its watermark."""
+        if isinstance(pn.op, TwoInputOperator):
+            outs, combined, done = pn.op.input_ended(port)
+            for out in outs:
+                self.emit(pn, out)
+            self.drain(pn)
+            if not done:
+                if combined is not None:
+                    for child in pn.children:
+                        self.advance(child, combined, pn.ports.get(id(child), 0))
+                return
+        else:
+            for out in pn.op.on_watermark(WATERMARK_END):
+                self.emit(pn, out)
         for out in pn.op.finish():
             self.emit(pn, out)
         self.drain(pn)
-        for child in [*pn.children, *(c for cs in pn.side.values() for c in cs)]:
+        for child in pn.children:
+            self.end(child, pn.ports.get(id(child), 0))
+        for child in (c for cs in pn.side.values() for c in cs):
             self.end(child)
 
     def collect_counters(self, pn: PhysicalNode, seen: set[int]) -> None:

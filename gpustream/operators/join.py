@@ -1,0 +1,390 @@
+"""Joins of two streams: ``interval_join`` and ``window_join`` (DESIGN.md section 3).
+
+Both buffer each input's rows on the device and pair them by key with a hash join: rows
+are grouped by the 64-bit hash of their key words (:func:`gpustream.kernels.hashing.
+hash_rows`), the buffer sorted by it, each probe row's candidates found by binary search,
+expanded by the count-then-write kernel (:func:`gpustream.kernels.join.expand_pairs`,
+skew-balanced on the GPU) in chunks of bounded size, and kept when their key words are
+equal and their times fit. No per-row Python.
+
+Lateness is decided per event from the row's own stream (its watermark as of its
+arrival), and state is evicted by the join's watermark (the smaller of its inputs'),
+so the pairs found never depend on how the streams are cut into batches or interleave.
+String keys are compared through one dictionary owned by the join.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from gpustream.backend import Backend
+from gpustream.batch import Batch
+from gpustream.ingest.dictionary import StringDictionary
+from gpustream.kernels.hashing import hash_rows, widen_keys
+from gpustream.kernels.join import expand_pairs
+from gpustream.operators.base import TwoInputOperator
+
+__all__ = ["IntervalJoinOp", "JoinSpec", "WindowJoinOp"]
+
+#: candidates expanded at once (bounds the memory of a skewed key's pairs)
+CHUNK_PAIRS = 1 << 22
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """The physical description of a two-stream join, in event-time units."""
+
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    left_ts: str
+    right_ts: str
+    right_cols: tuple[tuple[str, str], ...]  # (right name, output name)
+    schema: pa.Schema
+    string_keys: tuple[bool, ...]
+    idleness_s: tuple[float | None, float | None] = (None, None)
+
+
+@dataclass
+class _Rows:
+    """Buffered rows of one input: columns, validity, key words, key hashes, times."""
+
+    batch: Batch
+    keys: Any   # uint64[K, n]
+    hashes: Any  # uint64[n]
+    ts: Any     # int64[n]
+
+
+class _JoinBase(TwoInputOperator):
+    def __init__(self, spec: JoinSpec, backend: Backend) -> None:
+        super().__init__(spec.idleness_s)
+        self.spec = spec
+        self.backend = backend
+        self.xp = backend.xp
+        self.on_device = backend.is_device
+        self.dicts = [StringDictionary() for _ in spec.left_on]
+        self._maps: dict[tuple[int, int], tuple[int, Any]] = {}
+        self.late_events = 0
+        self.out_dicts: dict[str, StringDictionary] = {}
+
+    # -- keys -----------------------------------------------------------------------------
+    def _codes(self, c: int, stream: StringDictionary, codes: Any) -> Any:
+        """A stream's codes of string key ``c`` in the join's own dictionary."""
+        known, mapping = self._maps.get((c, id(stream)), (0, None))
+        if mapping is None or known < len(stream):
+            new, _ = self.dicts[c].encode(stream.values[known:])
+            host = new.astype(np.int64) if mapping is None else np.concatenate(
+                [self.backend.to_host(mapping)[:known], new.astype(np.int64)])
+            mapping = self.backend.to_device(host if len(host) else np.zeros(1, np.int64))
+            self._maps[(c, id(stream))] = (len(stream), mapping)
+        return mapping[codes]
+
+    def _rows(self, port: int, batch: Batch) -> _Rows | None:
+        """The batch's on-time rows with a full key, ready to buffer or probe."""
+        xp = self.xp
+        names = self.spec.left_on if port == 0 else self.spec.right_on
+        ts_name = self.spec.left_ts if port == 0 else self.spec.right_ts
+        keep = self._on_time(batch, batch[ts_name])
+        for name in names:
+            v = batch.validity(name)
+            if v is not None:
+                keep = keep & v
+        tv = batch.validity(ts_name)
+        if tv is not None:
+            keep = keep & tv
+        if not bool(keep.all()):
+            batch = batch.filter(keep)
+        if batch.num_rows == 0:
+            return None
+        cols = []
+        for c, name in enumerate(names):
+            values = batch[name]
+            if self.spec.string_keys[c]:
+                values = self._codes(c, batch.dictionaries[name], values)
+            cols.append(values)
+        keys = widen_keys(cols, xp)
+        for name, d in batch.dictionaries.items():
+            out = name if port == 0 else dict(self.spec.right_cols).get(name)
+            if out is not None:
+                self.out_dicts[out] = d
+        return _Rows(batch, keys, hash_rows(keys, self.on_device), batch[ts_name])
+
+    def _on_time(self, batch: Batch, ts: Any) -> Any:
+        raise NotImplementedError
+
+    # -- pairing --------------------------------------------------------------------------
+    def _pairs(self, probe: _Rows, build: _Rows, fits: Any) -> list[tuple[Any, Any]]:
+        """(probe row, build row) index pairs with equal keys for which ``fits(p, b)``."""
+        xp = self.xp
+        order = xp.argsort(build.hashes, kind="stable")
+        sorted_h = build.hashes[order]
+        lo = xp.searchsorted(sorted_h, probe.hashes, side="left")
+        hi = xp.searchsorted(sorted_h, probe.hashes, side="right")
+        counts = (hi - lo).astype(np.int64)
+        out: list[tuple[Any, Any]] = []
+        total_before = xp.cumsum(counts)
+        n = counts.shape[0]
+        start = 0
+        while start < n:  # chunks of probe rows with at most CHUNK_PAIRS candidates
+            base = int(total_before[start - 1]) if start else 0
+            stop = int(xp.searchsorted(total_before, base + CHUNK_PAIRS, side="right"))
+            stop = max(stop, start + 1)
+            p, pos = expand_pairs(counts[start:stop], lo[start:stop], self.on_device)
+            p = p + start
+            b = order[pos]
+            same = xp.all(probe.keys[:, p] == build.keys[:, b], axis=0)
+            ok = same & fits(p, b)
+            out.append((p[ok], b[ok]))
+            start = stop
+        return out
+
+    def _emit(self, left: Batch, li: Any, right: Batch, ri: Any,
+              extra: dict[str, Any] | None = None) -> Batch:
+        columns: dict[str, Any] = {}
+        validity: dict[str, Any] = {}
+        for name in left.column_names:
+            columns[name] = left[name][li]
+            v = left.validity(name)
+            validity[name] = None if v is None else v[li]
+        for r, o in self.spec.right_cols:
+            columns[o] = right[r][ri]
+            v = right.validity(r)
+            validity[o] = None if v is None else v[ri]
+        for name, values in (extra or {}).items():
+            columns[name] = values
+        dicts = {k: v for k, v in self.out_dicts.items() if k in columns}
+        return Batch(columns, self.spec.schema, validity, dicts)
+
+
+def _concat(a: _Rows | None, b: _Rows | None, xp: Any) -> _Rows | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    batch = Batch.concat([a.batch, b.batch], xp)
+    return _Rows(batch, xp.concatenate([a.keys, b.keys], axis=1),
+                 xp.concatenate([a.hashes, b.hashes]), xp.concatenate([a.ts, b.ts]))
+
+
+def _take(rows: _Rows, keep: Any) -> _Rows | None:
+    if not bool(keep.any()):
+        return None
+    return _Rows(rows.batch.filter(keep), rows.keys[:, keep], rows.hashes[keep], rows.ts[keep])
+
+
+class IntervalJoinOp(_JoinBase):
+    """Pairs with ``right.ts`` in ``[left.ts + lower, left.ts + upper]``, emitted as soon as
+    the second of the two arrives; a row leaves the state once no future row of the other
+    input can match it (the join's watermark has passed its range)."""
+
+    def __init__(self, spec: JoinSpec, lower: int, upper: int, backend: Backend) -> None:
+        super().__init__(spec, backend)
+        self.lower, self.upper = lower, upper
+        self.state: list[_Rows | None] = [None, None]
+
+    def _on_time(self, batch: Batch, ts: Any) -> Any:
+        wm = batch.watermarks
+        late = ts < wm if wm is not None else self.xp.zeros(batch.num_rows, dtype=bool)
+        self.late_events += int(late.sum())
+        return ~late
+
+    def process_port(self, port: int, batch: Batch) -> list[Batch]:
+        self.seen(port)
+        rows = self._rows(port, batch)
+        if rows is None:
+            return []
+        other = self.state[1 - port]
+        out = []
+        if other is not None:
+            if port == 0:  # probe: left rows; build: buffered right rows
+                def fits(p: Any, b: Any) -> Any:
+                    d = other.ts[b] - rows.ts[p]
+                    return (d >= self.lower) & (d <= self.upper)
+            else:
+                def fits(p: Any, b: Any) -> Any:
+                    d = rows.ts[p] - other.ts[b]
+                    return (d >= self.lower) & (d <= self.upper)
+            for p, b in self._pairs(rows, other, fits):
+                if p.shape[0]:
+                    if port == 0:
+                        out.append(self._emit(rows.batch, p, other.batch, b))
+                    else:
+                        out.append(self._emit(other.batch, b, rows.batch, p))
+        self.state[port] = _concat(self.state[port], rows, self.xp)
+        return out
+
+    def on_watermark(self, watermark: int) -> list[Batch]:
+        left, right = self.state
+        if left is not None:  # future right rows have ts >= watermark
+            self.state[0] = _take(left, left.ts + self.upper >= watermark)
+        if right is not None:  # future left rows have ts >= watermark
+            self.state[1] = _take(right, right.ts - self.lower >= watermark)
+        return []
+
+    @property
+    def buffered(self) -> int:
+        """Rows held in state, both inputs."""
+        return sum(0 if s is None else s.batch.num_rows for s in self.state)
+
+
+class WindowJoinOp(_JoinBase):
+    """Every pair with equal keys in the same window (tumbling, sliding, or sessions
+    formed by both inputs' rows together), emitted when the join's watermark passes the
+    window's end; the window's rows are dropped then."""
+
+    def __init__(self, spec: JoinSpec, size: int, slide: int, offset: int, gap: int,
+                 backend: Backend) -> None:
+        super().__init__(spec, backend)
+        self.size, self.slide, self.offset, self.gap = size, slide, offset, gap
+        self.state: list[_Rows | None] = [None, None]
+        self.starts: list[Any] = [None, None]  # per buffered assignment: its window start
+
+    def _on_time(self, batch: Batch, ts: Any) -> Any:
+        xp = self.xp
+        wm = batch.watermarks
+        if wm is None:
+            return xp.ones(batch.num_rows, dtype=bool)
+        if self.gap:  # sessions: a row below its stream's watermark (it could otherwise
+            late = ts < wm  # join a session that has already fired)
+        else:  # the last window of the row has fired
+            last = ts - (ts - self.offset) % self.slide
+            late = last + self.size <= wm
+        self.late_events += int(late.sum())
+        return ~late
+
+    def process_port(self, port: int, batch: Batch) -> list[Batch]:
+        self.seen(port)
+        rows = self._rows(port, batch)
+        if rows is None:
+            return []
+        xp = self.xp
+        if self.gap:
+            self.state[port] = _concat(self.state[port], rows, xp)
+            return []
+        nwin = self.size // self.slide
+        last = rows.ts - (rows.ts - self.offset) % self.slide
+        wm = rows.batch.watermarks
+        for j in range(nwin):  # one assignment per (row, window) that has not fired
+            start = last - j * self.slide
+            keep = start + self.size > wm if wm is not None else xp.ones_like(start, dtype=bool)
+            part = _take(rows, keep)
+            if part is None:
+                continue
+            self.state[port] = _concat(self.state[port], part, xp)
+            self.starts[port] = start[keep] if self.starts[port] is None else \
+                xp.concatenate([self.starts[port], start[keep]])
+        return []
+
+    def on_watermark(self, watermark: int) -> list[Batch]:
+        if self.gap:
+            return self._fire_sessions(watermark)
+        left, right = self.state
+        if left is None or right is None:
+            self._drop_fired(watermark)
+            return []
+        xp = self.xp
+        ls, rs = self.starts
+        lf = ls + self.size <= watermark
+        rf = rs + self.size <= watermark
+        out = []
+        if bool(lf.any()) and bool(rf.any()):
+            lt = _take(left, lf)
+            rt = _take(right, rf)
+            assert lt is not None and rt is not None
+            lst, rst = ls[lf], rs[rf]
+            # the window start is part of the key: hash it in
+            lk = _Rows(lt.batch, xp.concatenate([lt.keys, lst.view(np.uint64)[None, :]]),
+                       hash_rows(xp.concatenate([lt.keys, lst.view(np.uint64)[None, :]]),
+                                 self.on_device), lt.ts)
+            rk = _Rows(rt.batch, xp.concatenate([rt.keys, rst.view(np.uint64)[None, :]]),
+                       hash_rows(xp.concatenate([rt.keys, rst.view(np.uint64)[None, :]]),
+                                 self.on_device), rt.ts)
+            for p, b in self._pairs(lk, rk, lambda p, b: xp.ones(p.shape[0], dtype=bool)):
+                if p.shape[0]:
+                    out.append(self._emit(lt.batch, p, rt.batch, b, {
+                        "window_start": lst[p], "window_end": lst[p] + self.size}))
+        self._drop_fired(watermark)
+        return out
+
+    def _drop_fired(self, watermark: int) -> None:
+        for side in (0, 1):
+            rows, starts = self.state[side], self.starts[side]
+            if rows is None:
+                continue
+            keep = starts + self.size > watermark
+            self.state[side] = _take(rows, keep)
+            self.starts[side] = starts[keep] if self.state[side] is not None else None
+
+    def _fire_sessions(self, watermark: int) -> list[Batch]:
+        """Sessions over both inputs' rows of a key: a new one starts where consecutive
+        rows are ``gap`` or more apart; a session whose end (last + gap) the watermark
+        has reached fires, pairing its left rows with its right rows."""
+        xp = self.xp
+        left, right = self.state
+        if left is None and right is None:
+            return []
+        parts = [r for r in (left, right) if r is not None]
+        h = xp.concatenate([r.hashes for r in parts])
+        keys = xp.concatenate([r.keys for r in parts], axis=1)
+        ts = xp.concatenate([r.ts for r in parts])
+        # order by key (hash, then words) and time
+        order = xp.lexsort(xp.stack([ts, *[keys[c] for c in range(keys.shape[0] - 1, -1, -1)], h]))
+        sk, sts = keys[:, order], ts[order]
+        new_key = xp.ones(order.shape[0], dtype=bool)
+        new_key[1:] = xp.any(sk[:, 1:] != sk[:, :-1], axis=0)
+        new_sess = new_key.copy()
+        new_sess[1:] |= (sts[1:] - sts[:-1]) >= self.gap
+        sid_sorted = xp.cumsum(new_sess) - 1
+        nsess = int(sid_sorted[-1]) + 1
+        first = xp.full(nsess, np.iinfo(np.int64).max, dtype=np.int64)
+        last_t = xp.full(nsess, np.iinfo(np.int64).min, dtype=np.int64)
+        if isinstance(first, np.ndarray):
+            np.minimum.at(first, sid_sorted, sts)
+            np.maximum.at(last_t, sid_sorted, sts)
+        else:
+            import cupyx
+
+            cupyx.scatter_min(first, sid_sorted, sts)
+            cupyx.scatter_max(last_t, sid_sorted, sts)
+        sid = xp.empty_like(sid_sorted)
+        sid[order] = sid_sorted
+        fired = last_t + self.gap <= watermark
+        row_fired = fired[sid]
+        out = []
+        n_left = 0 if left is None else left.ts.shape[0]
+        if left is not None and right is not None and bool(row_fired.any()):
+            lsid, rsid = sid[:n_left], sid[n_left:]
+            lf, rf = row_fired[:n_left], row_fired[n_left:]
+            lt, rt = _take(left, lf), _take(right, rf)
+            if lt is not None and rt is not None:
+                lsv = lsid[lf].astype(np.int64)
+                rsv = rsid[rf].astype(np.int64)
+                lk = _Rows(lt.batch, lsv.view(np.uint64)[None, :],
+                           hash_rows(lsv.view(np.uint64)[None, :], self.on_device), lt.ts)
+                rk = _Rows(rt.batch, rsv.view(np.uint64)[None, :],
+                           hash_rows(rsv.view(np.uint64)[None, :], self.on_device), rt.ts)
+                for p, b in self._pairs(lk, rk, lambda p, b: xp.ones(p.shape[0], dtype=bool)):
+                    if p.shape[0]:
+                        s = lsv[p]
+                        out.append(self._emit(lt.batch, p, rt.batch, b, {
+                            "window_start": first[s], "window_end": last_t[s] + self.gap}))
+        if left is not None:
+            self.state[0] = _take(left, ~row_fired[:n_left])
+        if right is not None:
+            self.state[1] = _take(right, ~row_fired[n_left:])
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Row assignments held in state, both inputs."""
+        return sum(0 if s is None else s.batch.num_rows for s in self.state)
+
+
+def string_key_flags(left: pa.Schema, on: tuple[str, ...]) -> tuple[bool, ...]:
+    """Which key columns are strings (compared by the join's dictionary codes)."""
+    return tuple(bool(pa.types.is_string(left.field(n).type)
+                      or pa.types.is_large_string(left.field(n).type)) for n in on)
+
