@@ -90,8 +90,8 @@ class RedisStreamSink(Sink):
     def write(self, batch: pa.RecordBatch) -> None:
         pipe = self.client.pipeline(transaction=False)
         for row in _plain(batch).to_pylist():
-            fields = {k: ("" if v is None else str(v)) for k, v in row.items()}
-            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+            fields = {k: str(v) for k, v in row.items() if v is not None}  # absent: null
+            pipe.xadd(self.stream, fields or {"_": ""}, maxlen=self.maxlen, approximate=True)
         pipe.execute()
 
     def close(self) -> None:
@@ -123,7 +123,8 @@ def to_kafka(topic: str, bootstrap: str, format: str = "json",
 
 
 def to_redis_stream(url: str, stream: str, maxlen: int | None = None) -> RedisStreamSink:
-    """Append a stream's rows to a Redis stream (a field per column, values as text).
+    """Append a stream's rows to a Redis stream (a field per column, values as text; a
+    null is an absent field, which ``gs.redis_stream`` reads back as null).
 
     ``maxlen`` caps the stream's length (approximately, ``XADD MAXLEN ~``).
 

@@ -149,6 +149,7 @@ def _dotted(path: tuple[Any, ...]) -> str:
 class _Where:
     def __init__(self, file: str, lines: dict[tuple[Any, ...], int]) -> None:
         self.file, self.lines = file, lines
+        self.base = Path(file).resolve().parent
 
     def line(self, path: tuple[Any, ...]) -> int:
         while path and path not in self.lines:
@@ -402,6 +403,23 @@ def _text(parse: Any, text: Any, path: tuple[Any, ...], where: _Where) -> Any:
         raise where.error(path, msg) from None
 
 
+class WindowJoinSpec(_Model):
+    """``window_join:``: the other stream as a source spec, the key, the window."""
+
+    other: SourceSpec
+    on: str | list[str] | list[list[str]]
+    window: WindowSpec
+
+
+class IntervalJoinSpec(_Model):
+    """``interval_join:``: the other stream as a source spec, the key, the bounds."""
+
+    other: SourceSpec
+    on: str | list[str] | list[list[str]]
+    lower: Duration
+    upper: Duration
+
+
 class JoinTableSpec(_Model):
     """``join_table:``."""
 
@@ -423,9 +441,33 @@ def _step(stream: Any, windowed: Any, kind: str, arg: Any, path: tuple[Any, ...]
           where: _Where, tables: dict[str, Any] | None = None) -> tuple[Any, Any]:
     import gpustream as gs
 
+    if isinstance(arg, dict):  # YAML 1.1 reads a bare `on:` key as true
+        arg = {("on" if k is True else k): v for k, v in arg.items()}
+    if kind in ("window_join", "interval_join"):
+        model: Any = WindowJoinSpec if kind == "window_join" else IntervalJoinSpec
+        try:
+            j2 = model.model_validate(arg)
+        except ValidationError as err:
+            raise _pydantic_error(err, path, where, model) from None
+        o = j2.other
+        wm = gs.Watermark.bounded(o.watermark) if o.watermark is not None else None
+        other = stream.pipeline.source(_source(o, (*path, "other"), where, where.base),
+                                       event_time=o.event_time, watermark=wm, name=o.name)
+        if kind == "interval_join":
+            return stream.interval_join(other, on=_on(j2.on), lower=j2.lower,
+                                        upper=j2.upper), windowed
+        w = j2.window
+        given = [k for k in ("tumbling", "sliding", "session") if getattr(w, k) is not None]
+        if len(given) != 1:
+            raise where.error((*path, "window"), "give exactly one of tumbling, sliding (with "
+                                                 "slide) or session")
+        if w.sliding is not None and w.slide is None:
+            raise where.error((*path, "window", "slide"), "is required with sliding")
+        joined: Any = (gs.Tumbling(w.tumbling, offset=w.offset) if w.tumbling is not None
+                       else gs.Sliding(w.sliding, w.slide or w.sliding, offset=w.offset)
+                       if w.sliding is not None else gs.Session(w.session))
+        return stream.window_join(other, on=_on(j2.on), window=joined), windowed
     if kind == "join_table":
-        if isinstance(arg, dict):  # YAML 1.1 reads a bare `on:` key as true
-            arg = {("on" if k is True else k): v for k, v in arg.items()}
         try:
             j = JoinTableSpec.model_validate(arg)
         except ValidationError as err:

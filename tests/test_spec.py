@@ -277,3 +277,111 @@ def test_late_and_dead_letter_streams_route_to_any_sink(tmp_path: Path) -> None:
     assert dead[0]["raw"] == "not json" and json.loads(dead[0]["offset"])["line"] == 4
     assert pq.read_table(tmp_path / "late.parquet").to_pydict() == {"ts": [2000], "v": [3]}
     assert stats.dead_letters == f"parquet {tmp_path / 'dead.parquet'}"
+
+
+def test_two_stream_joins_in_a_spec_match_the_python_api(tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    for name in ("clicks", "views"):
+        ts = np.sort(rng.integers(0, 20_000, 800))
+        pq.write_table(pa.table({"ts": ts, "user": rng.integers(0, 30, 800),
+                                 "n": np.arange(800)}), tmp_path / f"{name}.parquet")
+    spec = _spec(tmp_path, """\
+        engine: cpu
+        source: {type: parquet, path: clicks.parquet, event_time: ts, watermark: 100ms}
+        steps:
+          - window_join:
+              other: {type: parquet, path: views.parquet, event_time: ts, watermark: 100ms,
+                      name: views}
+              on: user
+              window: {tumbling: 1s}
+        sink: {type: parquet, path: out/pairs.parquet}
+        """)
+    pipeline_from_spec(spec).run()
+    got = pq.read_table(tmp_path / "out" / "pairs.parquet")
+    p = gs.Pipeline(engine="cpu")
+    wm = gs.Watermark.bounded(100)
+    a = p.source(gs.read_parquet(tmp_path / "clicks.parquet"), event_time="ts", watermark=wm)
+    b = p.source(gs.read_parquet(tmp_path / "views.parquet"), event_time="ts", watermark=wm,
+                 name="views")
+    want = a.window_join(b, on="user", window=gs.Tumbling("1s")).collect()
+    key = [("n", "ascending"), ("n_right", "ascending")]
+    assert got.num_rows > 100 and got.sort_by(key).equals(want.sort_by(key))
+    spec = _spec(tmp_path, """\
+        engine: cpu
+        source: {type: parquet, path: clicks.parquet, event_time: ts}
+        steps:
+          - interval_join:
+              other: {type: parquet, path: views.parquet, event_time: ts, name: views}
+              on: [user, user]
+              lower: -200ms
+              upper: 0
+        sink: {type: parquet, path: out/near.parquet}
+        """, "near.yaml")
+    pipeline_from_spec(spec).run()
+    near = pq.read_table(tmp_path / "out" / "near.parquet").to_pylist()
+    assert near and all(-200 <= r["ts_right"] - r["ts"] <= 0 and r["user"] == r["user"]
+                        for r in near)
+
+
+def test_kafka_and_redis_sinks_round_trip_through_real_servers(tmp_path: Path) -> None:
+    from tests.servers import kafka_broker, redis_server
+
+    table = pa.table({"ts": pa.array([1_000, 2_000, 3_000], pa.timestamp("ms")),
+                      "card": ["a", "b", "a"], "amount": [1.5, 2.0, None]})
+    schema = {"ts": "timestamp[ms]", "card": "string", "amount": "float64"}
+    with kafka_broker() as bootstrap:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic("alerts", num_partitions=1,
+                                      replication_factor=1)])["alerts"].result(timeout=20)
+        p = gs.Pipeline(engine="cpu")
+        p.source(gs.from_arrow(table)).sink(gs.to_kafka(
+            "alerts", bootstrap, key="card", config={"batch.num.messages": 1}))
+        p.run()
+        back = [b.data for b in gs.kafka("alerts", bootstrap, schema=schema,
+                                         bounded=True).open()]
+        assert pa.Table.from_batches(back).equals(table)
+    with redis_server() as url:
+        p = gs.Pipeline(engine="cpu")
+        p.source(gs.from_arrow(table)).sink(gs.to_redis_stream(url, "alerts"))
+        p.run()
+        back = [b.data for b in gs.redis_stream(url, "alerts", schema=schema,
+                                                bounded=True).open()]
+        got = pa.Table.from_batches(back)
+        assert got["ts"].equals(table["ts"]) and got["card"].equals(table["card"])
+        assert got["amount"].to_pylist()[:2] == [1.5, 2.0]
+
+
+def test_ctrl_c_stops_a_run_cleanly_with_a_summary(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("".join(
+        json.dumps({"ts": i, "v": i}) + "\n" for i in range(100)))
+    spec = _spec(tmp_path, """\
+        engine: cpu
+        source:
+          type: jsonl
+          path: in
+          follow: true
+          schema: {ts: int64, v: int64}
+          poll_interval: 20ms
+        sink: {type: jsonl, path: out.jsonl}
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "GPUSTREAM_ENGINE"}
+    proc = subprocess.Popen([sys.executable, "-m", "gpustream.cli", "run", str(spec), "--no-live"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "out.jsonl.tmp").exists():
+        time.sleep(0.1)  # the sink writes under a temporary name until it closes
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "100 events in" in out and "(interrupted)" in out.replace("\n", " ")
+    rows = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(rows) == 100  # what was read went through and the sink was closed

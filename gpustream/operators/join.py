@@ -121,8 +121,13 @@ class _JoinBase(TwoInputOperator):
         xp = self.xp
         order = xp.argsort(build.hashes, kind="stable")
         sorted_h = build.hashes[order]
-        lo = xp.searchsorted(sorted_h, probe.hashes, side="left")
-        hi = xp.searchsorted(sorted_h, probe.hashes, side="right")
+        # searching sorted needles walks the build side once instead of jumping about
+        p_order = xp.argsort(probe.hashes)
+        needles = probe.hashes[p_order]
+        lo = xp.empty_like(p_order)
+        hi = xp.empty_like(p_order)
+        lo[p_order] = xp.searchsorted(sorted_h, needles, side="left")
+        hi[p_order] = xp.searchsorted(sorted_h, needles, side="right")
         counts = (hi - lo).astype(np.int64)
         out: list[tuple[Any, Any]] = []
         total_before = xp.cumsum(counts)
