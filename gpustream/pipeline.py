@@ -178,10 +178,16 @@ class Pipeline:
         return self._stream(node, schema)
 
     def table(self, source: Source, key: str | list[str] | tuple[str, ...],
-              name: str | None = None) -> TableNode:
+              name: str | None = None, changelog: Source | None = None,
+              delete_column: str | None = None) -> TableNode:
         """A table for lookup joins (:meth:`Stream.join_table`), read whole from a bounded
         source when the pipeline starts; rows later in the source replace earlier rows of
         the same key.
+
+        ``changelog`` keeps it current: each of its rows replaces the table row of its
+        key (or adds one), or deletes it where ``delete_column`` is true, as it arrives;
+        each event joins the version current at its arrival. It carries the table's
+        columns.
 
         Examples
         --------
@@ -197,8 +203,15 @@ class Pipeline:
         keys = (key,) if isinstance(key, str) else tuple(key)
         if not keys or not all(isinstance(k, str) for k in keys):
             raise PlanError("Pipeline.table: key= must name one or more columns")
-        node = TableNode(source, keys, name or ("table" if not self._tables else
-                                                f"table_{len(self._tables)}"))
+        tname = name or ("table" if not self._tables else f"table_{len(self._tables)}")
+        log = None
+        if changelog is not None:
+            if not isinstance(changelog, Source):
+                raise PlanError(f"Pipeline.table: changelog takes a source, got "
+                                f"{type(changelog).__name__}")
+            log = SourceNode(changelog, None, None, f"{tname} changelog")
+            self._source_names.add(log.name)
+        node = TableNode(source, keys, tname, log, delete_column)
         node.schema()  # checked now: its columns, its key, a bounded source
         self._tables.append(node)
         return node

@@ -218,10 +218,26 @@ class TableNode:
     source: Source
     key: tuple[str, ...]
     name: str
+    #: upserts (and deletes) by key, applied as they arrive
+    changelog: SourceNode | None = None
+    #: a bool column of the changelog: true deletes the key
+    delete_column: str | None = None
 
     def schema(self) -> pa.Schema:
         """The table's columns, checked: the key columns exist and can be keys."""
         schema = self.source.schema()
+        if self.changelog is not None:
+            log = self.changelog.source.schema()
+            for f in schema:
+                if f.name not in log.names or log.field(f.name).type != f.type:
+                    raise PlanError(f"table {self.name!r}: its changelog must carry every "
+                                    f"column of the table with the same type; {f.name!r} "
+                                    f"({f.type}) is missing or differs")
+            if self.delete_column is not None and (
+                    self.delete_column not in log.names
+                    or not pa.types.is_boolean(log.field(self.delete_column).type)):
+                raise PlanError(f"table {self.name!r}: delete_column {self.delete_column!r} "
+                                "must be a bool column of the changelog")
         if not self.source.bounded:
             raise PlanError(f"table {self.name!r}: its source {self.source.describe()} never "
                             "ends; a table is loaded whole from a bounded source")
@@ -253,7 +269,8 @@ class JoinTableNode(Node):
 
     @property
     def inputs(self) -> tuple[Node, ...]:
-        return (self.input,)
+        return (self.input,) if self.table.changelog is None else (self.input,
+                                                                    self.table.changelog)
 
     def detail(self) -> str:
         on = ", ".join(f"{a}={b}" for a, b in zip(self.left_on, self.right_on, strict=True))
@@ -549,6 +566,9 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
             memo[id(n)] = _two_input_schema(n, memo[id(n.left)], memo[id(n.right)])
         elif isinstance(n, JoinTableNode):
             left = memo[id(n.input)]
+            if n.table.changelog is not None and n.table.changelog.event_time is not None:
+                raise PlanError(f"{n.label}: a changelog applies in arrival order; read it "
+                                "without event_time")
             right = n.table.schema()
             if n.how not in ("inner", "left"):
                 raise PlanError(f"{n.label}: how={n.how!r} is not 'inner' or 'left'")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import gpustream as gs
 from gpustream.backend import Backend
 from gpustream.errors import PlanError
+from gpustream.ingest.source import Source, SourceBatch
 from tests.conftest import cudasim_on
 
 
@@ -398,3 +399,48 @@ def test_two_stream_join_errors_are_clear() -> None:
         a.interval_join(a, on="k", lower=0, upper=1)
     with pytest.raises(PlanError, match="window joins are inner joins"):
         a.window_join(c, on="k", window=gs.Tumbling(10), how="left")
+
+
+class _Stepped(Source):
+    """Yields its batches one by one, each after ``wait[i]`` is set; sets ``done[i]`` once
+    the batch is queued (the runtime takes queued batches in order)."""
+
+    def __init__(self, batches: list[pa.RecordBatch], wait: list[object], done: list[object]):
+        self.batches, self.wait, self.done = batches, wait, done
+        self.name = "stepped"
+
+    def schema(self) -> pa.Schema:
+        return self.batches[0].schema
+
+    def open(self, offset: object = None):
+        for i, rb in enumerate(self.batches):
+            if self.wait[i] is not None:
+                assert self.wait[i].wait(30)  # type: ignore[attr-defined]
+            yield SourceBatch(rb, i)
+            if self.done[i] is not None:
+                self.done[i].set()  # type: ignore[attr-defined]
+
+
+def test_a_changelog_keeps_the_table_current_for_later_events() -> None:
+    import threading
+
+    first_out, logged = threading.Event(), threading.Event()
+    p = gs.Pipeline(engine="cpu")
+    table = pa.table({"card": [1, 2, 3], "limit": [100, 200, 300]})
+    log = pa.record_batch({"card": [2, 4, 3, 2], "limit": [250, 400, 0, 260],
+                           "deleted": [False, False, True, False]})
+    cards = p.table(gs.from_arrow(table), key="card",
+                    changelog=_Stepped([log], [first_out], [logged]), delete_column="deleted")
+    stream = _Stepped([pa.record_batch({"card": [1, 2, 3, 4]}),
+                       pa.record_batch({"card": [1, 2, 3, 4]})], [None, logged], [None, None])
+    out: list[pa.RecordBatch] = []
+
+    def seen(rb: pa.RecordBatch) -> None:
+        out.append(rb)
+        first_out.set()  # the first batch went through: now the changelog may arrive
+    p.source(stream).join_table(cards, on="card", how="left").sink(gs.to_callback(seen))
+    p.run()
+    got = [rb.to_pydict()["limit"] for rb in out]
+    # before the changelog: the loaded table; after: 2 updated (last change wins),
+    # 4 added, 3 deleted
+    assert got == [[100, 200, 300, None], [100, 260, None, 400]]

@@ -24,7 +24,7 @@ from gpustream.backend import Backend
 from gpustream.batch import Batch
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.kernels.hashing import widen_keys
-from gpustream.operators.base import Operator
+from gpustream.operators.base import TwoInputOperator
 from gpustream.plan import JoinTableNode, join_columns
 from gpustream.state.table import SlotTable
 
@@ -35,7 +35,7 @@ def _is_string(t: pa.DataType) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
-class LookupJoinOp(Operator):
+class LookupJoinOp(TwoInputOperator):
     """Joins each batch with the table (see the module docstring).
 
     Examples
@@ -50,6 +50,9 @@ class LookupJoinOp(Operator):
 
     def __init__(self, node: JoinTableNode, left: pa.Schema, schema: pa.Schema,
                  backend: Backend) -> None:
+        super().__init__()
+        if node.table.changelog is None:
+            self.ended[1] = True  # one input: the stream
         self.node = node
         self.schema = schema
         self.backend = backend
@@ -59,45 +62,54 @@ class LookupJoinOp(Operator):
         self.columns = join_columns(node.label, left, right, node.left_on, node.right_on)
         self.string_keys = [_is_string(right.field(r).type) for r in node.right_on]
         self.dicts: dict[str, StringDictionary] = {}
-        self._maps: dict[int, tuple[Any, Any]] = {}
+        self._maps: dict[int, tuple[int, int, Any]] = {}
         self._load(right)
 
     def _load(self, right: pa.Schema) -> None:
-        """Read the table, build the hash table on the host, move it to the device."""
-        batches = [Batch.from_arrow(sb.data, self.dicts) for sb in self.node.table.source.open()
-                   if sb.data.num_rows]
-        if not batches:  # an empty table: typed, zero rows
-            empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in right], schema=right)
-            batches = [Batch.from_arrow(empty, self.dicts)]
-        names = right.names
-        data = {n: np.concatenate([b[n] for b in batches]) for n in names}
-        valid = {n: np.concatenate([_valid(b, n) for b in batches]) for n in names}
-        n = len(data[names[0]])
+        """Read the table and apply its rows as upserts (the last row of a key wins)."""
+        self.names = right.names
+        self.key_words = len(self.node.right_on)
+        self.table = SlotTable(self.key_words, self.xp, on_device=self.backend.is_device)
+        self.table.add_column("row", np.int64, -1)  # slot -> row of the table's columns
+        empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in right], schema=right)
+        first = Batch.from_arrow(empty, self.dicts)
+        self.data = {r: self.backend.to_device(first[r]) for r, _ in self.columns}
+        self.valid = {r: self.backend.to_device(np.ones(0, dtype=bool)) for r, _ in self.columns}
+        self.rows = 0
+        for sb in self.node.table.source.open():
+            if sb.data.num_rows:
+                self._apply(sb.data)
+
+    def _apply(self, rb: pa.RecordBatch, deletes: Any = None) -> None:
+        """Upsert (or, where ``deletes``, delete) the rows of ``rb`` by key, in order."""
+        xp = self.xp
+        b = Batch.from_arrow(rb.select(self.names), self.dicts)  # strings: the table's codes
+        n = b.num_rows
         ok = np.ones(n, dtype=bool)
         for k in self.node.right_on:
-            ok &= valid[k]
+            ok &= _valid(b, k)
+        keys = widen_keys([np.asarray(b[k]) for k in self.node.right_on], np)
         rows = np.flatnonzero(ok).astype(np.int64)
-        host = SlotTable(len(self.node.right_on), np, on_device=False, capacity=2 * max(n, 1))
-        keys = widen_keys([data[k] for k in self.node.right_on], np)
-        slots, _ = host.upsert(keys, rows)
-        slot_row = np.full(host.capacity, -1, dtype=np.int64)
-        np.maximum.at(slot_row, slots[rows], rows)  # the last row of a key wins
         to_device = self.backend.to_device
-        if self.backend.is_device:
-            self.table = SlotTable(host.key_words, self.xp, on_device=True,
-                                   capacity=host.capacity)
-            self.table.arrays = tuple(to_device(a) for a in host.arrays)
-        else:
-            self.table = host
-        self.slot_row = to_device(slot_row)
-        self.data = {r: to_device(data[r]) for r, _ in self.columns}
-        self.valid = {r: to_device(valid[r]) for r, _ in self.columns}
-        self.rows = n
+        slots = self.backend.to_host(self.table.upsert(to_device(keys), to_device(rows))[0])
+        # the last change of a key in this batch wins
+        order = rows[np.argsort(slots[rows], kind="stable")]
+        last = np.ones(order.shape[0], dtype=bool)
+        last[:-1] = slots[order][:-1] != slots[order][1:]
+        final = order[last]
+        gone = np.zeros(n, dtype=bool) if deletes is None else np.asarray(deletes, dtype=bool)
+        row_ids = np.where(gone[final], -1, self.rows + final)
+        self.table.columns["row"][to_device(slots[final])] = to_device(row_ids)
+        for r, _ in self.columns:
+            self.data[r] = xp.concatenate([self.data[r], to_device(np.asarray(b[r]))])
+            self.valid[r] = xp.concatenate([self.valid[r], to_device(_valid(b, r))])
+        self.rows += n
 
     def _codes(self, stream: StringDictionary, table: StringDictionary | None, codes: Any) -> Any:
         """The stream's codes of a string key as the table's codes (-1: not in the table)."""
-        known, mapping = self._maps.get(id(stream), (0, None))
-        if known < len(stream) or mapping is None:
+        size = 0 if table is None else len(table)
+        known, known_table, mapping = self._maps.get(id(stream), (0, 0, None))
+        if known < len(stream) or known_table < size or mapping is None:
             values = stream.values.cast(pa.large_string())
             if table is None or not len(table):
                 host = np.full(len(values), -1, dtype=np.int64)
@@ -105,10 +117,29 @@ class LookupJoinOp(Operator):
                 pos = pc.index_in(values, value_set=table.values)
                 host = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int64)
             mapping = self.backend.to_device(host if len(host) else np.full(1, -1, np.int64))
-            self._maps[id(stream)] = (len(stream), mapping)
+            self._maps[id(stream)] = (len(stream), size, mapping)
         return mapping[codes]
 
-    def process(self, batch: Batch) -> list[Batch]:
+    # -- two inputs: the stream (0) and the table's changelog (1) ------------------------
+    def input_watermark(self, port: int, watermark: int) -> tuple[list[Batch], int | None]:
+        """Only the stream's watermark counts: the changelog has none."""
+        if port == 1 or watermark <= self.current:
+            return [], None
+        self.current = watermark
+        return [], watermark
+
+    def process_port(self, port: int, batch: Batch) -> list[Batch]:
+        if port == 0:
+            return self._probe(batch)
+        rb = batch.to_arrow()  # a changelog batch: decoded, re-encoded in the table's codes
+        col = self.node.table.delete_column
+        deletes = None
+        if col is not None:
+            deletes = pc.fill_null(rb[col], False).to_numpy(zero_copy_only=False)
+        self._apply(rb, deletes)
+        return []
+
+    def _probe(self, batch: Batch) -> list[Batch]:
         xp = self.xp
         n = batch.num_rows
         if n == 0:
@@ -128,7 +159,7 @@ class LookupJoinOp(Operator):
         slots = self.table.find(widen_keys(cols, xp))
         if missing is not None:
             slots = xp.where(missing, -1, slots)
-        rows = xp.where(slots >= 0, self.slot_row[xp.maximum(slots, 0)], -1)
+        rows = xp.where(slots >= 0, self.table.columns["row"][xp.maximum(slots, 0)], -1)
         if self.inner:
             keep = rows >= 0
             batch = batch.filter(keep)
