@@ -14,6 +14,7 @@ from gpustream.aggs import Agg, count
 from gpustream.backend import Backend, select_backend
 from gpustream.batch import Batch
 from gpustream.brokersinks import to_kafka, to_redis_stream
+from gpustream.checkpoint import Checkpointing
 from gpustream.errors import BackendError, GpustreamError, IngestError, PlanError
 from gpustream.expr import Expr, col, lit
 from gpustream.filesinks import to_csv, to_jsonl, to_parquet
@@ -39,6 +40,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "Batch",
+    "Checkpointing",
     "Expr",
     "GpustreamError",
     "IngestError",

@@ -52,12 +52,12 @@ def run(
     """Run a pipeline spec until its bounded sources end (or Ctrl-C)."""
     from gpustream.live import LiveView
     from gpustream.metrics import Metrics, serve_prometheus
-    from gpustream.spec import SpecError, pipeline_from_spec
+    from gpustream.spec import build_pipeline, checkpointing_from_spec, load_spec
 
-    if checkpoint_dir is not None:
-        raise SpecError("--checkpoint-dir: checkpoints are not implemented in this version "
-                        "yet; run without it")
-    p = pipeline_from_spec(spec, engine)
+    parsed, where = load_spec(spec)
+    p = build_pipeline(parsed, where, engine)
+    checkpoint = checkpointing_from_spec(parsed, where,
+                                         None if checkpoint_dir is None else str(checkpoint_dir))
     console = Console()
     console.print(f"[bold]{p.name}[/bold] on {p.backend.describe()}", highlight=False)
     metrics = Metrics(p.name, p.backend.name)
@@ -69,15 +69,17 @@ def run(
     try:
         if live:
             with LiveView(metrics, console):
-                stats = p.run(max_events=max_events, metrics=metrics)
+                stats = p.run(max_events=max_events, metrics=metrics, checkpoint=checkpoint)
         else:
-            stats = p.run(max_events=max_events, metrics=metrics)
+            stats = p.run(max_events=max_events, metrics=metrics, checkpoint=checkpoint)
     except GpustreamError as err:  # e.g. a file of the wrong format, met while running
         raise RunFailed(str(err)) from err
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
+    if stats.restored_checkpoint is not None:
+        console.print(f"resumed from checkpoint {stats.restored_checkpoint}", highlight=False)
     console.print(stats.summary(), highlight=False, soft_wrap=True)
     if stats.interrupted:
         raise Interrupted

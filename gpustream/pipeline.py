@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from gpustream.aggs import Agg
 from gpustream.backend import ENGINES, Backend, select_backend
+from gpustream.checkpoint import Checkpointing
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import PlanError
 from gpustream.expr import Col, Expr, lit
@@ -250,12 +251,19 @@ class Pipeline:
         lines += ["  " + line for line in render_plan(self._sinks, dangling)]
         return "\n".join(lines)
 
-    def run(self, max_events: int | None = None, metrics: Metrics | None = None) -> RunStats:
+    def run(self, max_events: int | None = None, metrics: Metrics | None = None,
+            checkpoint: Checkpointing | None = None) -> RunStats:
         """Run until the bounded sources end (or after ``max_events`` input events).
 
         ``metrics`` (a :class:`gpustream.metrics.Metrics`) is kept current after every
         batch, for a live view or a Prometheus endpoint. Ctrl-C stops the run cleanly:
         sources stop, sinks close, and the statistics say it was interrupted.
+
+        ``checkpoint`` (``gs.Checkpointing(dir, every_batches=...)``): the run starts from
+        the newest checkpoint in ``dir`` (operator state, source offsets, dictionaries)
+        and takes one at batch boundaries as often as asked, and at the end. State is
+        exactly-once; sinks are at-least-once (rows after the last checkpoint are
+        written again after a crash).
 
         Returns
         -------
@@ -272,7 +280,7 @@ class Pipeline:
         (3, 3)
         """
         plan = build_physical(self._sinks, self.backend)
-        return execute(plan, self.name, max_events, self._dead_letters(), metrics)
+        return execute(plan, self.name, max_events, self._dead_letters(), metrics, checkpoint)
 
 
 class Stream:

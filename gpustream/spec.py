@@ -333,9 +333,6 @@ def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
     import gpustream as gs
 
     base = base or Path(where.file).resolve().parent
-    if spec.checkpoint is not None:
-        raise where.error(("checkpoint",), "checkpoints are not implemented in this version "
-                                           "yet; remove the checkpoint section")
     dead: Any = None
     if spec.dead_letter is not None:
         dead = _sink(spec.dead_letter, ("dead_letter",), where, base)
@@ -521,6 +518,35 @@ def _step(stream: Any, windowed: Any, kind: str, arg: Any, path: tuple[Any, ...]
         out = stream.agg(**{k: _text(parse_agg, v, (*path, k), where) for k, v in arg.items()})
         return out, out
     raise where.error(path, f"{kind} is not implemented in this version yet")
+
+
+def checkpointing_from_spec(spec: Spec, where: _Where, checkpoint_dir: str | None = None,
+                            base: Path | None = None) -> Any:
+    """The run's ``gs.Checkpointing`` (None without a checkpoint section or directory).
+
+    ``checkpoint_dir`` (the CLI's ``--checkpoint-dir``) overrides the spec's ``dir``; with
+    no section it checkpoints every 100 batches.
+    """
+    from gpustream.checkpoint import Checkpointing
+    from gpustream.durations import to_millis
+
+    c = spec.checkpoint
+    if c is None and checkpoint_dir is None:
+        return None
+    base = base or where.base
+    folder = checkpoint_dir or (c.dir if c is not None else None)
+    if folder is None:
+        raise where.error(("checkpoint", "dir"), "is required (or give --checkpoint-dir)")
+    every_batches = c.every_batches if c is not None else None
+    every = c.every if c is not None else None
+    if every_batches is None and every is None:
+        every_batches = 100
+    try:
+        return Checkpointing(folder if os.path.isabs(folder) or checkpoint_dir else
+                             str(base / folder), every_batches,
+                             None if every is None else to_millis(every, what="every") / 1e3)
+    except (GpustreamError, ValueError, TypeError) as err:
+        raise where.error(("checkpoint",), str(err).removeprefix("checkpoint: ")) from None
 
 
 def pipeline_from_spec(path: str | os.PathLike[str], engine: str | None = None) -> Any:
