@@ -364,7 +364,10 @@ def test_socket_batches_close_at_max_delay_when_events_trickle() -> None:
     done.set()
     t.join()
     server.close()
-    assert [b.data.num_rows for b in got] == [1, 1, 1]  # none waited for max_rows
+    sizes = [b.data.num_rows for b in got]
+    # 300 ms apart with max_delay 50 ms: batches close without waiting for max_rows (a
+    # machine stalled for over 300 ms may merge two; never all three)
+    assert sum(sizes) == 3 and len(sizes) >= 2, sizes
 
 
 def test_socket_connection_refused_is_clear() -> None:
