@@ -70,6 +70,11 @@ class SourceSpec(_Model):
     rate: float = 10_000.0
     # tables (joins)
     key: str | list[str] | None = None
+    changelog: SourceSpec | None = None
+    delete_column: str | None = None
+
+
+SourceSpec.model_rebuild()
 
 
 class SinkSpec(_Model):
@@ -352,7 +357,10 @@ def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
         if t.key is None:
             raise where.error((*tpath, "key"), "is required: the column(s) a table is keyed by")
         try:
-            tables[tname] = p.table(_source(t, tpath, where, base), key=t.key, name=tname)
+            log = None if t.changelog is None else _source(t.changelog, (*tpath, "changelog"),
+                                                           where, base)
+            tables[tname] = p.table(_source(t, tpath, where, base), key=t.key, name=tname,
+                                    changelog=log, delete_column=t.delete_column)
         except SpecError:
             raise
         except (GpustreamError, ValueError, TypeError) as err:
