@@ -29,7 +29,8 @@ from numba.extending import register_jitable
 
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
-__all__ = ["EMPTY", "TOMBSTONE", "lookup", "new_table", "upsert", "upsert_cpu_into"]
+__all__ = ["EMPTY", "TOMBSTONE", "lookup", "new_table", "release_tombstones", "upsert",
+           "upsert_cpu_into"]
 
 EMPTY = np.uint64(0)
 TOMBSTONE = np.uint64(1)
@@ -169,6 +170,39 @@ def lookup(table: tuple[Any, Any, Any], hashes: Any, keys: Any, on_device: bool)
     if n:
         _lookup_cuda[launch_config(n)](t_hash, t_keys, hashes, keys, out)
     return out
+
+
+@numba.njit(nogil=True, cache=False)
+def _release_cpu(t_hash, slots):  # type: ignore[no-untyped-def]
+    mask = np.int64(t_hash.shape[0] - 1)
+    n = 0
+    for j in range(slots.shape[0]):
+        s = np.int64(slots[j])
+        if t_hash[s] != TOMBSTONE or t_hash[(s + 1) & mask] != EMPTY:
+            continue
+        while t_hash[s] == TOMBSTONE:
+            t_hash[s] = EMPTY
+            n += 1
+            s = (s - 1) & mask
+    return n
+
+
+def release_tombstones(t_hash: Any, slots: Any) -> int:
+    """Turn freed ``slots`` back into empty ones where no probe can need them (CPU).
+
+    A tombstone followed by an empty slot ends every probe that reaches it anyway, so it
+    can be empty itself, and so can the tombstones just before it. Between kernels this
+    keeps a table whose keys come and go (windows) from filling with tombstones. The
+    caller resets the slots' columns to their fill values. Returns how many it emptied.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t_hash = np.array([5, 1, 1, 0, 7, 1, 9, 0], dtype=np.uint64)
+    >>> release_tombstones(t_hash, np.array([2, 5])), t_hash.tolist()
+    (2, [5, 0, 0, 0, 7, 1, 9, 0])
+    """
+    return int(_release_cpu(t_hash, slots))
 
 
 def new_table(capacity: int, key_words: int, xp: Any) -> tuple[Any, Any, Any]:

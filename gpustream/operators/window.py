@@ -26,7 +26,13 @@ from gpustream.aggs import Agg
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
 from gpustream.expr import Col, evaluate
-from gpustream.kernels.hashing import widen_keys
+from gpustream.kernels.fused_window import (
+    FUSED_KINDS,
+    FusedAgg,
+    fused_hash_rows,
+    fused_window_kernel,
+)
+from gpustream.kernels.hashing import hash_rows, widen_keys
 from gpustream.kernels.windows import DROPPED, LATE, ON_TIME, assign_windows
 from gpustream.operators.base import Operator
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
@@ -35,6 +41,25 @@ from gpustream.state.table import SlotTable
 __all__ = ["AggSpec", "WindowAggOp", "WindowSpec"]
 
 I64_MAX = np.iinfo(np.int64).max
+I64_MIN = np.iinfo(np.int64).min
+
+#: events folded by the fused CPU loop between two chances to fire windows: firing
+#: inside a large batch keeps the state table (and so its cache footprint) small
+FUSED_CHUNK = 1 << 16
+
+#: table columns of each state kind the fused loop folds, in the order it uses them
+_FUSED_COLUMNS = {"count": ("n",), "count_valid": ("n",), "sum": ("acc", "nn"),
+                  "min": ("acc", "nn"), "max": ("acc", "nn"), "moments": ("nn", "s1", "s2", "pivot")}
+_NO_BOOL = np.empty(0, dtype=np.bool_)
+
+
+def _fill_source(dtype: Any, fill: Any) -> str:
+    """A column's fill value as Python source for the generated loop."""
+    if np.dtype(dtype).kind == "f":
+        f = float(fill)
+        return ("np.inf" if f > 0 else "-np.inf") if np.isinf(f) else repr(f)
+    value = int(fill)
+    return {I64_MAX: "I64_MAX", I64_MIN: "I64_MIN"}.get(value, str(value))
 
 
 @dataclass(frozen=True)
@@ -165,7 +190,7 @@ class KeyedAggBase(Operator):
     def _emit(self, slots: Any, revision: Any | None) -> Batch:
         """Output rows for state ``slots`` of the (key, window) table."""
         k = len(self.spec.keys)
-        words = self.table.t_keys[:, slots]
+        words = self.table.arrays[2][slots].T  # gather whole slot rows of key words
         return self._emit_rows(words[: k + 1], words[k + 1].view(np.int64),
                                self.table.columns["__wend"][slots], slots, revision)
 
@@ -267,8 +292,9 @@ class WindowAggOp(KeyedAggBase):
     [1]
     """
 
-    def __init__(self, spec: WindowSpec, backend: Backend) -> None:
-        table = SlotTable(len(spec.keys) + 2, backend.xp, backend.is_device)
+    def __init__(self, spec: WindowSpec, backend: Backend, fused: bool = True) -> None:
+        table = SlotTable(len(spec.keys) + 2, backend.xp, backend.is_device,
+                          packed=fused and not backend.is_device)
         table.add_column("__wend", np.int64, I64_MAX)
         table.add_column("__rev", np.int32, 0)  # firings so far
         table.add_column("__ontime", np.int8, 0)  # 1 once an on-time event updated it
@@ -277,11 +303,36 @@ class WindowAggOp(KeyedAggBase):
         self.pending_ends: set[int] = set()
         self.open_ends: set[int] = set()
         self.late_pending: list[_Late] = []
+        self._fused: Any = None
+        self._fused_names: tuple[str, ...] = ()
+        #: the fused path's log of created slots and their windows' ends, not yet fired
+        self._log: list[tuple[Any, Any]] = []
+        if fused and not backend.is_device:
+            self._setup_fused()
+
+    def _setup_fused(self) -> None:
+        """Use the one-pass CPU loop when every aggregation is one it folds (and no lateness)."""
+        if self.spec.lateness:
+            return
+        aggs = []
+        for st in self.states:
+            kind = st.agg.kind
+            if kind not in FUSED_KINDS:
+                return
+            kind = "moments" if kind in ("mean", "var", "std") else kind
+            aggs.append(FusedAgg(kind, tuple(st.prefix + c for c in _FUSED_COLUMNS[kind])))
+        fills = self.table._fill
+        self._fused_names = tuple(self.table.columns)
+        columns = tuple((name, _fill_source(*fills[name])) for name in self._fused_names)
+        self._fused = fused_window_kernel(len(self.spec.keys), tuple(aggs), columns,
+                                          self.nwin == 1)
 
     def process(self, batch: Batch) -> list[Batch]:
         n = batch.num_rows
         if n == 0:
             return []
+        if self._fused is not None:
+            return self._process_fused(batch)
         xp = self.xp
         spec = self.spec
         ts, ts_valid, wm = self._event_times(batch)
@@ -313,7 +364,82 @@ class WindowAggOp(KeyedAggBase):
             self.late_pending.append(_Late(slots[late_idx], rows[late_idx], inputs, ctx, batch))
         return []
 
+    def _process_fused(self, batch: Batch) -> list[Batch]:
+        """The CPU path: the fused loop over chunks of the batch, firing in between."""
+        n = batch.num_rows
+        spec = self.spec
+        ts, ts_valid, wm = self._event_times(batch)
+        args: list[Any] = [ts, _NO_BOOL if ts_valid is None else ts_valid, wm, spec.size,
+                           spec.slide, spec.offset, self.nwin]
+        tail: list[Any] = []
+        for name in spec.keys:
+            valid = batch.validity(name)
+            tail += [widen_keys([batch[name]], np)[0], _NO_BOOL if valid is None else valid]
+        inputs = self._inputs(batch)
+        for i, st in enumerate(self.states):
+            col = inputs[i]
+            if col is None:
+                tail += [np.zeros(1), _NO_BOOL]
+                continue
+            dtype = getattr(st, "dtype", np.float64)
+            tail += [np.ascontiguousarray(col.values.astype(dtype, copy=False)),
+                     _NO_BOOL if col.valid is None else col.valid]
+        late = np.zeros(n, dtype=np.int8)
+        log_size = min(n, FUSED_CHUNK) * self.nwin
+        counts = np.zeros(2, dtype=np.int64)
+        table = self.table
+        out: list[Batch] = []
+        pos = 0
+        while pos < n:
+            stop = min(n, pos + FUSED_CHUNK)
+            while pos < stop:
+                room = table.room()
+                remap = table.make_room((stop - pos) * self.nwin, room, self.nwin)
+                if remap is not None:
+                    self._log = [(remap[sl], e) for sl, e in self._log]
+                    continue
+                log_slots = np.empty(log_size, dtype=np.int64)
+                log_ends = np.empty(log_size, dtype=np.int64)
+                cols = [table.columns[name] for name in self._fused_names]
+                pos = self._fused(*args, pos, stop, room, *tail, *table.arrays, *cols,
+                                  late, log_slots, log_ends, counts)
+                created = int(counts[0])
+                table.live_count += created
+                table.used += int(counts[1])
+                if created:
+                    self._log.append((log_slots[:created], log_ends[:created]))
+                    new_ends = np.unique(log_ends[:created]).tolist()
+                    self.pending_ends.update(new_ends)
+                    self.open_ends.update(new_ends)
+            if stop < n and self.pending_ends and min(self.pending_ends) <= wm[stop]:
+                # wm[stop] is the watermark after every event before ``stop``: the windows
+                # it reached can take no more events, so they fire now
+                out.extend(self._fire_fused(int(wm[stop])))
+        self.seq += n
+        self._late_rows(batch, late.view(np.bool_))
+        return out
+
+    def _fire_fused(self, watermark: int) -> list[Batch]:
+        """Fire and free the windows that ``watermark`` reached (fused path: no lateness,
+        so every created slot fires once, on time, and is freed at once)."""
+        if not self.pending_ends or min(self.pending_ends) > watermark:
+            return []
+        slots = np.concatenate([sl for sl, _ in self._log])
+        ends = np.concatenate([e for _, e in self._log])
+        due = ends <= watermark
+        fire = slots[due]
+        self._log = [(slots[~due], ends[~due])]
+        self.pending_ends = {e for e in self.pending_ends if e > watermark}
+        self.open_ends = {e for e in self.open_ends if e > watermark}
+        if fire.shape[0] == 0:
+            return []
+        batch = self._emit(fire, None)
+        self._free(fire)
+        return [batch]
+
     def on_watermark(self, watermark: int) -> list[Batch]:
+        if self._fused is not None:
+            return self._fire_fused(watermark)
         out: list[Batch] = []
         wend = self.table.columns["__wend"]
         rev = self.table.columns["__rev"]
@@ -340,7 +466,7 @@ class WindowAggOp(KeyedAggBase):
     def _free(self, slots: Any) -> None:
         for st in self.states:
             st.free(slots)
-        self.table.free(slots)
+        self.table.free(slots, release=self._fused is not None)
 
     def _late_rounds(self, late: _Late) -> list[Batch]:
         """Fold late pairs in arrival order, one per window per round, re-firing each time."""
@@ -375,7 +501,14 @@ class WindowAggOp(KeyedAggBase):
 
     def restore(self, state: dict[str, Any]) -> None:
         table_state = {k[len("table."):]: v for k, v in state.items() if k.startswith("table.")}
+        # the hashes are this backend's (the fused CPU loop hashes differently)
+        keys = np.ascontiguousarray(table_state["keys"], dtype=np.uint64)
+        table_state["hashes"] = (fused_hash_rows(keys) if self._fused is not None
+                                 else hash_rows(keys, on_device=False))
         slots = self.table.restore(table_state, self.backend.to_device)
         self._restore_aggs(state, slots)
         self.pending_ends = {int(e) for e in state["pending_ends"]}
         self.open_ends = {int(e) for e in state["open_ends"]}
+        if self._fused is not None:
+            live = self.table.live_slots()
+            self._log = [(live, self.table.columns["__wend"][live].copy())]

@@ -13,7 +13,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from gpustream.kernels.hashing import hash_rows
-from gpustream.kernels.hashtable import TOMBSTONE, lookup, new_table, upsert, upsert_cpu_into
+from gpustream.kernels.hashtable import (
+    TOMBSTONE,
+    lookup,
+    new_table,
+    release_tombstones,
+    upsert,
+    upsert_cpu_into,
+)
 
 __all__ = ["SlotTable", "StateTable"]
 
@@ -53,6 +60,11 @@ class SlotTable:
         numpy or cupy.
     on_device
         Run the CUDA kernels (cupy, or numpy under the simulator) instead of the CPU twins.
+    packed
+        On the host (``xp`` numpy), keep the numeric columns side by side, one row of
+        64-bit words per slot aligned to a cache line (integer columns widened to int64),
+        so that updating every state of a slot touches one or two cache lines instead of
+        one per column. Columns are then strided views; snapshots have the declared dtypes.
 
     Examples
     --------
@@ -67,10 +79,12 @@ class SlotTable:
     """
 
     def __init__(self, key_words: int, xp: Any, on_device: bool,
-                 capacity: int = MIN_CAPACITY) -> None:
+                 capacity: int = MIN_CAPACITY, packed: bool = False) -> None:
         self.key_words = key_words
         self.xp = xp
         self.on_device = on_device
+        self.packed = packed and xp is np
+        self._packed_names: list[str] = []
         self.capacity = _pow2_at_least(capacity)
         self.arrays = new_table(self.capacity, key_words, xp)
         self.columns: dict[str, Any] = {}
@@ -85,8 +99,39 @@ class SlotTable:
     # -- columns --------------------------------------------------------------------------
     def add_column(self, name: str, dtype: Any, fill: Any) -> None:
         """Register a per-slot column. A slot never used before holds ``fill``."""
-        self.columns[name] = self.xp.full(self.capacity, fill, dtype=dtype)
         self._fill[name] = (dtype, fill)
+        if self.packed and np.dtype(dtype).kind in "iuf":
+            self._packed_names.append(name)
+            old = {n: self.columns[n] for n in self._packed_names[:-1]}
+            self.columns.update(self._fresh_packed(self.capacity))
+            for n, col in old.items():
+                self.columns[n][:] = col
+            return
+        self.columns[name] = self.xp.full(self.capacity, fill, dtype=dtype)
+
+    def _fresh_packed(self, capacity: int) -> dict[str, Any]:
+        """Views of a new cache-line-aligned block holding the packed columns, filled."""
+        width = -(-len(self._packed_names) // 8) * 8
+        raw = np.empty(capacity * width + 8, dtype=np.int64)
+        at = (-(raw.ctypes.data // 8)) % 8
+        block = raw[at : at + capacity * width].reshape(capacity, width)
+        out = {}
+        for j, name in enumerate(self._packed_names):
+            dtype, fill = self._fill[name]
+            kind = np.dtype(dtype).kind
+            word = np.float64 if kind == "f" else np.uint64 if kind == "u" else np.int64
+            out[name] = block.view(word)[:, j]
+            out[name][:] = fill
+        return out
+
+    def _fresh_columns(self, capacity: int) -> dict[str, Any]:
+        """Every column for ``capacity`` slots, filled."""
+        out = self._fresh_packed(capacity) if self._packed_names else {}
+        for name, (dtype, fill) in self._fill.items():
+            if name not in out:
+                col = self.columns[name]
+                out[name] = self.xp.full((capacity, *col.shape[1:]), fill, dtype=dtype)
+        return out
 
     # -- keys -----------------------------------------------------------------------------
     @property
@@ -179,13 +224,23 @@ class SlotTable:
         self.live_count += n
         self.used += n
 
-    def free(self, slots: Any) -> None:
-        """Free ``slots`` (their columns keep stale values until the next rebuild)."""
+    def free(self, slots: Any, release: bool = False) -> None:
+        """Free ``slots`` (their columns keep stale values until the next rebuild).
+
+        With ``release`` (CPU only), the slots' columns are reset to their fill values and
+        freed slots that no probe can need become empty again, so that keys that come and
+        go (windows) do not fill the table with tombstones. Only for owners whose inserts
+        run on one thread between frees: the CPU twins.
+        """
         if slots.shape[0] == 0:
             return
         self.arrays[0][slots] = TOMBSTONE
         self.arrays[1][slots] = 0
         self.live_count -= int(slots.shape[0])
+        if release and not self.on_device:
+            for name, (_, fill) in self._fill.items():
+                self.columns[name][slots] = fill
+            self.used -= release_tombstones(self.arrays[0], slots)
 
     def live_slots(self) -> Any:
         """Indices of the live slots, ascending."""
@@ -204,12 +259,10 @@ class SlotTable:
         arrays = new_table(capacity, self.key_words, xp)
         new_slots, _ = upsert(arrays, self.arrays[0][old], keys,
                               xp.arange(old.shape[0], dtype=np.int64), self.on_device)
-        for name, (dtype, fill) in self._fill.items():
-            col = self.columns[name]
-            shape = (capacity, *col.shape[1:])
-            fresh = xp.full(shape, fill, dtype=dtype)
-            fresh[new_slots] = col[old]
-            self.columns[name] = fresh
+        fresh = self._fresh_columns(capacity)
+        for name, col in fresh.items():
+            col[new_slots] = self.columns[name][old]
+        self.columns = fresh
         self.arrays = arrays
         self.capacity = capacity
         self.used = self.live_count = int(old.shape[0])
@@ -224,7 +277,7 @@ class SlotTable:
         live = self.live_slots()
         out = {"keys": to_host(self.t_keys[:, live]), "hashes": to_host(self.arrays[0][live])}
         for name, col in self.columns.items():
-            out[f"col.{name}"] = to_host(col[live])
+            out[f"col.{name}"] = to_host(col[live]).astype(self._fill[name][0], copy=False)
         return out
 
     def restore(self, state: dict[str, np.ndarray], to_device: Any) -> Any:
@@ -235,11 +288,10 @@ class SlotTable:
         keys = self.xp.ascontiguousarray(to_device(state["keys"]))
         slots, _ = upsert(self.arrays, to_device(state["hashes"]), keys,
                           self.xp.arange(n, dtype=np.int64), self.on_device)
-        for name, (dtype, fill) in self._fill.items():
-            col = self.columns[name]
-            fresh = self.xp.full((capacity, *col.shape[1:]), fill, dtype=dtype)
-            fresh[slots] = to_device(state[f"col.{name}"])
-            self.columns[name] = fresh
+        fresh = self._fresh_columns(capacity)
+        for name, col in fresh.items():
+            col[slots] = to_device(state[f"col.{name}"])
+        self.columns = fresh
         self.capacity = capacity
         self.used = self.live_count = n
         return slots

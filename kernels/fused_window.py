@@ -1,0 +1,312 @@
+"""One CPU pass for tumbling and sliding windows: assign, hash, find-or-insert, fold.
+
+The separate kernels (:mod:`~gpustream.kernels.windows`, ``hashing``, ``hashtable``,
+``aggregate``) suit the GPU, where each is one thread per assignment. On a CPU core
+every extra pass re-reads the batch and re-touches the state table at random, so for
+the common aggregations (``count``, ``sum``, ``min``, ``max``, ``mean``, ``var``, ``std``)
+this module generates, per query shape, a single ``numba.njit`` loop over the events
+that does all of it with the table's own arrays (the layout every backend shares:
+``t_hash``, ``t_ready``, slot-major ``t_keys`` and one array per state column), so
+checkpoints, firing and the other kernels see exactly what the separate kernels would
+have written. The loop's body is straight-line code: no per-aggregate dispatch.
+
+Differences from the separate CPU kernels, both invisible in results:
+
+- a freed slot (tombstone) met while probing is reused for a new key, its columns reset
+  to their fill values; so a table whose windows come and go keeps its size instead of
+  filling with tombstones and being rebuilt;
+- only ``allowed_lateness=0`` is handled (an assignment is on time or its window has
+  fired); with lateness the operator uses the separate kernels.
+
+The loop stops early (returning the next event) when the table has no room left for
+another event's new keys or its log of created slots is full; the caller grows the
+table and calls again.
+
+The hash is a 64-bit multiply-xorshift (:func:`fused_hash_rows`), cheaper than the
+32-bit-lane :func:`~gpustream.kernels.hashing.hash_row` that the GPU kernels share with
+the simulator. A table filled by this loop is only probed by this loop and rebuilt from
+its own stored hashes; a snapshot restored here gets its hashes recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic, register_jitable
+
+from gpustream.kernels.hashtable import EMPTY, TOMBSTONE
+from gpustream.kernels.windows import window_start
+
+__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "fused_window_kernel"]
+
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+_MUL2 = np.uint64(0xBF58476D1CE4E5B9)
+_SEED64 = np.uint64(0x2545F4914F6CDD1D)
+_S29 = np.uint64(29)
+_S32 = np.uint64(32)
+
+
+@register_jitable
+def _mix_word(h, w):  # type: ignore[no-untyped-def]
+    return (h ^ w) * _MUL
+
+
+@register_jitable
+def _finish(h):  # type: ignore[no-untyped-def]
+    h ^= h >> _S32
+    h *= _MUL2
+    h ^= h >> _S29
+    if h < np.uint64(2):  # 0 and 1 mark empty and freed slots
+        h += np.uint64(2)
+    return h
+
+
+#: events ahead of the current one whose slots are prefetched
+PREFETCH_DISTANCE = 16
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+    """Ask the CPU to start loading ``arr[idx]``'s cache line (LLVM's prefetch for write)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                       wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=False)
+def _hash_rows(keys, out):  # type: ignore[no-untyped-def]
+    for i in range(out.shape[0]):
+        h = _SEED64
+        for c in range(keys.shape[0]):
+            h = _mix_word(h, keys[c, i])
+        out[i] = _finish(h)
+
+
+def fused_hash_rows(keys: Any) -> Any:
+    """The fused loop's hash of each row of ``keys`` (``uint64[k, n]``: key words, null
+    bits, window start), as stored in its table.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> h = fused_hash_rows(np.array([[1, 2, 1], [0, 0, 0], [10, 10, 10]], dtype=np.uint64))
+    >>> bool(h[0] == h[2]), bool(h[0] != h[1]), bool((h > 1).all())
+    (True, True, True)
+    """
+    out = np.empty(keys.shape[1], dtype=np.uint64)
+    _hash_rows(np.ascontiguousarray(keys, dtype=np.uint64), out)
+    return out
+
+
+#: aggregation kinds the fused loop folds
+FUSED_KINDS = frozenset({"count", "count_valid", "sum", "min", "max", "mean", "var", "std"})
+
+
+@dataclass(frozen=True)
+class FusedAgg:
+    """One aggregation of the fused loop.
+
+    ``kind`` is ``count``, ``count_valid``, ``sum``, ``min``, ``max`` or ``moments``
+    (mean, var, std); ``columns`` names its table columns in the order the kind uses
+    them: ``(n,)``; ``(n,)``; ``(acc, nn)``; ``(acc, nn)``; ``(acc, nn)``;
+    ``(nn, s1, s2, pivot)``.
+    """
+
+    kind: str
+    columns: tuple[str, ...]
+
+
+def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(lines run when a slot is created, lines folding event ``i`` into slot ``s``)."""
+    c = [col[name] for name in agg.columns]
+    ok = f"(V{j}ok.shape[0] == 0 or V{j}ok[i])"
+    if agg.kind == "count":
+        return [], [f"{c[0]}[s] += 1"]
+    if agg.kind == "count_valid":
+        return [], [f"if {ok}:", f"    {c[0]}[s] += 1"]
+    if agg.kind == "sum":
+        return [], [f"if {ok}:", f"    {c[0]}[s] += V{j}[i]", f"    {c[1]}[s] += 1"]
+    if agg.kind in ("min", "max"):
+        cmp = "<" if agg.kind == "min" else ">"
+        return [], [f"if {ok}:", f"    x{j} = V{j}[i]", f"    if x{j} {cmp} {c[0]}[s]:",
+                    f"        {c[0]}[s] = x{j}", f"    {c[1]}[s] += 1"]
+    if agg.kind == "moments":
+        init = [f"p{j} = V{j}[i]", f"{c[3]}[s] = p{j} if {ok} and np.isfinite(p{j}) else 0.0"]
+        upd = [f"if {ok}:", f"    d{j} = V{j}[i] - {c[3]}[s]", f"    {c[0]}[s] += 1",
+               f"    {c[1]}[s] += d{j}", f"    {c[2]}[s] += d{j} * d{j}"]
+        return init, upd
+    raise ValueError(f"the fused loop has no aggregation {agg.kind!r}")
+
+
+def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
+            columns: tuple[tuple[str, str], ...], tumbling: bool) -> str:
+    col = {name: f"C{j}" for j, (name, _) in enumerate(columns)}
+    words = [f"w{c}" for c in range(n_keys)] + ["nb"]
+    args = (["ts", "ts_ok", "wm", "size", "slide", "offset", "nwin", "i0", "i1", "room"]
+            + [f"K{c}, K{c}ok" for c in range(n_keys)]
+            + [f"V{j}, V{j}ok" for j in range(len(aggs))]
+            + ["t_hash", "t_ready", "t_keys"] + [col[name] for name, _ in columns]
+            + ["late", "log_slots", "log_ends", "out"])
+    L = [f"def fused({', '.join(args)}):",
+         "    mask = np.uint64(t_hash.shape[0] - 1)",
+         "    KW = np.uint64(t_keys.shape[1])",
+         "    t_keys_flat = t_keys.reshape(t_keys.shape[0] * t_keys.shape[1])",
+         "    lo = np.int64(1)",
+         "    hi = np.int64(0)",
+         "    top = I64_MAX - slide",
+         "    created = 0",
+         "    empties = 0",
+         "    i = i0",
+         "    while i < i1:",
+         "        if room - empties < nwin or created + nwin > log_slots.shape[0]:",
+         "            break",
+         "        if ts_ok.shape[0] != 0 and not ts_ok[i]:",
+         "            late[i] = 1",
+         "            i += 1",
+         "            continue",
+         "        t = ts[i]",
+         "        if t >= lo and t < hi:",
+         "            last = lo",
+         "        else:",
+         "            last = window_start(t, slide, offset)",
+         "            lo = last",
+         "            hi = last + slide if last <= top else last",
+         "        w = wm[i]",
+         "        nb = ZERO"]
+    for c in range(n_keys):
+        L += [f"        w{c} = K{c}[i]",
+              f"        if K{c}ok.shape[0] != 0 and not K{c}ok[i]:",
+              f"            w{c} = ZERO",
+              f"            nb |= np.uint64({1 << c})"]
+    # the hash over the key words and the null bits; the window start comes last
+    L += ["        hk = SEED64"]
+    L += [f"        hk = _mix_word(hk, {wd})" for wd in words]
+    # the slot of the event PREFETCH_DISTANCE ahead, if it falls in the same last window
+    # and has no null key: start loading its lines now, so that the random accesses of
+    # several events overlap instead of waiting one after the other
+    hot = [col[name] for agg in aggs for name in agg.columns]
+    L += ["        ia = i + PF",
+          "        if ia < i1 and ts[ia] >= lo and ts[ia] < hi:",
+          "            ha = SEED64"]
+    L += [f"            ha = _mix_word(ha, K{c}[ia])" for c in range(n_keys)]
+    L += ["            ha = _mix_word(ha, ZERO)",
+          "            sa = _finish(_mix_word(ha, np.uint64(lo))) & mask",
+          "            _prefetch(t_hash, sa)",
+          "            _prefetch(t_keys_flat, sa * KW)"]
+    L += [f"            _prefetch({c}, sa)" for c in dict.fromkeys([hot[0], hot[-1]] if hot else [])]
+    same = " and ".join(f"t_keys[s, {c}] == {wd}" for c, wd in enumerate([*words, "ws"]))
+    L += ["        any_open = False",
+          f"        for jw in range({'1' if tumbling else 'nwin'}):",
+          "            st = last - jw * slide",
+          "            end = st + size",
+          "            if end <= w:",
+          "                continue",
+          "            any_open = True",
+          "            ws = np.uint64(st)",
+          "            h = _finish(_mix_word(hk, ws))",
+          "            s = h & mask",
+          "            tomb = np.int64(-1)",
+          "            found = False",
+          "            while True:",
+          "                th = t_hash[s]",
+          "                if th == EMPTY:",
+          "                    break",
+          f"                if th == h and {same}:",
+          "                    found = True",
+          "                    break",
+          "                if th == TOMBSTONE and tomb < 0:",
+          "                    tomb = np.int64(s)",
+          "                s = (s + ONE) & mask",
+          "            if not found:",
+          "                if tomb >= 0:",
+          "                    s = np.uint64(tomb)"]
+    L += [f"                    {col[name]}[s] = {fill}" for name, fill in columns]
+    L += ["                else:",
+          "                    empties += 1",
+          "                t_hash[s] = h"]
+    L += [f"                t_keys[s, {c}] = {wd}" for c, wd in enumerate([*words, "ws"])]
+    L += ["                t_ready[s] = 1",
+          "                log_slots[created] = s",
+          "                log_ends[created] = end",
+          "                created += 1",
+          f"                {col['__wend']}[s] = end",
+          f"                {col['__ontime']}[s] = 1"]
+    folds: list[str] = []
+    for j, agg in enumerate(aggs):
+        init, upd = _update_lines(j, agg, col)
+        L += ["                " + line for line in init]
+        folds += ["            " + line for line in upd]
+    L += [*folds,
+          "        if not any_open:",
+          "            late[i] = 1",
+          "        i += 1",
+          "    out[0] = created",
+          "    out[1] = empties",
+           "    return i"]
+    return "\n".join(L) + "\n"
+
+
+_NAMESPACE = {
+    "np": np, "window_start": window_start, "_mix_word": _mix_word, "_finish": _finish,
+    "EMPTY": EMPTY, "TOMBSTONE": TOMBSTONE, "ZERO": np.uint64(0), "ONE": np.uint64(1),
+    "SEED64": _SEED64, "_prefetch": _prefetch, "PF": PREFETCH_DISTANCE, "I64_MAX": np.int64(np.iinfo(np.int64).max), "I64_MIN": np.int64(np.iinfo(np.int64).min),
+}
+
+
+@lru_cache(maxsize=64)
+def fused_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
+                        columns: tuple[tuple[str, str], ...], tumbling: bool) -> Any:
+    """The compiled fused loop for ``n_keys`` key columns and ``aggs``.
+
+    ``columns`` lists every column of the table as ``(name, fill)`` (``fill`` as Python
+    source), in the order their arrays are passed; it must hold ``__wend`` and
+    ``__ontime``; ``tumbling`` compiles the loop for one window per event (``nwin`` 1).
+    Arguments: event times, their validity (empty: none), per-event
+    watermarks, ``size``, ``slide``, ``offset``, ``nwin``, the events ``i0:i1`` to
+    fold, ``room`` (empty slots it may fill), each key column as uint64 with its validity,
+    each aggregation's input values with their validity, ``t_hash``, ``t_ready``,
+    ``t_keys``, the columns, then ``late`` (int8 per event, set for events all of whose
+    windows have fired), ``log_slots`` and ``log_ends`` (buffers receiving each created
+    slot and its window's end) and ``out`` (int64[2]: slots created, empty slots filled).
+    Returns the next event to fold.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpustream.kernels.hashtable import new_table
+    >>> t_hash, t_ready, t_keys = new_table(16, 3, np)
+    >>> wend, ontime, n = np.zeros(16, np.int64), np.zeros(16, np.int8), np.zeros(16, np.int64)
+    >>> k = fused_window_kernel(1, (FusedAgg("count", ("n",)),),
+    ...                         (("__wend", "I64_MAX"), ("__ontime", "0"), ("n", "0")), True)
+    >>> none = np.empty(0, np.bool_)
+    >>> late, out = np.zeros(3, np.int8), np.zeros(2, np.int64)
+    >>> log_slots, log_ends = np.zeros(8, np.int64), np.zeros(8, np.int64)
+    >>> k(np.array([5, 7, 12]), none, np.array([-99, 5, 7]), 10, 10, 0, 1, 0, 3, 8,
+    ...   np.array([4, 4, 4], np.uint64), none, np.zeros(1), none, t_hash, t_ready, t_keys,
+    ...   wend, ontime, n, late, log_slots, log_ends, out)
+    3
+    >>> n[log_slots[:2]].tolist(), log_ends[:2].tolist(), out.tolist()
+    ([2, 1], [10, 20], [2, 2])
+    """
+    src = _source(n_keys, aggs, columns, tumbling)
+    ns = dict(_NAMESPACE)
+    exec(compile(src, f"<gpustream fused window {n_keys} keys>", "exec"), ns)
+    return numba.njit(nogil=True, cache=False)(ns["fused"])

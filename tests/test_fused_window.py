@@ -1,0 +1,161 @@
+"""The fused CPU loop for tumbling and sliding windows against the separate kernels.
+
+The separate kernels are themselves checked against pandas in test_windows.py; here the
+fused loop must give exactly their answers (same rows, same bits), whatever the batching,
+with windows firing inside large batches, tables rebuilt mid-batch, and checkpoints
+handed from one path to the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import gpustream as gs
+import gpustream.operators.window as window_mod
+from gpustream.aggs import count
+from gpustream.backend import select_backend
+from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
+from tests.test_checkpoints import _Crash, _rows
+from tests.test_windows import events, run_windows
+
+AGGS = {"n": ("count", None), "nv": ("count_valid", "v"), "sv": ("sum", "v"),
+        "sq": ("sum", "q"), "lo": ("min", "v"), "hq": ("max", "q"), "m": ("mean", "v"),
+        "var": ("var", "q"), "sd": ("std", "v"), "tmin": ("min", "ts")}
+
+
+@pytest.fixture
+def separate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make WindowAggOp use the separate kernels on the CPU too."""
+    monkeypatch.setattr(WindowAggOp, "_setup_fused", lambda self: None)
+
+
+def _both(monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple[tuple[pd.DataFrame, pa.Table],
+                                                                  tuple[pd.DataFrame, pa.Table]]:
+    fused = run_windows(**kw)  # type: ignore[arg-type]
+    with monkeypatch.context() as m:
+        m.setattr(WindowAggOp, "_setup_fused", lambda self: None)
+        sep = run_windows(**kw)  # type: ignore[arg-type]
+    return fused, sep
+
+
+def _spec(lateness: int = 0, kind: str = "count") -> WindowSpec:
+    schema = pa.schema({"k": pa.int64(), "window_start": pa.int64(), "window_end": pa.int64(),
+                        "n": pa.int64()})
+    agg = count() if kind == "count" else getattr(gs.col("v"), kind)()
+    return WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, lateness,
+                      (AggSpec("n", agg, None if kind == "count" else pa.float64(), pa.int64()),),
+                      schema, False)
+
+
+def test_the_fused_loop_is_used_where_it_applies_and_only_there() -> None:
+    cpu = select_backend("cpu")
+    assert WindowAggOp(_spec(), cpu)._fused is not None
+    assert WindowAggOp(_spec(), cpu, fused=False)._fused is None
+    assert WindowAggOp(_spec(lateness=5), cpu)._fused is None  # revisions: separate kernels
+    assert WindowAggOp(_spec(kind="first"), cpu)._fused is None  # not a fused aggregation
+
+
+@pytest.mark.parametrize("assigner", [gs.Tumbling(5000), gs.Tumbling(4000, offset=1500),
+                                      gs.Sliding(6000, 2000), gs.Sliding(9000, 3000, offset=-1000)],
+                         ids=lambda a: a.describe())
+@pytest.mark.parametrize("keys", [("k",), ("k", "g"), ("c",)])
+@pytest.mark.parametrize("batch_rows", [7, 500, 10_000])
+def test_fused_equals_separate_kernels(monkeypatch: pytest.MonkeyPatch,
+                                       assigner: gs.WindowAssigner, keys: tuple[str, ...],
+                                       batch_rows: int) -> None:
+    table = events(seed=batch_rows + len(keys), n=3000, disorder=12_000)
+    (got, late), (want, want_late) = _both(
+        monkeypatch, table=table, engine="cpu", assigner=assigner, keys=keys, aggs=AGGS,
+        batch_rows=batch_rows)
+    assert len(got) > 10 and late.num_rows > 0  # windows, and late events to route
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert late.equals(want_late)
+
+
+def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batch of 20,000 events over 2,000 keys and 20 windows: firing windows as soon as
+    a chunk of 64 events moved the watermark past them, and rebuilding the table (its log
+    of created slots follows the move) changes nothing."""
+    monkeypatch.setattr(window_mod, "FUSED_CHUNK", 64)
+    rng = np.random.default_rng(5)
+    n = 20_000
+    ts = np.sort(rng.integers(0, 20_000, n)) - rng.integers(0, 800, n) * (rng.random(n) < 0.2)
+    table = pa.table({"k": rng.integers(0, 2000, n), "ts": ts,
+                      "v": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.05),
+                      "q": rng.integers(0, 9, n).astype(np.int32)})
+    aggs = {"n": ("count", None), "sv": ("sum", "v"), "hq": ("max", "q"), "sd": ("std", "v")}
+    rebuilds: list[int] = []
+    real = WindowAggOp._fire_fused
+
+    def spy(self: WindowAggOp, wm: int) -> list[gs.Batch]:
+        rebuilds.append(self.table.rebuilds)
+        return real(self, wm)
+
+    monkeypatch.setattr(WindowAggOp, "_fire_fused", spy)
+    (got, late), (want, want_late) = _both(
+        monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(1000), keys=("k",),
+        aggs=aggs, delay=500, batch_rows=n)
+    assert len(rebuilds) >= 19 and max(rebuilds) > 0  # fired within the batch, grew in it
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert late.equals(want_late) and late.num_rows > 0
+
+
+def _pipeline(source: Any, sliding: bool) -> tuple[gs.Pipeline, list[pa.RecordBatch]]:
+    p = gs.Pipeline("ck", engine="cpu")
+    s = p.source(source, event_time="ts", watermark=gs.Watermark.bounded(500), name="events")
+    out: list[pa.RecordBatch] = []
+    (s.key_by("user", "k")
+     .window(gs.Sliding(4_000, 1_000) if sliding else gs.Tumbling(5_000), name="w")
+     .agg(n=gs.count(), total=gs.col("v").sum(), hi=gs.col("v").max(), m=gs.col("v").mean())
+     .sink(gs.to_callback(out.append)))
+    return p, out
+
+
+@pytest.mark.parametrize("fused_first", [True, False])
+@pytest.mark.parametrize("sliding", [False, True])
+def test_checkpoints_pass_between_the_fused_loop_and_the_separate_kernels(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused_first: bool,
+        sliding: bool) -> None:
+    rng = np.random.default_rng(9)
+    n = 5000
+    ts = np.sort(rng.integers(0, 60_000, n)) + rng.integers(0, 400, n)
+    table = pa.table({"ts": ts, "user": rng.choice(["ann", "bo", "cy"], n),
+                      "k": rng.integers(0, 7, n), "v": rng.normal(size=n)})
+    whole, out = _pipeline(gs.from_arrow(table, batch_rows=200), sliding)
+    whole.run()
+    want = _rows(out)
+
+    def use_separate(on: bool) -> None:
+        if on:
+            monkeypatch.setattr(WindowAggOp, "_setup_fused", lambda self: None)
+        else:
+            monkeypatch.undo()
+
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    use_separate(not fused_first)
+    first, out1 = _pipeline(_Crash(gs.from_arrow(table, batch_rows=200), 11), sliding)
+    with pytest.raises(OSError, match="lost power"):
+        first.run(checkpoint=ck)
+    use_separate(fused_first)
+    second, out2 = _pipeline(gs.from_arrow(table, batch_rows=200), sliding)
+    stats = second.run(checkpoint=ck)
+    assert stats.restored_checkpoint is not None and stats.events_in < n
+    assert set(_rows(out1) + _rows(out2)) == set(want)
+
+
+def test_a_packed_table_snapshots_its_declared_dtypes() -> None:
+    op = WindowAggOp(_spec(), select_backend("cpu"))
+    b = gs.Batch.from_arrow(pa.record_batch({"k": [1, 2, 1], "ts": [3, 4, 5]}))
+    b.watermarks = np.array([np.iinfo(np.int64).min, 3, 4])
+    op.process(b)
+    snap = op.snapshot()
+    assert snap["table.col.__rev"].dtype == np.int32
+    assert snap["table.col.__ontime"].dtype == np.int8
+    assert sorted(snap["table.col.n.n"].tolist()) == [1, 2]
