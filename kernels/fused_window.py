@@ -43,7 +43,7 @@ from numba.extending import intrinsic, register_jitable
 from gpustream.kernels.hashtable import EMPTY, TOMBSTONE
 from gpustream.kernels.windows import window_start
 
-__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "fused_window_kernel"]
+__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "fused_window_kernel", "pop_rows"]
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _MUL2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -71,8 +71,7 @@ def _finish(h):  # type: ignore[no-untyped-def]
 PREFETCH_DISTANCE = 16
 
 
-@intrinsic
-def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+def _prefetch_typer(typingctx, arr, idx):  # type: ignore[no-untyped-def]
     """Ask the CPU to start loading ``arr[idx]``'s cache line (LLVM's prefetch for write)."""
     sig = types.void(arr, idx)
 
@@ -89,6 +88,59 @@ def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+_prefetch: Any = intrinsic(_prefetch_typer)
+
+
+@numba.njit(nogil=True, cache=False)
+def _pop_rows(slots, block, fill_row, t_hash, t_ready, t_keys, rows, keys):  # type: ignore[no-untyped-def]
+    n = slots.shape[0]
+    width = block.shape[1]
+    kw = t_keys.shape[1]
+    flat = block.reshape(block.shape[0] * width)
+    keys_flat = t_keys.reshape(t_keys.shape[0] * kw)
+    for j in range(n):
+        if j + PREFETCH_DISTANCE < n:
+            ahead = slots[j + PREFETCH_DISTANCE]
+            _prefetch(flat, ahead * width)
+            _prefetch(flat, ahead * width + width - 1)
+            _prefetch(keys_flat, ahead * kw)
+        s = slots[j]
+        for w in range(width):
+            rows[j, w] = block[s, w]
+            block[s, w] = fill_row[w]
+        for c in range(kw):
+            keys[j, c] = t_keys[s, c]
+        t_hash[s] = TOMBSTONE
+        t_ready[s] = 0
+
+
+def pop_rows(slots: Any, block: Any, fill_row: Any, table: tuple[Any, Any, Any]) -> tuple[Any, Any]:
+    """Copy out the state rows and key words of ``slots`` and free them in one pass.
+
+    Firing scatters over the whole table (a window's keys hash anywhere), so the slots'
+    lines are prefetched ahead as in the fused loop. Each row is reset to ``fill_row`` and
+    its slot becomes a tombstone (the caller releases tombstones and counts). Returns
+    ``(rows int64[n, W], keys uint64[n, K])``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpustream.kernels.hashtable import new_table
+    >>> table = new_table(8, 2, np)
+    >>> block = np.arange(16, dtype=np.int64).reshape(8, 2)
+    >>> table[0][[3, 5]] = 99
+    >>> rows, keys = pop_rows(np.array([5, 3]), block, np.zeros(2, np.int64), table)
+    >>> rows.tolist(), block[[3, 5]].tolist(), table[0][[3, 5]].tolist()
+    ([[10, 11], [6, 7]], [[0, 0], [0, 0]], [1, 1])
+    """
+    t_hash, t_ready, t_keys = table
+    n = slots.shape[0]
+    rows = np.empty((n, block.shape[1]), dtype=np.int64)
+    keys = np.empty((n, t_keys.shape[1]), dtype=np.uint64)
+    _pop_rows(slots, block, fill_row, t_hash, t_ready, t_keys, rows, keys)
+    return rows, keys
 
 
 @numba.njit(nogil=True, cache=False)
@@ -125,35 +177,57 @@ class FusedAgg:
     """One aggregation of the fused loop.
 
     ``kind`` is ``count``, ``count_valid``, ``sum``, ``min``, ``max`` or ``moments``
-    (mean, var, std); ``columns`` names its table columns in the order the kind uses
-    them: ``(n,)``; ``(n,)``; ``(acc, nn)``; ``(acc, nn)``; ``(acc, nn)``;
-    ``(nn, s1, s2, pivot)``.
+    (mean, var, std); ``columns`` names its own table columns in the order the kind uses
+    them: ``(n,)``, ``()``, ``(acc,)``, ``(acc,)``, ``(acc,)``, ``(s1, s2, pivot)``.
+    ``counts`` names the column counting its non-null inputs, which it increments; None
+    for ``count`` and where aggregations of the same input share that column and an
+    earlier one increments it.
     """
 
     kind: str
     columns: tuple[str, ...]
+    counts: str | None = None
 
 
-def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(lines run when a slot is created, lines folding event ``i`` into slot ``s``)."""
-    c = [col[name] for name in agg.columns]
+def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str], list[str],
+                                                                   list[str], list[str]]:
+    """Lines of aggregation ``j``: run when a slot is created; loading the slot's fields
+    into locals; folding event ``i`` into them; storing them back.
+
+    Every aggregation loads before any stores: the columns may share memory (a packed
+    table's rows), so a store between loads would make the compiler reload the fields
+    after it.
+    """
+    names = list(agg.columns) + ([agg.counts] if agg.counts else [])
+    c = [col[name] for name in names]
+    f = [f"f{j}_{k}" for k in range(len(c))]
     ok = f"(V{j}ok.shape[0] == 0 or V{j}ok[i])"
-    if agg.kind == "count":
-        return [], [f"{c[0]}[s] += 1"]
-    if agg.kind == "count_valid":
-        return [], [f"if {ok}:", f"    {c[0]}[s] += 1"]
-    if agg.kind == "sum":
-        return [], [f"if {ok}:", f"    {c[0]}[s] += V{j}[i]", f"    {c[1]}[s] += 1"]
-    if agg.kind in ("min", "max"):
-        cmp = "<" if agg.kind == "min" else ">"
-        return [], [f"if {ok}:", f"    x{j} = V{j}[i]", f"    if x{j} {cmp} {c[0]}[s]:",
-                    f"        {c[0]}[s] = x{j}", f"    {c[1]}[s] += 1"]
-    if agg.kind == "moments":
-        init = [f"p{j} = V{j}[i]", f"{c[3]}[s] = p{j} if {ok} and np.isfinite(p{j}) else 0.0"]
-        upd = [f"if {ok}:", f"    d{j} = V{j}[i] - {c[3]}[s]", f"    {c[0]}[s] += 1",
-               f"    {c[1]}[s] += d{j}", f"    {c[2]}[s] += d{j} * d{j}"]
-        return init, upd
-    raise ValueError(f"the fused loop has no aggregation {agg.kind!r}")
+    kind = agg.kind
+    init: list[str] = []
+    loads = [f"{f[k]} = {c[k]}[s]" for k in range(len(c))]
+    stores = [f"{c[k]}[s] = {f[k]}" for k in range(len(c))]
+    if kind == "count":
+        fold = [f"{f[0]} += 1"]
+    elif kind in ("count_valid", "sum", "min", "max", "moments"):
+        fold = [f"if {ok}:"]
+        if kind == "sum":
+            fold.append(f"    {f[0]} += V{j}[i]")
+        elif kind in ("min", "max"):
+            cmp = "<" if kind == "min" else ">"
+            fold += [f"    x{j} = V{j}[i]", f"    if x{j} {cmp} {f[0]}:", f"        {f[0]} = x{j}"]
+        elif kind == "moments":
+            init = [f"p{j} = V{j}[i]",
+                    f"{c[2]}[s] = p{j} if {ok} and np.isfinite(p{j}) else 0.0"]
+            fold += [f"    d{j} = V{j}[i] - {f[2]}", f"    {f[0]} += d{j}",
+                     f"    {f[1]} += d{j} * d{j}"]
+            del stores[2]  # the pivot is only read
+        if agg.counts:
+            fold.append(f"    {f[-1]} += 1")
+        if len(fold) == 1:
+            fold.append("    pass")
+    else:
+        raise ValueError(f"the fused loop has no aggregation {kind!r}")
+    return init, loads, fold, stores
 
 
 def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
@@ -249,12 +323,16 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "                created += 1",
           f"                {col['__wend']}[s] = end",
           f"                {col['__ontime']}[s] = 1"]
+    loads: list[str] = []
     folds: list[str] = []
+    stores: list[str] = []
     for j, agg in enumerate(aggs):
-        init, upd = _update_lines(j, agg, col)
+        init, load, fold, store = _update_lines(j, agg, col)
         L += ["                " + line for line in init]
-        folds += ["            " + line for line in upd]
-    L += [*folds,
+        loads += ["            " + line for line in load]
+        folds += ["            " + line for line in fold]
+        stores += ["            " + line for line in store]
+    L += [*loads, *folds, *stores,
           "        if not any_open:",
           "            late[i] = 1",
           "        i += 1",

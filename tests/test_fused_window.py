@@ -29,17 +29,11 @@ AGGS = {"n": ("count", None), "nv": ("count_valid", "v"), "sv": ("sum", "v"),
         "var": ("var", "q"), "sd": ("std", "v"), "tmin": ("min", "ts")}
 
 
-@pytest.fixture
-def separate(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make WindowAggOp use the separate kernels on the CPU too."""
-    monkeypatch.setattr(WindowAggOp, "_setup_fused", lambda self: None)
-
-
 def _both(monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple[tuple[pd.DataFrame, pa.Table],
                                                                   tuple[pd.DataFrame, pa.Table]]:
     fused = run_windows(**kw)  # type: ignore[arg-type]
     with monkeypatch.context() as m:
-        m.setattr(WindowAggOp, "_setup_fused", lambda self: None)
+        m.setattr(window_mod, "fusable", lambda spec, backend: False)  # separate kernels
         sep = run_windows(**kw)  # type: ignore[arg-type]
     return fused, sep
 
@@ -134,7 +128,7 @@ def test_checkpoints_pass_between_the_fused_loop_and_the_separate_kernels(
 
     def use_separate(on: bool) -> None:
         if on:
-            monkeypatch.setattr(WindowAggOp, "_setup_fused", lambda self: None)
+            monkeypatch.setattr(window_mod, "fusable", lambda spec, backend: False)
         else:
             monkeypatch.undo()
 
@@ -148,6 +142,33 @@ def test_checkpoints_pass_between_the_fused_loop_and_the_separate_kernels(
     stats = second.run(checkpoint=ck)
     assert stats.restored_checkpoint is not None and stats.events_in < n
     assert set(_rows(out1) + _rows(out2)) == set(want)
+
+
+def test_shared_non_null_counts() -> None:
+    """sum, max and mean of one column keep one non-null count; a snapshot still has
+    each state's own (equal) column, which the separate kernels restore as theirs."""
+    schema = pa.schema({"k": pa.int64(), "window_start": pa.int64(), "window_end": pa.int64(),
+                        "s": pa.float64(), "h": pa.float64(), "m": pa.float64(),
+                        "c": pa.int64()})
+    v, f = gs.col("v"), pa.float64()
+    spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
+                      (AggSpec("s", v.sum(), f, f), AggSpec("h", v.max(), f, f),
+                       AggSpec("m", v.mean(), f, f), AggSpec("c", gs.col("u").count(), f,
+                                                              pa.int64())), schema, False)
+    op = WindowAggOp(spec, select_backend("cpu"))
+    assert op.table.aliases == {"h.nn": "s.nn", "m.nn": "s.nn"}
+    b = gs.Batch.from_arrow(pa.record_batch({"k": [1, 1, 2], "ts": [3, 4, 5],
+                                             "v": pa.array([1.0, None, 2.0]),
+                                             "u": pa.array([1.0, 2.0, None])}))
+    b.watermarks = np.array([np.iinfo(np.int64).min, 3, 4])
+    op.process(b)
+    snap = op.snapshot()
+    assert [sorted(snap[f"table.col.{c}"].tolist()) for c in ("s.nn", "h.nn", "m.nn", "c.n")] \
+        == [[1, 1], [1, 1], [1, 1], [0, 2]]
+    other = WindowAggOp(spec, select_backend("cpu"), fused=False)
+    other.restore(snap)
+    rows = other.on_watermark(100)[0].to_arrow().to_pydict()
+    assert rows["s"] == [1.0, 2.0] and rows["h"] == [1.0, 2.0] and rows["c"] == [2, 0]
 
 
 def test_a_packed_table_snapshots_its_declared_dtypes() -> None:

@@ -47,9 +47,50 @@ I64_MIN = np.iinfo(np.int64).min
 #: inside a large batch keeps the state table (and so its cache footprint) small
 FUSED_CHUNK = 1 << 16
 
-#: table columns of each state kind the fused loop folds, in the order it uses them
-_FUSED_COLUMNS = {"count": ("n",), "count_valid": ("n",), "sum": ("acc", "nn"),
-                  "min": ("acc", "nn"), "max": ("acc", "nn"), "moments": ("nn", "s1", "s2", "pivot")}
+#: table columns of each state kind the fused loop folds (besides its non-null count)
+_FUSED_COLUMNS = {"count": ("n",), "count_valid": (), "sum": ("acc",), "min": ("acc",),
+                  "max": ("acc",), "moments": ("s1", "s2", "pivot")}
+#: each state kind's column counting non-null inputs
+_COUNT_FIELD = {"count_valid": "n", "sum": "nn", "min": "nn", "max": "nn", "moments": "nn"}
+
+
+def _fused_kind(kind: str) -> str:
+    return "moments" if kind in ("mean", "var", "std") else kind
+
+
+def fusable(spec: WindowSpec, backend: Backend) -> bool:
+    """Whether the fused CPU loop runs this window: the CPU backend, no allowed lateness
+    (no revisions), and only aggregations it folds.
+
+    Examples
+    --------
+    >>> from gpustream.aggs import count
+    >>> from gpustream.backend import select_backend
+    >>> spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
+    ...                   (AggSpec("n", count(), None, pa.int64()),), pa.schema([]), False)
+    >>> fusable(spec, select_backend("cpu"))
+    True
+    """
+    return (not backend.is_device and spec.lateness == 0
+            and all(a.agg.kind in FUSED_KINDS for a in spec.aggs))
+
+
+def _shared_counts(spec: WindowSpec) -> dict[str, str]:
+    """Non-null count columns of aggregations of one input, as aliases of the first one:
+    they always hold the same numbers, so the fused loop keeps and updates one."""
+    first: dict[str, str] = {}
+    aliases = {}
+    for a in spec.aggs:
+        kind = _fused_kind(a.agg.kind)
+        if kind not in _COUNT_FIELD:
+            continue
+        column = f"{a.name}.{_COUNT_FIELD[kind]}"
+        key = repr(a.agg.input)
+        if key in first:
+            aliases[column] = first[key]
+        else:
+            first[key] = column
+    return aliases
 _NO_BOOL = np.empty(0, dtype=np.bool_)
 
 
@@ -293,8 +334,10 @@ class WindowAggOp(KeyedAggBase):
     """
 
     def __init__(self, spec: WindowSpec, backend: Backend, fused: bool = True) -> None:
-        table = SlotTable(len(spec.keys) + 2, backend.xp, backend.is_device,
-                          packed=fused and not backend.is_device)
+        fused = fused and fusable(spec, backend)
+        table = SlotTable(len(spec.keys) + 2, backend.xp, backend.is_device, packed=fused)
+        if fused:
+            table.aliases = _shared_counts(spec)
         table.add_column("__wend", np.int64, I64_MAX)
         table.add_column("__rev", np.int32, 0)  # firings so far
         table.add_column("__ontime", np.int8, 0)  # 1 once an on-time event updated it
@@ -307,20 +350,18 @@ class WindowAggOp(KeyedAggBase):
         self._fused_names: tuple[str, ...] = ()
         #: the fused path's log of created slots and their windows' ends, not yet fired
         self._log: list[tuple[Any, Any]] = []
-        if fused and not backend.is_device:
+        if fused:
             self._setup_fused()
 
     def _setup_fused(self) -> None:
-        """Use the one-pass CPU loop when every aggregation is one it folds (and no lateness)."""
-        if self.spec.lateness:
-            return
+        """Compile (or reuse) the one-pass CPU loop for this query's shape."""
+        aliases = self.table.aliases
         aggs = []
         for st in self.states:
-            kind = st.agg.kind
-            if kind not in FUSED_KINDS:
-                return
-            kind = "moments" if kind in ("mean", "var", "std") else kind
-            aggs.append(FusedAgg(kind, tuple(st.prefix + c for c in _FUSED_COLUMNS[kind])))
+            kind = _fused_kind(st.agg.kind)
+            counts = st.prefix + _COUNT_FIELD[kind] if kind in _COUNT_FIELD else None
+            aggs.append(FusedAgg(kind, tuple(st.prefix + c for c in _FUSED_COLUMNS[kind]),
+                                 None if counts in aliases else counts))
         fills = self.table._fill
         self._fused_names = tuple(self.table.columns)
         columns = tuple((name, _fill_source(*fills[name])) for name in self._fused_names)
@@ -433,9 +474,21 @@ class WindowAggOp(KeyedAggBase):
         self.open_ends = {e for e in self.open_ends if e > watermark}
         if fire.shape[0] == 0:
             return []
-        batch = self._emit(fire, None)
-        self._free(fire)
-        return [batch]
+        for st in self.states:
+            st.free(fire)
+        return [self._emit_popped(fire)]
+
+    def _emit_popped(self, slots: Any) -> Batch:
+        """:meth:`_emit` from the slots' rows, copied out and freed in one pass (the fused
+        path's packed table)."""
+        k = len(self.spec.keys)
+        gathered, words = self.table.pop(slots)
+        table_columns, self.table.columns = self.table.columns, gathered
+        try:  # the states finalize from the gathered rows, numbered 0..n-1
+            return self._emit_rows(words[: k + 1], words[k + 1].view(np.int64),
+                                   gathered["__wend"], np.arange(slots.shape[0]), None)
+        finally:
+            self.table.columns = table_columns
 
     def on_watermark(self, watermark: int) -> list[Batch]:
         if self._fused is not None:

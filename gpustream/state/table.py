@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gpustream.kernels.fused_window import pop_rows
 from gpustream.kernels.hashing import hash_rows
 from gpustream.kernels.hashtable import (
     TOMBSTONE,
@@ -85,6 +86,11 @@ class SlotTable:
         self.on_device = on_device
         self.packed = packed and xp is np
         self._packed_names: list[str] = []
+        self._block: Any = None  # the packed columns' rows (int64 words)
+        self._fill_row: Any = None  # a row of their fill values
+        #: column name -> the earlier column it shares memory with (set before adding):
+        #: for owners whose states hold the same values (non-null counts of one input)
+        self.aliases: dict[str, str] = {}
         self.capacity = _pow2_at_least(capacity)
         self.arrays = new_table(self.capacity, key_words, xp)
         self.columns: dict[str, Any] = {}
@@ -100,14 +106,26 @@ class SlotTable:
     def add_column(self, name: str, dtype: Any, fill: Any) -> None:
         """Register a per-slot column. A slot never used before holds ``fill``."""
         self._fill[name] = (dtype, fill)
+        if name in self.aliases:
+            self.columns[name] = self.columns[self.aliases[name]]
+            return
         if self.packed and np.dtype(dtype).kind in "iuf":
+            # the owner's bookkeeping columns ("__...") after the states' hot fields
             self._packed_names.append(name)
-            old = {n: self.columns[n] for n in self._packed_names[:-1]}
-            self.columns.update(self._fresh_packed(self.capacity))
+            self._packed_names.sort(key=lambda n: n.startswith("__"))
+            old = {n: self.columns[n] for n in self._packed_names if n != name}
+            self.columns.update(self._link(self._fresh_packed(self.capacity)))
             for n, col in old.items():
                 self.columns[n][:] = col
             return
         self.columns[name] = self.xp.full(self.capacity, fill, dtype=dtype)
+
+    def _link(self, columns: dict[str, Any]) -> dict[str, Any]:
+        """Point the aliases among ``columns``' names at their targets' arrays."""
+        for name, target in self.aliases.items():
+            if name in self._fill and target in columns:
+                columns[name] = columns[target]
+        return columns
 
     def _fresh_packed(self, capacity: int) -> dict[str, Any]:
         """Views of a new cache-line-aligned block holding the packed columns, filled."""
@@ -115,6 +133,7 @@ class SlotTable:
         raw = np.empty(capacity * width + 8, dtype=np.int64)
         at = (-(raw.ctypes.data // 8)) % 8
         block = raw[at : at + capacity * width].reshape(capacity, width)
+        self._block = block
         out = {}
         for j, name in enumerate(self._packed_names):
             dtype, fill = self._fill[name]
@@ -122,16 +141,65 @@ class SlotTable:
             word = np.float64 if kind == "f" else np.uint64 if kind == "u" else np.int64
             out[name] = block.view(word)[:, j]
             out[name][:] = fill
+        self._fill_row = block[0].copy()
         return out
+
+    def pop(self, slots: Any) -> tuple[dict[str, Any], Any]:
+        """Every column's values and the key words (``uint64[K, n]``) at ``slots``, freeing
+        them as :meth:`free` with ``release`` does, in one pass (packed CPU tables).
+
+        Examples
+        --------
+        >>> t = SlotTable(1, np, on_device=False, packed=True)
+        >>> t.add_column("n", np.int64, 0)
+        >>> slots, _ = t.upsert(np.array([[4, 9]], dtype=np.uint64), np.arange(2))
+        >>> t.columns["n"][slots] = [3, 5]
+        >>> cols, keys = t.pop(slots[::-1])
+        >>> cols["n"].tolist(), keys.tolist(), t.live_count, t.columns["n"][slots].tolist()
+        ([5, 3], [[9, 4]], 0, [0, 0])
+        """
+        if not self._packed_names or len(self._packed_names) + len(self.aliases) != len(self.columns):
+            out, keys = self.gather(slots), self.arrays[2][slots].T
+            self.free(slots, release=True)
+            return out, keys
+        rows, keys = pop_rows(slots, self._block, self._fill_row, self.arrays)
+        out = self._link({name: rows.view(self.columns[name].dtype)[:, j]
+                          for j, name in enumerate(self._packed_names)})
+        self.live_count -= int(slots.shape[0])
+        self.used -= release_tombstones(self.arrays[0], slots)
+        return out, keys.T
+
+    def gather(self, slots: Any) -> dict[str, Any]:
+        """Every column's values at ``slots`` (a packed table copies whole rows at once).
+
+        Examples
+        --------
+        >>> t = SlotTable(1, np, on_device=False, packed=True)
+        >>> t.add_column("n", np.int64, 0)
+        >>> t.add_column("x", np.float64, 1.5)
+        >>> t.columns["n"][[3, 5]] = [7, 8]
+        >>> g = t.gather(np.array([5, 3]))
+        >>> g["n"].tolist(), g["x"].tolist()
+        ([8, 7], [1.5, 1.5])
+        """
+        out = {}
+        if self._packed_names:
+            rows = self._block[slots]
+            for j, name in enumerate(self._packed_names):
+                out[name] = rows.view(self.columns[name].dtype)[:, j]
+        for name, col in self.columns.items():
+            if name not in out and name not in self.aliases:
+                out[name] = col[slots]
+        return self._link(out)
 
     def _fresh_columns(self, capacity: int) -> dict[str, Any]:
         """Every column for ``capacity`` slots, filled."""
         out = self._fresh_packed(capacity) if self._packed_names else {}
         for name, (dtype, fill) in self._fill.items():
-            if name not in out:
+            if name not in out and name not in self.aliases:
                 col = self.columns[name]
                 out[name] = self.xp.full((capacity, *col.shape[1:]), fill, dtype=dtype)
-        return out
+        return self._link(out)
 
     # -- keys -----------------------------------------------------------------------------
     @property
@@ -238,8 +306,11 @@ class SlotTable:
         self.arrays[1][slots] = 0
         self.live_count -= int(slots.shape[0])
         if release and not self.on_device:
+            if self._packed_names:
+                self._block[slots] = self._fill_row
             for name, (_, fill) in self._fill.items():
-                self.columns[name][slots] = fill
+                if name not in self._packed_names and name not in self.aliases:
+                    self.columns[name][slots] = fill
             self.used -= release_tombstones(self.arrays[0], slots)
 
     def live_slots(self) -> Any:
