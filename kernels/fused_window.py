@@ -234,13 +234,16 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
             columns: tuple[tuple[str, str], ...], tumbling: bool) -> str:
     col = {name: f"C{j}" for j, (name, _) in enumerate(columns)}
     words = [f"w{c}" for c in range(n_keys)] + ["nb"]
-    args = (["ts", "ts_ok", "wm", "size", "slide", "offset", "nwin", "i0", "i1", "room"]
+    args = (["ts", "ts_ok", "wm", "size", "slide", "offset", "nwin", "i0", "i1", "room",
+             "part", "bits"]
             + [f"K{c}, K{c}ok" for c in range(n_keys)]
             + [f"V{j}, V{j}ok" for j in range(len(aggs))]
             + ["t_hash", "t_ready", "t_keys"] + [col[name] for name, _ in columns]
             + ["late", "log_slots", "log_ends", "out"])
     L = [f"def fused({', '.join(args)}):",
          "    mask = np.uint64(t_hash.shape[0] - 1)",
+         "    shift = np.uint64(64 - bits) if bits else np.uint64(0)",
+         "    upart = np.uint64(part)",
          "    KW = np.uint64(t_keys.shape[1])",
          "    t_keys_flat = t_keys.reshape(t_keys.shape[0] * t_keys.shape[1])",
          "    lo = np.int64(1)",
@@ -282,10 +285,13 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "            ha = SEED64"]
     L += [f"            ha = _mix_word(ha, K{c}[ia])" for c in range(n_keys)]
     L += ["            ha = _mix_word(ha, ZERO)",
-          "            sa = _finish(_mix_word(ha, np.uint64(lo))) & mask",
-          "            _prefetch(t_hash, sa)",
-          "            _prefetch(t_keys_flat, sa * KW)"]
-    L += [f"            _prefetch({c}, sa)" for c in dict.fromkeys([hot[0], hot[-1]] if hot else [])]
+          "            ha = _finish(_mix_word(ha, np.uint64(lo)))",
+          "            sa = ha & mask",
+          "            if not bits or (ha >> shift) == upart:",
+          "                _prefetch(t_hash, sa)",
+          "                _prefetch(t_keys_flat, sa * KW)"]
+    L += [f"                _prefetch({c}, sa)"
+          for c in dict.fromkeys([hot[0], hot[-1]] if hot else [])]
     same = " and ".join(f"t_keys[s, {c}] == {wd}" for c, wd in enumerate([*words, "ws"]))
     L += ["        any_open = False",
           f"        for jw in range({'1' if tumbling else 'nwin'}):",
@@ -296,6 +302,8 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "            any_open = True",
           "            ws = np.uint64(st)",
           "            h = _finish(_mix_word(hk, ws))",
+          "            if bits and (h >> shift) != upart:",
+          "                continue  # another shard's key",
           "            s = h & mask",
           "            tomb = np.int64(-1)",
           "            found = False",
@@ -359,7 +367,9 @@ def fused_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     ``__ontime``; ``tumbling`` compiles the loop for one window per event (``nwin`` 1).
     Arguments: event times, their validity (empty: none), per-event
     watermarks, ``size``, ``slide``, ``offset``, ``nwin``, the events ``i0:i1`` to
-    fold, ``room`` (empty slots it may fill), each key column as uint64 with its validity,
+    fold, ``room`` (empty slots it may fill), ``part`` and ``bits`` (fold only keys whose
+    hash has ``part`` in its top ``bits`` bits; 0 bits: every key), each key column as
+    uint64 with its validity,
     each aggregation's input values with their validity, ``t_hash``, ``t_ready``,
     ``t_keys``, the columns, then ``late`` (int8 per event, set for events all of whose
     windows have fired), ``log_slots`` and ``log_ends`` (buffers receiving each created
@@ -377,7 +387,7 @@ def fused_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     >>> none = np.empty(0, np.bool_)
     >>> late, out = np.zeros(3, np.int8), np.zeros(2, np.int64)
     >>> log_slots, log_ends = np.zeros(8, np.int64), np.zeros(8, np.int64)
-    >>> k(np.array([5, 7, 12]), none, np.array([-99, 5, 7]), 10, 10, 0, 1, 0, 3, 8,
+    >>> k(np.array([5, 7, 12]), none, np.array([-99, 5, 7]), 10, 10, 0, 1, 0, 3, 8, 0, 0,
     ...   np.array([4, 4, 4], np.uint64), none, np.zeros(1), none, t_hash, t_ready, t_keys,
     ...   wend, ontime, n, late, log_slots, log_ends, out)
     3

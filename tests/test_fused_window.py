@@ -17,10 +17,11 @@ import pyarrow as pa
 import pytest
 
 import gpustream as gs
-import gpustream.operators.window as window_mod
+import gpustream.operators.window_fused as fused_mod
 from gpustream.aggs import count
 from gpustream.backend import select_backend
 from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
+from gpustream.operators.window_fused import FusedWindowAggOp, window_operator
 from tests.test_checkpoints import _Crash, _rows
 from tests.test_windows import events, run_windows
 
@@ -33,7 +34,7 @@ def _both(monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple[tuple[pd.DataF
                                                                   tuple[pd.DataFrame, pa.Table]]:
     fused = run_windows(**kw)  # type: ignore[arg-type]
     with monkeypatch.context() as m:
-        m.setattr(window_mod, "fusable", lambda spec, backend: False)  # separate kernels
+        m.setattr(fused_mod, "fusable", lambda spec, backend: False)  # separate kernels
         sep = run_windows(**kw)  # type: ignore[arg-type]
     return fused, sep
 
@@ -49,20 +50,23 @@ def _spec(lateness: int = 0, kind: str = "count") -> WindowSpec:
 
 def test_the_fused_loop_is_used_where_it_applies_and_only_there() -> None:
     cpu = select_backend("cpu")
-    assert WindowAggOp(_spec(), cpu)._fused is not None
-    assert WindowAggOp(_spec(), cpu, fused=False)._fused is None
-    assert WindowAggOp(_spec(lateness=5), cpu)._fused is None  # revisions: separate kernels
-    assert WindowAggOp(_spec(kind="first"), cpu)._fused is None  # not a fused aggregation
+    assert type(window_operator(_spec(), cpu)) is FusedWindowAggOp
+    # revisions, and aggregations the loop does not fold: the separate kernels
+    assert type(window_operator(_spec(lateness=5), cpu)) is WindowAggOp
+    assert type(window_operator(_spec(kind="first"), cpu)) is WindowAggOp
+    with pytest.raises(ValueError, match="no allowed lateness"):
+        FusedWindowAggOp(_spec(lateness=5), cpu)
 
 
 @pytest.mark.parametrize("assigner", [gs.Tumbling(5000), gs.Tumbling(4000, offset=1500),
                                       gs.Sliding(6000, 2000), gs.Sliding(9000, 3000, offset=-1000)],
                          ids=lambda a: a.describe())
 @pytest.mark.parametrize("keys", [("k",), ("k", "g"), ("c",)])
-@pytest.mark.parametrize("batch_rows", [7, 500, 10_000])
+@pytest.mark.parametrize(("batch_rows", "threads"), [(7, "1"), (500, "2"), (10_000, "4")])
 def test_fused_equals_separate_kernels(monkeypatch: pytest.MonkeyPatch,
                                        assigner: gs.WindowAssigner, keys: tuple[str, ...],
-                                       batch_rows: int) -> None:
+                                       batch_rows: int, threads: str) -> None:
+    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", threads)  # shards of the fused state
     table = events(seed=batch_rows + len(keys), n=3000, disorder=12_000)
     (got, late), (want, want_late) = _both(
         monkeypatch, table=table, engine="cpu", assigner=assigner, keys=keys, aggs=AGGS,
@@ -77,7 +81,8 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
     """One batch of 20,000 events over 2,000 keys and 20 windows: firing windows as soon as
     a chunk of 64 events moved the watermark past them, and rebuilding the table (its log
     of created slots follows the move) changes nothing."""
-    monkeypatch.setattr(window_mod, "FUSED_CHUNK", 64)
+    monkeypatch.setattr(fused_mod, "FUSED_CHUNK", 64)
+    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", "2")
     rng = np.random.default_rng(5)
     n = 20_000
     ts = np.sort(rng.integers(0, 20_000, n)) - rng.integers(0, 800, n) * (rng.random(n) < 0.2)
@@ -86,13 +91,14 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
                       "q": rng.integers(0, 9, n).astype(np.int32)})
     aggs = {"n": ("count", None), "sv": ("sum", "v"), "hq": ("max", "q"), "sd": ("std", "v")}
     rebuilds: list[int] = []
-    real = WindowAggOp._fire_fused
+    real = FusedWindowAggOp.on_watermark
 
-    def spy(self: WindowAggOp, wm: int) -> list[gs.Batch]:
-        rebuilds.append(self.table.rebuilds)
+    def spy(self: FusedWindowAggOp, wm: int) -> list[gs.Batch]:
+        assert len(self.shards) == 2
+        rebuilds.append(sum(s.table.rebuilds for s in self.shards))
         return real(self, wm)
 
-    monkeypatch.setattr(WindowAggOp, "_fire_fused", spy)
+    monkeypatch.setattr(FusedWindowAggOp, "on_watermark", spy)
     (got, late), (want, want_late) = _both(
         monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(1000), keys=("k",),
         aggs=aggs, delay=500, batch_rows=n)
@@ -126,20 +132,20 @@ def test_checkpoints_pass_between_the_fused_loop_and_the_separate_kernels(
     whole.run()
     want = _rows(out)
 
-    def use_separate(on: bool) -> None:
-        if on:
-            monkeypatch.setattr(window_mod, "fusable", lambda spec, backend: False)
-        else:
-            monkeypatch.undo()
-
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
-    use_separate(not fused_first)
-    first, out1 = _pipeline(_Crash(gs.from_arrow(table, batch_rows=200), 11), sliding)
-    with pytest.raises(OSError, match="lost power"):
-        first.run(checkpoint=ck)
-    use_separate(fused_first)
-    second, out2 = _pipeline(gs.from_arrow(table, batch_rows=200), sliding)
-    stats = second.run(checkpoint=ck)
+    with monkeypatch.context() as m:
+        m.setenv("GPUSTREAM_CPU_THREADS", "4")  # a 4-shard fused state, split and merged
+        if not fused_first:
+            m.setattr(fused_mod, "fusable", lambda spec, backend: False)
+        first, out1 = _pipeline(_Crash(gs.from_arrow(table, batch_rows=200), 11), sliding)
+        with pytest.raises(OSError, match="lost power"):
+            first.run(checkpoint=ck)
+    with monkeypatch.context() as m:
+        m.setenv("GPUSTREAM_CPU_THREADS", "2")
+        if fused_first:
+            m.setattr(fused_mod, "fusable", lambda spec, backend: False)
+        second, out2 = _pipeline(gs.from_arrow(table, batch_rows=200), sliding)
+        stats = second.run(checkpoint=ck)
     assert stats.restored_checkpoint is not None and stats.events_in < n
     assert set(_rows(out1) + _rows(out2)) == set(want)
 
@@ -155,7 +161,7 @@ def test_shared_non_null_counts() -> None:
                       (AggSpec("s", v.sum(), f, f), AggSpec("h", v.max(), f, f),
                        AggSpec("m", v.mean(), f, f), AggSpec("c", gs.col("u").count(), f,
                                                               pa.int64())), schema, False)
-    op = WindowAggOp(spec, select_backend("cpu"))
+    op = FusedWindowAggOp(spec, select_backend("cpu"), shards=1)
     assert op.table.aliases == {"h.nn": "s.nn", "m.nn": "s.nn"}
     b = gs.Batch.from_arrow(pa.record_batch({"k": [1, 1, 2], "ts": [3, 4, 5],
                                              "v": pa.array([1.0, None, 2.0]),
@@ -165,14 +171,14 @@ def test_shared_non_null_counts() -> None:
     snap = op.snapshot()
     assert [sorted(snap[f"table.col.{c}"].tolist()) for c in ("s.nn", "h.nn", "m.nn", "c.n")] \
         == [[1, 1], [1, 1], [1, 1], [0, 2]]
-    other = WindowAggOp(spec, select_backend("cpu"), fused=False)
+    other = WindowAggOp(spec, select_backend("cpu"))
     other.restore(snap)
     rows = other.on_watermark(100)[0].to_arrow().to_pydict()
     assert rows["s"] == [1.0, 2.0] and rows["h"] == [1.0, 2.0] and rows["c"] == [2, 0]
 
 
 def test_a_packed_table_snapshots_its_declared_dtypes() -> None:
-    op = WindowAggOp(_spec(), select_backend("cpu"))
+    op = FusedWindowAggOp(_spec(), select_backend("cpu"))
     b = gs.Batch.from_arrow(pa.record_batch({"k": [1, 2, 1], "ts": [3, 4, 5]}))
     b.watermarks = np.array([np.iinfo(np.int64).min, 3, 4])
     op.process(b)

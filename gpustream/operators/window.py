@@ -26,12 +26,6 @@ from gpustream.aggs import Agg
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
 from gpustream.expr import Col, evaluate
-from gpustream.kernels.fused_window import (
-    FUSED_KINDS,
-    FusedAgg,
-    fused_hash_rows,
-    fused_window_kernel,
-)
 from gpustream.kernels.hashing import hash_rows, widen_keys
 from gpustream.kernels.windows import DROPPED, LATE, ON_TIME, assign_windows
 from gpustream.operators.base import Operator
@@ -42,65 +36,6 @@ __all__ = ["AggSpec", "WindowAggOp", "WindowSpec"]
 
 I64_MAX = np.iinfo(np.int64).max
 I64_MIN = np.iinfo(np.int64).min
-
-#: events folded by the fused CPU loop between two chances to fire windows: firing
-#: inside a large batch keeps the state table (and so its cache footprint) small
-FUSED_CHUNK = 1 << 16
-
-#: table columns of each state kind the fused loop folds (besides its non-null count)
-_FUSED_COLUMNS = {"count": ("n",), "count_valid": (), "sum": ("acc",), "min": ("acc",),
-                  "max": ("acc",), "moments": ("s1", "s2", "pivot")}
-#: each state kind's column counting non-null inputs
-_COUNT_FIELD = {"count_valid": "n", "sum": "nn", "min": "nn", "max": "nn", "moments": "nn"}
-
-
-def _fused_kind(kind: str) -> str:
-    return "moments" if kind in ("mean", "var", "std") else kind
-
-
-def fusable(spec: WindowSpec, backend: Backend) -> bool:
-    """Whether the fused CPU loop runs this window: the CPU backend, no allowed lateness
-    (no revisions), and only aggregations it folds.
-
-    Examples
-    --------
-    >>> from gpustream.aggs import count
-    >>> from gpustream.backend import select_backend
-    >>> spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
-    ...                   (AggSpec("n", count(), None, pa.int64()),), pa.schema([]), False)
-    >>> fusable(spec, select_backend("cpu"))
-    True
-    """
-    return (not backend.is_device and spec.lateness == 0
-            and all(a.agg.kind in FUSED_KINDS for a in spec.aggs))
-
-
-def _shared_counts(spec: WindowSpec) -> dict[str, str]:
-    """Non-null count columns of aggregations of one input, as aliases of the first one:
-    they always hold the same numbers, so the fused loop keeps and updates one."""
-    first: dict[str, str] = {}
-    aliases = {}
-    for a in spec.aggs:
-        kind = _fused_kind(a.agg.kind)
-        if kind not in _COUNT_FIELD:
-            continue
-        column = f"{a.name}.{_COUNT_FIELD[kind]}"
-        key = repr(a.agg.input)
-        if key in first:
-            aliases[column] = first[key]
-        else:
-            first[key] = column
-    return aliases
-_NO_BOOL = np.empty(0, dtype=np.bool_)
-
-
-def _fill_source(dtype: Any, fill: Any) -> str:
-    """A column's fill value as Python source for the generated loop."""
-    if np.dtype(dtype).kind == "f":
-        f = float(fill)
-        return ("np.inf" if f > 0 else "-np.inf") if np.isinf(f) else repr(f)
-    value = int(fill)
-    return {I64_MAX: "I64_MAX", I64_MIN: "I64_MIN"}.get(value, str(value))
 
 
 @dataclass(frozen=True)
@@ -236,7 +171,7 @@ class KeyedAggBase(Operator):
                                self.table.columns["__wend"][slots], slots, revision)
 
     def _emit_rows(self, key_words: Any, starts: Any, ends: Any, slots: Any,
-                   revision: Any | None) -> Batch:
+                   revision: Any | None, states: list[AggState] | None = None) -> Batch:
         """Rows ordered by (window_end, window_start, keys): keys, window_start, window_end,
         the aggregates of state ``slots`` in order, and ``revision`` with allowed lateness.
 
@@ -251,7 +186,9 @@ class KeyedAggBase(Operator):
         if not sort_by:
             order = xp.argsort(starts, kind="stable")
         elif len(sort_by) == 1:
-            order = xp.argsort(sort_by[0], kind="stable")
+            # keys are unique within a window (a null key and the key 0 aside, whose
+            # order is as arbitrary as the table's): no stable sort needed
+            order = xp.argsort(sort_by[0])
         else:
             order = xp.lexsort(xp.stack(sort_by))
         key_words, slots = key_words[:, order], slots[order]
@@ -268,7 +205,7 @@ class KeyedAggBase(Operator):
             validity[name] = ((nulls >> c) & 1) == 0 if any_null else None
         columns["window_start"] = starts
         columns["window_end"] = ends
-        for a, st in zip(spec.aggs, self.states, strict=True):
+        for a, st in zip(spec.aggs, self.states if states is None else states, strict=True):
             values, valid = st.finalize(slots)
             columns[a.name] = values
             validity[a.name] = valid
@@ -333,47 +270,27 @@ class WindowAggOp(KeyedAggBase):
     [1]
     """
 
-    def __init__(self, spec: WindowSpec, backend: Backend, fused: bool = True) -> None:
-        fused = fused and fusable(spec, backend)
-        table = SlotTable(len(spec.keys) + 2, backend.xp, backend.is_device, packed=fused)
-        if fused:
-            table.aliases = _shared_counts(spec)
-        table.add_column("__wend", np.int64, I64_MAX)
-        table.add_column("__rev", np.int32, 0)  # firings so far
-        table.add_column("__ontime", np.int8, 0)  # 1 once an on-time event updated it
+    def __init__(self, spec: WindowSpec, backend: Backend, table: SlotTable | None = None) -> None:
+        if table is None:
+            table = SlotTable(len(spec.keys) + 2, backend.xp, backend.is_device)
+            self.add_bookkeeping(table)
         super().__init__(spec, backend, table)
         self.nwin = spec.size // spec.slide
         self.pending_ends: set[int] = set()
         self.open_ends: set[int] = set()
         self.late_pending: list[_Late] = []
-        self._fused: Any = None
-        self._fused_names: tuple[str, ...] = ()
-        #: the fused path's log of created slots and their windows' ends, not yet fired
-        self._log: list[tuple[Any, Any]] = []
-        if fused:
-            self._setup_fused()
 
-    def _setup_fused(self) -> None:
-        """Compile (or reuse) the one-pass CPU loop for this query's shape."""
-        aliases = self.table.aliases
-        aggs = []
-        for st in self.states:
-            kind = _fused_kind(st.agg.kind)
-            counts = st.prefix + _COUNT_FIELD[kind] if kind in _COUNT_FIELD else None
-            aggs.append(FusedAgg(kind, tuple(st.prefix + c for c in _FUSED_COLUMNS[kind]),
-                                 None if counts in aliases else counts))
-        fills = self.table._fill
-        self._fused_names = tuple(self.table.columns)
-        columns = tuple((name, _fill_source(*fills[name])) for name in self._fused_names)
-        self._fused = fused_window_kernel(len(self.spec.keys), tuple(aggs), columns,
-                                          self.nwin == 1)
+    @staticmethod
+    def add_bookkeeping(table: SlotTable) -> None:
+        """The columns this operator keeps per (key, window) slot besides the states'."""
+        table.add_column("__wend", np.int64, I64_MAX)
+        table.add_column("__rev", np.int32, 0)  # firings so far
+        table.add_column("__ontime", np.int8, 0)  # 1 once an on-time event updated it
 
     def process(self, batch: Batch) -> list[Batch]:
         n = batch.num_rows
         if n == 0:
             return []
-        if self._fused is not None:
-            return self._process_fused(batch)
         xp = self.xp
         spec = self.spec
         ts, ts_valid, wm = self._event_times(batch)
@@ -405,94 +322,7 @@ class WindowAggOp(KeyedAggBase):
             self.late_pending.append(_Late(slots[late_idx], rows[late_idx], inputs, ctx, batch))
         return []
 
-    def _process_fused(self, batch: Batch) -> list[Batch]:
-        """The CPU path: the fused loop over chunks of the batch, firing in between."""
-        n = batch.num_rows
-        spec = self.spec
-        ts, ts_valid, wm = self._event_times(batch)
-        args: list[Any] = [ts, _NO_BOOL if ts_valid is None else ts_valid, wm, spec.size,
-                           spec.slide, spec.offset, self.nwin]
-        tail: list[Any] = []
-        for name in spec.keys:
-            valid = batch.validity(name)
-            tail += [widen_keys([batch[name]], np)[0], _NO_BOOL if valid is None else valid]
-        inputs = self._inputs(batch)
-        for i, st in enumerate(self.states):
-            col = inputs[i]
-            if col is None:
-                tail += [np.zeros(1), _NO_BOOL]
-                continue
-            dtype = getattr(st, "dtype", np.float64)
-            tail += [np.ascontiguousarray(col.values.astype(dtype, copy=False)),
-                     _NO_BOOL if col.valid is None else col.valid]
-        late = np.zeros(n, dtype=np.int8)
-        log_size = min(n, FUSED_CHUNK) * self.nwin
-        counts = np.zeros(2, dtype=np.int64)
-        table = self.table
-        out: list[Batch] = []
-        pos = 0
-        while pos < n:
-            stop = min(n, pos + FUSED_CHUNK)
-            while pos < stop:
-                room = table.room()
-                remap = table.make_room((stop - pos) * self.nwin, room, self.nwin)
-                if remap is not None:
-                    self._log = [(remap[sl], e) for sl, e in self._log]
-                    continue
-                log_slots = np.empty(log_size, dtype=np.int64)
-                log_ends = np.empty(log_size, dtype=np.int64)
-                cols = [table.columns[name] for name in self._fused_names]
-                pos = self._fused(*args, pos, stop, room, *tail, *table.arrays, *cols,
-                                  late, log_slots, log_ends, counts)
-                created = int(counts[0])
-                table.live_count += created
-                table.used += int(counts[1])
-                if created:
-                    self._log.append((log_slots[:created], log_ends[:created]))
-                    new_ends = np.unique(log_ends[:created]).tolist()
-                    self.pending_ends.update(new_ends)
-                    self.open_ends.update(new_ends)
-            if stop < n and self.pending_ends and min(self.pending_ends) <= wm[stop]:
-                # wm[stop] is the watermark after every event before ``stop``: the windows
-                # it reached can take no more events, so they fire now
-                out.extend(self._fire_fused(int(wm[stop])))
-        self.seq += n
-        self._late_rows(batch, late.view(np.bool_))
-        return out
-
-    def _fire_fused(self, watermark: int) -> list[Batch]:
-        """Fire and free the windows that ``watermark`` reached (fused path: no lateness,
-        so every created slot fires once, on time, and is freed at once)."""
-        if not self.pending_ends or min(self.pending_ends) > watermark:
-            return []
-        slots = np.concatenate([sl for sl, _ in self._log])
-        ends = np.concatenate([e for _, e in self._log])
-        due = ends <= watermark
-        fire = slots[due]
-        self._log = [(slots[~due], ends[~due])]
-        self.pending_ends = {e for e in self.pending_ends if e > watermark}
-        self.open_ends = {e for e in self.open_ends if e > watermark}
-        if fire.shape[0] == 0:
-            return []
-        for st in self.states:
-            st.free(fire)
-        return [self._emit_popped(fire)]
-
-    def _emit_popped(self, slots: Any) -> Batch:
-        """:meth:`_emit` from the slots' rows, copied out and freed in one pass (the fused
-        path's packed table)."""
-        k = len(self.spec.keys)
-        gathered, words = self.table.pop(slots)
-        table_columns, self.table.columns = self.table.columns, gathered
-        try:  # the states finalize from the gathered rows, numbered 0..n-1
-            return self._emit_rows(words[: k + 1], words[k + 1].view(np.int64),
-                                   gathered["__wend"], np.arange(slots.shape[0]), None)
-        finally:
-            self.table.columns = table_columns
-
     def on_watermark(self, watermark: int) -> list[Batch]:
-        if self._fused is not None:
-            return self._fire_fused(watermark)
         out: list[Batch] = []
         wend = self.table.columns["__wend"]
         rev = self.table.columns["__rev"]
@@ -519,7 +349,7 @@ class WindowAggOp(KeyedAggBase):
     def _free(self, slots: Any) -> None:
         for st in self.states:
             st.free(slots)
-        self.table.free(slots, release=self._fused is not None)
+        self.table.free(slots)
 
     def _late_rounds(self, late: _Late) -> list[Batch]:
         """Fold late pairs in arrival order, one per window per round, re-firing each time."""
@@ -554,14 +384,11 @@ class WindowAggOp(KeyedAggBase):
 
     def restore(self, state: dict[str, Any]) -> None:
         table_state = {k[len("table."):]: v for k, v in state.items() if k.startswith("table.")}
-        # the hashes are this backend's (the fused CPU loop hashes differently)
+        # the separate kernels' hashes (a fused CPU loop's snapshot holds its own)
         keys = np.ascontiguousarray(table_state["keys"], dtype=np.uint64)
-        table_state["hashes"] = (fused_hash_rows(keys) if self._fused is not None
-                                 else hash_rows(keys, on_device=False))
+        table_state["hashes"] = hash_rows(keys, on_device=False)
         slots = self.table.restore(table_state, self.backend.to_device)
         self._restore_aggs(state, slots)
         self.pending_ends = {int(e) for e in state["pending_ends"]}
         self.open_ends = {int(e) for e in state["open_ends"]}
-        if self._fused is not None:
-            live = self.table.live_slots()
-            self._log = [(live, self.table.columns["__wend"][live].copy())]
+

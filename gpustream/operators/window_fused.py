@@ -1,0 +1,370 @@
+"""Tumbling and sliding windows on the CPU: the fused loop, on every core.
+
+:class:`FusedWindowAggOp` is :class:`~gpustream.operators.window.WindowAggOp` with the
+per-batch work done by the generated one-pass loop of
+:mod:`gpustream.kernels.fused_window` (window assignment, hashing, find-or-insert and
+every aggregate in one pass over the events), for windows without allowed lateness whose
+aggregations that loop folds. The state is split into shards by the top bits of the key
+hash, one state table per shard; each shard's loop runs on its own thread over the whole
+batch and folds the events of its keys (numba releases the GIL), so a (key, window)
+always lives in one shard and is updated in arrival order: results are exactly the
+separate kernels' (tested), whatever the number of shards.
+
+Windows fire inside a batch as soon as a chunk of events has moved the watermark past
+their end, which keeps the tables (and their cache footprint) small. Each shard logs the
+slots it creates with their window's end, so firing pops exactly the due slots without
+scanning the table. Snapshots are the separate kernels' format (one table: the shards'
+live slots together), so a checkpoint restores on either path and on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from gpustream.backend import Backend
+from gpustream.batch import Batch
+from gpustream.kernels.fused_window import (
+    FUSED_KINDS,
+    FusedAgg,
+    fused_hash_rows,
+    fused_window_kernel,
+)
+from gpustream.kernels.hashing import widen_keys
+from gpustream.operators.window import I64_MAX, I64_MIN, WindowAggOp, WindowSpec
+from gpustream.state.aggstate import AggState, make_state
+from gpustream.state.table import SlotTable
+
+__all__ = ["FusedWindowAggOp", "fusable", "shard_count", "window_operator"]
+
+#: events folded between two chances to fire windows
+FUSED_CHUNK = 1 << 16
+
+#: table columns of each state kind the fused loop folds (besides its non-null count)
+_FUSED_COLUMNS = {"count": ("n",), "count_valid": (), "sum": ("acc",), "min": ("acc",),
+                  "max": ("acc",), "moments": ("s1", "s2", "pivot")}
+#: each state kind's column counting non-null inputs
+_COUNT_FIELD = {"count_valid": "n", "sum": "nn", "min": "nn", "max": "nn", "moments": "nn"}
+_NO_BOOL = np.empty(0, dtype=np.bool_)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _fused_kind(kind: str) -> str:
+    return "moments" if kind in ("mean", "var", "std") else kind
+
+
+def _fill_source(dtype: Any, fill: Any) -> str:
+    """A column's fill value as Python source for the generated loop."""
+    if np.dtype(dtype).kind == "f":
+        f = float(fill)
+        return ("np.inf" if f > 0 else "-np.inf") if np.isinf(f) else repr(f)
+    value = int(fill)
+    return {I64_MAX: "I64_MAX", I64_MIN: "I64_MIN"}.get(value, str(value))
+
+
+def shard_count() -> int:
+    """Shards (threads) of a fused window: 2 where the process may use 2 or more cores,
+    else 1; ``GPUSTREAM_CPU_THREADS`` overrides (1, 2 or 4).
+
+    Examples
+    --------
+    >>> shard_count() in (1, 2, 4)
+    True
+    """
+    env = os.environ.get("GPUSTREAM_CPU_THREADS")
+    if env:
+        n = int(env)
+        if n not in (1, 2, 4):
+            raise ValueError(f"GPUSTREAM_CPU_THREADS must be 1, 2 or 4, got {env!r}")
+        return n
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 2 if (cores or 1) >= 2 else 1
+
+
+def fusable(spec: WindowSpec, backend: Backend) -> bool:
+    """Whether the fused CPU loop runs this window: the CPU backend, no allowed lateness
+    (no revisions), and only aggregations it folds.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.aggs import count
+    >>> from gpustream.backend import select_backend
+    >>> from gpustream.operators.window import AggSpec
+    >>> spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
+    ...                   (AggSpec("n", count(), None, pa.int64()),), pa.schema([]), False)
+    >>> fusable(spec, select_backend("cpu"))
+    True
+    """
+    return (not backend.is_device and spec.lateness == 0
+            and all(a.agg.kind in FUSED_KINDS for a in spec.aggs))
+
+
+def window_operator(spec: WindowSpec, backend: Backend) -> WindowAggOp:
+    """The operator for a tumbling or sliding window: fused where :func:`fusable`.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.aggs import count
+    >>> from gpustream.backend import select_backend
+    >>> from gpustream.operators.window import AggSpec
+    >>> spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
+    ...                   (AggSpec("n", count(), None, pa.int64()),), pa.schema([]), False)
+    >>> type(window_operator(spec, select_backend("cpu"))).__name__
+    'FusedWindowAggOp'
+    """
+    if fusable(spec, backend):
+        return FusedWindowAggOp(spec, backend)
+    return WindowAggOp(spec, backend)
+
+
+def _shared_counts(spec: WindowSpec) -> dict[str, str]:
+    """Non-null count columns of aggregations of one input, as aliases of the first one:
+    they always hold the same numbers, so the fused loop keeps and updates one."""
+    first: dict[str, str] = {}
+    aliases = {}
+    for a in spec.aggs:
+        kind = _fused_kind(a.agg.kind)
+        if kind not in _COUNT_FIELD:
+            continue
+        column = f"{a.name}.{_COUNT_FIELD[kind]}"
+        key = repr(a.agg.input)
+        if key in first:
+            aliases[column] = first[key]
+        else:
+            first[key] = column
+    return aliases
+
+
+def _new_table(spec: WindowSpec) -> SlotTable:
+    table = SlotTable(len(spec.keys) + 2, np, False, packed=True)
+    table.aliases = _shared_counts(spec)
+    WindowAggOp.add_bookkeeping(table)
+    return table
+
+
+class _Rows:
+    """Popped rows as a read-only state table: what aggregation states finalize from."""
+
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.xp: Any = np
+        self.on_device = False
+        self.columns = columns
+
+    def add_column(self, name: str, dtype: Any, fill: Any) -> None:
+        """The columns are already there."""
+
+    def live_slots(self) -> Any:
+        return np.arange(next(iter(self.columns.values())).shape[0])
+
+    def held_slots(self) -> Any:
+        return self.live_slots()
+
+
+class _Shard:
+    """One state table, its aggregation states, and its log of unfired created slots."""
+
+    def __init__(self, table: SlotTable, states: list[AggState]) -> None:
+        self.table = table
+        self.states = states
+        self.log: list[tuple[Any, Any]] = []
+
+    def due(self, watermark: int) -> Any:
+        """Slots of the windows that ``watermark`` reached, taken off the log."""
+        if not self.log:
+            return np.empty(0, dtype=np.int64)
+        slots = np.concatenate([sl for sl, _ in self.log])
+        ends = np.concatenate([e for _, e in self.log])
+        due = ends <= watermark
+        self.log = [(slots[~due], ends[~due])]
+        return slots[due]
+
+
+class FusedWindowAggOp(WindowAggOp):
+    """Tumbling and sliding windows on the CPU through the fused loop (see module doc).
+
+    Examples
+    --------
+    >>> import numpy as np, pyarrow as pa
+    >>> from gpustream.aggs import count
+    >>> from gpustream.backend import select_backend
+    >>> from gpustream.operators.window import AggSpec
+    >>> spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
+    ...                   (AggSpec("n", count(), None, pa.int64()),),
+    ...                   pa.schema({"k": pa.int64(), "window_start": pa.int64(),
+    ...                              "window_end": pa.int64(), "n": pa.int64()}), False)
+    >>> op = FusedWindowAggOp(spec, select_backend("cpu"), shards=2)
+    >>> b = Batch.from_arrow(pa.record_batch({"k": [1, 1, 2], "ts": [3, 12, 5]}))
+    >>> b.watermarks = np.array([np.iinfo(np.int64).min, 3, 12])
+    >>> op.process(b)
+    []
+    >>> op.on_watermark(12)[0].to_arrow().to_pydict()
+    {'k': [1], 'window_start': [0], 'window_end': [10], 'n': [1]}
+    """
+
+    def __init__(self, spec: WindowSpec, backend: Backend, shards: int | None = None) -> None:
+        if not fusable(spec, backend):
+            raise ValueError("the fused loop needs the CPU backend, no allowed lateness and "
+                             f"only {', '.join(sorted(FUSED_KINDS))}")
+        super().__init__(spec, backend, table=_new_table(spec))
+        n = shard_count() if shards is None else shards
+        self.shards = [_Shard(self.table, self.states)]
+        for _ in range(n - 1):
+            t = _new_table(spec)
+            self.shards.append(_Shard(t, [make_state(a.name, a.agg, a.in_type, a.out_type, t)
+                                          for a in spec.aggs]))
+        aliases = self.table.aliases
+        aggs = []
+        for st in self.states:
+            kind = _fused_kind(st.agg.kind)
+            counts = st.prefix + _COUNT_FIELD[kind] if kind in _COUNT_FIELD else None
+            aggs.append(FusedAgg(kind, tuple(st.prefix + c for c in _FUSED_COLUMNS[kind]),
+                                 None if counts in aliases else counts))
+        fills = self.table._fill
+        self.column_names = tuple(self.table.columns)
+        columns = tuple((name, _fill_source(*fills[name])) for name in self.column_names)
+        self.kernel = fused_window_kernel(len(spec.keys), tuple(aggs), columns, self.nwin == 1)
+        self.shard_bits = {1: 0, 2: 1, 4: 2}[len(self.shards)]
+
+    # -- folding --------------------------------------------------------------------------
+    def _arguments(self, batch: Batch) -> tuple[list[Any], list[Any], Any]:
+        spec = self.spec
+        ts, ts_valid, wm = self._event_times(batch)
+        head: list[Any] = [ts, _NO_BOOL if ts_valid is None else ts_valid, wm, spec.size,
+                           spec.slide, spec.offset, self.nwin]
+        tail: list[Any] = []
+        for name in spec.keys:
+            valid = batch.validity(name)
+            tail += [widen_keys([batch[name]], np)[0], _NO_BOOL if valid is None else valid]
+        inputs = self._inputs(batch)
+        for i, st in enumerate(self.states):
+            col = inputs[i]
+            if col is None:
+                tail += [np.zeros(1), _NO_BOOL]
+                continue
+            dtype = getattr(st, "dtype", np.float64)
+            tail += [np.ascontiguousarray(col.values.astype(dtype, copy=False)),
+                     _NO_BOOL if col.valid is None else col.valid]
+        return head, tail, wm
+
+    def _fold(self, k: int, head: list[Any], tail: list[Any], pos: int, stop: int,
+              late: Any) -> int:
+        """Shard ``k``'s loop over events ``pos:stop``, growing its table as needed."""
+        shard = self.shards[k]
+        table = shard.table
+        size = (stop - pos) * self.nwin
+        counts = np.zeros(2, dtype=np.int64)
+        while pos < stop:
+            room = table.room()
+            remap = table.make_room((stop - pos) * self.nwin, room, self.nwin)
+            if remap is not None:
+                shard.log = [(remap[sl], e) for sl, e in shard.log]
+                continue
+            log_slots = np.empty(size, dtype=np.int64)
+            log_ends = np.empty(size, dtype=np.int64)
+            cols = [table.columns[name] for name in self.column_names]
+            pos = self.kernel(*head, pos, stop, room, k, self.shard_bits, *tail,
+                              *table.arrays, *cols, late, log_slots, log_ends, counts)
+            created = int(counts[0])
+            table.live_count += created
+            table.used += int(counts[1])
+            if created:
+                shard.log.append((log_slots[:created], log_ends[:created]))
+        return pos
+
+    def process(self, batch: Batch) -> list[Batch]:
+        n = batch.num_rows
+        if n == 0:
+            return []
+        head, tail, wm = self._arguments(batch)
+        late = np.zeros(n, dtype=np.int8)
+        others = [np.zeros(n, dtype=np.int8) for _ in self.shards[1:]]  # same flags
+        global _POOL
+        if len(self.shards) > 1 and _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="gpustream-shard")
+        out: list[Batch] = []
+        pos = 0
+        while pos < n:
+            stop = min(n, pos + FUSED_CHUNK)
+            assert _POOL is not None or len(self.shards) == 1
+            futures = [_POOL.submit(self._fold, k, head, tail, pos, stop, others[k - 1])
+                       for k in range(1, len(self.shards))] if _POOL else []
+            self._fold(0, head, tail, pos, stop, late)
+            for f in futures:
+                f.result()
+            pos = stop
+            self._note_ends()
+            if stop < n and self.pending_ends and min(self.pending_ends) <= wm[stop]:
+                # wm[stop] is the watermark after every event before ``stop``: the windows
+                # it reached can take no more events, so they fire now
+                out.extend(self.on_watermark(int(wm[stop])))
+        self.seq += n
+        self._late_rows(batch, late.view(np.bool_))
+        return out
+
+    def _note_ends(self) -> None:
+        for shard in self.shards:
+            if shard.log:
+                ends = np.unique(np.concatenate([e for _, e in shard.log])).tolist()
+                self.pending_ends.update(ends)
+                self.open_ends.update(ends)
+
+    # -- firing ---------------------------------------------------------------------------
+    def on_watermark(self, watermark: int) -> list[Batch]:
+        """Fire and free the windows ``watermark`` reached: with no lateness every created
+        slot fires once, on time, and is freed at once."""
+        if not self.pending_ends or min(self.pending_ends) > watermark:
+            return []
+        self.pending_ends = {e for e in self.pending_ends if e > watermark}
+        self.open_ends = {e for e in self.open_ends if e > watermark}
+        popped = []
+        for shard in self.shards:
+            slots = shard.due(watermark)
+            if slots.shape[0]:
+                popped.append(shard.table.pop(slots))
+        if not popped:
+            return []
+        k = len(self.spec.keys)
+        if len(popped) == 1:
+            gathered, words = popped[0]
+        else:
+            gathered = {name: np.concatenate([p[0][name] for p in popped])
+                        for name in popped[0][0]}
+            words = np.concatenate([p[1] for p in popped], axis=1)
+        m = int(words.shape[1])
+        rows = _Rows(gathered)  # the states finalize from the popped rows, numbered 0..m-1
+        states = [make_state(a.name, a.agg, a.in_type, a.out_type, rows) for a in self.spec.aggs]
+        return [self._emit_rows(words[: k + 1], words[k + 1].view(np.int64),
+                                gathered["__wend"], np.arange(m), None, states)]
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The separate kernels' format: the shards' live slots as one table."""
+        parts = [s.table.snapshot(self.backend.to_host) for s in self.shards]
+        state: dict[str, Any] = {f"table.{k}": np.concatenate([p[k] for p in parts], axis=-1)
+                                 for k in parts[0]}
+        state.update(self._snapshot_aggs(self.table.live_slots()))
+        state["pending_ends"] = np.array(sorted(self.pending_ends), dtype=np.int64)
+        state["open_ends"] = np.array(sorted(self.open_ends), dtype=np.int64)
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        table_state = {k[len("table."):]: v for k, v in state.items() if k.startswith("table.")}
+        keys = np.ascontiguousarray(table_state["keys"], dtype=np.uint64)
+        hashes = fused_hash_rows(keys)
+        table_state["hashes"] = hashes
+        shard_of = (hashes >> np.uint64(64 - self.shard_bits)).astype(np.int64) \
+            if self.shard_bits else np.zeros(hashes.shape[0], dtype=np.int64)
+        for k, shard in enumerate(self.shards):
+            mine = shard_of == k
+            shard.table.restore({name: v[..., mine] for name, v in table_state.items()},
+                                self.backend.to_device)
+            live = shard.table.live_slots()
+            shard.log = [(live, shard.table.columns["__wend"][live].copy())]
+        self._restore_aggs(state, self.table.live_slots())
+        self.pending_ends = {int(e) for e in state["pending_ends"]}
+        self.open_ends = {int(e) for e in state["open_ends"]}
