@@ -116,13 +116,14 @@ def _pop_rows(slots, block, fill_row, t_hash, t_ready, t_keys, rows, keys):  # t
         t_ready[s] = 0
 
 
-def pop_rows(slots: Any, block: Any, fill_row: Any, table: tuple[Any, Any, Any]) -> tuple[Any, Any]:
-    """Copy out the state rows and key words of ``slots`` and free them in one pass.
+def pop_rows(slots: Any, block: Any, fill_row: Any, table: tuple[Any, Any, Any], rows: Any,
+             keys: Any) -> None:
+    """Copy the state rows and key words of ``slots`` into ``rows`` (``int64[n, W]``) and
+    ``keys`` (``uint64[n, K]``) and free the slots, in one pass.
 
     Firing scatters over the whole table (a window's keys hash anywhere), so the slots'
     lines are prefetched ahead as in the fused loop. Each row is reset to ``fill_row`` and
-    its slot becomes a tombstone (the caller releases tombstones and counts). Returns
-    ``(rows int64[n, W], keys uint64[n, K])``.
+    its slot becomes a tombstone (the caller releases tombstones and counts).
 
     Examples
     --------
@@ -131,16 +132,13 @@ def pop_rows(slots: Any, block: Any, fill_row: Any, table: tuple[Any, Any, Any])
     >>> table = new_table(8, 2, np)
     >>> block = np.arange(16, dtype=np.int64).reshape(8, 2)
     >>> table[0][[3, 5]] = 99
-    >>> rows, keys = pop_rows(np.array([5, 3]), block, np.zeros(2, np.int64), table)
+    >>> rows, keys = np.empty((2, 2), np.int64), np.empty((2, 2), np.uint64)
+    >>> pop_rows(np.array([5, 3]), block, np.zeros(2, np.int64), table, rows, keys)
     >>> rows.tolist(), block[[3, 5]].tolist(), table[0][[3, 5]].tolist()
     ([[10, 11], [6, 7]], [[0, 0], [0, 0]], [1, 1])
     """
     t_hash, t_ready, t_keys = table
-    n = slots.shape[0]
-    rows = np.empty((n, block.shape[1]), dtype=np.int64)
-    keys = np.empty((n, t_keys.shape[1]), dtype=np.uint64)
     _pop_rows(slots, block, fill_row, t_hash, t_ready, t_keys, rows, keys)
-    return rows, keys
 
 
 @numba.njit(nogil=True, cache=False)

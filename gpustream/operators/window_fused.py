@@ -172,6 +172,7 @@ class _Shard:
         self.table = table
         self.states = states
         self.log: list[tuple[Any, Any]] = []
+        self.new_ends: list[Any] = []  # ends of windows given slots since last noted
 
     def due(self, watermark: int) -> Any:
         """Slots of the windows that ``watermark`` reached, taken off the log."""
@@ -274,6 +275,7 @@ class FusedWindowAggOp(WindowAggOp):
             table.used += int(counts[1])
             if created:
                 shard.log.append((log_slots[:created], log_ends[:created]))
+                shard.new_ends.append(np.unique(log_ends[:created]))
         return pos
 
     def process(self, batch: Batch) -> list[Batch]:
@@ -308,10 +310,10 @@ class FusedWindowAggOp(WindowAggOp):
 
     def _note_ends(self) -> None:
         for shard in self.shards:
-            if shard.log:
-                ends = np.unique(np.concatenate([e for _, e in shard.log])).tolist()
-                self.pending_ends.update(ends)
-                self.open_ends.update(ends)
+            for ends in shard.new_ends:
+                self.pending_ends.update(ends.tolist())
+                self.open_ends.update(ends.tolist())
+            shard.new_ends = []
 
     # -- firing ---------------------------------------------------------------------------
     def on_watermark(self, watermark: int) -> list[Batch]:
@@ -321,23 +323,22 @@ class FusedWindowAggOp(WindowAggOp):
             return []
         self.pending_ends = {e for e in self.pending_ends if e > watermark}
         self.open_ends = {e for e in self.open_ends if e > watermark}
-        popped = []
-        for shard in self.shards:
-            slots = shard.due(watermark)
-            if slots.shape[0]:
-                popped.append(shard.table.pop(slots))
-        if not popped:
+        due = [shard.due(watermark) for shard in self.shards]
+        m = sum(int(d.shape[0]) for d in due)
+        if m == 0:
             return []
         k = len(self.spec.keys)
-        if len(popped) == 1:
-            gathered, words = popped[0]
-        else:
-            gathered = {name: np.concatenate([p[0][name] for p in popped])
-                        for name in popped[0][0]}
-            words = np.concatenate([p[1] for p in popped], axis=1)
-        m = int(words.shape[1])
-        rows = _Rows(gathered)  # the states finalize from the popped rows, numbered 0..m-1
-        states = [make_state(a.name, a.agg, a.in_type, a.out_type, rows) for a in self.spec.aggs]
+        width = self.table._block.shape[1]
+        rows = np.empty((m, width), dtype=np.int64)
+        keys = np.empty((m, k + 2), dtype=np.uint64)
+        at = 0
+        for shard, slots in zip(self.shards, due, strict=True):
+            n = int(slots.shape[0])
+            shard.table.pop_into(slots, rows[at : at + n], keys[at : at + n])
+            at += n
+        gathered, words = self.table.row_views(rows), keys.T
+        view = _Rows(gathered)  # the states finalize from the popped rows, numbered 0..m-1
+        states = [make_state(a.name, a.agg, a.in_type, a.out_type, view) for a in self.spec.aggs]
         return [self._emit_rows(words[: k + 1], words[k + 1].view(np.int64),
                                 gathered["__wend"], np.arange(m), None, states)]
 

@@ -162,12 +162,23 @@ class SlotTable:
             out, keys = self.gather(slots), self.arrays[2][slots].T
             self.free(slots, release=True)
             return out, keys
-        rows, keys = pop_rows(slots, self._block, self._fill_row, self.arrays)
-        out = self._link({name: rows.view(self.columns[name].dtype)[:, j]
-                          for j, name in enumerate(self._packed_names)})
+        n = slots.shape[0]
+        rows = np.empty((n, self._block.shape[1]), dtype=np.int64)
+        keys = np.empty((n, self.key_words), dtype=np.uint64)
+        self.pop_into(slots, rows, keys)
+        return self.row_views(rows), keys.T
+
+    def pop_into(self, slots: Any, rows: Any, keys: Any) -> None:
+        """:meth:`pop` of a table whose columns are all packed, into caller-owned
+        ``rows`` (``int64[n, W]``) and ``keys`` (``uint64[n, K]``)."""
+        pop_rows(slots, self._block, self._fill_row, self.arrays, rows, keys)
         self.live_count -= int(slots.shape[0])
         self.used -= release_tombstones(self.arrays[0], slots)
-        return out, keys.T
+
+    def row_views(self, rows: Any) -> dict[str, Any]:
+        """Each column of packed ``rows`` (as :meth:`pop_into` fills them), by name."""
+        return self._link({name: rows.view(self.columns[name].dtype)[:, j]
+                           for j, name in enumerate(self._packed_names)})
 
     def gather(self, slots: Any) -> dict[str, Any]:
         """Every column's values at ``slots`` (a packed table copies whole rows at once).
