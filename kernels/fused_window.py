@@ -43,7 +43,8 @@ from numba.extending import intrinsic, register_jitable
 from gpustream.kernels.hashtable import EMPTY, TOMBSTONE
 from gpustream.kernels.windows import window_start
 
-__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "fused_window_kernel", "pop_rows"]
+__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "fused_window_kernel", "key_shards",
+           "pop_rows"]
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _MUL2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -166,6 +167,24 @@ def fused_hash_rows(keys: Any) -> Any:
     return out
 
 
+def key_shards(words: Any, bits: int) -> Any:
+    """The shard (0 .. 2**bits - 1) of each row of ``words`` (``uint64[k, n]``: the key
+    columns' words and their null bits, no window start), from the top bits of
+    :func:`fused_hash_rows`: every window of a key lives in one shard.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> words = np.array([np.arange(1000), np.zeros(1000)], dtype=np.uint64)
+    >>> s = key_shards(words, 1)
+    >>> sorted(set(s.tolist())), 400 < int(s.sum()) < 600, int(key_shards(words, 0).max())
+    ([0, 1], True, 0)
+    """
+    if bits == 0:
+        return np.zeros(words.shape[1], dtype=np.int64)
+    return (fused_hash_rows(words) >> np.uint64(64 - bits)).astype(np.int64)
+
+
 #: aggregation kinds the fused loop folds
 FUSED_KINDS = frozenset({"count", "count_valid", "sum", "min", "max", "mean", "var", "std"})
 
@@ -232,16 +251,13 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
             columns: tuple[tuple[str, str], ...], tumbling: bool) -> str:
     col = {name: f"C{j}" for j, (name, _) in enumerate(columns)}
     words = [f"w{c}" for c in range(n_keys)] + ["nb"]
-    args = (["ts", "ts_ok", "wm", "size", "slide", "offset", "nwin", "i0", "i1", "room",
-             "part", "bits"]
+    args = (["ts", "ts_ok", "wm", "size", "slide", "offset", "nwin", "idx", "j0", "j1", "room"]
             + [f"K{c}, K{c}ok" for c in range(n_keys)]
             + [f"V{j}, V{j}ok" for j in range(len(aggs))]
             + ["t_hash", "t_ready", "t_keys"] + [col[name] for name, _ in columns]
             + ["late", "log_slots", "log_ends", "out"])
     L = [f"def fused({', '.join(args)}):",
          "    mask = np.uint64(t_hash.shape[0] - 1)",
-         "    shift = np.uint64(64 - bits) if bits else np.uint64(0)",
-         "    upart = np.uint64(part)",
          "    KW = np.uint64(t_keys.shape[1])",
          "    t_keys_flat = t_keys.reshape(t_keys.shape[0] * t_keys.shape[1])",
          "    lo = np.int64(1)",
@@ -249,13 +265,14 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
          "    top = I64_MAX - slide",
          "    created = 0",
          "    empties = 0",
-         "    i = i0",
-         "    while i < i1:",
+         "    j = j0",
+         "    while j < j1:",
+         "        i = idx[j]",
          "        if room - empties < nwin or created + nwin > log_slots.shape[0]:",
          "            break",
          "        if ts_ok.shape[0] != 0 and not ts_ok[i]:",
          "            late[i] = 1",
-         "            i += 1",
+         "            j += 1",
          "            continue",
          "        t = ts[i]",
          "        if t >= lo and t < hi:",
@@ -278,17 +295,16 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
     # and has no null key: start loading its lines now, so that the random accesses of
     # several events overlap instead of waiting one after the other
     hot = [col[name] for agg in aggs for name in agg.columns]
-    L += ["        ia = i + PF",
-          "        if ia < i1 and ts[ia] >= lo and ts[ia] < hi:",
+    L += ["        ia = idx[j + PF] if j + PF < j1 else i",
+          "        if ia != i and ts[ia] >= lo and ts[ia] < hi:",
           "            ha = SEED64"]
     L += [f"            ha = _mix_word(ha, K{c}[ia])" for c in range(n_keys)]
     L += ["            ha = _mix_word(ha, ZERO)",
           "            ha = _finish(_mix_word(ha, np.uint64(lo)))",
           "            sa = ha & mask",
-          "            if not bits or (ha >> shift) == upart:",
-          "                _prefetch(t_hash, sa)",
-          "                _prefetch(t_keys_flat, sa * KW)"]
-    L += [f"                _prefetch({c}, sa)"
+          "            _prefetch(t_hash, sa)",
+          "            _prefetch(t_keys_flat, sa * KW)"]
+    L += [f"            _prefetch({c}, sa)"
           for c in dict.fromkeys([hot[0], hot[-1]] if hot else [])]
     same = " and ".join(f"t_keys[s, {c}] == {wd}" for c, wd in enumerate([*words, "ws"]))
     L += ["        any_open = False",
@@ -300,8 +316,6 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "            any_open = True",
           "            ws = np.uint64(st)",
           "            h = _finish(_mix_word(hk, ws))",
-          "            if bits and (h >> shift) != upart:",
-          "                continue  # another shard's key",
           "            s = h & mask",
           "            tomb = np.int64(-1)",
           "            found = False",
@@ -341,10 +355,10 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
     L += [*loads, *folds, *stores,
           "        if not any_open:",
           "            late[i] = 1",
-          "        i += 1",
+          "        j += 1",
           "    out[0] = created",
           "    out[1] = empties",
-           "    return i"]
+           "    return j"]
     return "\n".join(L) + "\n"
 
 
@@ -364,15 +378,15 @@ def fused_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     source), in the order their arrays are passed; it must hold ``__wend`` and
     ``__ontime``; ``tumbling`` compiles the loop for one window per event (``nwin`` 1).
     Arguments: event times, their validity (empty: none), per-event
-    watermarks, ``size``, ``slide``, ``offset``, ``nwin``, the events ``i0:i1`` to
-    fold, ``room`` (empty slots it may fill), ``part`` and ``bits`` (fold only keys whose
-    hash has ``part`` in its top ``bits`` bits; 0 bits: every key), each key column as
+    watermarks, ``size``, ``slide``, ``offset``, ``nwin``, ``idx`` and ``j0``, ``j1``
+    (fold the events ``idx[j0:j1]``, ascending), ``room`` (empty slots it may fill),
+    each key column as
     uint64 with its validity,
     each aggregation's input values with their validity, ``t_hash``, ``t_ready``,
     ``t_keys``, the columns, then ``late`` (int8 per event, set for events all of whose
     windows have fired), ``log_slots`` and ``log_ends`` (buffers receiving each created
     slot and its window's end) and ``out`` (int64[2]: slots created, empty slots filled).
-    Returns the next event to fold.
+    Returns the position in ``idx`` of the next event to fold.
 
     Examples
     --------
@@ -385,7 +399,7 @@ def fused_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     >>> none = np.empty(0, np.bool_)
     >>> late, out = np.zeros(3, np.int8), np.zeros(2, np.int64)
     >>> log_slots, log_ends = np.zeros(8, np.int64), np.zeros(8, np.int64)
-    >>> k(np.array([5, 7, 12]), none, np.array([-99, 5, 7]), 10, 10, 0, 1, 0, 3, 8, 0, 0,
+    >>> k(np.array([5, 7, 12]), none, np.array([-99, 5, 7]), 10, 10, 0, 1, np.arange(3), 0, 3, 8,
     ...   np.array([4, 4, 4], np.uint64), none, np.zeros(1), none, t_hash, t_ready, t_keys,
     ...   wend, ontime, n, late, log_slots, log_ends, out)
     3

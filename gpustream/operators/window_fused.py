@@ -4,11 +4,12 @@
 per-batch work done by the generated one-pass loop of
 :mod:`gpustream.kernels.fused_window` (window assignment, hashing, find-or-insert and
 every aggregate in one pass over the events), for windows without allowed lateness whose
-aggregations that loop folds. The state is split into shards by the top bits of the key
-hash, one state table per shard; each shard's loop runs on its own thread over the whole
-batch and folds the events of its keys (numba releases the GIL), so a (key, window)
-always lives in one shard and is updated in arrival order: results are exactly the
-separate kernels' (tested), whatever the number of shards.
+aggregations that loop folds. The state is split into shards by the top bits of a hash
+of the key (without the window), one state table per shard; each batch's events are
+listed per shard, and each shard's loop runs on its own thread over its events in
+arrival order (numba releases the GIL), so a key always lives in one shard and is
+updated in arrival order: results are exactly the separate kernels' (tested), whatever
+the number of shards.
 
 Windows fire inside a batch as soon as a chunk of events has moved the watermark past
 their end, which keeps the tables (and their cache footprint) small. Each shard logs the
@@ -32,6 +33,7 @@ from gpustream.kernels.fused_window import (
     FusedAgg,
     fused_hash_rows,
     fused_window_kernel,
+    key_shards,
 )
 from gpustream.kernels.hashing import widen_keys
 from gpustream.operators.window import I64_MAX, I64_MIN, WindowAggOp, WindowSpec
@@ -232,15 +234,28 @@ class FusedWindowAggOp(WindowAggOp):
         self.shard_bits = {1: 0, 2: 1, 4: 2}[len(self.shards)]
 
     # -- folding --------------------------------------------------------------------------
-    def _arguments(self, batch: Batch) -> tuple[list[Any], list[Any], Any]:
+    def _arguments(self, batch: Batch) -> tuple[list[Any], list[Any], Any, list[Any]]:
+        """The loop's leading and trailing arguments, the watermarks, and each shard's
+        events (ascending)."""
         spec = self.spec
+        n = batch.num_rows
         ts, ts_valid, wm = self._event_times(batch)
         head: list[Any] = [ts, _NO_BOOL if ts_valid is None else ts_valid, wm, spec.size,
                            spec.slide, spec.offset, self.nwin]
         tail: list[Any] = []
-        for name in spec.keys:
+        words = np.zeros((len(spec.keys) + 1, n), dtype=np.uint64)  # keys, null bits
+        for c, name in enumerate(spec.keys):
             valid = batch.validity(name)
-            tail += [widen_keys([batch[name]], np)[0], _NO_BOOL if valid is None else valid]
+            words[c] = widen_keys([batch[name]], np)[0]
+            if valid is not None:
+                words[c][~valid] = 0
+                words[-1] |= (~valid).astype(np.uint64) << np.uint64(c)
+            tail += [words[c], _NO_BOOL if valid is None else valid]
+        if self.shard_bits:
+            shard = key_shards(words, self.shard_bits)
+            events = [np.flatnonzero(shard == k) for k in range(len(self.shards))]
+        else:
+            events = [np.arange(n, dtype=np.int64)]
         inputs = self._inputs(batch)
         for i, st in enumerate(self.states):
             col = inputs[i]
@@ -250,14 +265,16 @@ class FusedWindowAggOp(WindowAggOp):
             dtype = getattr(st, "dtype", np.float64)
             tail += [np.ascontiguousarray(col.values.astype(dtype, copy=False)),
                      _NO_BOOL if col.valid is None else col.valid]
-        return head, tail, wm
+        return head, tail, wm, events
 
-    def _fold(self, k: int, head: list[Any], tail: list[Any], pos: int, stop: int,
-              late: Any) -> int:
-        """Shard ``k``'s loop over events ``pos:stop``, growing its table as needed."""
+    def _fold(self, k: int, head: list[Any], tail: list[Any], events: Any, pos: int,
+              stop: int, late: Any) -> None:
+        """Shard ``k``'s loop over its events among ``pos:stop``, growing its table as
+        needed."""
         shard = self.shards[k]
         table = shard.table
-        size = (stop - pos) * self.nwin
+        pos, stop = (int(j) for j in np.searchsorted(events, [pos, stop]))
+        size = max(1, (stop - pos) * self.nwin)
         counts = np.zeros(2, dtype=np.int64)
         while pos < stop:
             room = table.room()
@@ -268,23 +285,21 @@ class FusedWindowAggOp(WindowAggOp):
             log_slots = np.empty(size, dtype=np.int64)
             log_ends = np.empty(size, dtype=np.int64)
             cols = [table.columns[name] for name in self.column_names]
-            pos = self.kernel(*head, pos, stop, room, k, self.shard_bits, *tail,
-                              *table.arrays, *cols, late, log_slots, log_ends, counts)
+            pos = self.kernel(*head, events, pos, stop, room, *tail, *table.arrays, *cols,
+                              late, log_slots, log_ends, counts)
             created = int(counts[0])
             table.live_count += created
             table.used += int(counts[1])
             if created:
                 shard.log.append((log_slots[:created], log_ends[:created]))
                 shard.new_ends.append(np.unique(log_ends[:created]))
-        return pos
 
     def process(self, batch: Batch) -> list[Batch]:
         n = batch.num_rows
         if n == 0:
             return []
-        head, tail, wm = self._arguments(batch)
-        late = np.zeros(n, dtype=np.int8)
-        others = [np.zeros(n, dtype=np.int8) for _ in self.shards[1:]]  # same flags
+        head, tail, wm, events = self._arguments(batch)
+        late = np.zeros(n, dtype=np.int8)  # each shard sets its own events' flags
         global _POOL
         if len(self.shards) > 1 and _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="gpustream-shard")
@@ -293,9 +308,9 @@ class FusedWindowAggOp(WindowAggOp):
         while pos < n:
             stop = min(n, pos + FUSED_CHUNK)
             assert _POOL is not None or len(self.shards) == 1
-            futures = [_POOL.submit(self._fold, k, head, tail, pos, stop, others[k - 1])
+            futures = [_POOL.submit(self._fold, k, head, tail, events[k], pos, stop, late)
                        for k in range(1, len(self.shards))] if _POOL else []
-            self._fold(0, head, tail, pos, stop, late)
+            self._fold(0, head, tail, events[0], pos, stop, late)
             for f in futures:
                 f.result()
             pos = stop
@@ -356,10 +371,8 @@ class FusedWindowAggOp(WindowAggOp):
     def restore(self, state: dict[str, Any]) -> None:
         table_state = {k[len("table."):]: v for k, v in state.items() if k.startswith("table.")}
         keys = np.ascontiguousarray(table_state["keys"], dtype=np.uint64)
-        hashes = fused_hash_rows(keys)
-        table_state["hashes"] = hashes
-        shard_of = (hashes >> np.uint64(64 - self.shard_bits)).astype(np.int64) \
-            if self.shard_bits else np.zeros(hashes.shape[0], dtype=np.int64)
+        table_state["hashes"] = fused_hash_rows(keys)
+        shard_of = key_shards(np.ascontiguousarray(keys[:-1]), self.shard_bits)  # no start
         for k, shard in enumerate(self.shards):
             mine = shard_of == k
             shard.table.restore({name: v[..., mine] for name, v in table_state.items()},
