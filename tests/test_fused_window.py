@@ -91,14 +91,14 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
                       "q": rng.integers(0, 9, n).astype(np.int32)})
     aggs = {"n": ("count", None), "sv": ("sum", "v"), "hq": ("max", "q"), "sd": ("std", "v")}
     rebuilds: list[int] = []
-    real = FusedWindowAggOp.on_watermark
+    real = FusedWindowAggOp._emit_popped
 
-    def spy(self: FusedWindowAggOp, wm: int) -> list[gs.Batch]:
+    def spy(self: FusedWindowAggOp, popped: list[object], wm: int) -> list[gs.Batch]:
         assert len(self.shards) == 2
         rebuilds.append(sum(s.table.rebuilds for s in self.shards))
-        return real(self, wm)
+        return real(self, popped, wm)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(FusedWindowAggOp, "on_watermark", spy)
+    monkeypatch.setattr(FusedWindowAggOp, "_emit_popped", spy)
     (got, late), (want, want_late) = _both(
         monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(1000), keys=("k",),
         aggs=aggs, delay=500, batch_rows=n)

@@ -186,6 +186,18 @@ class _Shard:
         self.log = [(slots[~due], ends[~due])]
         return slots[due]
 
+    def pop_due(self, watermark: int) -> tuple[Any, Any] | None:
+        """Pop the slots of the windows ``watermark`` reached: their packed rows and key
+        words (``uint64[n, K]``), or None where none is due."""
+        slots = self.due(watermark)
+        if slots.shape[0] == 0:
+            return None
+        n = int(slots.shape[0])
+        rows = np.empty((n, self.table._block.shape[1]), dtype=np.int64)
+        keys = np.empty((n, self.table.key_words), dtype=np.uint64)
+        self.table.pop_into(slots, rows, keys)
+        return rows, keys
+
 
 class FusedWindowAggOp(WindowAggOp):
     """Tumbling and sliding windows on the CPU through the fused loop (see module doc).
@@ -268,9 +280,10 @@ class FusedWindowAggOp(WindowAggOp):
         return head, tail, wm, events
 
     def _fold(self, k: int, head: list[Any], tail: list[Any], events: Any, pos: int,
-              stop: int, late: Any) -> None:
+              stop: int, late: Any, fire_at: int | None) -> tuple[Any, Any] | None:
         """Shard ``k``'s loop over its events among ``pos:stop``, growing its table as
-        needed."""
+        needed; then, if ``fire_at`` is a watermark, pop the slots of the windows it
+        reached (on the shard's thread: see :meth:`_emit_popped`)."""
         shard = self.shards[k]
         table = shard.table
         pos, stop = (int(j) for j in np.searchsorted(events, [pos, stop]))
@@ -293,6 +306,7 @@ class FusedWindowAggOp(WindowAggOp):
             if created:
                 shard.log.append((log_slots[:created], log_ends[:created]))
                 shard.new_ends.append(np.unique(log_ends[:created]))
+        return None if fire_at is None else shard.pop_due(fire_at)
 
     def process(self, batch: Batch) -> list[Batch]:
         n = batch.num_rows
@@ -307,18 +321,19 @@ class FusedWindowAggOp(WindowAggOp):
         pos = 0
         while pos < n:
             stop = min(n, pos + FUSED_CHUNK)
-            assert _POOL is not None or len(self.shards) == 1
-            futures = [_POOL.submit(self._fold, k, head, tail, events[k], pos, stop, late)
+            # wm[stop] is the watermark after every event before ``stop``: the windows it
+            # reached can take no more events, so each shard pops them after its loop
+            # and they fire now
+            fire_at = int(wm[stop]) if stop < n else None
+            futures = [_POOL.submit(self._fold, k, head, tail, events[k], pos, stop, late,
+                                    fire_at)
                        for k in range(1, len(self.shards))] if _POOL else []
-            self._fold(0, head, tail, events[0], pos, stop, late)
-            for f in futures:
-                f.result()
+            popped = [self._fold(0, head, tail, events[0], pos, stop, late, fire_at)]
+            popped += [f.result() for f in futures]
             pos = stop
             self._note_ends()
-            if stop < n and self.pending_ends and min(self.pending_ends) <= wm[stop]:
-                # wm[stop] is the watermark after every event before ``stop``: the windows
-                # it reached can take no more events, so they fire now
-                out.extend(self.on_watermark(int(wm[stop])))
+            if fire_at is not None and self.pending_ends and min(self.pending_ends) <= fire_at:
+                out.extend(self._emit_popped(popped, fire_at))
         self.seq += n
         self._late_rows(batch, late.view(np.bool_))
         return out
@@ -336,21 +351,20 @@ class FusedWindowAggOp(WindowAggOp):
         slot fires once, on time, and is freed at once."""
         if not self.pending_ends or min(self.pending_ends) > watermark:
             return []
+        return self._emit_popped([shard.pop_due(watermark) for shard in self.shards],
+                                 watermark)
+
+    def _emit_popped(self, popped: list[tuple[Any, Any] | None], watermark: int) -> list[Batch]:
+        """The output rows of the windows ``watermark`` reached, from the shards' popped
+        rows and keys (None: nothing due in that shard)."""
         self.pending_ends = {e for e in self.pending_ends if e > watermark}
         self.open_ends = {e for e in self.open_ends if e > watermark}
-        due = [shard.due(watermark) for shard in self.shards]
-        m = sum(int(d.shape[0]) for d in due)
-        if m == 0:
+        parts = [p for p in popped if p is not None]
+        if not parts:
             return []
-        k = len(self.spec.keys)
-        width = self.table._block.shape[1]
-        rows = np.empty((m, width), dtype=np.int64)
-        keys = np.empty((m, k + 2), dtype=np.uint64)
-        at = 0
-        for shard, slots in zip(self.shards, due, strict=True):
-            n = int(slots.shape[0])
-            shard.table.pop_into(slots, rows[at : at + n], keys[at : at + n])
-            at += n
+        rows = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+        keys = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
+        m, k = int(rows.shape[0]), len(self.spec.keys)
         gathered, words = self.table.row_views(rows), keys.T
         view = _Rows(gathered)  # the states finalize from the popped rows, numbered 0..m-1
         states = [make_state(a.name, a.agg, a.in_type, a.out_type, view) for a in self.spec.aggs]
