@@ -160,9 +160,11 @@ def test_run_on_the_cli_exit_codes_and_summary(tmp_path: Path) -> None:
     (tmp_path / "bin.csv").write_bytes(b"a,b\n" + bytes(range(256)) * 400)
     spec = _spec(tmp_path, "source: {type: csv, path: bin.csv, schema: {a: int64, b: int64}}\n"
                            "sink: {type: console}\n", "bin.yaml")
-    failed = _cli("run", str(spec), "--no-live")
+    failed = _cli("run", str(spec), "--no-live", cwd=tmp_path)
     assert failed.returncode == 1, failed.stderr
     assert "do not parse as CSV" in failed.stderr.replace("\n", " ")
+    # the bad lines went to the default dead-letter file, under the working directory
+    assert (tmp_path / "dead-letters" / "pipeline.jsonl").stat().st_size > 0
 
 
 def test_the_live_view_logs_lines_when_not_a_terminal(tmp_path: Path) -> None:

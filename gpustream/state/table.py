@@ -144,9 +144,13 @@ class SlotTable:
         self._fill_row = block[0].copy()
         return out
 
-    def pop(self, slots: Any) -> tuple[dict[str, Any], Any]:
-        """Every column's values and the key words (``uint64[K, n]``) at ``slots``, freeing
-        them as :meth:`free` with ``release`` does, in one pass (packed CPU tables).
+    def pop_into(self, slots: Any, rows: Any, keys: Any) -> None:
+        """Copy the packed rows and key words of ``slots`` into caller-owned ``rows``
+        (``int64[n, W]``) and ``keys`` (``uint64[n, K]``) and free the slots, in one pass:
+        their rows are reset to the fill values, and freed slots that no probe can need
+        become empty again, so that keys that come and go (windows) do not fill the table
+        with tombstones. For a packed table on the CPU whose columns are all packed, whose
+        inserts run on one thread between pops.
 
         Examples
         --------
@@ -154,23 +158,15 @@ class SlotTable:
         >>> t.add_column("n", np.int64, 0)
         >>> slots, _ = t.upsert(np.array([[4, 9]], dtype=np.uint64), np.arange(2))
         >>> t.columns["n"][slots] = [3, 5]
-        >>> cols, keys = t.pop(slots[::-1])
-        >>> cols["n"].tolist(), keys.tolist(), t.live_count, t.columns["n"][slots].tolist()
-        ([5, 3], [[9, 4]], 0, [0, 0])
+        >>> rows, keys = np.empty((2, 8), np.int64), np.empty((2, 1), np.uint64)
+        >>> t.pop_into(slots[::-1], rows, keys)
+        >>> t.row_views(rows)["n"].tolist(), keys.ravel().tolist(), t.live_count
+        ([5, 3], [9, 4], 0)
+        >>> t.columns["n"][slots].tolist(), t.used
+        ([0, 0], 0)
         """
-        if not self._packed_names or len(self._packed_names) + len(self.aliases) != len(self.columns):
-            out, keys = self.gather(slots), self.arrays[2][slots].T
-            self.free(slots, release=True)
-            return out, keys
-        n = slots.shape[0]
-        rows = np.empty((n, self._block.shape[1]), dtype=np.int64)
-        keys = np.empty((n, self.key_words), dtype=np.uint64)
-        self.pop_into(slots, rows, keys)
-        return self.row_views(rows), keys.T
-
-    def pop_into(self, slots: Any, rows: Any, keys: Any) -> None:
-        """:meth:`pop` of a table whose columns are all packed, into caller-owned
-        ``rows`` (``int64[n, W]``) and ``keys`` (``uint64[n, K]``)."""
+        if len(self._packed_names) + len(self.aliases) != len(self.columns):
+            raise ValueError("pop_into needs a packed table whose columns are all packed")
         pop_rows(slots, self._block, self._fill_row, self.arrays, rows, keys)
         self.live_count -= int(slots.shape[0])
         self.used -= release_tombstones(self.arrays[0], slots)
@@ -179,29 +175,6 @@ class SlotTable:
         """Each column of packed ``rows`` (as :meth:`pop_into` fills them), by name."""
         return self._link({name: rows.view(self.columns[name].dtype)[:, j]
                            for j, name in enumerate(self._packed_names)})
-
-    def gather(self, slots: Any) -> dict[str, Any]:
-        """Every column's values at ``slots`` (a packed table copies whole rows at once).
-
-        Examples
-        --------
-        >>> t = SlotTable(1, np, on_device=False, packed=True)
-        >>> t.add_column("n", np.int64, 0)
-        >>> t.add_column("x", np.float64, 1.5)
-        >>> t.columns["n"][[3, 5]] = [7, 8]
-        >>> g = t.gather(np.array([5, 3]))
-        >>> g["n"].tolist(), g["x"].tolist()
-        ([8, 7], [1.5, 1.5])
-        """
-        out = {}
-        if self._packed_names:
-            rows = self._block[slots]
-            for j, name in enumerate(self._packed_names):
-                out[name] = rows.view(self.columns[name].dtype)[:, j]
-        for name, col in self.columns.items():
-            if name not in out and name not in self.aliases:
-                out[name] = col[slots]
-        return self._link(out)
 
     def _fresh_columns(self, capacity: int) -> dict[str, Any]:
         """Every column for ``capacity`` slots, filled."""
@@ -303,26 +276,13 @@ class SlotTable:
         self.live_count += n
         self.used += n
 
-    def free(self, slots: Any, release: bool = False) -> None:
-        """Free ``slots`` (their columns keep stale values until the next rebuild).
-
-        With ``release`` (CPU only), the slots' columns are reset to their fill values and
-        freed slots that no probe can need become empty again, so that keys that come and
-        go (windows) do not fill the table with tombstones. Only for owners whose inserts
-        run on one thread between frees: the CPU twins.
-        """
+    def free(self, slots: Any) -> None:
+        """Free ``slots`` (their columns keep stale values until the next rebuild)."""
         if slots.shape[0] == 0:
             return
         self.arrays[0][slots] = TOMBSTONE
         self.arrays[1][slots] = 0
         self.live_count -= int(slots.shape[0])
-        if release and not self.on_device:
-            if self._packed_names:
-                self._block[slots] = self._fill_row
-            for name, (_, fill) in self._fill.items():
-                if name not in self._packed_names and name not in self.aliases:
-                    self.columns[name][slots] = fill
-            self.used -= release_tombstones(self.arrays[0], slots)
 
     def live_slots(self) -> Any:
         """Indices of the live slots, ascending."""
