@@ -5,10 +5,10 @@ The separate kernels (:mod:`~gpustream.kernels.windows`, ``hashing``, ``hashtabl
 every extra pass re-reads the batch and re-touches the state table at random, so for
 the common aggregations (``count``, ``sum``, ``min``, ``max``, ``mean``, ``var``, ``std``)
 this module generates, per query shape, a single ``numba.njit`` loop over the events
-that does all of it with the table's own arrays (the layout every backend shares:
-``t_hash``, ``t_ready``, slot-major ``t_keys`` and one array per state column), so
-checkpoints, firing and the other kernels see exactly what the separate kernels would
-have written. The loop's body is straight-line code: no per-aggregate dispatch.
+that does all of it on a state table's arrays (``t_hash``, ``t_ready``, slot-major
+``t_keys`` and the state columns, which the CPU packs in one row per slot), writing the
+values the separate kernels would write, so snapshots keep their format. The loop's
+body is straight-line code: no per-aggregate dispatch.
 
 Differences from the separate CPU kernels, both invisible in results:
 
