@@ -76,6 +76,47 @@ def test_fused_equals_separate_kernels(monkeypatch: pytest.MonkeyPatch,
     assert late.equals(want_late)
 
 
+def _raw_rows(table: pa.Table, assigner: gs.WindowAssigner, keys: tuple[str, ...],
+              batch_rows: int) -> pd.DataFrame:
+    """The output rows in the order the pipeline emits them (not sorted afterwards)."""
+    p = gs.Pipeline(engine="cpu")
+    s = p.source(gs.from_arrow(table, batch_rows=batch_rows), event_time="ts",
+                 watermark=gs.Watermark.bounded(1000))
+    w = s.key_by(*keys).window(assigner, name="w").agg(n=gs.count(), sv=gs.col("v").sum(),
+                                                       mv=gs.col("v").mean())
+    out: list[pa.RecordBatch] = []
+    w.sink(gs.to_callback(out.append))
+    p.run()
+    return pa.Table.from_batches(out).to_pandas()
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "4"])
+@pytest.mark.parametrize(("assigner", "keys"), [(gs.Tumbling(3000), ("k",)),
+                                                (gs.Sliding(6000, 2000), ("k", "g"))],
+                         ids=["tumbling-1key", "sliding-2keys"])
+def test_fused_rows_come_out_in_window_then_key_order(monkeypatch: pytest.MonkeyPatch,
+                                                      threads: str, assigner: gs.WindowAssigner,
+                                                      keys: tuple[str, ...]) -> None:
+    """Each shard sorts its popped rows and the shards' runs are merged: rows come out by
+    (window end, window start, keys) as from the separate kernels, whatever the number of
+    shards (integer keys without nulls: every row has its own place)."""
+    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", threads)
+    monkeypatch.setattr(fused_mod, "FUSED_CHUNK", 256)  # several firings per batch
+    rng = np.random.default_rng(11)
+    n = 6000
+    ts = np.sort(rng.integers(0, 60_000, n)) - rng.integers(0, 900, n) * (rng.random(n) < 0.2)
+    table = pa.table({"k": rng.integers(-40, 40, n), "g": rng.integers(0, 3, n), "ts": ts,
+                      "v": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.1)})
+    got = _raw_rows(table, assigner, keys, batch_rows=2500)
+    with monkeypatch.context() as m:
+        m.setattr(fused_mod, "fusable", lambda spec, backend: False)
+        want = _raw_rows(table, assigner, keys, batch_rows=2500)
+    assert len(got) > 500
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    order = got.assign(**{k: got[k].astype(np.uint64) for k in keys})
+    assert order.equals(order.sort_values(["window_end", "window_start", *keys]))
+
+
 def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """One batch of 20,000 events over 2,000 keys and 20 windows: firing windows as soon as

@@ -27,13 +27,15 @@ from typing import Any
 import numpy as np
 
 from gpustream.backend import Backend
-from gpustream.batch import Batch
+from gpustream.batch import Batch, physical_dtype
+from gpustream.kernels.fused_emit import EmitAgg, emit_kernel, merge_runs, run_order
 from gpustream.kernels.fused_window import (
     FUSED_KINDS,
     FusedAgg,
     fused_hash_rows,
     fused_window_kernel,
     key_shards,
+    shard_events,
 )
 from gpustream.kernels.hashing import widen_keys
 from gpustream.operators.window import I64_MAX, I64_MIN, WindowAggOp, WindowSpec
@@ -101,7 +103,7 @@ def fusable(spec: WindowSpec, backend: Backend) -> bool:
     >>> fusable(spec, select_backend("cpu"))
     True
     """
-    return (not backend.is_device and spec.lateness == 0
+    return (not backend.is_device and spec.lateness == 0 and not spec.revision
             and all(a.agg.kind in FUSED_KINDS for a in spec.aggs))
 
 
@@ -149,29 +151,12 @@ def _new_table(spec: WindowSpec) -> SlotTable:
     return table
 
 
-class _Rows:
-    """Popped rows as a read-only state table: what aggregation states finalize from."""
-
-    def __init__(self, columns: dict[str, Any]) -> None:
-        self.xp: Any = np
-        self.on_device = False
-        self.columns = columns
-
-    def add_column(self, name: str, dtype: Any, fill: Any) -> None:
-        """The columns are already there."""
-
-    def live_slots(self) -> Any:
-        return np.arange(next(iter(self.columns.values())).shape[0])
-
-    def held_slots(self) -> Any:
-        return self.live_slots()
-
-
 class _Shard:
     """One state table, its aggregation states, and its log of unfired created slots."""
 
-    def __init__(self, table: SlotTable, states: list[AggState]) -> None:
+    def __init__(self, table: SlotTable, states: list[AggState], n_keys: int) -> None:
         self.table = table
+        self.n_keys = n_keys
         self.states = states
         self.log: list[tuple[Any, Any]] = []
         self.new_ends: list[Any] = []  # ends of windows given slots since last noted
@@ -186,9 +171,10 @@ class _Shard:
         self.log = [(slots[~due], ends[~due])]
         return slots[due]
 
-    def pop_due(self, watermark: int) -> tuple[Any, Any] | None:
+    def pop_due(self, watermark: int, end_field: int) -> tuple[Any, Any] | None:
         """Pop the slots of the windows ``watermark`` reached: their packed rows and key
-        words (``uint64[n, K]``), or None where none is due."""
+        words (``uint64[n, K]``) in output order (:func:`run_order`; the row's window
+        end at position ``end_field``), or None where none is due."""
         slots = self.due(watermark)
         if slots.shape[0] == 0:
             return None
@@ -196,7 +182,8 @@ class _Shard:
         rows = np.empty((n, self.table._block.shape[1]), dtype=np.int64)
         keys = np.empty((n, self.table.key_words), dtype=np.uint64)
         self.table.pop_into(slots, rows, keys)
-        return rows, keys
+        order = run_order(keys, rows[:, end_field], self.n_keys)
+        return rows[order], keys[order]
 
 
 class FusedWindowAggOp(WindowAggOp):
@@ -227,11 +214,12 @@ class FusedWindowAggOp(WindowAggOp):
                              f"only {', '.join(sorted(FUSED_KINDS))}")
         super().__init__(spec, backend, table=_new_table(spec))
         n = shard_count() if shards is None else shards
-        self.shards = [_Shard(self.table, self.states)]
+        k = len(spec.keys)
+        self.shards = [_Shard(self.table, self.states, k)]
         for _ in range(n - 1):
             t = _new_table(spec)
             self.shards.append(_Shard(t, [make_state(a.name, a.agg, a.in_type, a.out_type, t)
-                                          for a in spec.aggs]))
+                                          for a in spec.aggs], k))
         aliases = self.table.aliases
         aggs = []
         for st in self.states:
@@ -244,6 +232,34 @@ class FusedWindowAggOp(WindowAggOp):
         columns = tuple((name, _fill_source(*fills[name])) for name in self.column_names)
         self.kernel = fused_window_kernel(len(spec.keys), tuple(aggs), columns, self.nwin == 1)
         self.shard_bits = {1: 0, 2: 1, 4: 2}[len(self.shards)]
+        self._setup_emit()
+
+    def _setup_emit(self) -> None:
+        """The output loop for this query (:func:`emit_kernel`) and its output dtypes."""
+        table = self.table
+        packed = table._packed_names
+
+        def field(name: str) -> tuple[int, bool]:
+            name = table.aliases.get(name, name)
+            return packed.index(name), table.columns[name].dtype.kind == "f"
+
+        aggs, self.out_dtypes = [], []
+        for st in self.states:
+            kind = st.agg.kind
+            if kind in ("count", "count_valid"):
+                names, dtype = ("n",), np.dtype(np.int64)
+            elif kind == "sum":
+                names, dtype = ("acc", "nn"), table.columns[st.prefix + "acc"].dtype
+            elif kind in ("min", "max"):
+                names, dtype = ("acc", "nn"), physical_dtype(st.out_type)
+            else:
+                names, dtype = ("nn", "s1", "s2", "pivot"), np.dtype(np.float64)
+            pos = [field(st.prefix + name) for name in names]
+            aggs.append(EmitAgg("count" if kind == "count_valid" else kind,
+                                tuple(p for p, _ in pos), tuple(f for _, f in pos)))
+            self.out_dtypes.append(dtype)
+        self.end_field = field("__wend")[0]
+        self.emit = emit_kernel(tuple(aggs), self.end_field)
 
     # -- folding --------------------------------------------------------------------------
     def _arguments(self, batch: Batch) -> tuple[list[Any], list[Any], Any, list[Any]]:
@@ -255,19 +271,20 @@ class FusedWindowAggOp(WindowAggOp):
         head: list[Any] = [ts, _NO_BOOL if ts_valid is None else ts_valid, wm, spec.size,
                            spec.slide, spec.offset, self.nwin]
         tail: list[Any] = []
-        words = np.zeros((len(spec.keys) + 1, n), dtype=np.uint64)  # keys, null bits
+        words = np.empty((len(spec.keys) + 1, n), dtype=np.uint64)  # keys, null bits
+        words[-1] = 0
         for c, name in enumerate(spec.keys):
             valid = batch.validity(name)
-            words[c] = widen_keys([batch[name]], np)[0]
+            values = batch[name]
+            if values.dtype.kind in "iu" and values.dtype.itemsize == 8:
+                words[c] = values.view(np.uint64)
+            else:
+                words[c] = widen_keys([values], np)[0]
             if valid is not None:
                 words[c][~valid] = 0
                 words[-1] |= (~valid).astype(np.uint64) << np.uint64(c)
             tail += [words[c], _NO_BOOL if valid is None else valid]
-        if self.shard_bits:
-            shard = key_shards(words, self.shard_bits)
-            events = [np.flatnonzero(shard == k) for k in range(len(self.shards))]
-        else:
-            events = [np.arange(n, dtype=np.int64)]
+        events = shard_events(words, self.shard_bits)
         inputs = self._inputs(batch)
         for i, st in enumerate(self.states):
             col = inputs[i]
@@ -306,7 +323,7 @@ class FusedWindowAggOp(WindowAggOp):
             if created:
                 shard.log.append((log_slots[:created], log_ends[:created]))
                 shard.new_ends.append(np.unique(log_ends[:created]))
-        return None if fire_at is None else shard.pop_due(fire_at)
+        return None if fire_at is None else shard.pop_due(fire_at, self.end_field)
 
     def process(self, batch: Batch) -> list[Batch]:
         n = batch.num_rows
@@ -351,8 +368,8 @@ class FusedWindowAggOp(WindowAggOp):
         slot fires once, on time, and is freed at once."""
         if not self.pending_ends or min(self.pending_ends) > watermark:
             return []
-        return self._emit_popped([shard.pop_due(watermark) for shard in self.shards],
-                                 watermark)
+        return self._emit_popped([shard.pop_due(watermark, self.end_field)
+                                  for shard in self.shards], watermark)
 
     def _emit_popped(self, popped: list[tuple[Any, Any] | None], watermark: int) -> list[Batch]:
         """The output rows of the windows ``watermark`` reached, from the shards' popped
@@ -362,14 +379,45 @@ class FusedWindowAggOp(WindowAggOp):
         parts = [p for p in popped if p is not None]
         if not parts:
             return []
-        rows = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-        keys = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
-        m, k = int(rows.shape[0]), len(self.spec.keys)
-        gathered, words = self.table.row_views(rows), keys.T
-        view = _Rows(gathered)  # the states finalize from the popped rows, numbered 0..m-1
-        states = [make_state(a.name, a.agg, a.in_type, a.out_type, view) for a in self.spec.aggs]
-        return [self._emit_rows(words[: k + 1], words[k + 1].view(np.int64),
-                                gathered["__wend"], np.arange(m), None, states)]
+        spec = self.spec
+        k = len(spec.keys)
+        if len(parts) == 1:
+            rows, keys = parts[0]
+            order = np.arange(rows.shape[0], dtype=np.int64)
+        else:
+            rows = np.concatenate([p[0] for p in parts])
+            keys = np.concatenate([p[1] for p in parts])
+            bounds = np.cumsum([0] + [p[0].shape[0] for p in parts])
+            order = merge_runs(keys, rows[:, self.end_field], bounds, k)
+        m = int(rows.shape[0])
+        words = np.empty((keys.shape[1], m), dtype=np.uint64)
+        ends = np.empty(m, dtype=np.int64)
+        outs: list[Any] = []
+        for st, dtype in zip(self.states, self.out_dtypes, strict=True):
+            outs.append(np.empty(m, dtype=dtype))
+            if st.agg.kind not in ("count", "count_valid"):
+                outs.append(np.empty(m, dtype=np.bool_))
+        self.emit(order, rows, rows.view(np.float64), keys, words, ends, *outs)
+        columns: dict[str, Any] = {}
+        validity: dict[str, Any] = {}
+        nulls = words[k].view(np.int64)
+        any_null = bool(nulls.any())
+        for c, name in enumerate(spec.keys):
+            dtype = physical_dtype(spec.schema.field(name).type)
+            columns[name] = words[c].view(np.int64).astype(dtype, copy=False)
+            validity[name] = ((nulls >> c) & 1) == 0 if any_null else None
+        columns["window_start"] = words[k + 1].view(np.int64)
+        columns["window_end"] = ends
+        it = iter(outs)
+        for a in spec.aggs:
+            columns[a.name] = next(it)
+            validity[a.name] = None if a.agg.kind in ("count", "count_valid") else next(it)
+        dictionaries = {}
+        for f in spec.schema:
+            src = self._string_source(f.name)
+            if src is not None and src in self.dictionaries:
+                dictionaries[f.name] = self.dictionaries[src]
+        return [Batch(columns, spec.schema, validity, dictionaries)]
 
     # -- checkpoints ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
