@@ -134,10 +134,10 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
     rebuilds: list[int] = []
     real = FusedWindowAggOp._emit_popped
 
-    def spy(self: FusedWindowAggOp, popped: list[object], wm: int) -> list[gs.Batch]:
+    def spy(self: FusedWindowAggOp, popped: list[object]) -> list[gs.Batch]:
         assert len(self.shards) == 2
         rebuilds.append(sum(s.table.rebuilds for s in self.shards))
-        return real(self, popped, wm)  # type: ignore[arg-type]
+        return real(self, popped)  # type: ignore[arg-type]
 
     monkeypatch.setattr(FusedWindowAggOp, "_emit_popped", spy)
     (got, late), (want, want_late) = _both(

@@ -56,6 +56,14 @@ _NO_BOOL = np.empty(0, dtype=np.bool_)
 _POOL: ThreadPoolExecutor | None = None
 
 
+def _pool() -> ThreadPoolExecutor:
+    """The process-wide pool the shards' loops run on (one thread per shard)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpustream-shard")
+    return _POOL
+
+
 def _fused_kind(kind: str) -> str:
     return "moments" if kind in ("mean", "var", "std") else kind
 
@@ -171,9 +179,9 @@ class _Shard:
         self.log = [(slots[~due], ends[~due])]
         return slots[due]
 
-    def pop_due(self, watermark: int, end_field: int) -> tuple[Any, Any] | None:
-        """Pop the slots of the windows ``watermark`` reached: their packed rows and key
-        words (``uint64[n, K]``) in output order (:func:`run_order`; the row's window
+    def pop_due(self, watermark: int, end_field: int) -> tuple[Any, Any, Any] | None:
+        """Pop the slots of the windows ``watermark`` reached: their packed rows, key
+        words (``uint64[n, K]``) and output order (:func:`run_order`; the row's window
         end at position ``end_field``), or None where none is due."""
         slots = self.due(watermark)
         if slots.shape[0] == 0:
@@ -182,8 +190,7 @@ class _Shard:
         rows = np.empty((n, self.table._block.shape[1]), dtype=np.int64)
         keys = np.empty((n, self.table.key_words), dtype=np.uint64)
         self.table.pop_into(slots, rows, keys)
-        order = run_order(keys, rows[:, end_field], self.n_keys)
-        return rows[order], keys[order]
+        return rows, keys, run_order(keys, rows[:, end_field], self.n_keys)
 
 
 class FusedWindowAggOp(WindowAggOp):
@@ -231,7 +238,7 @@ class FusedWindowAggOp(WindowAggOp):
         self.column_names = tuple(self.table.columns)
         columns = tuple((name, _fill_source(*fills[name])) for name in self.column_names)
         self.kernel = fused_window_kernel(len(spec.keys), tuple(aggs), columns, self.nwin == 1)
-        self.shard_bits = {1: 0, 2: 1, 4: 2}[len(self.shards)]
+        self.shard_bits = len(self.shards).bit_length() - 1  # shards: a power of 2
         self._setup_emit()
 
     def _setup_emit(self) -> None:
@@ -243,7 +250,10 @@ class FusedWindowAggOp(WindowAggOp):
             name = table.aliases.get(name, name)
             return packed.index(name), table.columns[name].dtype.kind == "f"
 
-        aggs, self.out_dtypes = [], []
+        aggs: list[EmitAgg] = []
+        self.out_dtypes: list[Any] = []
+        names: tuple[str, ...]
+        dtype: Any
         for st in self.states:
             kind = st.agg.kind
             if kind in ("count", "count_valid"):
@@ -262,9 +272,9 @@ class FusedWindowAggOp(WindowAggOp):
         self.emit = emit_kernel(tuple(aggs), self.end_field)
 
     # -- folding --------------------------------------------------------------------------
-    def _arguments(self, batch: Batch) -> tuple[list[Any], list[Any], Any, list[Any]]:
-        """The loop's leading and trailing arguments, the watermarks, and each shard's
-        events (ascending)."""
+    def _arguments(self, batch: Batch) -> tuple[list[Any], list[Any], Any, Any]:
+        """The loop's leading and trailing arguments, the watermarks, and the key words
+        (``uint64[K + 1, n]``: key columns, null bits) that place events in shards."""
         spec = self.spec
         n = batch.num_rows
         ts, ts_valid, wm = self._event_times(batch)
@@ -284,7 +294,6 @@ class FusedWindowAggOp(WindowAggOp):
                 words[c][~valid] = 0
                 words[-1] |= (~valid).astype(np.uint64) << np.uint64(c)
             tail += [words[c], _NO_BOOL if valid is None else valid]
-        events = shard_events(words, self.shard_bits)
         inputs = self._inputs(batch)
         for i, st in enumerate(self.states):
             col = inputs[i]
@@ -294,17 +303,23 @@ class FusedWindowAggOp(WindowAggOp):
             dtype = getattr(st, "dtype", np.float64)
             tail += [np.ascontiguousarray(col.values.astype(dtype, copy=False)),
                      _NO_BOOL if col.valid is None else col.valid]
-        return head, tail, wm, events
+        return head, tail, wm, words
 
-    def _fold(self, k: int, head: list[Any], tail: list[Any], events: Any, pos: int,
-              stop: int, late: Any, fire_at: int | None) -> tuple[Any, Any] | None:
-        """Shard ``k``'s loop over its events among ``pos:stop``, growing its table as
-        needed; then, if ``fire_at`` is a watermark, pop the slots of the windows it
-        reached (on the shard's thread: see :meth:`_emit_popped`)."""
+    def _events(self, words: Any, pos: int, stop: int) -> list[Any]:
+        """Each shard's events among ``pos:stop`` (ascending)."""
+        if not self.shard_bits:
+            return [np.arange(pos, stop, dtype=np.int64)]
+        return [ev + pos for ev in shard_events(words[:, pos:stop], self.shard_bits)]
+
+    def _fold(self, k: int, head: list[Any], tail: list[Any], events: Any, late: Any,
+              fire_at: int | None) -> tuple[Any, Any, Any] | None:
+        """Shard ``k``'s loop over ``events``, growing its table as needed; then, if
+        ``fire_at`` is a watermark, pop the slots of the windows it reached (on the
+        shard's thread: see :meth:`_emit_popped`)."""
         shard = self.shards[k]
         table = shard.table
-        pos, stop = (int(j) for j in np.searchsorted(events, [pos, stop]))
-        size = max(1, (stop - pos) * self.nwin)
+        pos, stop = 0, int(events.shape[0])
+        size = max(1, stop * self.nwin)
         counts = np.zeros(2, dtype=np.int64)
         while pos < stop:
             room = table.room()
@@ -325,32 +340,63 @@ class FusedWindowAggOp(WindowAggOp):
                 shard.new_ends.append(np.unique(log_ends[:created]))
         return None if fire_at is None else shard.pop_due(fire_at, self.end_field)
 
+    def _fold_then_emit(self, head: list[Any], tail: list[Any], events: Any, late: Any,
+                        fire_at: int | None, ready: list[Any] | None
+                        ) -> tuple[tuple[Any, Any, Any] | None, list[Batch]]:
+        """The last shard's fold, then the output rows of ``ready`` (popped earlier)."""
+        popped = self._fold(len(self.shards) - 1, head, tail, events, late, fire_at)
+        return popped, [] if ready is None else self._emit_popped(ready)
+
     def process(self, batch: Batch) -> list[Batch]:
+        """Fold ``batch`` chunk by chunk, firing windows as the watermark passes them.
+
+        With several shards the first shard's loop runs on the calling thread and the
+        others' on pool threads; the calling thread then lists the next chunk's events per
+        shard, while the last shard's thread builds the output rows of the windows the
+        previous chunk fired: no core waits on one serial thread. The output is the same
+        as folding chunk after chunk.
+        """
         n = batch.num_rows
         if n == 0:
             return []
-        head, tail, wm, events = self._arguments(batch)
+        head, tail, wm, words = self._arguments(batch)
         late = np.zeros(n, dtype=np.int8)  # each shard sets its own events' flags
-        global _POOL
-        if len(self.shards) > 1 and _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="gpustream-shard")
+        pool = _pool() if len(self.shards) > 1 else None
         out: list[Batch] = []
+        ready: list[tuple[Any, Any, Any] | None] | None = None  # popped, to build
         pos = 0
+        events = self._events(words, 0, min(n, FUSED_CHUNK))
         while pos < n:
             stop = min(n, pos + FUSED_CHUNK)
             # wm[stop] is the watermark after every event before ``stop``: the windows it
             # reached can take no more events, so each shard pops them after its loop
             # and they fire now
             fire_at = int(wm[stop]) if stop < n else None
-            futures = [_POOL.submit(self._fold, k, head, tail, events[k], pos, stop, late,
-                                    fire_at)
-                       for k in range(1, len(self.shards))] if _POOL else []
-            popped = [self._fold(0, head, tail, events[0], pos, stop, late, fire_at)]
-            popped += [f.result() for f in futures]
+            if pool is None:
+                popped = [self._fold(0, head, tail, events[0], late, fire_at)]
+                events = self._events(words, stop, min(n, stop + FUSED_CHUNK))
+            else:
+                # the last shard's thread then builds the rows the last chunk fired, while
+                # this thread lists the next chunk's events: the load stays even
+                futures = [pool.submit(self._fold, k, head, tail, events[k], late, fire_at)
+                           for k in range(1, len(self.shards) - 1)]
+                last = pool.submit(self._fold_then_emit, head, tail, events[-1], late, fire_at,
+                                   ready)
+                first = self._fold(0, head, tail, events[0], late, fire_at)
+                events = self._events(words, stop, min(n, stop + FUSED_CHUNK))
+                popped_last, emitted = last.result()
+                out.extend(emitted)
+                ready = None
+                popped = [first, *(f.result() for f in futures), popped_last]
             pos = stop
             self._note_ends()
-            if fire_at is not None and self.pending_ends and min(self.pending_ends) <= fire_at:
-                out.extend(self._emit_popped(popped, fire_at))
+            if fire_at is not None and self._fired(fire_at):
+                if pool is None:
+                    out.extend(self._emit_popped(popped))
+                else:
+                    ready = popped
+        if ready is not None:
+            out.extend(self._emit_popped(ready))
         self.seq += n
         self._late_rows(batch, late.view(np.bool_))
         return out
@@ -366,29 +412,36 @@ class FusedWindowAggOp(WindowAggOp):
     def on_watermark(self, watermark: int) -> list[Batch]:
         """Fire and free the windows ``watermark`` reached: with no lateness every created
         slot fires once, on time, and is freed at once."""
-        if not self.pending_ends or min(self.pending_ends) > watermark:
+        if not self._fired(watermark):
             return []
         return self._emit_popped([shard.pop_due(watermark, self.end_field)
-                                  for shard in self.shards], watermark)
+                                  for shard in self.shards])
 
-    def _emit_popped(self, popped: list[tuple[Any, Any] | None], watermark: int) -> list[Batch]:
-        """The output rows of the windows ``watermark`` reached, from the shards' popped
-        rows and keys (None: nothing due in that shard)."""
+    def _fired(self, watermark: int) -> bool:
+        """Whether ``watermark`` reached a window with state; if so, those windows are
+        done (their slots are popped by the caller)."""
+        if not self.pending_ends or min(self.pending_ends) > watermark:
+            return False
         self.pending_ends = {e for e in self.pending_ends if e > watermark}
         self.open_ends = {e for e in self.open_ends if e > watermark}
+        return True
+
+    def _emit_popped(self, popped: list[tuple[Any, Any, Any] | None]) -> list[Batch]:
+        """The output rows of fired windows, from the shards' popped rows, key words and
+        orders (:meth:`_Shard.pop_due`; None: nothing due in that shard)."""
         parts = [p for p in popped if p is not None]
         if not parts:
             return []
         spec = self.spec
         k = len(spec.keys)
         if len(parts) == 1:
-            rows, keys = parts[0]
-            order = np.arange(rows.shape[0], dtype=np.int64)
+            rows, keys, order = parts[0]
         else:
             rows = np.concatenate([p[0] for p in parts])
             keys = np.concatenate([p[1] for p in parts])
-            bounds = np.cumsum([0] + [p[0].shape[0] for p in parts])
-            order = merge_runs(keys, rows[:, self.end_field], bounds, k)
+            starts = np.cumsum([0] + [p[0].shape[0] for p in parts])
+            runs = np.concatenate([p[2] + at for p, at in zip(parts, starts, strict=False)])
+            order = runs[merge_runs(keys[runs], rows[runs, self.end_field], starts, k)]
         m = int(rows.shape[0])
         words = np.empty((keys.shape[1], m), dtype=np.uint64)
         ends = np.empty(m, dtype=np.int64)
