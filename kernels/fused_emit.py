@@ -4,10 +4,10 @@ The fused CPU path (:mod:`gpustream.kernels.fused_window`) pops the state rows o
 windows that fire from each shard as packed ``int64[n, W]`` rows plus their key words
 (``uint64[n, K + 2]``: key columns, null bits, window start). Each shard sorts its own
 rows by (window end, window start, keys) on its own thread (:func:`run_order`); the
-shards' sorted runs are then merged (:func:`merge_runs`) and one generated loop per
-query shape (:func:`emit_kernel`) writes the output columns: the key words, window ends
-and each aggregate's value and validity, computed exactly as the aggregation states'
-numpy ``finalize`` computes them. Per firing this is a handful of calls instead of tens
+shards' sorted runs are then merged by one generated loop per query shape
+(:func:`emit_kernel`), which writes the output columns as it goes: the key words, window
+ends and each aggregate's value and validity, computed exactly as the aggregation
+states' numpy ``finalize`` computes them. Per firing this is a handful of calls instead of tens
 of numpy calls per aggregate.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["EmitAgg", "emit_kernel", "merge_runs", "run_order"]
+__all__ = ["EmitAgg", "emit_kernel", "run_order"]
 
 
 def run_order(keys: Any, ends: Any, n_keys: int) -> Any:
@@ -48,50 +48,6 @@ def run_order(keys: Any, ends: Any, n_keys: int) -> Any:
     if not sort_by:
         return np.arange(n, dtype=np.int64)
     return np.lexsort(np.stack(sort_by))
-
-
-@numba.njit(nogil=True, cache=False)
-def _before(keys, ends, a, b, n_keys):  # type: ignore[no-untyped-def]
-    ea, eb = np.uint64(ends[a]), np.uint64(ends[b])
-    if ea != eb:
-        return ea < eb
-    sa, sb = keys[a, n_keys + 1], keys[b, n_keys + 1]
-    if sa != sb:
-        return sa < sb
-    for c in range(n_keys):
-        if keys[a, c] != keys[b, c]:
-            return keys[a, c] < keys[b, c]
-    return False
-
-
-@numba.njit(nogil=True, cache=False)
-def _merge(keys, ends, bounds, n_keys, out):  # type: ignore[no-untyped-def]
-    runs = bounds.shape[0] - 1
-    head = bounds[:-1].copy()
-    for i in range(out.shape[0]):
-        best = -1
-        for r in range(runs):
-            if head[r] < bounds[r + 1] and (
-                    best < 0 or _before(keys, ends, head[r], head[best], n_keys)):
-                best = r
-        out[i] = head[best]
-        head[best] += 1
-
-
-def merge_runs(keys: Any, ends: Any, bounds: Any, n_keys: int) -> Any:
-    """Merge the sorted runs ``bounds[r]:bounds[r + 1]`` of popped rows (each in
-    :func:`run_order`) into one order; equal rows keep the order of their runs.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> keys = np.array([[1, 0, 0], [4, 0, 0], [2, 0, 0], [3, 0, 0]], dtype=np.uint64)
-    >>> merge_runs(keys, np.zeros(4, np.int64), np.array([0, 2, 4]), 1).tolist()
-    [0, 2, 3, 1]
-    """
-    out = np.empty(keys.shape[0], dtype=np.int64)
-    _merge(keys, ends, np.asarray(bounds, dtype=np.int64), n_keys, out)
-    return out
 
 
 @dataclass(frozen=True)
@@ -132,14 +88,31 @@ def _lines(j: int, agg: EmitAgg) -> list[str]:
     return [*lines, f"O{j}[i] = x{j}", f"M{j}[i] = n{j} > 1"]
 
 
+@numba.njit(nogil=True, cache=False)
+def _run_before(ka, ra, a, kb, rb, b, n_keys, end_field):  # type: ignore[no-untyped-def]
+    """Whether row ``a`` of one run comes before row ``b`` of another: by window end,
+    window start, then key words, all unsigned (the order of :func:`run_order`)."""
+    x, y = np.uint64(ra[a, end_field]), np.uint64(rb[b, end_field])
+    if x != y:
+        return x < y
+    if ka[a, n_keys + 1] != kb[b, n_keys + 1]:
+        return ka[a, n_keys + 1] < kb[b, n_keys + 1]
+    for c in range(n_keys):
+        if ka[a, c] != kb[b, c]:
+            return ka[a, c] < kb[b, c]
+    return False
+
+
 @lru_cache(maxsize=64)
 def emit_kernel(aggs: tuple[EmitAgg, ...], end_field: int) -> Any:
     """The compiled output loop for ``aggs``, window ends at row position ``end_field``.
 
-    Arguments: ``order`` (row of each output row), the popped rows as ``int64[n, W]`` and
-    as their ``float64`` view, their key words ``uint64[n, K]``, then outputs: key words
-    ``uint64[K, m]``, window ends ``int64[m]``, and per aggregate its values and (for all
-    but ``count``) validity.
+    Arguments: the runs of popped rows as tuples (one entry per shard) of their rows
+    ``int64[n, W]``, the same rows' ``float64`` views, their key words ``uint64[n, K]``
+    and their orders (:func:`run_order`);
+    the number of key columns; then outputs: key words ``uint64[K, m]``, window ends
+    ``int64[m]``, and per aggregate its values and (for all but ``count``) validity. The
+    runs are merged in the same pass (equal rows keep the order of their runs).
 
     Examples
     --------
@@ -151,24 +124,38 @@ def emit_kernel(aggs: tuple[EmitAgg, ...], end_field: int) -> Any:
     >>> rows[:, 3] = [20, 20]                              # window end
     >>> k = emit_kernel((EmitAgg("count", (0,), (False,)),
     ...                  EmitAgg("sum", (1, 2), (True, False))), 3)
-    >>> keys = np.array([[8, 0, 10], [9, 0, 10]], np.uint64)
+    >>> keys = np.array([[9, 0, 10], [8, 0, 10]], np.uint64)
     >>> words, ends = np.empty((3, 2), np.uint64), np.empty(2, np.int64)
     >>> n, total, ok = np.empty(2, np.int64), np.empty(2), np.empty(2, np.bool_)
-    >>> k(np.array([1, 0]), rows, rows.view(np.float64), keys, words, ends, n, total, ok)
+    >>> k((rows,), (rows.view(np.float64),), (keys,), (np.array([1, 0]),), 1, words, ends,
+    ...   n, total, ok)
     >>> words[0].tolist(), ends.tolist(), n.tolist(), total.tolist(), ok.tolist()
-    ([9, 8], [20, 20], [1, 3], [0.0, 6.0], [False, True])
+    ([8, 9], [20, 20], [1, 3], [0.0, 6.0], [False, True])
     """
     outs = []
     for j, agg in enumerate(aggs):
         outs.append(f"O{j}" if agg.kind == "count" else f"O{j}, M{j}")
-    src = [f"def emit(order, ri, rf, keys, words, ends, {', '.join(outs)}):",
-           "    for i in range(order.shape[0]):",
-           "        s = order[i]",
+    src = [f"def emit(rows_t, rowsf_t, keys_t, order_t, n_keys, words, ends, "
+           f"{', '.join(outs)}):",
+           "    runs = len(order_t)",
+           "    head = np.zeros(runs, dtype=np.int64)",
+           "    for i in range(words.shape[1]):",
+           "        best = -1",
+           "        for r in range(runs):",
+           "            if head[r] < order_t[r].shape[0] and (best < 0 or _run_before(",
+           "                    keys_t[r], rows_t[r], order_t[r][head[r]], keys_t[best],",
+           f"                    rows_t[best], order_t[best][head[best]], n_keys, {end_field})):",
+           "                best = r",
+           "        s = order_t[best][head[best]]",
+           "        head[best] += 1",
+           "        ri = rows_t[best]",
+           "        rf = rowsf_t[best]",
+           "        keys = keys_t[best]",
            "        for c in range(keys.shape[1]):",
            "            words[c, i] = keys[s, c]",
            f"        ends[i] = ri[s, {end_field}]"]
     for j, agg in enumerate(aggs):
         src += ["        " + line for line in _lines(j, agg)]
-    ns: dict[str, Any] = {"np": np}
+    ns: dict[str, Any] = {"np": np, "_run_before": _run_before}
     exec(compile("\n".join(src) + "\n", "<gpustream fused emit>", "exec"), ns)
     return numba.njit(nogil=True, cache=False)(ns["emit"])

@@ -28,7 +28,7 @@ import numpy as np
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
-from gpustream.kernels.fused_emit import EmitAgg, emit_kernel, merge_runs, run_order
+from gpustream.kernels.fused_emit import EmitAgg, emit_kernel, run_order
 from gpustream.kernels.fused_window import (
     FUSED_KINDS,
     FusedAgg,
@@ -190,7 +190,8 @@ class _Shard:
         rows = np.empty((n, self.table._block.shape[1]), dtype=np.int64)
         keys = np.empty((n, self.table.key_words), dtype=np.uint64)
         self.table.pop_into(slots, rows, keys)
-        return rows, keys, run_order(keys, rows[:, end_field], self.n_keys)
+        order = np.ascontiguousarray(run_order(keys, rows[:, end_field], self.n_keys))
+        return rows, keys, order
 
 
 class FusedWindowAggOp(WindowAggOp):
@@ -434,23 +435,16 @@ class FusedWindowAggOp(WindowAggOp):
             return []
         spec = self.spec
         k = len(spec.keys)
-        if len(parts) == 1:
-            rows, keys, order = parts[0]
-        else:
-            rows = np.concatenate([p[0] for p in parts])
-            keys = np.concatenate([p[1] for p in parts])
-            starts = np.cumsum([0] + [p[0].shape[0] for p in parts])
-            runs = np.concatenate([p[2] + at for p, at in zip(parts, starts, strict=False)])
-            order = runs[merge_runs(keys[runs], rows[runs, self.end_field], starts, k)]
-        m = int(rows.shape[0])
-        words = np.empty((keys.shape[1], m), dtype=np.uint64)
+        m = sum(int(p[0].shape[0]) for p in parts)
+        words = np.empty((parts[0][1].shape[1], m), dtype=np.uint64)
         ends = np.empty(m, dtype=np.int64)
         outs: list[Any] = []
         for st, dtype in zip(self.states, self.out_dtypes, strict=True):
             outs.append(np.empty(m, dtype=dtype))
             if st.agg.kind not in ("count", "count_valid"):
                 outs.append(np.empty(m, dtype=np.bool_))
-        self.emit(order, rows, rows.view(np.float64), keys, words, ends, *outs)
+        self.emit(tuple(p[0] for p in parts), tuple(p[0].view(np.float64) for p in parts),
+                  tuple(p[1] for p in parts), tuple(p[2] for p in parts), k, words, ends, *outs)
         columns: dict[str, Any] = {}
         validity: dict[str, Any] = {}
         nulls = words[k].view(np.int64)
