@@ -44,7 +44,7 @@ from gpustream.kernels.hashtable import EMPTY, TOMBSTONE
 from gpustream.kernels.windows import window_start
 
 __all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "fused_window_kernel", "key_shards",
-           "pop_rows", "shard_events"]
+           "pop_rows"]
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _MUL2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -167,6 +167,16 @@ def fused_hash_rows(keys: Any) -> Any:
     return out
 
 
+@numba.njit(nogil=True, cache=False)
+def _shard_of(words, bits, out):  # type: ignore[no-untyped-def]
+    shift = np.uint64(64 - bits)
+    for i in range(words.shape[1]):
+        h = _SEED64
+        for c in range(words.shape[0]):
+            h = _mix_word(h, words[c, i])
+        out[i] = np.uint8(_finish(h) >> shift)
+
+
 def key_shards(words: Any, bits: int) -> Any:
     """The shard (0 .. 2**bits - 1) of each row of ``words`` (``uint64[k, n]``: the key
     columns' words and their null bits, no window start), from the top bits of
@@ -179,40 +189,13 @@ def key_shards(words: Any, bits: int) -> Any:
     >>> s = key_shards(words, 1)
     >>> sorted(set(s.tolist())), 400 < int(s.sum()) < 600, int(key_shards(words, 0).max())
     ([0, 1], True, 0)
+    >>> bool((s == fused_hash_rows(words) >> np.uint64(63)).all())
+    True
     """
-    if bits == 0:
-        return np.zeros(words.shape[1], dtype=np.int64)
-    return (fused_hash_rows(words) >> np.uint64(64 - bits)).astype(np.int64)
-
-
-@numba.njit(nogil=True, cache=False)
-def _shard_of(words, bits, out):  # type: ignore[no-untyped-def]
-    shift = np.uint64(64 - bits)
-    for i in range(words.shape[1]):
-        h = _SEED64
-        for c in range(words.shape[0]):
-            h = _mix_word(h, words[c, i])
-        out[i] = np.uint8(_finish(h) >> shift)
-
-
-def shard_events(words: Any, bits: int) -> list[Any]:
-    """The events of each shard (:func:`key_shards`), ascending, hashing each event once.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> words = np.array([np.arange(1000), np.zeros(1000)], dtype=np.uint64)
-    >>> first, second = shard_events(words, 1)
-    >>> s = key_shards(words, 1)
-    >>> bool((first == np.flatnonzero(s == 0)).all()), first.shape[0] + second.shape[0]
-    (True, 1000)
-    """
-    n = words.shape[1]
-    if bits == 0:
-        return [np.arange(n, dtype=np.int64)]
-    shard = np.empty(n, dtype=np.uint8)
-    _shard_of(words, bits, shard)
-    return [np.flatnonzero(shard == k) for k in range(1 << bits)]
+    shard = np.zeros(words.shape[1], dtype=np.uint8)
+    if bits:
+        _shard_of(words, bits, shard)
+    return shard
 
 
 #: aggregation kinds the fused loop folds

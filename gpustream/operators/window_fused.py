@@ -35,7 +35,6 @@ from gpustream.kernels.fused_window import (
     fused_hash_rows,
     fused_window_kernel,
     key_shards,
-    shard_events,
 )
 from gpustream.kernels.hashing import widen_keys
 from gpustream.operators.window import I64_MAX, I64_MIN, WindowAggOp, WindowSpec
@@ -166,18 +165,30 @@ class _Shard:
         self.table = table
         self.n_keys = n_keys
         self.states = states
-        self.log: list[tuple[Any, Any]] = []
+        self.log: dict[int, list[Any]] = {}  # window end -> slots created for it
         self.new_ends: list[Any] = []  # ends of windows given slots since last noted
+
+    def note(self, slots: Any, ends: Any) -> None:
+        """Log created ``slots`` under their windows' ``ends``."""
+        distinct = np.unique(ends)
+        self.new_ends.append(distinct)
+        if distinct.shape[0] == 1:
+            self.log.setdefault(int(distinct[0]), []).append(slots)
+            return
+        for e in distinct.tolist():
+            self.log.setdefault(e, []).append(slots[ends == e])
+
+    def remap(self, remap: Any) -> None:
+        """Follow a rebuild of the table (old slot -> new slot)."""
+        self.log = {e: [remap[sl] for sl in parts] for e, parts in self.log.items()}
 
     def due(self, watermark: int) -> Any:
         """Slots of the windows that ``watermark`` reached, taken off the log."""
-        if not self.log:
+        ends = [e for e in self.log if e <= watermark]
+        if not ends:
             return np.empty(0, dtype=np.int64)
-        slots = np.concatenate([sl for sl, _ in self.log])
-        ends = np.concatenate([e for _, e in self.log])
-        due = ends <= watermark
-        self.log = [(slots[~due], ends[~due])]
-        return slots[due]
+        parts = [sl for e in ends for sl in self.log.pop(e)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def pop_due(self, watermark: int, end_field: int) -> tuple[Any, Any, Any] | None:
         """Pop the slots of the windows ``watermark`` reached: their packed rows, key
@@ -306,11 +317,12 @@ class FusedWindowAggOp(WindowAggOp):
                      _NO_BOOL if col.valid is None else col.valid]
         return head, tail, wm, words
 
-    def _events(self, words: Any, pos: int, stop: int) -> list[Any]:
-        """Each shard's events among ``pos:stop`` (ascending)."""
+    def _events(self, shard: Any, pos: int, stop: int) -> list[Any]:
+        """Each shard's events among ``pos:stop`` (ascending), from each event's shard."""
         if not self.shard_bits:
             return [np.arange(pos, stop, dtype=np.int64)]
-        return [ev + pos for ev in shard_events(words[:, pos:stop], self.shard_bits)]
+        part = shard[pos:stop]
+        return [np.flatnonzero(part == k) + pos for k in range(len(self.shards))]
 
     def _fold(self, k: int, head: list[Any], tail: list[Any], events: Any, late: Any,
               fire_at: int | None) -> tuple[Any, Any, Any] | None:
@@ -326,7 +338,7 @@ class FusedWindowAggOp(WindowAggOp):
             room = table.room()
             remap = table.make_room((stop - pos) * self.nwin, room, self.nwin)
             if remap is not None:
-                shard.log = [(remap[sl], e) for sl, e in shard.log]
+                shard.remap(remap)
                 continue
             log_slots = np.empty(size, dtype=np.int64)
             log_ends = np.empty(size, dtype=np.int64)
@@ -337,8 +349,7 @@ class FusedWindowAggOp(WindowAggOp):
             table.live_count += created
             table.used += int(counts[1])
             if created:
-                shard.log.append((log_slots[:created], log_ends[:created]))
-                shard.new_ends.append(np.unique(log_ends[:created]))
+                shard.note(log_slots[:created], log_ends[:created])
         return None if fire_at is None else shard.pop_due(fire_at, self.end_field)
 
     def _fold_then_emit(self, head: list[Any], tail: list[Any], events: Any, late: Any,
@@ -361,12 +372,13 @@ class FusedWindowAggOp(WindowAggOp):
         if n == 0:
             return []
         head, tail, wm, words = self._arguments(batch)
+        shard = key_shards(words, self.shard_bits)
         late = np.zeros(n, dtype=np.int8)  # each shard sets its own events' flags
         pool = _pool() if len(self.shards) > 1 else None
         out: list[Batch] = []
         ready: list[tuple[Any, Any, Any] | None] | None = None  # popped, to build
         pos = 0
-        events = self._events(words, 0, min(n, FUSED_CHUNK))
+        events = self._events(shard, 0, min(n, FUSED_CHUNK))
         while pos < n:
             stop = min(n, pos + FUSED_CHUNK)
             # wm[stop] is the watermark after every event before ``stop``: the windows it
@@ -375,7 +387,7 @@ class FusedWindowAggOp(WindowAggOp):
             fire_at = int(wm[stop]) if stop < n else None
             if pool is None:
                 popped = [self._fold(0, head, tail, events[0], late, fire_at)]
-                events = self._events(words, stop, min(n, stop + FUSED_CHUNK))
+                events = self._events(shard, stop, min(n, stop + FUSED_CHUNK))
             else:
                 # the last shard's thread then builds the rows the last chunk fired, while
                 # this thread lists the next chunk's events: the load stays even
@@ -384,7 +396,7 @@ class FusedWindowAggOp(WindowAggOp):
                 last = pool.submit(self._fold_then_emit, head, tail, events[-1], late, fire_at,
                                    ready)
                 first = self._fold(0, head, tail, events[0], late, fire_at)
-                events = self._events(words, stop, min(n, stop + FUSED_CHUNK))
+                events = self._events(shard, stop, min(n, stop + FUSED_CHUNK))
                 popped_last, emitted = last.result()
                 out.extend(emitted)
                 ready = None
@@ -487,7 +499,9 @@ class FusedWindowAggOp(WindowAggOp):
             shard.table.restore({name: v[..., mine] for name, v in table_state.items()},
                                 self.backend.to_device)
             live = shard.table.live_slots()
-            shard.log = [(live, shard.table.columns["__wend"][live].copy())]
+            shard.log = {}
+            shard.note(live, shard.table.columns["__wend"][live])
+            shard.new_ends = []
         self._restore_aggs(state, self.table.live_slots())
         self.pending_ends = {int(e) for e in state["pending_ends"]}
         self.open_ends = {int(e) for e in state["open_ends"]}
