@@ -117,11 +117,14 @@ def test_fused_rows_come_out_in_window_then_key_order(monkeypatch: pytest.Monkey
     assert order.equals(order.sort_values(["window_end", "window_start", *keys]))
 
 
+@pytest.mark.parametrize("paged", [True, False], ids=["pages", "table"])
 def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, paged: bool) -> None:
     """One batch of 20,000 events over 2,000 keys and 20 windows: firing windows as soon as
-    a chunk of 64 events moved the watermark past them, and rebuilding the table (its log
-    of created slots follows the move) changes nothing."""
+    a chunk of 64 events moved the watermark past them, and growing the state (the
+    (key, window) table with its log of created slots; or the key table and pages, rows
+    moved to new key slots) changes nothing."""
+    monkeypatch.setattr(fused_mod, "PAGED", paged)
     monkeypatch.setattr(fused_mod, "FUSED_CHUNK", 64)
     monkeypatch.setenv("GPUSTREAM_CPU_THREADS", "2")
     rng = np.random.default_rng(5)
@@ -135,8 +138,9 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
     real = FusedWindowAggOp._emit_popped
 
     def spy(self: FusedWindowAggOp, popped: list[object]) -> list[gs.Batch]:
-        assert len(self.shards) == 2
-        rebuilds.append(sum(s.table.rebuilds for s in self.shards))
+        assert len(self.shards) == 2 and all((s.pages is not None) == paged for s in self.shards)
+        rebuilds.append(sum(s.table.rebuilds if s.pages is None else s.pages.relayouts
+                            for s in self.shards))
         return real(self, popped)  # type: ignore[arg-type]
 
     monkeypatch.setattr(FusedWindowAggOp, "_emit_popped", spy)

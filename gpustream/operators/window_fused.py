@@ -28,6 +28,7 @@ import numpy as np
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
+from gpustream.kernels.fused_dense import dense_window_kernel
 from gpustream.kernels.fused_emit import EmitAgg, emit_kernel, run_order
 from gpustream.kernels.fused_window import (
     FUSED_KINDS,
@@ -39,12 +40,15 @@ from gpustream.kernels.fused_window import (
 from gpustream.kernels.hashing import widen_keys
 from gpustream.operators.window import I64_MAX, I64_MIN, WindowAggOp, WindowSpec
 from gpustream.state.aggstate import AggState, make_state
-from gpustream.state.table import SlotTable
+from gpustream.state.table import MIN_CAPACITY, SlotTable
+from gpustream.state.window_pages import WindowPages
 
 __all__ = ["FusedWindowAggOp", "fusable", "shard_count", "window_operator"]
 
 #: events folded between two chances to fire windows
 FUSED_CHUNK = 1 << 16
+#: tumbling windows keep their state in pages (:mod:`gpustream.state.window_pages`)
+PAGED = True
 
 #: table columns of each state kind the fused loop folds (besides its non-null count)
 _FUSED_COLUMNS = {"count": ("n",), "count_valid": (), "sum": ("acc",), "min": ("acc",),
@@ -161,12 +165,17 @@ def _new_table(spec: WindowSpec) -> SlotTable:
 class _Shard:
     """One state table, its aggregation states, and its log of unfired created slots."""
 
-    def __init__(self, table: SlotTable, states: list[AggState], n_keys: int) -> None:
+    def __init__(self, table: SlotTable, states: list[AggState], n_keys: int,
+                 size: int | None = None) -> None:
         self.table = table
         self.n_keys = n_keys
         self.states = states
         self.log: dict[int, list[Any]] = {}  # window end -> slots created for it
         self.new_ends: list[Any] = []  # ends of windows given slots since last noted
+        #: the state in pages (tumbling windows of ``size``), else in ``table``
+        self.pages = None if size is None else WindowPages(table, n_keys)
+        self.size = size
+        self.stopped_at: int | None = None  # where a paged fold stopped for want of pages
 
     def note(self, slots: Any, ends: Any) -> None:
         """Log created ``slots`` under their windows' ``ends``."""
@@ -194,13 +203,20 @@ class _Shard:
         """Pop the slots of the windows ``watermark`` reached: their packed rows, key
         words (``uint64[n, K]``) and output order (:func:`run_order`; the row's window
         end at position ``end_field``), or None where none is due."""
-        slots = self.due(watermark)
-        if slots.shape[0] == 0:
-            return None
-        n = int(slots.shape[0])
-        rows = np.empty((n, self.table._block.shape[1]), dtype=np.int64)
-        keys = np.empty((n, self.table.key_words), dtype=np.uint64)
-        self.table.pop_into(slots, rows, keys)
+        if self.pages is not None:
+            assert self.size is not None
+            popped = self.pages.pop_due(watermark, self.size)
+            if popped is None:
+                return None
+            rows, keys = popped
+        else:
+            slots = self.due(watermark)
+            if slots.shape[0] == 0:
+                return None
+            n = int(slots.shape[0])
+            rows = np.empty((n, self.table._block.shape[1]), dtype=np.int64)
+            keys = np.empty((n, self.table.key_words), dtype=np.uint64)
+            self.table.pop_into(slots, rows, keys)
         order = np.ascontiguousarray(run_order(keys, rows[:, end_field], self.n_keys))
         return rows, keys, order
 
@@ -233,12 +249,8 @@ class FusedWindowAggOp(WindowAggOp):
                              f"only {', '.join(sorted(FUSED_KINDS))}")
         super().__init__(spec, backend, table=_new_table(spec))
         n = shard_count() if shards is None else shards
-        k = len(spec.keys)
-        self.shards = [_Shard(self.table, self.states, k)]
-        for _ in range(n - 1):
-            t = _new_table(spec)
-            self.shards.append(_Shard(t, [make_state(a.name, a.agg, a.in_type, a.out_type, t)
-                                          for a in spec.aggs], k))
+        self.paged = PAGED and self.nwin == 1
+        self._make_shards(n)
         aliases = self.table.aliases
         aggs = []
         for st in self.states:
@@ -250,8 +262,42 @@ class FusedWindowAggOp(WindowAggOp):
         self.column_names = tuple(self.table.columns)
         columns = tuple((name, _fill_source(*fills[name])) for name in self.column_names)
         self.kernel = fused_window_kernel(len(spec.keys), tuple(aggs), columns, self.nwin == 1)
+        self.paged_kernel = (dense_window_kernel(len(spec.keys), tuple(aggs), columns)
+                             if self.paged else None)
         self.shard_bits = len(self.shards).bit_length() - 1  # shards: a power of 2
         self._setup_emit()
+
+    def _make_shards(self, n: int) -> None:
+        """``n`` shards, the first holding ``self.table`` and ``self.states``."""
+        spec = self.spec
+        k = len(spec.keys)
+        size = spec.size if self.paged else None
+        self.shards = [_Shard(self.table, self.states, k, size)]
+        for _ in range(n - 1):
+            t = _new_table(spec)
+            self.shards.append(_Shard(t, [make_state(a.name, a.agg, a.in_type, a.out_type, t)
+                                          for a in spec.aggs], k, size))
+
+    def _unpage_and_finish(self, head: list[Any], tail: list[Any], chunk: list[Any],
+                           late: Any, fire_at: int | None,
+                           popped: list[Any]) -> list[Any]:
+        """Unpage, then fold the rest of the chunk of the shards that stopped for want of
+        pages (the others have folded theirs and popped what ``fire_at`` fired)."""
+        rest = {k: chunk[k][sh.stopped_at:] for k, sh in enumerate(self.shards)
+                if sh.stopped_at is not None}
+        self._unpage()
+        for k, events in rest.items():
+            popped[k] = self._fold(k, head, tail, events, late, fire_at)
+        self._note_ends()
+        return popped
+
+    def _unpage(self) -> None:
+        """Move the state from pages to (key, window) tables: far more windows are open
+        at once than pages were meant for (see :mod:`gpustream.state.window_pages`)."""
+        state = self.snapshot()
+        self.paged = False
+        self._make_shards(len(self.shards))
+        self.restore(state)
 
     def _setup_emit(self) -> None:
         """The output loop for this query (:func:`emit_kernel`) and its output dtypes."""
@@ -291,7 +337,7 @@ class FusedWindowAggOp(WindowAggOp):
         n = batch.num_rows
         ts, ts_valid, wm = self._event_times(batch)
         head: list[Any] = [ts, _NO_BOOL if ts_valid is None else ts_valid, wm, spec.size,
-                           spec.slide, spec.offset, self.nwin]
+                           spec.slide, spec.offset, self.nwin]  # the paged loop: no slide, nwin
         tail: list[Any] = []
         words = np.empty((len(spec.keys) + 1, n), dtype=np.uint64)  # keys, null bits
         words[-1] = 0
@@ -330,6 +376,8 @@ class FusedWindowAggOp(WindowAggOp):
         ``fire_at`` is a watermark, pop the slots of the windows it reached (on the
         shard's thread: see :meth:`_emit_popped`)."""
         shard = self.shards[k]
+        if shard.pages is not None:
+            return self._fold_paged(shard, head, tail, events, late, fire_at)
         table = shard.table
         pos, stop = 0, int(events.shape[0])
         size = max(1, stop * self.nwin)
@@ -350,6 +398,34 @@ class FusedWindowAggOp(WindowAggOp):
             table.used += int(counts[1])
             if created:
                 shard.note(log_slots[:created], log_ends[:created])
+        return None if fire_at is None else shard.pop_due(fire_at, self.end_field)
+
+    def _fold_paged(self, shard: _Shard, head: list[Any], tail: list[Any], events: Any,
+                    late: Any, fire_at: int | None) -> tuple[Any, Any, Any] | None:
+        """:meth:`_fold` for a shard whose state is in pages. Where more pages would pass
+        their memory bound it stops, noting where in ``stopped_at`` (see :meth:`_unpage`)."""
+        pages = shard.pages
+        assert pages is not None and self.paged_kernel is not None
+        ts, ts_ok, wm, size, _, offset, _ = head
+        pos, stop = 0, int(events.shape[0])
+        counts = np.zeros(4, dtype=np.int64)
+        need_page = False
+        while pos < stop:
+            room = pages.room()
+            if need_page or room < max(1, min(stop - pos, max(MIN_CAPACITY, pages.live_keys))):
+                if not pages.grow(stop - pos, need_page):
+                    shard.stopped_at = pos
+                    return None
+                need_page = False
+                continue
+            pos = self.paged_kernel(ts, ts_ok, wm, size, offset, events, pos, stop, room,
+                                    *tail, *pages.key_table, *pages.page_arrays,
+                                    *[pages.columns[name] for name in self.column_names],
+                                    late, counts)
+            pages.used += int(counts[1])
+            pages.live_keys += int(counts[2])
+            need_page = bool(counts[3])
+        shard.new_ends.append(pages.open_ends(size))
         return None if fire_at is None else shard.pop_due(fire_at, self.end_field)
 
     def _fold_then_emit(self, head: list[Any], tail: list[Any], events: Any, late: Any,
@@ -385,6 +461,7 @@ class FusedWindowAggOp(WindowAggOp):
             # reached can take no more events, so each shard pops them after its loop
             # and they fire now
             fire_at = int(wm[stop]) if stop < n else None
+            chunk = events
             if pool is None:
                 popped = [self._fold(0, head, tail, events[0], late, fire_at)]
                 events = self._events(shard, stop, min(n, stop + FUSED_CHUNK))
@@ -403,6 +480,8 @@ class FusedWindowAggOp(WindowAggOp):
                 popped = [first, *(f.result() for f in futures), popped_last]
             pos = stop
             self._note_ends()
+            if any(sh.stopped_at is not None for sh in self.shards):
+                popped = self._unpage_and_finish(head, tail, chunk, late, fire_at, popped)
             if fire_at is not None and self._fired(fire_at):
                 if pool is None:
                     out.extend(self._emit_popped(popped))
@@ -481,7 +560,8 @@ class FusedWindowAggOp(WindowAggOp):
     # -- checkpoints ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """The separate kernels' format: the shards' live slots as one table."""
-        parts = [s.table.snapshot(self.backend.to_host) for s in self.shards]
+        parts = [s.table.snapshot(self.backend.to_host) if s.pages is None
+                 else s.pages.snapshot() for s in self.shards]
         state: dict[str, Any] = {f"table.{k}": np.concatenate([p[k] for p in parts], axis=-1)
                                  for k in parts[0]}
         state.update(self._snapshot_aggs(self.table.live_slots()))
@@ -496,6 +576,9 @@ class FusedWindowAggOp(WindowAggOp):
         shard_of = key_shards(np.ascontiguousarray(keys[:-1]), self.shard_bits)  # no start
         for k, shard in enumerate(self.shards):
             mine = shard_of == k
+            if shard.pages is not None:
+                shard.pages.restore({name: v[..., mine] for name, v in table_state.items()})
+                continue
             shard.table.restore({name: v[..., mine] for name, v in table_state.items()},
                                 self.backend.to_device)
             live = shard.table.live_slots()

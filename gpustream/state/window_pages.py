@@ -1,0 +1,192 @@
+"""Tumbling-window state in pages: the dense layout of :mod:`gpustream.kernels.fused_dense`.
+
+A key table shared by every open window, and one page of packed state rows per open
+window indexed by the key's slot. The rows have the layout of a packed
+:class:`~gpustream.state.table.SlotTable` (the ``template``: same columns, same fill
+values, same aliases), so the output loop and snapshots read them the same way.
+
+Memory is pages x key capacity x row width. The key table keeps only keys that some
+open window holds (a key's slot is freed when its last window fires), and pages are
+freed when their window fires, so both follow the open windows; :meth:`WindowPages.grow`
+reports when more pages would pass :data:`MAX_BYTES` (many windows open at once, e.g.
+events far ahead of the watermark), and the operator then moves to the (key, window)
+table layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpustream.kernels.fused_dense import pop_pages
+from gpustream.kernels.fused_window import fused_hash_rows
+from gpustream.kernels.hashtable import EMPTY, TOMBSTONE, new_table, release_tombstones, upsert
+from gpustream.state.table import MAX_LOAD, MIN_CAPACITY, SlotTable
+
+__all__ = ["MAX_BYTES", "WindowPages"]
+
+#: the most bytes of pages a dense state grows to before the operator changes layout
+MAX_BYTES = 1 << 29
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+class WindowPages:
+    """Key table plus pages of state rows, for one shard of a tumbling window.
+
+    Examples
+    --------
+    >>> t = SlotTable(3, np, on_device=False, packed=True)
+    >>> t.add_column("__wend", np.int64, 2**63 - 1); t.add_column("__ontime", np.int8, 0)
+    >>> t.add_column("n", np.int64, 0)
+    >>> st = WindowPages(t, n_keys=1)
+    >>> st.capacity, st.pages, sorted(st.columns)
+    (1024, 4, ['__ontime', '__wend', 'n'])
+    """
+
+    def __init__(self, template: SlotTable, n_keys: int) -> None:
+        self.template = template
+        self.n_keys = n_keys
+        self.width = int(template._block.shape[1])
+        self.live_keys = 0  # key slots in use
+        self.used = 0  # key slots not empty (in use or tombstones)
+        self.relayouts = 0  # times the key table or the pages grew
+        self._allocate(MIN_CAPACITY, 4)
+
+    # -- layout ---------------------------------------------------------------------------
+    def _allocate(self, capacity: int, pages: int) -> None:
+        self.capacity, self.pages = capacity, pages
+        self.d_hash, _, self.d_keys = new_table(capacity, self.n_keys + 1, np)
+        self.refs = np.zeros(capacity, dtype=np.int64)
+        raw = np.empty(pages * capacity * self.width + 8, dtype=np.int64)
+        at = (-(raw.ctypes.data // 8)) % 8  # rows start on cache lines
+        self.block = raw[at : at + pages * capacity * self.width].reshape(-1, self.width)
+        self.block[:] = self.template._fill_row
+        self.p_start = np.zeros(pages, dtype=np.int64)
+        self.p_live = np.zeros(pages, dtype=np.int8)
+        self.p_count = np.zeros(pages, dtype=np.int64)
+        self.p_touched = np.zeros((pages, capacity), dtype=np.int64)
+        t = self.template
+        self.columns = {name: self.block.view(t.columns[name].dtype)[:, j]
+                        for j, name in enumerate(t._packed_names)}
+        for alias, target in t.aliases.items():
+            if target in self.columns:
+                self.columns[alias] = self.columns[target]
+
+    @property
+    def key_table(self) -> tuple[Any, Any, Any]:
+        return self.d_hash, self.d_keys, self.refs
+
+    @property
+    def page_arrays(self) -> tuple[Any, Any, Any, Any]:
+        return self.p_start, self.p_live, self.p_count, self.p_touched
+
+    def room(self) -> int:
+        """Empty key slots the loop may still fill."""
+        return int(self.capacity * MAX_LOAD) - self.used
+
+    def grow(self, keys_wanted: int, need_page: bool) -> bool:
+        """Make room for ``keys_wanted`` more keys (rebuilding the key table larger, or
+        only without its tombstones) and, if ``need_page``, for another page. Returns
+        False where the pages would pass :data:`MAX_BYTES`: nothing is changed then."""
+        capacity, pages = self.capacity, self.pages
+        if need_page:
+            pages *= 2
+        if self.room() < min(keys_wanted, max(MIN_CAPACITY, self.live_keys)):
+            target = self.live_keys + min(keys_wanted, max(4 * self.live_keys, MIN_CAPACITY))
+            capacity = max(capacity, _pow2(int(target / MAX_LOAD) + 1))
+        if pages * capacity * self.width * 8 > MAX_BYTES and pages > 4:
+            return False
+        self._relayout(capacity, pages)
+        return True
+
+    def _relayout(self, capacity: int, pages: int) -> None:
+        """Move every live key and row into arrays for ``capacity`` keys and ``pages``."""
+        old = (self.capacity, self.d_hash, self.d_keys, self.refs, self.block, self.p_start,
+               self.p_live, self.p_count, self.p_touched)
+        o_cap, o_hash, o_keys, o_refs, o_block, o_start, o_live, o_count, o_touched = old
+        live = np.flatnonzero(o_hash > TOMBSTONE)
+        self._allocate(capacity, pages)
+        self.relayouts += 1
+        table = (self.d_hash, np.zeros(capacity, dtype=np.int32), self.d_keys)
+        slots, _ = upsert(table, o_hash[live], np.ascontiguousarray(o_keys[live].T),
+                          np.arange(live.shape[0], dtype=np.int64), False)
+        remap = np.full(o_cap, -1, dtype=np.int64)
+        remap[live] = slots
+        self.refs[slots] = o_refs[live]
+        n_old = o_start.shape[0]
+        self.p_start[:n_old], self.p_live[:n_old], self.p_count[:n_old] = o_start, o_live, o_count
+        for p in np.flatnonzero(o_live).tolist():
+            touched = o_touched[p, : o_count[p]]
+            self.p_touched[p, : touched.shape[0]] = remap[touched]
+            self.block[p * capacity + remap[touched]] = o_block[p * o_cap + touched]
+        self.used = self.live_keys = int(live.shape[0])
+
+    # -- firing ---------------------------------------------------------------------------
+    def pop_due(self, watermark: int, size: int) -> tuple[Any, Any] | None:
+        """Pop the pages whose window ``watermark`` reached: their rows and key words
+        (``uint64[n, K + 2]``: keys, null bits, window start), or None where none is."""
+        due = np.flatnonzero((self.p_live != 0) & (self.p_start <= watermark - size))
+        if due.shape[0] == 0:
+            return None
+        n = int(self.p_count[due].sum())
+        rows = np.empty((n, self.width), dtype=np.int64)
+        keys = np.empty((n, self.n_keys + 2), dtype=np.uint64)
+        freed = np.empty(n, dtype=np.int64)
+        n_freed = pop_pages(due, self.capacity, self.page_arrays, self.block,
+                            self.template._fill_row, self.key_table, rows, keys, freed)
+        self.live_keys -= n_freed
+        self.used -= release_tombstones(self.d_hash, freed[:n_freed])
+        return rows, keys
+
+    def open_ends(self, size: int) -> Any:
+        """Ends of the windows holding state."""
+        return self.p_start[self.p_live != 0] + size
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The (key, window) table format of :meth:`SlotTable.snapshot`: every live row."""
+        parts = []
+        for p in np.flatnonzero(self.p_live).tolist():
+            touched = self.p_touched[p, : self.p_count[p]]
+            keys = np.empty((touched.shape[0], self.n_keys + 2), dtype=np.uint64)
+            keys[:, :-1] = self.d_keys[touched]
+            keys[:, -1] = np.uint64(self.p_start[p])
+            parts.append((self.block[p * self.capacity + touched], keys))
+        rows = np.concatenate([r for r, _ in parts]) if parts else np.empty((0, self.width),
+                                                                           dtype=np.int64)
+        keys = (np.concatenate([k for _, k in parts]) if parts
+                else np.empty((0, self.n_keys + 2), dtype=np.uint64))
+        keys_t = np.ascontiguousarray(keys.T)
+        out: dict[str, Any] = {"keys": keys_t, "hashes": fused_hash_rows(keys_t)}
+        views = self.template.row_views(rows)
+        for name in self.template.columns:
+            out[f"col.{name}"] = views[name].astype(self.template._fill[name][0])
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load the rows of a (key, window) table snapshot (on any path or backend)."""
+        keys = np.ascontiguousarray(state["keys"], dtype=np.uint64)  # [K + 2, n]
+        n = int(keys.shape[1])
+        rows = np.empty((n, self.width), dtype=np.int64)
+        for j, name in enumerate(self.template._packed_names):
+            rows.view(self.template.columns[name].dtype)[:, j] = state[f"col.{name}"]
+        starts, page_of = np.unique(keys[-1].view(np.int64), return_inverse=True)
+        words = np.ascontiguousarray(keys[:-1])
+        distinct = np.unique(words, axis=1) if n else words
+        capacity = max(MIN_CAPACITY, _pow2(int(distinct.shape[1] / MAX_LOAD) + 1))
+        self._allocate(capacity, max(4, _pow2(starts.shape[0] + 1)))
+        table = (self.d_hash, np.zeros(capacity, dtype=np.int32), self.d_keys)
+        slots, _ = upsert(table, fused_hash_rows(words), words, np.arange(n, dtype=np.int64),
+                          False)
+        np.add.at(self.refs, slots, 1)
+        for p, start in enumerate(starts.tolist()):
+            mine = np.flatnonzero(page_of == p)
+            self.p_start[p], self.p_live[p], self.p_count[p] = start, 1, mine.shape[0]
+            self.p_touched[p, : mine.shape[0]] = slots[mine]
+            self.block[p * capacity + slots[mine]] = rows[mine]
+        self.used = self.live_keys = int(distinct.shape[1])
+        assert int((self.d_hash == EMPTY).sum()) == capacity - self.used

@@ -1,0 +1,300 @@
+"""The fused tumbling-window loop over a dense per-window layout (CPU).
+
+:mod:`~gpustream.kernels.fused_window` keeps one hash table over (key, window): every
+event probes a table spread over all open windows' slots, so its hash, key and state
+lines are all cold. Here the state is split in two:
+
+- a **key table** (open addressing over the key words and null bits, hashed with
+  :func:`~gpustream.kernels.fused_window.fused_hash_rows`) shared by every window: each
+  key has one slot ``d`` while any open window holds state for it (``refs[d]`` counts
+  those windows), so it stays small and in cache;
+- **pages**, one per open window (``p_start``, ``p_live``): page ``p`` holds a packed
+  state row for key slot ``d`` at row ``p * capacity + d``; ``p_touched[p, :p_count[p]]``
+  lists the key slots it has state for, which is what firing reads.
+
+Per event: window start, page (the last one, else a search of the few open ones), key
+slot, then the same straight-line folds as the (key, window) loop on the row. The key
+table's line of the event 16 ahead and the state row of the event 8 ahead are prefetched.
+A row whose ``__ontime`` field is 0 is fresh (pages are reset to the fill values when
+they fire). The loop stops early (returning the next event) when the key table has no
+room left or a new window needs a page and none is free; the caller grows what is short.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numba
+import numpy as np
+
+from gpustream.kernels.fused_window import (
+    _NAMESPACE,
+    PREFETCH_DISTANCE,
+    FusedAgg,
+    _prefetch,
+    _update_lines,
+)
+from gpustream.kernels.hashtable import TOMBSTONE
+
+__all__ = ["dense_window_kernel", "pop_pages"]
+
+
+def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, str], ...]) -> str:
+    col = {name: f"C{j}" for j, (name, _) in enumerate(columns)}
+    words = [f"w{c}" for c in range(n_keys)] + ["nb"]
+    args = (["ts", "ts_ok", "wm", "size", "offset", "idx", "j0", "j1", "room"]
+            + [f"K{c}, K{c}ok" for c in range(n_keys)]
+            + [f"V{j}, V{j}ok" for j in range(len(aggs))]
+            + ["d_hash", "d_keys", "refs", "p_start", "p_live", "p_count", "p_touched"]
+            + [col[name] for name, _ in columns] + ["late", "out"])
+    hot = col[aggs[0].columns[0]] if aggs and aggs[0].columns else col["__ontime"]
+    L = [f"def dense({', '.join(args)}):",
+         "    cap = d_hash.shape[0]",
+         "    mask = np.uint64(cap - 1)",
+         "    KW = np.uint64(d_keys.shape[1])",
+         "    d_keys_flat = d_keys.reshape(d_keys.shape[0] * d_keys.shape[1])",
+         "    pages = p_start.shape[0]",
+         "    lo = np.int64(1)",
+         "    hi = np.int64(0)",
+         "    top = I64_MAX - size",
+         "    cur_st = np.int64(0)",
+         "    cur_p = -1",
+         "    base = np.int64(0)",
+         "    created = 0",
+         "    new_keys = 0",
+         "    empties = 0",
+         "    need_page = 0",
+         "    j = j0",
+         "    while j < j1:",
+         "        i = idx[j]",
+         "        if empties >= room:",
+         "            break",
+         "        if ts_ok.shape[0] != 0 and not ts_ok[i]:",
+         "            late[i] = 1",
+         "            j += 1",
+         "            continue",
+         "        t = ts[i]",
+         "        if not (t >= lo and t < hi):",
+         "            lo = window_start(t, size, offset)",
+         "            hi = lo + size if lo <= top else lo",
+         "        st = lo",
+         "        end = st + size",
+         "        if end <= wm[i]:",
+         "            late[i] = 1",
+         "            j += 1",
+         "            continue",
+         "        if cur_p < 0 or st != cur_st:",
+         "            cur_p = -1",
+         "            for p in range(pages):",
+         "                if p_live[p] != 0 and p_start[p] == st:",
+         "                    cur_p = p",
+         "                    break",
+         "            if cur_p < 0:",
+         "                for p in range(pages):",
+         "                    if p_live[p] == 0:",
+         "                        cur_p = p",
+         "                        break",
+         "                if cur_p < 0:",
+         "                    need_page = 1",
+         "                    break",
+         "                p_live[cur_p] = 1",
+         "                p_start[cur_p] = st",
+         "                p_count[cur_p] = 0",
+         "            cur_st = st",
+         "            base = np.int64(cur_p) * cap",
+         "        nb = ZERO"]
+    for c in range(n_keys):
+        L += [f"        w{c} = K{c}[i]",
+              f"        if K{c}ok.shape[0] != 0 and not K{c}ok[i]:",
+              f"            w{c} = ZERO",
+              f"            nb |= np.uint64({1 << c})"]
+    L += ["        h = SEED64"]
+    L += [f"        h = _mix_word(h, {wd})" for wd in words]
+    L += ["        h = _finish(h)",
+          # the key table's lines of the event PF ahead
+          "        if j + PF < j1:",
+          "            ia = idx[j + PF]",
+          "            ha = SEED64"]
+    L += [f"            ha = _mix_word(ha, K{c}[ia])" for c in range(n_keys)]
+    L += ["            sa = _finish(_mix_word(ha, ZERO)) & mask",
+          "            _prefetch(d_hash, sa)",
+          "            _prefetch(d_keys_flat, sa * KW)",
+          # the state row of the event PF/2 ahead, if its key is known and its window is
+          # this one: its key table lines were prefetched PF/2 events ago
+          "        if j + PFH < j1:",
+          "            ib = idx[j + PFH]",
+          "            if ts[ib] >= lo and ts[ib] < hi:",
+          "                hb = SEED64"]
+    L += [f"                hb = _mix_word(hb, K{c}[ib])" for c in range(n_keys)]
+    same_b = " and ".join([f"d_keys[sb, {c}] == K{c}[ib]" for c in range(n_keys)]
+                          + [f"d_keys[sb, {n_keys}] == ZERO"])
+    L += ["                hb = _finish(_mix_word(hb, ZERO))",
+          "                sb = hb & mask",
+          "                while True:",
+          "                    tb = d_hash[sb]",
+          "                    if tb == EMPTY:",
+          "                        break",
+          f"                    if tb == hb and {same_b}:",
+          f"                        _prefetch({hot}, base + np.int64(sb))",
+          "                        break",
+          "                    sb = (sb + ONE) & mask"]
+    same = " and ".join(f"d_keys[d, {c}] == {wd}" for c, wd in enumerate(words))
+    L += ["        d = h & mask",
+          "        tomb = np.int64(-1)",
+          "        found = False",
+          "        while True:",
+          "            th = d_hash[d]",
+          "            if th == EMPTY:",
+          "                break",
+          f"            if th == h and {same}:",
+          "                found = True",
+          "                break",
+          "            if th == TOMBSTONE and tomb < 0:",
+          "                tomb = np.int64(d)",
+          "            d = (d + ONE) & mask",
+          "        if not found:",
+          "            if tomb >= 0:",
+          "                d = np.uint64(tomb)",
+          "            else:",
+          "                empties += 1",
+          "            d_hash[d] = h"]
+    L += [f"            d_keys[d, {c}] = {wd}" for c, wd in enumerate(words)]
+    L += ["            refs[d] = 0",
+          "            new_keys += 1",
+          "        s = base + np.int64(d)",
+          f"        if {col['__ontime']}[s] == 0:",
+          f"            {col['__wend']}[s] = end",
+          f"            {col['__ontime']}[s] = 1",
+          "            p_touched[cur_p, p_count[cur_p]] = np.int64(d)",
+          "            p_count[cur_p] += 1",
+          "            refs[d] += 1",
+          "            created += 1"]
+    loads: list[str] = []
+    folds: list[str] = []
+    stores: list[str] = []
+    for j, agg in enumerate(aggs):
+        init, load, fold, store = _update_lines(j, agg, col)
+        L += ["            " + line for line in init]
+        loads += ["        " + line for line in load]
+        folds += ["        " + line for line in fold]
+        stores += ["        " + line for line in store]
+    L += [*loads, *folds, *stores,
+          "        j += 1",
+          "    out[0] = created",
+          "    out[1] = empties",
+          "    out[2] = new_keys",
+          "    out[3] = need_page",
+          "    return j"]
+    return "\n".join(L) + "\n"
+
+
+@lru_cache(maxsize=64)
+def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
+                        columns: tuple[tuple[str, str], ...]) -> Any:
+    """The compiled dense tumbling-window loop for ``n_keys`` key columns and ``aggs``.
+
+    ``columns`` lists every state column as ``(name, fill)`` in the order their arrays
+    (views of the pages' rows, ``pages * capacity`` long) are passed; it must hold
+    ``__wend`` and ``__ontime``. Arguments: event times, their validity (empty: none),
+    per-event watermarks, ``size``, ``offset``, ``idx``, ``j0``, ``j1`` (fold the events
+    ``idx[j0:j1]``), ``room`` (empty key slots it may fill), each key column as uint64
+    with its validity, each aggregation's input values with their validity, the key
+    table (``d_hash``, ``d_keys`` ``uint64[capacity, K + 1]``, ``refs``), the pages
+    (``p_start``, ``p_live``, ``p_count``, ``p_touched``), the columns, ``late`` (int8 per
+    event) and ``out`` (int64[4]: rows created, empty key slots filled, keys added, 1 if
+    it stopped for want of a page). Returns the position in ``idx`` of the next event.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpustream.kernels.hashtable import new_table
+    >>> d_hash, _, d_keys = new_table(8, 2, np)
+    >>> cols = (("__wend", "I64_MAX"), ("__ontime", "0"), ("n", "0"))
+    >>> k = dense_window_kernel(1, (FusedAgg("count", ("n",)),), cols)
+    >>> pages, none = 2, np.empty(0, np.bool_)
+    >>> wend, ontime, n = np.full(16, 2**63 - 1), np.zeros(16, np.int64), np.zeros(16, np.int64)
+    >>> p_start, p_live, p_count = np.zeros(2, np.int64), np.zeros(2, np.int8), np.zeros(2, np.int64)
+    >>> p_touched, refs = np.zeros((2, 8), np.int64), np.zeros(8, np.int64)
+    >>> late, out = np.zeros(4, np.int8), np.zeros(4, np.int64)
+    >>> k(np.array([5, 7, 12, 3]), none, np.array([-99, 5, 7, 12]), 10, 0, np.arange(4), 0, 4,
+    ...   4, np.array([4, 4, 4, 4], np.uint64), none, np.zeros(1), none, d_hash, d_keys, refs,
+    ...   p_start, p_live, p_count, p_touched, wend, ontime, n, late, out)
+    4
+    >>> p_start.tolist(), p_count.tolist(), out.tolist(), late.tolist()
+    ([0, 10], [1, 1], [2, 1, 1, 0], [0, 0, 0, 1])
+    >>> d = int(p_touched[0, 0]); int(n[d]), int(n[8 + d]), int(refs[d])
+    (2, 1, 2)
+    """
+    ns = dict(_NAMESPACE)
+    ns["PFH"] = PREFETCH_DISTANCE // 2
+    exec(compile(_source(n_keys, aggs, columns), f"<gpustream dense window {n_keys} keys>",
+                 "exec"), ns)
+    return numba.njit(nogil=True, cache=False)(ns["dense"])
+
+
+@numba.njit(nogil=True, cache=False)
+def _pop_pages(pages, cap, p_start, p_live, p_count, p_touched, block, fill_row, d_hash,  # type: ignore[no-untyped-def]
+               d_keys, refs, rows, keys, freed):
+    width = block.shape[1]
+    kw = d_keys.shape[1]
+    flat = block.reshape(block.shape[0] * width)
+    o = 0
+    n_freed = 0
+    for q in range(pages.shape[0]):
+        p = pages[q]
+        base = np.int64(p) * cap
+        cnt = p_count[p]
+        for j in range(cnt):
+            if j + PREFETCH_DISTANCE < cnt:
+                ahead = base + p_touched[p, j + PREFETCH_DISTANCE]
+                _prefetch(flat, ahead * width)
+                _prefetch(flat, ahead * width + width - 1)
+            d = p_touched[p, j]
+            s = base + d
+            for w in range(width):
+                rows[o, w] = block[s, w]
+                block[s, w] = fill_row[w]
+            for c in range(kw):
+                keys[o, c] = d_keys[d, c]
+            keys[o, kw] = np.uint64(p_start[p])
+            o += 1
+            refs[d] -= 1
+            if refs[d] == 0:
+                d_hash[d] = TOMBSTONE
+                freed[n_freed] = d
+                n_freed += 1
+        p_count[p] = 0
+        p_live[p] = 0
+    return n_freed
+
+
+def pop_pages(pages: Any, cap: int, page_arrays: tuple[Any, Any, Any, Any], block: Any,
+              fill_row: Any, key_table: tuple[Any, Any, Any], rows: Any, keys: Any,
+              freed: Any) -> int:
+    """Copy the rows of ``pages`` into ``rows`` (``int64[n, W]``) and their key words plus
+    window start into ``keys`` (``uint64[n, K + 2]``), reset the rows, free the pages,
+    and tombstone the key slots no open window needs any more (listed in ``freed``;
+    returns how many).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpustream.kernels.hashtable import new_table
+    >>> d_hash, _, d_keys = new_table(4, 2, np)
+    >>> d_hash[1], d_keys[1] = 99, [7, 0]
+    >>> refs = np.array([0, 1, 0, 0])
+    >>> block = np.arange(16, dtype=np.int64).reshape(8, 2)   # 2 pages of 4 rows
+    >>> pages = (np.array([0, 30]), np.array([0, 1], np.int8), np.array([0, 1]),
+    ...          np.array([[0, 0, 0, 0], [1, 0, 0, 0]]))
+    >>> rows, keys, freed = np.empty((1, 2), np.int64), np.empty((1, 3), np.uint64), np.empty(1, np.int64)
+    >>> pop_pages(np.array([1]), 4, pages, block, np.zeros(2, np.int64), (d_hash, d_keys, refs),
+    ...           rows, keys, freed)
+    1
+    >>> rows.tolist(), keys.tolist(), block[5].tolist(), int(d_hash[1]), pages[1].tolist()
+    ([[10, 11]], [[7, 0, 30]], [0, 0], 1, [0, 0])
+    """
+    p_start, p_live, p_count, p_touched = page_arrays
+    d_hash, d_keys, refs = key_table
+    return int(_pop_pages(pages, cap, p_start, p_live, p_count, p_touched, block, fill_row,
+                          d_hash, d_keys, refs, rows, keys, freed))
