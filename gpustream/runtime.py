@@ -204,8 +204,9 @@ def _gauges(plan: PhysicalPlan) -> dict[str, int]:
             continue
         seen.add(id(pn))
         late += getattr(pn.op, "late_events", 0)
-        table = getattr(pn.op, "table", None)
-        open_windows += getattr(table, "live_count", 0)
+        rows = getattr(pn.op, "state_rows", None)  # operators whose state is not one table
+        open_windows += rows if rows is not None else getattr(getattr(pn.op, "table", None),
+                                                              "live_count", 0)
         todo += [*pn.children, *(c for cs in pn.side.values() for c in cs)]
     return {"late_events": late, "open_windows": open_windows}
 

@@ -15,8 +15,8 @@ lines are all cold. Here the state is split in two:
 Per event: window start, page (the last one, else a search of the few open ones), key
 slot, then the same straight-line folds as the (key, window) loop on the row. The key
 table's line of the event 16 ahead and the state row of the event 8 ahead are prefetched.
-A row whose ``__ontime`` field is 0 is fresh (pages are reset to the fill values when
-they fire). The loop stops early (returning the next event) when the key table has no
+``present`` (one byte per row, so that the check stays in cache) marks the rows that hold
+state; the others hold the fill values (pages are reset when they fire). The loop stops early (returning the next event) when the key table has no
 room left or a new window needs a page and none is free; the caller grows what is short.
 """
 
@@ -46,7 +46,8 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
     args = (["ts", "ts_ok", "wm", "size", "offset", "idx", "j0", "j1", "room"]
             + [f"K{c}, K{c}ok" for c in range(n_keys)]
             + [f"V{j}, V{j}ok" for j in range(len(aggs))]
-            + ["d_hash", "d_keys", "refs", "p_start", "p_live", "p_count", "p_touched"]
+            + ["d_hash", "d_keys", "refs", "p_start", "p_live", "p_count", "p_touched",
+               "present"]
             + [col[name] for name, _ in columns] + ["late", "out"])
     hot = col[aggs[0].columns[0]] if aggs and aggs[0].columns else col["__ontime"]
     L = [f"def dense({', '.join(args)}):",
@@ -163,7 +164,8 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
     L += ["            refs[d] = 0",
           "            new_keys += 1",
           "        s = base + np.int64(d)",
-          f"        if {col['__ontime']}[s] == 0:",
+          "        if present[s] == 0:",
+          "            present[s] = 1",
           f"            {col['__wend']}[s] = end",
           f"            {col['__ontime']}[s] = 1",
           "            p_touched[cur_p, p_count[cur_p]] = np.int64(d)",
@@ -201,7 +203,8 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     ``idx[j0:j1]``), ``room`` (empty key slots it may fill), each key column as uint64
     with its validity, each aggregation's input values with their validity, the key
     table (``d_hash``, ``d_keys`` ``uint64[capacity, K + 1]``, ``refs``), the pages
-    (``p_start``, ``p_live``, ``p_count``, ``p_touched``), the columns, ``late`` (int8 per
+    (``p_start``, ``p_live``, ``p_count``, ``p_touched``, ``present``: int8 per row), the
+    columns, ``late`` (int8 per
     event) and ``out`` (int64[4]: rows created, empty key slots filled, keys added, 1 if
     it stopped for want of a page). Returns the position in ``idx`` of the next event.
 
@@ -216,10 +219,10 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     >>> wend, ontime, n = np.full(16, 2**63 - 1), np.zeros(16, np.int64), np.zeros(16, np.int64)
     >>> p_start, p_live, p_count = np.zeros(2, np.int64), np.zeros(2, np.int8), np.zeros(2, np.int64)
     >>> p_touched, refs = np.zeros((2, 8), np.int64), np.zeros(8, np.int64)
-    >>> late, out = np.zeros(4, np.int8), np.zeros(4, np.int64)
+    >>> present, late, out = np.zeros(16, np.int8), np.zeros(4, np.int8), np.zeros(4, np.int64)
     >>> k(np.array([5, 7, 12, 3]), none, np.array([-99, 5, 7, 12]), 10, 0, np.arange(4), 0, 4,
     ...   4, np.array([4, 4, 4, 4], np.uint64), none, np.zeros(1), none, d_hash, d_keys, refs,
-    ...   p_start, p_live, p_count, p_touched, wend, ontime, n, late, out)
+    ...   p_start, p_live, p_count, p_touched, present, wend, ontime, n, late, out)
     4
     >>> p_start.tolist(), p_count.tolist(), out.tolist(), late.tolist()
     ([0, 10], [1, 1], [2, 1, 1, 0], [0, 0, 0, 1])
@@ -234,8 +237,8 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
 
 
 @numba.njit(nogil=True, cache=False)
-def _pop_pages(pages, cap, p_start, p_live, p_count, p_touched, block, fill_row, d_hash,  # type: ignore[no-untyped-def]
-               d_keys, refs, rows, keys, freed):
+def _pop_pages(pages, cap, p_start, p_live, p_count, p_touched, present, block, fill_row,  # type: ignore[no-untyped-def]
+               d_hash, d_keys, refs, rows, keys, freed):
     width = block.shape[1]
     kw = d_keys.shape[1]
     flat = block.reshape(block.shape[0] * width)
@@ -255,6 +258,7 @@ def _pop_pages(pages, cap, p_start, p_live, p_count, p_touched, block, fill_row,
             for w in range(width):
                 rows[o, w] = block[s, w]
                 block[s, w] = fill_row[w]
+            present[s] = 0
             for c in range(kw):
                 keys[o, c] = d_keys[d, c]
             keys[o, kw] = np.uint64(p_start[p])
@@ -269,11 +273,12 @@ def _pop_pages(pages, cap, p_start, p_live, p_count, p_touched, block, fill_row,
     return n_freed
 
 
-def pop_pages(pages: Any, cap: int, page_arrays: tuple[Any, Any, Any, Any], block: Any,
+def pop_pages(pages: Any, cap: int, page_arrays: tuple[Any, Any, Any, Any, Any], block: Any,
               fill_row: Any, key_table: tuple[Any, Any, Any], rows: Any, keys: Any,
               freed: Any) -> int:
     """Copy the rows of ``pages`` into ``rows`` (``int64[n, W]``) and their key words plus
-    window start into ``keys`` (``uint64[n, K + 2]``), reset the rows, free the pages,
+    window start into ``keys`` (``uint64[n, K + 2]``), reset the rows (and their
+    ``present`` marks: the last of ``page_arrays``), free the pages,
     and tombstone the key slots no open window needs any more (listed in ``freed``;
     returns how many).
 
@@ -286,15 +291,17 @@ def pop_pages(pages: Any, cap: int, page_arrays: tuple[Any, Any, Any, Any], bloc
     >>> refs = np.array([0, 1, 0, 0])
     >>> block = np.arange(16, dtype=np.int64).reshape(8, 2)   # 2 pages of 4 rows
     >>> pages = (np.array([0, 30]), np.array([0, 1], np.int8), np.array([0, 1]),
-    ...          np.array([[0, 0, 0, 0], [1, 0, 0, 0]]))
+    ...          np.array([[0, 0, 0, 0], [1, 0, 0, 0]]), np.array([0, 0, 0, 0, 0, 1, 0, 0], np.int8))
     >>> rows, keys, freed = np.empty((1, 2), np.int64), np.empty((1, 3), np.uint64), np.empty(1, np.int64)
     >>> pop_pages(np.array([1]), 4, pages, block, np.zeros(2, np.int64), (d_hash, d_keys, refs),
     ...           rows, keys, freed)
     1
     >>> rows.tolist(), keys.tolist(), block[5].tolist(), int(d_hash[1]), pages[1].tolist()
     ([[10, 11]], [[7, 0, 30]], [0, 0], 1, [0, 0])
+    >>> int(pages[4].sum())
+    0
     """
-    p_start, p_live, p_count, p_touched = page_arrays
+    p_start, p_live, p_count, p_touched, present = page_arrays
     d_hash, d_keys, refs = key_table
-    return int(_pop_pages(pages, cap, p_start, p_live, p_count, p_touched, block, fill_row,
-                          d_hash, d_keys, refs, rows, keys, freed))
+    return int(_pop_pages(pages, cap, p_start, p_live, p_count, p_touched, present, block,
+                          fill_row, d_hash, d_keys, refs, rows, keys, freed))

@@ -18,6 +18,7 @@ import pytest
 
 import gpustream as gs
 import gpustream.operators.window_fused as fused_mod
+import gpustream.state.window_pages as pages_mod
 from gpustream.aggs import count
 from gpustream.backend import select_backend
 from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
@@ -74,6 +75,71 @@ def test_fused_equals_separate_kernels(monkeypatch: pytest.MonkeyPatch,
     assert len(got) > 10 and late.num_rows > 0  # windows, and late events to route
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert late.equals(want_late)
+
+
+@pytest.mark.parametrize("keys", [("k",), ("k", "g")])
+def test_tumbling_windows_on_the_table_layout_too(monkeypatch: pytest.MonkeyPatch,
+                                                  keys: tuple[str, ...]) -> None:
+    """Tumbling windows keep their state in pages; the (key, window) table they move to
+    when too many windows are open gives the same rows."""
+    monkeypatch.setattr(fused_mod, "PAGED", False)
+    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", "2")
+    table = events(seed=21, n=3000, disorder=12_000)
+    (got, late), (want, want_late) = _both(
+        monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(4000, offset=1500),
+        keys=keys, aggs=AGGS, batch_rows=500)
+    assert len(got) > 10 and late.num_rows > 0
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert late.equals(want_late)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_too_many_open_windows_move_the_state_from_pages_to_the_table(
+        monkeypatch: pytest.MonkeyPatch, threads: str) -> None:
+    """200 ms windows under a 3 s watermark delay: ~15 windows open at once, more pages
+    than the (here tiny) memory bound allows, so the operator moves its state to the
+    (key, window) table mid-stream, and goes on from the event where a shard stopped."""
+    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", threads)
+    monkeypatch.setattr(pages_mod, "MAX_BYTES", 1)
+    moved: list[bool] = []
+    real = FusedWindowAggOp._unpage
+
+    def spy(self: FusedWindowAggOp) -> None:
+        assert self.paged
+        real(self)
+        moved.append(all(sh.pages is None for sh in self.shards) and not self.paged)
+
+    monkeypatch.setattr(FusedWindowAggOp, "_unpage", spy)
+    table = events(seed=8, n=4000, disorder=4500)
+    (got, late), (want, want_late) = _both(
+        monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(200), keys=("k",),
+        aggs=AGGS, delay=3000, batch_rows=700)
+    assert moved == [True]  # once, and for good
+    assert len(got) > 100 and late.num_rows > 0
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert late.equals(want_late)
+
+
+@pytest.mark.parametrize("paged", [True, False], ids=["pages", "table"])
+def test_state_rows_count_every_shard(monkeypatch: pytest.MonkeyPatch, paged: bool) -> None:
+    """The open-windows gauge reads ``state_rows``: the (key, window) pairs with state in
+    all shards, until the watermark fires them."""
+    monkeypatch.setattr(fused_mod, "PAGED", paged)
+    spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
+                      (AggSpec("n", count(), None, pa.int64()),),
+                      pa.schema({"k": pa.int64(), "window_start": pa.int64(),
+                                 "window_end": pa.int64(), "n": pa.int64()}), False)
+    op = FusedWindowAggOp(spec, select_backend("cpu"), shards=4)
+    k = np.arange(200) % 50
+    ts = np.arange(200) // 10  # windows [0, 10) and [10, 20), every key in both
+    b = gs.Batch.from_arrow(pa.record_batch({"k": k, "ts": ts}))
+    b.watermarks = np.full(200, np.iinfo(np.int64).min)
+    assert op.process(b) == [] and op.state_rows == 100
+    per_shard = [int(sh.pages.p_count[sh.pages.p_live != 0].sum()) if paged
+                 else sh.table.live_count for sh in op.shards]
+    assert min(per_shard) > 0 and sum(per_shard) == 100  # not the first shard's alone
+    fired = op.on_watermark(10)
+    assert sum(x.num_rows for x in fired) == 50 and op.state_rows == 50
 
 
 def _raw_rows(table: pa.Table, assigner: gs.WindowAssigner, keys: tuple[str, ...],

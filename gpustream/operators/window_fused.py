@@ -40,7 +40,7 @@ from gpustream.kernels.fused_window import (
 from gpustream.kernels.hashing import widen_keys
 from gpustream.operators.window import I64_MAX, I64_MIN, WindowAggOp, WindowSpec
 from gpustream.state.aggstate import AggState, make_state
-from gpustream.state.table import MIN_CAPACITY, SlotTable
+from gpustream.state.table import SlotTable
 from gpustream.state.window_pages import WindowPages
 
 __all__ = ["FusedWindowAggOp", "fusable", "shard_count", "window_operator"]
@@ -411,14 +411,13 @@ class FusedWindowAggOp(WindowAggOp):
         counts = np.zeros(4, dtype=np.int64)
         need_page = False
         while pos < stop:
-            room = pages.room()
-            if need_page or room < max(1, min(stop - pos, max(MIN_CAPACITY, pages.live_keys))):
+            if need_page or pages.short(stop - pos):
                 if not pages.grow(stop - pos, need_page):
                     shard.stopped_at = pos
                     return None
                 need_page = False
                 continue
-            pos = self.paged_kernel(ts, ts_ok, wm, size, offset, events, pos, stop, room,
+            pos = self.paged_kernel(ts, ts_ok, wm, size, offset, events, pos, stop, pages.room(),
                                     *tail, *pages.key_table, *pages.page_arrays,
                                     *[pages.columns[name] for name in self.column_names],
                                     late, counts)
@@ -556,6 +555,12 @@ class FusedWindowAggOp(WindowAggOp):
             if src is not None and src in self.dictionaries:
                 dictionaries[f.name] = self.dictionaries[src]
         return [Batch(columns, spec.schema, validity, dictionaries)]
+
+    @property
+    def state_rows(self) -> int:
+        """(key, window) pairs holding state, over every shard (the open-windows gauge)."""
+        return sum(int(sh.pages.p_count[sh.pages.p_live != 0].sum()) if sh.pages is not None
+                   else sh.table.live_count for sh in self.shards)
 
     # -- checkpoints ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class WindowPages:
         self.p_live = np.zeros(pages, dtype=np.int8)
         self.p_count = np.zeros(pages, dtype=np.int64)
         self.p_touched = np.zeros((pages, capacity), dtype=np.int64)
+        self.present = np.zeros(pages * capacity, dtype=np.int8)
         t = self.template
         self.columns = {name: self.block.view(t.columns[name].dtype)[:, j]
                         for j, name in enumerate(t._packed_names)}
@@ -81,22 +82,29 @@ class WindowPages:
         return self.d_hash, self.d_keys, self.refs
 
     @property
-    def page_arrays(self) -> tuple[Any, Any, Any, Any]:
-        return self.p_start, self.p_live, self.p_count, self.p_touched
+    def page_arrays(self) -> tuple[Any, Any, Any, Any, Any]:
+        return self.p_start, self.p_live, self.p_count, self.p_touched, self.present
 
     def room(self) -> int:
         """Empty key slots the loop may still fill."""
         return int(self.capacity * MAX_LOAD) - self.used
 
-    def grow(self, keys_wanted: int, need_page: bool) -> bool:
-        """Make room for ``keys_wanted`` more keys (rebuilding the key table larger, or
-        only without its tombstones) and, if ``need_page``, for another page. Returns
-        False where the pages would pass :data:`MAX_BYTES`: nothing is changed then."""
+    def short(self, remaining: int) -> bool:
+        """Whether the key table should grow (or drop its tombstones) before the loop
+        folds ``remaining`` more events: it keeps room for a quarter of its live keys."""
+        return self.room() < max(1, min(remaining, max(MIN_CAPACITY // 4, self.live_keys // 4)))
+
+    def grow(self, remaining: int, need_page: bool) -> bool:
+        """Make room in the key table if it is :meth:`short` (rebuilt without tombstones, at
+        most half full, at least 1.5x its live keys in room for them: a page is as many
+        rows as the key table has slots, so it is kept tight) and, if ``need_page``, for
+        twice the pages. Returns False where the pages would pass :data:`MAX_BYTES`:
+        nothing is changed then."""
         capacity, pages = self.capacity, self.pages
         if need_page:
             pages *= 2
-        if self.room() < min(keys_wanted, max(MIN_CAPACITY, self.live_keys)):
-            target = self.live_keys + min(keys_wanted, max(4 * self.live_keys, MIN_CAPACITY))
+        if self.short(remaining):
+            target = self.live_keys + max(self.live_keys // 2, MIN_CAPACITY // 2)
             capacity = max(capacity, _pow2(int(target / MAX_LOAD) + 1))
         if pages * capacity * self.width * 8 > MAX_BYTES and pages > 4:
             return False
@@ -123,6 +131,7 @@ class WindowPages:
             touched = o_touched[p, : o_count[p]]
             self.p_touched[p, : touched.shape[0]] = remap[touched]
             self.block[p * capacity + remap[touched]] = o_block[p * o_cap + touched]
+            self.present[p * capacity + remap[touched]] = 1
         self.used = self.live_keys = int(live.shape[0])
 
     # -- firing ---------------------------------------------------------------------------
@@ -188,5 +197,6 @@ class WindowPages:
             self.p_start[p], self.p_live[p], self.p_count[p] = start, 1, mine.shape[0]
             self.p_touched[p, : mine.shape[0]] = slots[mine]
             self.block[p * capacity + slots[mine]] = rows[mine]
+            self.present[p * capacity + slots[mine]] = 1
         self.used = self.live_keys = int(distinct.shape[1])
         assert int((self.d_hash == EMPTY).sum()) == capacity - self.used
