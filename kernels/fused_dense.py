@@ -32,6 +32,7 @@ from gpustream.kernels.fused_window import (
     _NAMESPACE,
     PREFETCH_DISTANCE,
     FusedAgg,
+    _input_lines,
     _prefetch,
     _update_lines,
 )
@@ -141,6 +142,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
           "                        break",
           "                    sb = (sb + ONE) & mask"]
     same = " and ".join(f"d_keys[d, {c}] == {wd}" for c, wd in enumerate(words))
+    L += ["        " + line for line in _input_lines(aggs)]
     L += ["        d = h & mask",
           "        tomb = np.int64(-1)",
           "        found = False",

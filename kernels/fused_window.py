@@ -217,6 +217,9 @@ class FusedAgg:
     kind: str
     columns: tuple[str, ...]
     counts: str | None = None
+    #: the aggregation whose input array (same column, same dtype) this one reads: each
+    #: input value and its validity are loaded once per event; None: its own
+    source: int | None = None
 
 
 def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str], list[str],
@@ -231,7 +234,8 @@ def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str]
     names = list(agg.columns) + ([agg.counts] if agg.counts else [])
     c = [col[name] for name in names]
     f = [f"f{j}_{k}" for k in range(len(c))]
-    ok = f"(V{j}ok.shape[0] == 0 or V{j}ok[i])"
+    v = j if agg.source is None else agg.source
+    ok, x = f"ok{v}", f"x{v}"  # loaded once per event by _input_lines
     kind = agg.kind
     init: list[str] = []
     loads = [f"{f[k]} = {c[k]}[s]" for k in range(len(c))]
@@ -241,14 +245,13 @@ def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str]
     elif kind in ("count_valid", "sum", "min", "max", "moments"):
         fold = [f"if {ok}:"]
         if kind == "sum":
-            fold.append(f"    {f[0]} += V{j}[i]")
+            fold.append(f"    {f[0]} += {x}")
         elif kind in ("min", "max"):
             cmp = "<" if kind == "min" else ">"
-            fold += [f"    x{j} = V{j}[i]", f"    if x{j} {cmp} {f[0]}:", f"        {f[0]} = x{j}"]
+            fold += [f"    if {x} {cmp} {f[0]}:", f"        {f[0]} = {x}"]
         elif kind == "moments":
-            init = [f"p{j} = V{j}[i]",
-                    f"{c[2]}[s] = p{j} if {ok} and np.isfinite(p{j}) else 0.0"]
-            fold += [f"    d{j} = V{j}[i] - {f[2]}", f"    {f[0]} += d{j}",
+            init = [f"{c[2]}[s] = {x} if {ok} and np.isfinite({x}) else 0.0"]
+            fold += [f"    d{j} = {x} - {f[2]}", f"    {f[0]} += d{j}",
                      f"    {f[1]} += d{j} * d{j}"]
             del stores[2]  # the pivot is only read
         if agg.counts:
@@ -258,6 +261,16 @@ def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str]
     else:
         raise ValueError(f"the fused loop has no aggregation {kind!r}")
     return init, loads, fold, stores
+
+
+def _input_lines(aggs: tuple[FusedAgg, ...]) -> list[str]:
+    """Each distinct input's value and validity for event ``i``, as locals ``x{v}`` and
+    ``ok{v}`` (``count`` reads no input)."""
+    lines: list[str] = []
+    for j, agg in enumerate(aggs):
+        if agg.kind != "count" and agg.source is None:
+            lines += [f"x{j} = V{j}[i]", f"ok{j} = V{j}ok.shape[0] == 0 or V{j}ok[i]"]
+    return lines
 
 
 def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
@@ -320,6 +333,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
     L += [f"            _prefetch({c}, sa)"
           for c in dict.fromkeys([hot[0], hot[-1]] if hot else [])]
     same = " and ".join(f"t_keys[s, {c}] == {wd}" for c, wd in enumerate([*words, "ws"]))
+    L += ["        " + line for line in _input_lines(aggs)]
     L += ["        any_open = False",
           f"        for jw in range({'1' if tumbling else 'nwin'}):",
           "            st = last - jw * slide",

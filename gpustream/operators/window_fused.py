@@ -253,11 +253,17 @@ class FusedWindowAggOp(WindowAggOp):
         self._make_shards(n)
         aliases = self.table.aliases
         aggs = []
-        for st in self.states:
+        sources: dict[tuple[str, Any], int] = {}  # (input, dtype) -> first agg reading it
+        for j, st in enumerate(self.states):
             kind = _fused_kind(st.agg.kind)
             counts = st.prefix + _COUNT_FIELD[kind] if kind in _COUNT_FIELD else None
+            source = None
+            if kind != "count":
+                read = (repr(st.agg.input), np.dtype(getattr(st, "dtype", np.float64)))
+                source = sources.setdefault(read, j)
             aggs.append(FusedAgg(kind, tuple(st.prefix + c for c in _FUSED_COLUMNS[kind]),
-                                 None if counts in aliases else counts))
+                                 None if counts in aliases else counts,
+                                 None if source == j else source))
         fills = self.table._fill
         self.column_names = tuple(self.table.columns)
         columns = tuple((name, _fill_source(*fills[name])) for name in self.column_names)
