@@ -135,8 +135,9 @@ def test_state_rows_count_every_shard(monkeypatch: pytest.MonkeyPatch, paged: bo
     b = gs.Batch.from_arrow(pa.record_batch({"k": k, "ts": ts}))
     b.watermarks = np.full(200, np.iinfo(np.int64).min)
     assert op.process(b) == [] and op.state_rows == 100
-    per_shard = [int(sh.pages.p_count[sh.pages.p_live != 0].sum()) if paged
-                 else sh.table.live_count for sh in op.shards]
+    per_shard = [sh.table.live_count if sh.pages is None
+                 else int(sh.pages.p_count[sh.pages.p_live != 0].sum()) for sh in op.shards]
+    assert all((sh.pages is not None) == paged for sh in op.shards)
     assert min(per_shard) > 0 and sum(per_shard) == 100  # not the first shard's alone
     fired = op.on_watermark(10)
     assert sum(x.num_rows for x in fired) == 50 and op.state_rows == 50
