@@ -208,15 +208,15 @@ class _Shard:
             popped = self.pages.pop_due(watermark, self.size)
             if popped is None:
                 return None
-            rows, keys = popped
-        else:
-            slots = self.due(watermark)
-            if slots.shape[0] == 0:
-                return None
-            n = int(slots.shape[0])
-            rows = np.empty((n, self.table._block.shape[1]), dtype=np.int64)
-            keys = np.empty((n, self.table.key_words), dtype=np.uint64)
-            self.table.pop_into(slots, rows, keys)
+            rows, keys = popped  # already in output order
+            return rows, keys, np.arange(rows.shape[0], dtype=np.int64)
+        slots = self.due(watermark)
+        if slots.shape[0] == 0:
+            return None
+        n = int(slots.shape[0])
+        rows = np.empty((n, self.table._block.shape[1]), dtype=np.int64)
+        keys = np.empty((n, self.table.key_words), dtype=np.uint64)
+        self.table.pop_into(slots, rows, keys)
         order = np.ascontiguousarray(run_order(keys, rows[:, end_field], self.n_keys))
         return rows, keys, order
 

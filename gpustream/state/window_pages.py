@@ -137,10 +137,22 @@ class WindowPages:
     # -- firing ---------------------------------------------------------------------------
     def pop_due(self, watermark: int, size: int) -> tuple[Any, Any] | None:
         """Pop the pages whose window ``watermark`` reached: their rows and key words
-        (``uint64[n, K + 2]``: keys, null bits, window start), or None where none is."""
+        (``uint64[n, K + 2]``: keys, null bits, window start), or None where none is.
+
+        The rows come out in output order: by window end, then by key words (each
+        compared unsigned, as :func:`~gpustream.kernels.fused_emit.run_order` orders),
+        so what reads them next reads them in order."""
         due = np.flatnonzero((self.p_live != 0) & (self.p_start <= watermark - size))
         if due.shape[0] == 0:
             return None
+        due = due[np.argsort((self.p_start[due] + size).view(np.uint64), kind="stable")]
+        k = self.n_keys
+        for p in due.tolist():
+            touched = self.p_touched[p, : self.p_count[p]]
+            words = self.d_keys[touched]
+            order = (np.argsort(words[:, 0]) if k == 1
+                     else np.lexsort([words[:, c] for c in range(k - 1, -1, -1)]))
+            touched[:] = touched[order]
         n = int(self.p_count[due].sum())
         rows = np.empty((n, self.width), dtype=np.int64)
         keys = np.empty((n, self.n_keys + 2), dtype=np.uint64)
