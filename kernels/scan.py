@@ -20,7 +20,7 @@ from numba.extending import register_jitable
 
 from gpustream.kernels.registry import cuda_kernel
 
-__all__ = ["INT64_MIN", "exclusive_prefix_max"]
+__all__ = ["INT64_MIN", "exclusive_prefix_max", "watermarks_cpu"]
 
 INT64_MIN = np.int64(-(2**63))
 THREADS = 256
@@ -39,6 +39,35 @@ def _scan_cpu(ts, valid, carry, out):  # type: ignore[no-untyped-def]
         if (not has_valid or valid[i]) and ts[i] > running:
             running = ts[i]
     return running
+
+
+@numba.njit(nogil=True, cache=False)
+def _watermarks_cpu(ts, valid, carry, delay, out):  # type: ignore[no-untyped-def]
+    running = carry
+    has_valid = valid.shape[0] > 0
+    for i in range(ts.shape[0]):
+        out[i] = running if running == INT64_MIN else running - delay
+        if (not has_valid or valid[i]) and ts[i] > running:
+            running = ts[i]
+    return running
+
+
+def watermarks_cpu(ts: Any, valid: Any, carry: int, delay: int) -> tuple[Any, int]:
+    """Per-event watermarks on the CPU in one pass: ``out[i] = max(carry, ts[0..i-1]) -
+    delay`` over valid rows (``INT64_MIN`` while nothing came before), and the maximum
+    after the batch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out, running = watermarks_cpu(np.array([5, 3, 9, 1]), None, int(INT64_MIN), 2)
+    >>> out.tolist()[1:], bool(out[0] == INT64_MIN), running
+    ([3, 3, 7], True, 9)
+    """
+    out = np.empty(ts.shape[0], dtype=np.int64)
+    v = np.empty(0, dtype=np.bool_) if valid is None else valid
+    running = _watermarks_cpu(ts, v, np.int64(carry), np.int64(delay), out)
+    return out, int(running)
 
 
 @register_jitable

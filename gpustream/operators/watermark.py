@@ -15,7 +15,7 @@ import numpy as np
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch
-from gpustream.kernels.scan import exclusive_prefix_max
+from gpustream.kernels.scan import exclusive_prefix_max, watermarks_cpu
 from gpustream.operators.base import Operator
 from gpustream.watermark import NO_WATERMARK
 
@@ -49,10 +49,13 @@ class WatermarkOp(Operator):
     def process(self, batch: Batch) -> list[Batch]:
         xp = self.backend.xp
         ts = batch[self.event_time]
-        prefix, self.running = exclusive_prefix_max(
-            ts, batch.validity(self.event_time), self.running, self.backend.is_device
-        )
-        wm = xp.where(prefix == NO_WATERMARK, NO_WATERMARK, prefix - self.delay)
+        if not self.backend.is_device:  # one pass
+            wm, self.running = watermarks_cpu(ts, batch.validity(self.event_time),
+                                              self.running, self.delay)
+        else:
+            prefix, self.running = exclusive_prefix_max(
+                ts, batch.validity(self.event_time), self.running, True)
+            wm = xp.where(prefix == NO_WATERMARK, NO_WATERMARK, prefix - self.delay)
         return [Batch(batch.columns, batch.schema,
                       {n: batch.validity(n) for n in batch.column_names},
                       batch.dictionaries, wm)]

@@ -147,7 +147,7 @@ class WindowPages:
             return None
         due = due[np.argsort((self.p_start[due] + size).view(np.uint64), kind="stable")]
         k = self.n_keys
-        for p in due.tolist():
+        for p in due.tolist() if k else []:  # without keys, a window has one row
             touched = self.p_touched[p, : self.p_count[p]]
             words = self.d_keys[touched]
             order = (np.argsort(words[:, 0]) if k == 1
