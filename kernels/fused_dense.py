@@ -69,7 +69,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
          "    need_page = 0",
          "    j = j0",
          "    while j < j1:",
-         "        i = idx[j]",
+         "        i = np.uint64(idx[j])",  # unsigned indices: no wraparound checks
          "        if empties >= room:",
          "            break",
          "        if ts_ok.shape[0] != 0 and not ts_ok[i]:",
@@ -116,7 +116,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
     L += ["        h = _finish(h)",
           # the key table's lines of the event PF ahead
           "        if j + PF < j1:",
-          "            ia = idx[j + PF]",
+          "            ia = np.uint64(idx[j + PF])",
           "            ha = SEED64"]
     L += [f"            ha = _mix_word(ha, K{c}[ia])" for c in range(n_keys)]
     L += ["            sa = _finish(_mix_word(ha, ZERO)) & mask",
@@ -125,7 +125,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
           # the state row of the event PF/2 ahead, if its key is known and its window is
           # this one: its key table lines were prefetched PF/2 events ago
           "        if j + PFH < j1:",
-          "            ib = idx[j + PFH]",
+          "            ib = np.uint64(idx[j + PFH])",
           "            if ts[ib] >= lo and ts[ib] < hi:",
           "                hb = SEED64"]
     L += [f"                hb = _mix_word(hb, K{c}[ib])" for c in range(n_keys)]
@@ -138,7 +138,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
           "                    if tb == EMPTY:",
           "                        break",
           f"                    if tb == hb and {same_b}:",
-          f"                        _prefetch({hot}, base + np.int64(sb))",
+          f"                        _prefetch({hot}, np.uint64(base) + sb)",
           "                        break",
           "                    sb = (sb + ONE) & mask"]
     same = " and ".join(f"d_keys[d, {c}] == {wd}" for c, wd in enumerate(words))
@@ -165,7 +165,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
     L += [f"            d_keys[d, {c}] = {wd}" for c, wd in enumerate(words)]
     L += ["            refs[d] = 0",
           "            new_keys += 1",
-          "        s = base + np.int64(d)",
+          "        s = np.uint64(base) + d",
           "        if present[s] == 0:",
           "            present[s] = 1",
           f"            {col['__wend']}[s] = end",

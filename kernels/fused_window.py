@@ -293,7 +293,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
          "    empties = 0",
          "    j = j0",
          "    while j < j1:",
-         "        i = idx[j]",
+         "        i = np.uint64(idx[j])",  # unsigned indices: no wraparound checks
          "        if room - empties < nwin or created + nwin > log_slots.shape[0]:",
          "            break",
          "        if ts_ok.shape[0] != 0 and not ts_ok[i]:",
@@ -321,7 +321,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
     # and has no null key: start loading its lines now, so that the random accesses of
     # several events overlap instead of waiting one after the other
     hot = [col[name] for agg in aggs for name in agg.columns]
-    L += ["        ia = idx[j + PF] if j + PF < j1 else i",
+    L += ["        ia = np.uint64(idx[j + PF]) if j + PF < j1 else i",
           "        if ia != i and ts[ia] >= lo and ts[ia] < hi:",
           "            ha = SEED64"]
     L += [f"            ha = _mix_word(ha, K{c}[ia])" for c in range(n_keys)]
