@@ -11,6 +11,11 @@ arrival order (numba releases the GIL), so a key always lives in one shard and i
 updated in arrival order: results are exactly the separate kernels' (tested), whatever
 the number of shards.
 
+Tumbling windows keep each shard's state in pages (:mod:`gpustream.state.window_pages`:
+a key table shared by all windows, one page of rows per open window), read by the loop
+of :mod:`gpustream.kernels.fused_dense`; where too many windows are open at once the
+state moves to the (key, window) table (:meth:`FusedWindowAggOp._unpage`).
+
 Windows fire inside a batch as soon as a chunk of events has moved the watermark past
 their end, which keeps the tables (and their cache footprint) small. Each shard logs the
 slots it creates with their window's end, so firing pops exactly the due slots without
