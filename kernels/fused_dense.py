@@ -32,9 +32,10 @@ from gpustream.kernels.fused_window import (
     _NAMESPACE,
     PREFETCH_DISTANCE,
     FusedAgg,
+    _agg_blocks,
     _input_lines,
+    _key_lines,
     _prefetch,
-    _update_lines,
 )
 from gpustream.kernels.hashtable import TOMBSTONE
 
@@ -104,15 +105,8 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
          "                p_start[cur_p] = st",
          "                p_count[cur_p] = 0",
          "            cur_st = st",
-         "            base = np.int64(cur_p) * cap",
-         "        nb = ZERO"]
-    for c in range(n_keys):
-        L += [f"        w{c} = K{c}[i]",
-              f"        if K{c}ok.shape[0] != 0 and not K{c}ok[i]:",
-              f"            w{c} = ZERO",
-              f"            nb |= np.uint64({1 << c})"]
-    L += ["        h = SEED64"]
-    L += [f"        h = _mix_word(h, {wd})" for wd in words]
+         "            base = np.int64(cur_p) * cap"]
+    L += ["        " + line for line in _key_lines(n_keys, "h")]
     L += ["        h = _finish(h)",
           # the key table's lines of the event PF ahead
           "        if j + PF < j1:",
@@ -174,17 +168,10 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
           "            p_count[cur_p] += 1",
           "            refs[d] += 1",
           "            created += 1"]
-    loads: list[str] = []
-    folds: list[str] = []
-    stores: list[str] = []
-    for j, agg in enumerate(aggs):
-        init, load, fold, store = _update_lines(j, agg, col)
-        L += ["            " + line for line in init]
-        loads += ["        " + line for line in load]
-        folds += ["        " + line for line in fold]
-        stores += ["        " + line for line in store]
-    L += [*loads, *folds, *stores,
-          "        j += 1",
+    init, body = _agg_blocks(aggs, col)
+    L += ["            " + line for line in init]
+    L += ["        " + line for line in body]
+    L += ["        j += 1",
           "    out[0] = created",
           "    out[1] = empties",
           "    out[2] = new_keys",

@@ -273,6 +273,36 @@ def _input_lines(aggs: tuple[FusedAgg, ...]) -> list[str]:
     return lines
 
 
+def _key_lines(n_keys: int, var: str) -> list[str]:
+    """Event ``i``'s key words ``w{c}`` (0 where null) and null bits ``nb``, then ``var``
+    as the hash over them (not finished: the window start may follow)."""
+    lines = ["nb = ZERO"]
+    for c in range(n_keys):
+        lines += [f"w{c} = K{c}[i]",
+                  f"if K{c}ok.shape[0] != 0 and not K{c}ok[i]:",
+                  f"    w{c} = ZERO",
+                  f"    nb |= np.uint64({1 << c})"]
+    lines.append(f"{var} = SEED64")
+    lines += [f"{var} = _mix_word({var}, {wd})" for wd in [*(f"w{c}" for c in range(n_keys)), "nb"]]
+    return lines
+
+
+def _agg_blocks(aggs: tuple[FusedAgg, ...], col: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Every aggregation's lines for a new slot ``s``, and its loads, folds and stores of
+    event ``i`` into slot ``s`` (all loads before any store: see :func:`_update_lines`)."""
+    init: list[str] = []
+    loads: list[str] = []
+    folds: list[str] = []
+    stores: list[str] = []
+    for j, agg in enumerate(aggs):
+        new, load, fold, store = _update_lines(j, agg, col)
+        init += new
+        loads += load
+        folds += fold
+        stores += store
+    return init, [*loads, *folds, *stores]
+
+
 def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
             columns: tuple[tuple[str, str], ...], tumbling: bool) -> str:
     col = {name: f"C{j}" for j, (name, _) in enumerate(columns)}
@@ -307,16 +337,9 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
          "            last = window_start(t, slide, offset)",
          "            lo = last",
          "            hi = last + slide if last <= top else last",
-         "        w = wm[i]",
-         "        nb = ZERO"]
-    for c in range(n_keys):
-        L += [f"        w{c} = K{c}[i]",
-              f"        if K{c}ok.shape[0] != 0 and not K{c}ok[i]:",
-              f"            w{c} = ZERO",
-              f"            nb |= np.uint64({1 << c})"]
+         "        w = wm[i]"]
     # the hash over the key words and the null bits; the window start comes last
-    L += ["        hk = SEED64"]
-    L += [f"        hk = _mix_word(hk, {wd})" for wd in words]
+    L += ["        " + line for line in _key_lines(n_keys, "hk")]
     # the slot of the event PREFETCH_DISTANCE ahead, if it falls in the same last window
     # and has no null key: start loading its lines now, so that the random accesses of
     # several events overlap instead of waiting one after the other
@@ -370,17 +393,10 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "                created += 1",
           f"                {col['__wend']}[s] = end",
           f"                {col['__ontime']}[s] = 1"]
-    loads: list[str] = []
-    folds: list[str] = []
-    stores: list[str] = []
-    for j, agg in enumerate(aggs):
-        init, load, fold, store = _update_lines(j, agg, col)
-        L += ["                " + line for line in init]
-        loads += ["            " + line for line in load]
-        folds += ["            " + line for line in fold]
-        stores += ["            " + line for line in store]
-    L += [*loads, *folds, *stores,
-          "        if not any_open:",
+    init, body = _agg_blocks(aggs, col)
+    L += ["                " + line for line in init]
+    L += ["            " + line for line in body]
+    L += ["        if not any_open:",
           "            late[i] = 1",
           "        j += 1",
           "    out[0] = created",

@@ -96,3 +96,42 @@ def test_sessions_before_the_first_watermark_merge() -> None:
                5, True, 0, 0, head, store, sess, rounds, on_device=False)
     assert sess.tolist() == [0, 0]
     assert (int(store["start"][0]), int(store["end"][0])) == (100, 115)
+
+
+def _watermark_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ts = rng.integers(-50_000, 50_000, 5000)
+    return ts, rng.random(5000) > 0.1
+
+
+def test_cpu_watermarks_follow_their_definition() -> None:
+    """One pass: max of the earlier valid times minus the delay, INT64_MIN before any."""
+    from gpustream.kernels.scan import INT64_MIN, watermarks_cpu
+
+    ts, valid = _watermark_data(4)
+    wm, running = watermarks_cpu(ts, valid, int(INT64_MIN), 700)
+    seen = np.maximum.accumulate(np.where(valid, ts, INT64_MIN))
+    before = np.concatenate([[INT64_MIN], seen[:-1]])
+    assert (wm == np.where(before == INT64_MIN, INT64_MIN, before - 700)).all()
+    assert running == int(seen[-1])
+    wm2, _ = watermarks_cpu(ts[1000:], None, int(seen[999]), 700)  # carried in, no nulls
+    assert wm2[0] == seen[999] - 700 and (wm2[1:] == np.maximum.accumulate(
+        np.maximum(ts[1000:-1], seen[999])) - 700).all()
+
+
+def test_cpu_watermarks_equal_the_device_scan(device_backend: gs.Backend) -> None:
+    """The CPU's one pass and the device's scan-then-subtract give the same watermarks."""
+    from gpustream.operators.watermark import WatermarkOp
+
+    ts, valid = _watermark_data(5)
+    import pyarrow as pa
+
+    batch = gs.Batch.from_arrow(pa.record_batch({"ts": pa.array(ts, mask=~valid)}))
+    outs = []
+    from gpustream.backend import select_backend
+
+    for be in (select_backend("cpu"), device_backend):
+        op = WatermarkOp("ts", 700, be)
+        got = op.process(batch.to_device(be) if be.is_device else batch)[0].watermarks
+        outs.append((be.to_host(got), op.running))
+    assert (outs[0][0] == outs[1][0]).all() and outs[0][1] == outs[1][1]
