@@ -179,6 +179,23 @@ def _cudasim_enabled() -> bool:
     return bool(getattr(numba.config, "ENABLE_CUDASIM", 0))
 
 
+def _quiet_small_grids() -> None:
+    """Stop numba warning about launches of fewer than 128 blocks.
+
+    A stream's batches are often small (a socket's few rows, a window's last events);
+    a small grid is then right, not a mistake, and the warning would fire every batch.
+    Implicit host-to-device copies still warn: those are mistakes on a hot path.
+    """
+    from numba.core import config as core_config
+
+    core_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0  # type: ignore[attr-defined]
+    try:
+        from numba.cuda.core import config as cuda_config  # numba-cuda >= 0.2x
+    except ImportError:  # pragma: no cover - older numba-cuda reads numba's own config
+        return
+    cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+
+
 def select_backend(engine: str = "auto") -> Backend:
     """Decide which backend runs a pipeline.
 
@@ -212,6 +229,7 @@ def select_backend(engine: str = "auto") -> Backend:
     problem = probe.reason if not probe.ok else _cuda_stack_problem()
     if problem is None:
         device = probe.devices[0]
+        _quiet_small_grids()
         return Backend("cuda", chosen, f"{source}: {device.describe()}", device=device)
     if chosen == "cuda":
         raise BackendError(

@@ -49,6 +49,25 @@ def test_auto_picks_cuda_when_everything_works(monkeypatch: pytest.MonkeyPatch) 
     assert "NVIDIA H100" in b.reason and "sm_90" in b.reason
 
 
+def test_choosing_cuda_silences_only_small_grid_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream's small last batch is a small grid, not a mistake; implicit copies still warn."""
+    from numba.core import config as core_config
+
+    cuda_config = pytest.importorskip("numba.cuda.core.config")
+    for cfg in (core_config, cuda_config):
+        monkeypatch.setattr(cfg, "CUDA_LOW_OCCUPANCY_WARNINGS", 1, raising=False)
+        monkeypatch.setattr(cfg, "CUDA_WARN_ON_IMPLICIT_COPY", 1, raising=False)
+    monkeypatch.setattr(backend_mod, "probe_gpu", lambda: NO_GPU)
+    select_backend("auto")  # falling back to the CPU changes nothing
+    assert cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS == 1
+    monkeypatch.setattr(backend_mod, "probe_gpu", lambda: ProbeResult((H100,)))
+    monkeypatch.setattr(backend_mod, "_cuda_stack_problem", lambda: None)
+    assert select_backend("auto").name == "cuda"
+    for cfg in (core_config, cuda_config):
+        assert cfg.CUDA_LOW_OCCUPANCY_WARNINGS == 0
+        assert cfg.CUDA_WARN_ON_IMPLICIT_COPY == 1
+
+
 def test_cuda_without_gpu_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend_mod, "probe_gpu", lambda: NO_GPU)
     with pytest.raises(BackendError, match=r"needs a working NVIDIA GPU, but no NVIDIA driver.*"
