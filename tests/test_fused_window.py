@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 import gpustream as gs
+import gpustream.kernels.fused_dense as fused_dense
 import gpustream.operators.window_fused as fused_mod
 import gpustream.state.window_pages as pages_mod
 from gpustream.aggs import count
@@ -217,6 +218,45 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
     assert len(rebuilds) >= 19 and max(rebuilds) > 0  # fired within the batch, grew in it
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert late.equals(want_late) and late.num_rows > 0
+
+
+def test_the_paged_loop_stops_mid_block_and_resumes_at_that_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paged loop works in blocks of events (hashes, rows, folds); where its key table
+    fills or a new window finds no free page inside a block, it folds the events before
+    that one only, and the next call starts at it: nothing is lost or folded twice."""
+    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", "1")
+    calls: list[tuple[int, int, int, int]] = []
+    real = fused_mod.dense_window_kernel
+
+    def spy(*key: Any) -> Any:
+        kernel = real(*key)
+
+        def call(*args: Any) -> int:
+            j0, j1, out = args[6], args[7], args[-1]
+            nxt = int(kernel(*args))
+            calls.append((j0, j1, nxt, int(out[3])))
+            return nxt
+        return call
+
+    monkeypatch.setattr(fused_mod, "dense_window_kernel", spy)
+    rng = np.random.default_rng(17)
+    n = 12_000
+    ts = np.sort(rng.integers(0, 1500, n)) - rng.integers(0, 300, n) * (rng.random(n) < 0.3)
+    table = pa.table({"k": rng.integers(0, 9000, n), "ts": ts,
+                      "v": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.05),
+                      "q": rng.integers(0, 9, n).astype(np.int32)})
+    (got, late), (want, want_late) = _both(
+        monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(100), keys=("k",),
+        aggs=AGGS, delay=200, batch_rows=n)
+    block = fused_dense.BLOCK
+    mid = [(j0, j1, nxt, page) for j0, j1, nxt, page in calls
+           if nxt < j1 and (nxt - j0) % block != 0]
+    assert any(page == 0 for *_, page in mid), calls  # the key table filled mid-block
+    assert any(page == 1 for *_, page in mid), calls  # a window found no free page
+    assert len(got) > 1000 and late.num_rows > 0
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert late.equals(want_late)
 
 
 def _pipeline(source: Any, sliding: bool) -> tuple[gs.Pipeline, list[pa.RecordBatch]]:
