@@ -220,12 +220,14 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
     assert late.equals(want_late) and late.num_rows > 0
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
 def test_the_paged_loop_stops_mid_block_and_resumes_at_that_event(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The paged loop works in blocks of events (hashes, rows, folds); where its key table
-    fills or a new window finds no free page inside a block, it folds the events before
-    that one only, and the next call starts at it: nothing is lost or folded twice."""
-    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", "1")
+        monkeypatch: pytest.MonkeyPatch, threads: str) -> None:
+    """The paged loop works in blocks of a shard's events (hashes, rows, folds); where its
+    key table fills or a new window finds no free page inside a block, it folds the events
+    before that one only, and the next call starts at it: nothing is lost or folded
+    twice."""
+    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", threads)
     calls: list[tuple[int, int, int, int]] = []
     real = fused_mod.dense_window_kernel
 
