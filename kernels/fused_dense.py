@@ -249,9 +249,10 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
 
 
 @numba.njit(nogil=True, cache=False)
-def _pop_pages(pages, cap, p_start, p_live, p_count, p_touched, present, block, fill_row,  # type: ignore[no-untyped-def]
+def _pop_pages(pages, cap, size, p_start, p_live, p_count, p_touched, present, block, fill_row,  # type: ignore[no-untyped-def]
                d_hash, d_keys, refs, rows, keys, freed):
     width = block.shape[1]
+    hot = rows.shape[1] - 1  # the state words; the window end goes after them
     kw = d_keys.shape[1]
     flat = block.reshape(block.shape[0] * width)
     o = 0
@@ -260,16 +261,18 @@ def _pop_pages(pages, cap, p_start, p_live, p_count, p_touched, present, block, 
         p = pages[q]
         base = np.int64(p) * cap
         cnt = p_count[p]
+        end = p_start[p] + size
         for j in range(cnt):
             if j + PREFETCH_DISTANCE < cnt:
                 ahead = base + p_touched[p, j + PREFETCH_DISTANCE]
                 _prefetch(flat, ahead * width)
-                _prefetch(flat, ahead * width + width - 1)
+                _prefetch(flat, ahead * width + max(hot - 1, 0))
             d = p_touched[p, j]
             s = base + d
-            for w in range(width):
+            for w in range(hot):
                 rows[o, w] = block[s, w]
                 block[s, w] = fill_row[w]
+            rows[o, hot] = end
             present[s] = 0
             for c in range(kw):
                 keys[o, c] = d_keys[d, c]
@@ -285,14 +288,18 @@ def _pop_pages(pages, cap, p_start, p_live, p_count, p_touched, present, block, 
     return n_freed
 
 
-def pop_pages(pages: Any, cap: int, page_arrays: tuple[Any, Any, Any, Any, Any], block: Any,
-              fill_row: Any, key_table: tuple[Any, Any, Any], rows: Any, keys: Any,
+def pop_pages(pages: Any, cap: int, size: int, page_arrays: tuple[Any, Any, Any, Any, Any],
+              block: Any, fill_row: Any, key_table: tuple[Any, Any, Any], rows: Any, keys: Any,
               freed: Any) -> int:
-    """Copy the rows of ``pages`` into ``rows`` (``int64[n, W]``) and their key words plus
-    window start into ``keys`` (``uint64[n, K + 2]``), reset the rows (and their
-    ``present`` marks: the last of ``page_arrays``), free the pages,
-    and tombstone the key slots no open window needs any more (listed in ``freed``;
-    returns how many).
+    """Copy the rows of ``pages`` (windows of ``size``) into ``rows`` and their key words
+    plus window start into ``keys`` (``uint64[n, K + 2]``), reset the rows (and their
+    ``present`` marks: the last of ``page_arrays``), free the pages, and tombstone the key
+    slots no open window needs any more (listed in ``freed``; returns how many).
+
+    ``rows`` is ``int64[n, H + 1]``: a row's first ``H`` words (its aggregation states,
+    which a packed row holds first) and then its window's end. Only those ``H`` words are
+    read and reset: the bookkeeping words after them are written when a row is created,
+    so a popped row costs one cache line, not two.
 
     Examples
     --------
@@ -301,19 +308,19 @@ def pop_pages(pages: Any, cap: int, page_arrays: tuple[Any, Any, Any, Any, Any],
     >>> d_hash, _, d_keys = new_table(4, 2, np)
     >>> d_hash[1], d_keys[1] = 99, [7, 0]
     >>> refs = np.array([0, 1, 0, 0])
-    >>> block = np.arange(16, dtype=np.int64).reshape(8, 2)   # 2 pages of 4 rows
+    >>> block = np.arange(24, dtype=np.int64).reshape(8, 3)   # 2 pages of 4 rows
     >>> pages = (np.array([0, 30]), np.array([0, 1], np.int8), np.array([0, 1]),
     ...          np.array([[0, 0, 0, 0], [1, 0, 0, 0]]), np.array([0, 0, 0, 0, 0, 1, 0, 0], np.int8))
-    >>> rows, keys, freed = np.empty((1, 2), np.int64), np.empty((1, 3), np.uint64), np.empty(1, np.int64)
-    >>> pop_pages(np.array([1]), 4, pages, block, np.zeros(2, np.int64), (d_hash, d_keys, refs),
-    ...           rows, keys, freed)
+    >>> rows, keys, freed = np.empty((1, 3), np.int64), np.empty((1, 3), np.uint64), np.empty(1, np.int64)
+    >>> pop_pages(np.array([1]), 4, 10, pages, block, np.zeros(3, np.int64),
+    ...           (d_hash, d_keys, refs), rows, keys, freed)
     1
     >>> rows.tolist(), keys.tolist(), block[5].tolist(), int(d_hash[1]), pages[1].tolist()
-    ([[10, 11]], [[7, 0, 30]], [0, 0], 1, [0, 0])
+    ([[15, 16, 40]], [[7, 0, 30]], [0, 0, 17], 1, [0, 0])
     >>> int(pages[4].sum())
     0
     """
     p_start, p_live, p_count, p_touched, present = page_arrays
     d_hash, d_keys, refs = key_table
-    return int(_pop_pages(pages, cap, p_start, p_live, p_count, p_touched, present, block,
+    return int(_pop_pages(pages, cap, size, p_start, p_live, p_count, p_touched, present, block,
                           fill_row, d_hash, d_keys, refs, rows, keys, freed))

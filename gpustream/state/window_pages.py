@@ -51,6 +51,10 @@ class WindowPages:
         self.template = template
         self.n_keys = n_keys
         self.width = int(template._block.shape[1])
+        names = template._packed_names
+        #: the aggregation states' words, first in a packed row; the window end follows
+        self.hot = sum(not name.startswith("__") for name in names)
+        assert names[self.hot] == "__wend", names  # where the output loop reads it
         self.live_keys = 0  # key slots in use
         self.used = 0  # key slots not empty (in use or tombstones)
         self.relayouts = 0  # times the key table or the pages grew
@@ -136,8 +140,10 @@ class WindowPages:
 
     # -- firing ---------------------------------------------------------------------------
     def pop_due(self, watermark: int, size: int) -> tuple[Any, Any] | None:
-        """Pop the pages whose window ``watermark`` reached: their rows and key words
-        (``uint64[n, K + 2]``: keys, null bits, window start), or None where none is.
+        """Pop the pages whose window ``watermark`` reached: their rows (the states'
+        :attr:`hot` words, then the window end: the packed row's first fields, which is all
+        the output loop reads) and key words (``uint64[n, K + 2]``: keys, null bits, window
+        start), or None where none is.
 
         The rows come out in output order: by window end, then by key words (each
         compared unsigned, as :func:`~gpustream.kernels.fused_emit.run_order` orders),
@@ -154,10 +160,10 @@ class WindowPages:
                      else np.lexsort([words[:, c] for c in range(k - 1, -1, -1)]))
             touched[:] = touched[order]
         n = int(self.p_count[due].sum())
-        rows = np.empty((n, self.width), dtype=np.int64)
+        rows = np.empty((n, self.hot + 1), dtype=np.int64)  # states, then the window end
         keys = np.empty((n, self.n_keys + 2), dtype=np.uint64)
         freed = np.empty(n, dtype=np.int64)
-        n_freed = pop_pages(due, self.capacity, self.page_arrays, self.block,
+        n_freed = pop_pages(due, self.capacity, size, self.page_arrays, self.block,
                             self.template._fill_row, self.key_table, rows, keys, freed)
         self.live_keys -= n_freed
         self.used -= release_tombstones(self.d_hash, freed[:n_freed])
