@@ -56,10 +56,11 @@ __all__ = ["dense_window_kernel", "pop_pages"]
 BLOCK = 1024
 
 
-def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, str], ...]) -> str:
+def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, str], ...],
+            tumbling: bool) -> str:
     col = {name: f"C{j}" for j, (name, _) in enumerate(columns)}
     words = [f"w{c}" for c in range(n_keys)] + ["nb"]
-    args = (["ts", "ts_ok", "wm", "size", "offset", "idx", "j0", "j1", "room"]
+    args = (["ts", "ts_ok", "wm", "size", "slide", "offset", "nwin", "idx", "j0", "j1", "room"]
             + [f"K{c}, K{c}ok" for c in range(n_keys)]
             + [f"V{j}, V{j}ok" for j in range(len(aggs))]
             + ["d_hash", "d_keys", "refs", "p_start", "p_live", "p_count", "p_touched",
@@ -76,9 +77,10 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
          "    pages = p_start.shape[0]",
          "    hbuf = np.empty(BLOCK, np.uint64)",
          "    rbuf = np.empty(BLOCK, np.int64)",
+         "    bases = np.full(nwin, -1, np.int64)",
          "    lo = np.int64(1)",
          "    hi = np.int64(0)",
-         "    top = I64_MAX - size",
+         "    top = I64_MAX - slide",
          "    cur_st = np.int64(0)",
          "    cur_p = -1",
          "    base = np.int64(0)",
@@ -113,33 +115,66 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
           "                continue",
           "            t = ts[i]",
           "            if not (t >= lo and t < hi):",
-          "                lo = window_start(t, size, offset)",
-          "                hi = lo + size if lo <= top else lo",
-          "            st = lo",
-          "            if st + size <= wm[i]:",
+          "                lo = window_start(t, slide, offset)",
+          "                hi = lo + slide if lo <= top else lo",
+          "            w = wm[i]",
+          "            if lo + size <= w:",  # its newest window has fired: all have
           "                late[i] = 1",
-          "                continue",
-          "            if cur_p < 0 or st != cur_st:",
-          "                cur_p = -1",
-          "                for p in range(pages):",
-          "                    if p_live[p] != 0 and p_start[p] == st:",
-          "                        cur_p = p",
-          "                        break",
-          "                if cur_p < 0:",
-          "                    for p in range(pages):",
-          "                        if p_live[p] == 0:",
-          "                            cur_p = p",
-          "                            break",
-          "                    if cur_p < 0:",
-          "                        need_page = 1",
-          "                        done = k",
-          "                        stopped = True",
-          "                        break",
-          "                    p_live[cur_p] = 1",
-          "                    p_start[cur_p] = st",
-          "                    p_count[cur_p] = 0",
-          "                cur_st = st",
-          "                base = np.int64(cur_p) * cap"]
+          "                continue"]
+    if tumbling:
+        L += ["            if cur_p < 0 or lo != cur_st:",
+              "                cur_p = -1",
+              "                for p in range(pages):",
+              "                    if p_live[p] != 0 and p_start[p] == lo:",
+              "                        cur_p = p",
+              "                        break",
+              "                if cur_p < 0:",
+              "                    for p in range(pages):",
+              "                        if p_live[p] == 0:",
+              "                            cur_p = p",
+              "                            break",
+              "                    if cur_p < 0:",
+              "                        need_page = 1",
+              "                        done = k",
+              "                        stopped = True",
+              "                        break",
+              "                    p_live[cur_p] = 1",
+              "                    p_start[cur_p] = lo",
+              "                    p_count[cur_p] = 0",
+              "                cur_st = lo",
+              "                base = np.int64(cur_p) * cap"]
+    else:
+        # a page for each window of the event still open; the watermark only rises, so
+        # later events of the same newest window need no more of them
+        L += ["            if cur_p < 0 or lo != cur_st:",
+              "                short = False",
+              "                for jw in range(nwin):",
+              "                    st = lo - jw * slide",
+              "                    if st + size <= w:",
+              "                        break",
+              "                    q = -1",
+              "                    for p in range(pages):",
+              "                        if p_live[p] != 0 and p_start[p] == st:",
+              "                            q = p",
+              "                            break",
+              "                    if q < 0:",
+              "                        for p in range(pages):",
+              "                            if p_live[p] == 0:",
+              "                                q = p",
+              "                                break",
+              "                        if q < 0:",
+              "                            short = True",
+              "                            break",
+              "                        p_live[q] = 1",
+              "                        p_start[q] = st",
+              "                        p_count[q] = 0",
+              "                if short:",
+              "                    need_page = 1",
+              "                    done = k",
+              "                    stopped = True",
+              "                    break",
+              "                cur_st = lo",
+              "                cur_p = 0"]
     L += ["            " + line for line in _key_lines(n_keys, "unused")]
     same = " and ".join(f"d_keys[d, {c}] == {wd}" for c, wd in enumerate(words))
     L += ["            h = hbuf[k]",
@@ -165,35 +200,90 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
     L += [f"                d_keys[d, {c}] = {wd}" for c, wd in enumerate(words)]
     L += ["                refs[d] = 0",
           "                new_keys += 1",
-          "            rbuf[k] = np.int64(np.uint64(base) + d)",
-          # pass 3: fold each event into its row; the rows PF events ahead are prefetched
-          # (and, for a row not yet present, its bookkeeping line)
-          "        for k in range(done):",
-          "            if k + PF < done:",
-          "                sa = rbuf[k + PF]",
-          "                if sa >= 0:",
-          "                    ua = np.uint64(sa)"]
-    L += [f"                    _prefetch({c}, ua)" for c in dict.fromkeys([hot[0], hot[-1]])]
-    L += ["                    if present[ua] == 0:",
-          f"                        _prefetch({cold}, ua)",
-          "            if rbuf[k] < 0:",
-          "                continue",
-          "            s = np.uint64(rbuf[k])",
-          "            i = np.uint64(idx[j + k])"]
-    L += ["            " + line for line in _input_lines(aggs)]
-    L += ["            if present[s] == 0:",
-          "                present[s] = 1",
-          "                p = np.int64(s // ucap)",
-          "                d = s & mask",
-          f"                {col['__wend']}[s] = p_start[p] + size",
-          f"                {col['__ontime']}[s] = 1",
-          "                p_touched[p, p_count[p]] = np.int64(d)",
-          "                p_count[p] += 1",
-          "                refs[d] += 1",
-          "                created += 1"]
+          "            rbuf[k] = np.int64(np.uint64(base) + d)" if tumbling
+          else "            rbuf[k] = np.int64(d)"]
     init, body = _agg_blocks(aggs, col)
-    L += ["                " + line for line in init]
-    L += ["            " + line for line in body]
+    hot_cols = list(dict.fromkeys([hot[0], hot[-1]]))
+    if tumbling:
+        # pass 3: fold each event into its row; the rows PF events ahead are prefetched
+        # (and, for a row not yet present, its bookkeeping line)
+        L += ["        for k in range(done):",
+              "            if k + PF < done:",
+              "                sa = rbuf[k + PF]",
+              "                if sa >= 0:",
+              "                    ua = np.uint64(sa)"]
+        L += [f"                    _prefetch({c}, ua)" for c in hot_cols]
+        L += ["                    if present[ua] == 0:",
+              f"                        _prefetch({cold}, ua)",
+              "            if rbuf[k] < 0:",
+              "                continue",
+              "            s = np.uint64(rbuf[k])",
+              "            i = np.uint64(idx[j + k])"]
+        L += ["            " + line for line in _input_lines(aggs)]
+        L += ["            if present[s] == 0:",
+              "                present[s] = 1",
+              "                p = np.int64(s // ucap)",
+              "                d = s & mask",
+              f"                {col['__wend']}[s] = p_start[p] + size",
+              f"                {col['__ontime']}[s] = 1",
+              "                p_touched[p, p_count[p]] = np.int64(d)",
+              "                p_count[p] += 1",
+              "                refs[d] += 1",
+              "                created += 1"]
+        L += ["                " + line for line in init]
+        L += ["            " + line for line in body]
+    else:
+        # pass 3: fold each event into the row of its key in each of its open windows'
+        # pages (``bases``: found once per newest window); the key's rows in the pages of
+        # the event PF ahead are prefetched
+        L += ["        lo3 = np.int64(1)",
+              "        hi3 = np.int64(0)",
+              "        cur3 = np.int64(0)",
+              "        have3 = False",
+              "        for k in range(done):",
+              "            if have3 and k + PF < done:",
+              "                sa = rbuf[k + PF]",
+              "                if sa >= 0:",
+              "                    for jw in range(nwin):",
+              "                        if bases[jw] >= 0:"]
+        L += [f"                            _prefetch({c}, np.uint64(bases[jw] + sa))"
+              for c in hot_cols]
+        L += ["            if rbuf[k] < 0:",
+              "                continue",
+              "            d = np.uint64(rbuf[k])",
+              "            i = np.uint64(idx[j + k])",
+              "            t = ts[i]",
+              "            if not (t >= lo3 and t < hi3):",
+              "                lo3 = window_start(t, slide, offset)",
+              "                hi3 = lo3 + slide if lo3 <= top else lo3",
+              "            if not have3 or lo3 != cur3:",
+              "                for jw in range(nwin):",
+              "                    st = lo3 - jw * slide",
+              "                    bases[jw] = -1",
+              "                    for p in range(pages):",
+              "                        if p_live[p] != 0 and p_start[p] == st:",
+              "                            bases[jw] = np.int64(p) * cap",
+              "                            break",
+              "                cur3 = lo3",
+              "                have3 = True",
+              "            w = wm[i]"]
+        L += ["            " + line for line in _input_lines(aggs)]
+        L += ["            for jw in range(nwin):",
+              "                st = lo3 - jw * slide",
+              "                if st + size <= w:",
+              "                    break",  # older windows end earlier: fired too
+              "                s = np.uint64(bases[jw]) + d",
+              "                if present[s] == 0:",
+              "                    present[s] = 1",
+              "                    p = np.int64(s // ucap)",
+              f"                    {col['__wend']}[s] = st + size",
+              f"                    {col['__ontime']}[s] = 1",
+              "                    p_touched[p, p_count[p]] = np.int64(d)",
+              "                    p_count[p] += 1",
+              "                    refs[d] += 1",
+              "                    created += 1"]
+        L += ["                    " + line for line in init]
+        L += ["                " + line for line in body]
     L += ["        j += done",
           "    out[0] = created",
           "    out[1] = empties",
@@ -205,20 +295,23 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
 
 @lru_cache(maxsize=64)
 def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
-                        columns: tuple[tuple[str, str], ...]) -> Any:
-    """The compiled dense tumbling-window loop for ``n_keys`` key columns and ``aggs``.
+                        columns: tuple[tuple[str, str], ...], tumbling: bool = True) -> Any:
+    """The compiled dense window loop for ``n_keys`` key columns and ``aggs``: tumbling
+    windows (one per event), or with ``tumbling=False`` sliding ones (``nwin`` per event,
+    each in its own page, the key's slot found once).
 
     ``columns`` lists every state column as ``(name, fill)`` in the order their arrays
     (views of the pages' rows, ``pages * capacity`` long) are passed; it must hold
     ``__wend`` and ``__ontime``. Arguments: event times, their validity (empty: none),
-    per-event watermarks, ``size``, ``offset``, ``idx``, ``j0``, ``j1`` (fold the events
+    per-event watermarks, ``size``, ``slide``, ``offset``, ``nwin`` (``size // slide``;
+    tumbling: ``slide == size``, ``nwin`` 1), ``idx``, ``j0``, ``j1`` (fold the events
     ``idx[j0:j1]``), ``room`` (empty key slots it may fill), each key column as uint64
     with its validity, each aggregation's input values with their validity, the key
-    table (``d_hash``, ``d_keys`` ``uint64[capacity, K + 1]``, ``refs``), the pages
-    (``p_start``, ``p_live``, ``p_count``, ``p_touched``, ``present``: int8 per row), the
-    columns, ``late`` (int8 per
-    event) and ``out`` (int64[4]: rows created, empty key slots filled, keys added, 1 if
-    it stopped for want of a page). Returns the position in ``idx`` of the next event.
+    table (``d_hash``, ``d_keys`` ``uint64[capacity, K + 1]``, ``refs``: how many pages
+    hold a row of the key), the pages (``p_start``, ``p_live``, ``p_count``,
+    ``p_touched``, ``present``: int8 per row), the columns, ``late`` (int8 per event) and
+    ``out`` (int64[4]: rows created, empty key slots filled, keys added, 1 if it stopped
+    for want of a page). Returns the position in ``idx`` of the next event.
 
     Examples
     --------
@@ -232,19 +325,36 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     >>> p_start, p_live, p_count = np.zeros(2, np.int64), np.zeros(2, np.int8), np.zeros(2, np.int64)
     >>> p_touched, refs = np.zeros((2, 8), np.int64), np.zeros(8, np.int64)
     >>> present, late, out = np.zeros(16, np.int8), np.zeros(4, np.int8), np.zeros(4, np.int64)
-    >>> k(np.array([5, 7, 12, 3]), none, np.array([-99, 5, 7, 12]), 10, 0, np.arange(4), 0, 4,
-    ...   4, np.array([4, 4, 4, 4], np.uint64), none, np.zeros(1), none, d_hash, d_keys, refs,
-    ...   p_start, p_live, p_count, p_touched, present, wend, ontime, n, late, out)
+    >>> k(np.array([5, 7, 12, 3]), none, np.array([-99, 5, 7, 12]), 10, 10, 0, 1, np.arange(4),
+    ...   0, 4, 4, np.array([4, 4, 4, 4], np.uint64), none, np.zeros(1), none, d_hash, d_keys,
+    ...   refs, p_start, p_live, p_count, p_touched, present, wend, ontime, n, late, out)
     4
     >>> p_start.tolist(), p_count.tolist(), out.tolist(), late.tolist()
     ([0, 10], [1, 1], [2, 1, 1, 0], [0, 0, 0, 1])
     >>> d = int(p_touched[0, 0]); int(n[d]), int(n[8 + d]), int(refs[d])
     (2, 1, 2)
+
+    Sliding windows of 10 every 5: the event at 7 is in [0, 10) and [5, 15), the one at
+    12 in [5, 15) and [10, 20); by then the watermark 7 has not fired [0, 10).
+
+    >>> k = dense_window_kernel(1, (FusedAgg("count", ("n",)),), cols, tumbling=False)
+    >>> d_hash, _, d_keys = new_table(8, 2, np)
+    >>> p_start, p_live, p_count = np.zeros(4, np.int64), np.zeros(4, np.int8), np.zeros(4, np.int64)
+    >>> wend, ontime, n = np.full(32, 2**63 - 1), np.zeros(32, np.int64), np.zeros(32, np.int64)
+    >>> p_touched, refs, present = np.zeros((4, 8), np.int64), np.zeros(8, np.int64), np.zeros(32, np.int8)
+    >>> k(np.array([7, 12]), none, np.array([-99, 7]), 10, 5, 0, 2, np.arange(2), 0, 2, 4,
+    ...   np.array([4, 4], np.uint64), none, np.zeros(1), none, d_hash, d_keys, refs,
+    ...   p_start, p_live, p_count, p_touched, present, wend, ontime, n, late, out)
+    2
+    >>> sorted(zip(p_start.tolist(), p_count.tolist()))[1:], out.tolist(), int(refs.max())
+    ([(0, 1), (5, 1), (10, 1)], [3, 1, 1, 0], 3)
+    >>> sorted(int(n[p * 8 + int(p_touched[p, 0])]) for p in range(3))
+    [1, 1, 2]
     """
     ns = dict(_NAMESPACE)
     ns["BLOCK"] = BLOCK
-    exec(compile(_source(n_keys, aggs, columns), f"<gpustream dense window {n_keys} keys>",
-                 "exec"), ns)
+    exec(compile(_source(n_keys, aggs, columns, tumbling),
+                 f"<gpustream dense window {n_keys} keys>", "exec"), ns)
     return numba.njit(nogil=True, cache=False)(ns["dense"])
 
 

@@ -94,9 +94,11 @@ def test_tumbling_windows_on_the_table_layout_too(monkeypatch: pytest.MonkeyPatc
     assert late.equals(want_late)
 
 
+@pytest.mark.parametrize("assigner", [gs.Tumbling(200), gs.Sliding(400, 200)],
+                         ids=lambda a: a.describe())
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_too_many_open_windows_move_the_state_from_pages_to_the_table(
-        monkeypatch: pytest.MonkeyPatch, threads: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, threads: str, assigner: gs.WindowAssigner) -> None:
     """200 ms windows under a 3 s watermark delay: ~15 windows open at once, more pages
     than the (here tiny) memory bound allows, so the operator moves its state to the
     (key, window) table mid-stream, and goes on from the event where a shard stopped."""
@@ -113,7 +115,7 @@ def test_too_many_open_windows_move_the_state_from_pages_to_the_table(
     monkeypatch.setattr(FusedWindowAggOp, "_unpage", spy)
     table = events(seed=8, n=4000, disorder=4500)
     (got, late), (want, want_late) = _both(
-        monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(200), keys=("k",),
+        monkeypatch, table=table, engine="cpu", assigner=assigner, keys=("k",),
         aggs=AGGS, delay=3000, batch_rows=700)
     assert moved == [True]  # once, and for good
     assert len(got) > 100 and late.num_rows > 0
@@ -220,9 +222,11 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
     assert late.equals(want_late) and late.num_rows > 0
 
 
+@pytest.mark.parametrize("assigner", [gs.Tumbling(100), gs.Sliding(300, 100)],
+                         ids=lambda a: a.describe())
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_the_paged_loop_stops_mid_block_and_resumes_at_that_event(
-        monkeypatch: pytest.MonkeyPatch, threads: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, threads: str, assigner: gs.WindowAssigner) -> None:
     """The paged loop works in blocks of a shard's events (hashes, rows, folds); where its
     key table fills or a new window finds no free page inside a block, it folds the events
     before that one only, and the next call starts at it: nothing is lost or folded
@@ -235,7 +239,7 @@ def test_the_paged_loop_stops_mid_block_and_resumes_at_that_event(
         kernel = real(*key)
 
         def call(*args: Any) -> int:
-            j0, j1, out = args[6], args[7], args[-1]
+            j0, j1, out = args[8], args[9], args[-1]
             nxt = int(kernel(*args))
             calls.append((j0, j1, nxt, int(out[3])))
             return nxt
@@ -244,12 +248,12 @@ def test_the_paged_loop_stops_mid_block_and_resumes_at_that_event(
     monkeypatch.setattr(fused_mod, "dense_window_kernel", spy)
     rng = np.random.default_rng(17)
     n = 12_000
-    ts = np.sort(rng.integers(0, 1500, n)) - rng.integers(0, 300, n) * (rng.random(n) < 0.3)
+    ts = np.sort(rng.integers(0, 1500, n)) - rng.integers(0, 700, n) * (rng.random(n) < 0.3)
     table = pa.table({"k": rng.integers(0, 9000, n), "ts": ts,
                       "v": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.05),
                       "q": rng.integers(0, 9, n).astype(np.int32)})
     (got, late), (want, want_late) = _both(
-        monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(100), keys=("k",),
+        monkeypatch, table=table, engine="cpu", assigner=assigner, keys=("k",),
         aggs=AGGS, delay=200, batch_rows=n)
     block = fused_dense.BLOCK
     mid = [(j0, j1, nxt, page) for j0, j1, nxt, page in calls

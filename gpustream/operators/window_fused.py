@@ -11,10 +11,12 @@ arrival order (numba releases the GIL), so a key always lives in one shard and i
 updated in arrival order: results are exactly the separate kernels' (tested), whatever
 the number of shards.
 
-Tumbling windows keep each shard's state in pages (:mod:`gpustream.state.window_pages`:
-a key table shared by all windows, one page of rows per open window), read by the loop
-of :mod:`gpustream.kernels.fused_dense`; where too many windows are open at once the
-state moves to the (key, window) table (:meth:`FusedWindowAggOp._unpage`).
+Tumbling and sliding windows keep each shard's state in pages
+(:mod:`gpustream.state.window_pages`: a key table shared by all windows, one page of rows
+per open window), read by the loop of :mod:`gpustream.kernels.fused_dense` (a sliding
+window's event finds its key once, then folds into a row in each of its windows' pages);
+where too many windows are open at once the state moves to the (key, window) table
+(:meth:`FusedWindowAggOp._unpage`).
 
 Windows fire inside a batch as soon as a chunk of events has moved the watermark past
 their end, which keeps the tables (and their cache footprint) small. Each shard logs the
@@ -52,7 +54,7 @@ __all__ = ["FusedWindowAggOp", "fusable", "shard_count", "window_operator"]
 
 #: events folded between two chances to fire windows
 FUSED_CHUNK = 1 << 16
-#: tumbling windows keep their state in pages (:mod:`gpustream.state.window_pages`)
+#: windows keep their state in pages (:mod:`gpustream.state.window_pages`)
 PAGED = True
 
 #: table columns of each state kind the fused loop folds (besides its non-null count)
@@ -177,7 +179,7 @@ class _Shard:
         self.states = states
         self.log: dict[int, list[Any]] = {}  # window end -> slots created for it
         self.new_ends: list[Any] = []  # ends of windows given slots since last noted
-        #: the state in pages (tumbling windows of ``size``), else in ``table``
+        #: the state in pages (windows of ``size``), else in ``table``
         self.pages = None if size is None else WindowPages(table, n_keys)
         self.size = size
         self.stopped_at: int | None = None  # where a paged fold stopped for want of pages
@@ -254,7 +256,7 @@ class FusedWindowAggOp(WindowAggOp):
                              f"only {', '.join(sorted(FUSED_KINDS))}")
         super().__init__(spec, backend, table=_new_table(spec))
         n = shard_count() if shards is None else shards
-        self.paged = PAGED and self.nwin == 1
+        self.paged = PAGED
         self._make_shards(n)
         aliases = self.table.aliases
         aggs = []
@@ -273,8 +275,8 @@ class FusedWindowAggOp(WindowAggOp):
         self.column_names = tuple(self.table.columns)
         columns = tuple((name, _fill_source(*fills[name])) for name in self.column_names)
         self.kernel = fused_window_kernel(len(spec.keys), tuple(aggs), columns, self.nwin == 1)
-        self.paged_kernel = (dense_window_kernel(len(spec.keys), tuple(aggs), columns)
-                             if self.paged else None)
+        self.paged_kernel = (dense_window_kernel(len(spec.keys), tuple(aggs), columns,
+                                                 self.nwin == 1) if self.paged else None)
         self.shard_bits = len(self.shards).bit_length() - 1  # shards: a power of 2
         self._setup_emit()
 
@@ -348,7 +350,7 @@ class FusedWindowAggOp(WindowAggOp):
         n = batch.num_rows
         ts, ts_valid, wm = self._event_times(batch)
         head: list[Any] = [ts, _NO_BOOL if ts_valid is None else ts_valid, wm, spec.size,
-                           spec.slide, spec.offset, self.nwin]  # the paged loop: no slide, nwin
+                           spec.slide, spec.offset, self.nwin]
         tail: list[Any] = []
         words = np.empty((len(spec.keys) + 1, n), dtype=np.uint64)  # keys, null bits
         words[-1] = 0
@@ -417,7 +419,7 @@ class FusedWindowAggOp(WindowAggOp):
         their memory bound it stops, noting where in ``stopped_at`` (see :meth:`_unpage`)."""
         pages = shard.pages
         assert pages is not None and self.paged_kernel is not None
-        ts, ts_ok, wm, size, _, offset, _ = head
+        size = head[3]
         pos, stop = 0, int(events.shape[0])
         counts = np.zeros(4, dtype=np.int64)
         need_page = False
@@ -428,7 +430,7 @@ class FusedWindowAggOp(WindowAggOp):
                     return None
                 need_page = False
                 continue
-            pos = self.paged_kernel(ts, ts_ok, wm, size, offset, events, pos, stop, pages.room(),
+            pos = self.paged_kernel(*head, events, pos, stop, pages.room(),
                                     *tail, *pages.key_table, *pages.page_arrays,
                                     *[pages.columns[name] for name in self.column_names],
                                     late, counts)

@@ -1,4 +1,4 @@
-"""Tumbling-window state in pages: the dense layout of :mod:`gpustream.kernels.fused_dense`.
+"""Window state in pages: the dense layout of :mod:`gpustream.kernels.fused_dense`.
 
 A key table shared by every open window, and one page of packed state rows per open
 window indexed by the key's slot. The rows have the layout of a packed
@@ -35,7 +35,7 @@ def _pow2(n: int) -> int:
 
 
 class WindowPages:
-    """Key table plus pages of state rows, for one shard of a tumbling window.
+    """Key table plus pages of state rows, for one shard of a tumbling or sliding window.
 
     Examples
     --------
