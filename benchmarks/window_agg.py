@@ -1,4 +1,5 @@
-"""1 s tumbling window, count/sum/min/max/mean per key, from Parquet, end to end.
+"""1 s tumbling (or 4 s sliding every 1 s) windows, count/sum/min/max/mean per key, from
+Parquet, end to end.
 
 gpustream runs the streaming query (per-event watermarks, windows firing as the
 watermark passes them); DuckDB and Polars run the same group-by in batch over the same
@@ -7,6 +8,10 @@ side by side. Every system's answer is checked against DuckDB's before any time 
 reported.
 
     python benchmarks/window_agg.py --events 10000000 --keys 10000 --engine cpu
+    python benchmarks/window_agg.py --events 10000000 --keys 10000 --window sliding
+
+Sliding: every event is in the 4 windows starting at its 1 s window's start and the 3
+seconds before; DuckDB and Polars expand each row into those 4 assignments and group.
 
 Needs the ``bench`` extra (duckdb, polars).
 """
@@ -42,11 +47,17 @@ def make_data(events: int, keys: int, path: Path, seed: int = 1) -> None:
     pq.write_table(table, path, row_group_size=1 << 20)
 
 
-def run_gpustream(path: Path, engine: str, batch_rows: int) -> pa.Table:
+#: windows per event: 1 (tumbling 1 s) or 4 (sliding 4 s every 1 s)
+SPAN = {"tumbling": 1, "sliding": 4}
+
+
+def run_gpustream(path: Path, engine: str, batch_rows: int, window: str = "tumbling"
+                  ) -> pa.Table:
     p = gs.Pipeline("bench-window", engine=engine)
     s = p.source(gs.read_parquet(path, batch_rows=batch_rows), event_time="ts",
                  watermark=gs.Watermark.bounded("1s"))
-    w = s.key_by("key").window(gs.Tumbling("1s"), name="w").agg(
+    assigner = gs.Tumbling("1s") if window == "tumbling" else gs.Sliding("4s", "1s")
+    w = s.key_by("key").window(assigner, name="w").agg(
         n=gs.count(), total=gs.col("v").sum(), lo=gs.col("v").min(), hi=gs.col("v").max(),
         avg=gs.col("v").mean())
     out: list[pa.RecordBatch] = []
@@ -56,21 +67,25 @@ def run_gpustream(path: Path, engine: str, batch_rows: int) -> pa.Table:
     return pa.Table.from_batches(out)
 
 
-def run_duckdb(path: Path) -> pa.Table:
+def run_duckdb(path: Path, window: str = "tumbling") -> pa.Table:
     import duckdb
 
     con = duckdb.connect()
     return con.sql(f"""
-        SELECT key, ts - ((ts % 1000) + 1000) % 1000 AS window_start,
+        SELECT key, ts - ((ts % 1000) + 1000) % 1000 - j * 1000 AS window_start,
                count(*) AS n, sum(v) AS total, min(v) AS lo, max(v) AS hi, avg(v) AS avg
-        FROM read_parquet('{path}') GROUP BY ALL""").to_arrow_table()
+        FROM read_parquet('{path}'), range({SPAN[window]}) r(j) GROUP BY ALL""").to_arrow_table()
 
 
-def run_polars(path: Path) -> pa.Table:
+def run_polars(path: Path, window: str = "tumbling") -> pa.Table:
     import polars as pl
 
-    q = (pl.scan_parquet(path)
-         .with_columns(window_start=pl.col("ts") - pl.col("ts").mod(1000))
+    q = pl.scan_parquet(path)
+    if SPAN[window] > 1:
+        q = q.with_columns(j=pl.lit(list(range(SPAN[window])))).explode("j")
+    else:
+        q = q.with_columns(j=pl.lit(0))
+    q = (q.with_columns(window_start=pl.col("ts") - pl.col("ts").mod(1000) - pl.col("j") * 1000)
          .group_by("key", "window_start")
          .agg(n=pl.len(), total=pl.col("v").sum(), lo=pl.col("v").min(),
               hi=pl.col("v").max(), avg=pl.col("v").mean()))
@@ -102,16 +117,18 @@ def main() -> None:
     ap.add_argument("--engine", default="cpu")
     ap.add_argument("--batch-rows", type=int, default=1 << 20)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--window", choices=sorted(SPAN), default="tumbling")
     args = ap.parse_args()
     path = DATA / f"events_{args.events}_{args.keys}.parquet"
     if not path.exists():
         make_data(args.events, args.keys, path)
     runs = {
-        f"gpustream ({args.engine})": lambda: run_gpustream(path, args.engine, args.batch_rows),
-        "duckdb": lambda: run_duckdb(path),
-        "polars": lambda: run_polars(path),
+        f"gpustream ({args.engine})": lambda: run_gpustream(path, args.engine, args.batch_rows,
+                                                             args.window),
+        "duckdb": lambda: run_duckdb(path, args.window),
+        "polars": lambda: run_polars(path, args.window),
     }
-    reference = run_duckdb(path)
+    reference = run_duckdb(path, args.window)
     times: dict[str, list[float]] = {}
     for name, fn in runs.items():
         same(fn(), reference)  # warm-up (JIT compilation) and a correctness check
@@ -121,7 +138,8 @@ def main() -> None:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    print(f"# {args.events:,} events, {args.keys:,} keys, 1 s tumbling, 5 aggregates; "
+    what = "1 s tumbling" if args.window == "tumbling" else "4 s sliding every 1 s"
+    print(f"# {args.events:,} events, {args.keys:,} keys, {what}, 5 aggregates; "
           f"{platform.node()} {platform.processor() or platform.machine()}, "
           f"{time.strftime('%Y-%m-%d')}; median of {args.repeat}")
     ours = statistics.median(times[f"gpustream ({args.engine})"])
