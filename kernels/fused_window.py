@@ -36,11 +36,10 @@ from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic, register_jitable
+from numba.extending import register_jitable
 
 from gpustream.kernels.hashtable import EMPTY, TOMBSTONE
+from gpustream.kernels.prefetch import PREFETCH_DISTANCE, _prefetch
 from gpustream.kernels.windows import window_start
 
 __all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "fused_window_kernel", "key_shards",
@@ -66,32 +65,6 @@ def _finish(h):  # type: ignore[no-untyped-def]
     if h < np.uint64(2):  # 0 and 1 mark empty and freed slots
         h += np.uint64(2)
     return h
-
-
-#: events ahead of the current one whose slots are prefetched
-PREFETCH_DISTANCE = 16
-
-
-def _prefetch_typer(typingctx, arr, idx):  # type: ignore[no-untyped-def]
-    """Ask the CPU to start loading ``arr[idx]``'s cache line (LLVM's prefetch for write)."""
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
-                                       wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = builder.module.declare_intrinsic(
-            "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-_prefetch: Any = intrinsic(_prefetch_typer)
 
 
 @numba.njit(nogil=True, cache=False)

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.kernels.prefetch import PREFETCH_DISTANCE, _prefetch
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
 __all__ = ["EMPTY", "TOMBSTONE", "lookup", "new_table", "release_tombstones", "upsert",
@@ -132,7 +133,17 @@ def _find(t_hash, t_keys, hashes, keys, i):  # type: ignore[no-untyped-def]
 
 @numba.njit(nogil=True, cache=False)
 def _lookup_cpu(t_hash, t_keys, hashes, keys, out):  # type: ignore[no-untyped-def]
-    for i in range(out.shape[0]):
+    # a probe side walks a large table at random: start loading the lines of the row
+    # PREFETCH_DISTANCE ahead so that the misses of many rows overlap
+    n = out.shape[0]
+    mask = np.uint64(t_hash.shape[0] - 1)
+    kw = np.uint64(t_keys.shape[1])
+    t_keys_flat = t_keys.reshape(t_keys.shape[0] * t_keys.shape[1])
+    for i in range(n):
+        if i + PREFETCH_DISTANCE < n:
+            s = _live_hash(hashes[i + PREFETCH_DISTANCE]) & mask
+            _prefetch(t_hash, s)
+            _prefetch(t_keys_flat, s * kw)
         out[i] = _find(t_hash, t_keys, hashes, keys, i)
 
 

@@ -76,6 +76,20 @@ def test_lookup_join_matches_pandas(backend: Backend, how: str) -> None:
         assert got.loc[got["card"].isna(), "holder"].isna().all()
 
 
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_lookup_join_keeps_the_tables_nulls(backend: Backend, how: str) -> None:
+    """A right column with nulls: a matched row gets the table's null, an unmatched one
+    (left join) null in every right column; a column without nulls stays without."""
+    n = 300 if cudasim_on() else 2000
+    stream, table = _stream(n, seed=4), _table(60, seed=4)
+    rng = np.random.default_rng(4)
+    table["limit"] = pd.Series(table["limit"]).astype("Int64").mask(rng.random(len(table)) < 0.3)
+    got = _run_lookup(stream, table, how, backend.name)
+    ref = _reference(stream, table, how, ["card"])
+    assert got["limit"].isna().sum() > 0 and len(got) == len(ref)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), ref, check_dtype=False)
+
+
 def test_lookup_join_on_several_columns_with_strings(backend: Backend) -> None:
     n = 300 if cudasim_on() else 2000
     stream, table = _stream(n, seed=2), _table(40, seed=2)

@@ -75,6 +75,8 @@ class LookupJoinOp(TwoInputOperator):
         first = Batch.from_arrow(empty, self.dicts)
         self.data = {r: self.backend.to_device(first[r]) for r, _ in self.columns}
         self.valid = {r: self.backend.to_device(np.ones(0, dtype=bool)) for r, _ in self.columns}
+        #: right columns with a null somewhere (the others need no validity gathered)
+        self.has_nulls = {r: False for r, _ in self.columns}
         self.rows = 0
         for sb in self.node.table.source.open():
             if sb.data.num_rows:
@@ -103,6 +105,7 @@ class LookupJoinOp(TwoInputOperator):
         for r, _ in self.columns:
             self.data[r] = xp.concatenate([self.data[r], to_device(np.asarray(b[r]))])
             self.valid[r] = xp.concatenate([self.valid[r], to_device(_valid(b, r))])
+            self.has_nulls[r] = self.has_nulls[r] or b.validity(r) is not None
         self.rows += n
 
     def _codes(self, stream: StringDictionary, table: StringDictionary | None, codes: Any) -> Any:
@@ -159,20 +162,28 @@ class LookupJoinOp(TwoInputOperator):
         slots = self.table.find(widen_keys(cols, xp))
         if missing is not None:
             slots = xp.where(missing, -1, slots)
-        rows = xp.where(slots >= 0, self.table.columns["row"][xp.maximum(slots, 0)], -1)
-        if self.inner:
-            keep = rows >= 0
-            batch = batch.filter(keep)
-            rows = rows[keep]
-        matched = rows >= 0
-        at = xp.maximum(rows, 0)
+        # slot -1 reads the last slot's row, overwritten by the where
+        rows = xp.where(slots >= 0, self.table.columns["row"][slots], -1)
+        matched: Any = rows >= 0
+        if self.inner:  # every kept row matched: no validity from the match
+            if not bool(matched.all()):
+                batch = batch.filter(matched)
+                rows = rows[matched]
+            matched, at = None, rows
+        else:
+            at = xp.maximum(rows, 0)
         columns = {name: batch[name] for name in batch.column_names}
         validity = {name: batch.validity(name) for name in batch.column_names}
         dictionaries = dict(batch.dictionaries)
         for r, o in self.columns:
             if self.rows:
                 columns[o] = self.data[r][at]
-                validity[o] = matched & self.valid[r][at]
+                if not self.has_nulls[r]:
+                    validity[o] = matched
+                elif matched is None:
+                    validity[o] = self.valid[r][at]
+                else:
+                    validity[o] = matched & self.valid[r][at]
             else:  # an empty table: every right column is null
                 dtype = self.data[r].dtype
                 columns[o] = xp.zeros(rows.shape[0], dtype=dtype)
