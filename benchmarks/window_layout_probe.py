@@ -29,7 +29,8 @@ import numba
 import numpy as np
 import pyarrow.parquet as pq
 
-from gpustream.kernels.fused_window import _finish, _mix_word, _prefetch
+from gpustream.kernels.fused_window import _finish, _mix_word
+from gpustream.kernels.prefetch import _prefetch
 
 DATA = Path(__file__).resolve().parent / "data"
 CHUNK = 1 << 16

@@ -41,19 +41,51 @@ import numpy as np
 
 from gpustream.kernels.fused_window import (
     _NAMESPACE,
-    PREFETCH_DISTANCE,
     FusedAgg,
     _agg_blocks,
     _input_lines,
     _key_lines,
-    _prefetch,
+    _probe_lines,
 )
 from gpustream.kernels.hashtable import TOMBSTONE
+from gpustream.kernels.prefetch import PREFETCH_DISTANCE, _prefetch
 
 __all__ = ["dense_window_kernel", "pop_pages"]
 
 #: events per block of the loop's three passes (hashes, rows, folds)
 BLOCK = 1024
+
+
+def _page_lines(var: str, start: str) -> list[str]:
+    """``var`` = the live page of the window starting at ``start``, else a free page made
+    live for it, else -1 (no page free)."""
+    return [f"{var} = -1",
+            "for p in range(pages):",
+            f"    if p_live[p] != 0 and p_start[p] == {start}:",
+            f"        {var} = p",
+            "        break",
+            f"if {var} < 0:",
+            "    for p in range(pages):",
+            "        if p_live[p] == 0:",
+            f"            {var} = p",
+            f"            p_live[{var}] = 1",
+            f"            p_start[{var}] = {start}",
+            f"            p_count[{var}] = 0",
+            "            break"]
+
+
+def _create_lines(col: dict[str, str], end: str) -> list[str]:
+    """A new row ``s`` of key slot ``d`` in page ``s // capacity``: marked present, its
+    window ``end`` and on-time flag written, listed in its page, counted in its key's
+    references (the aggregations' own first values follow)."""
+    return ["present[s] = 1",
+            "p = np.int64(s // ucap)",
+            f"{col['__wend']}[s] = {end}",
+            f"{col['__ontime']}[s] = 1",
+            "p_touched[p, p_count[p]] = np.int64(d)",
+            "p_count[p] += 1",
+            "refs[d] += 1",
+            "created += 1"]
 
 
 def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, str], ...],
@@ -122,25 +154,13 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
           "                late[i] = 1",
           "                continue"]
     if tumbling:
-        L += ["            if cur_p < 0 or lo != cur_st:",
-              "                cur_p = -1",
-              "                for p in range(pages):",
-              "                    if p_live[p] != 0 and p_start[p] == lo:",
-              "                        cur_p = p",
-              "                        break",
-              "                if cur_p < 0:",
-              "                    for p in range(pages):",
-              "                        if p_live[p] == 0:",
-              "                            cur_p = p",
-              "                            break",
-              "                    if cur_p < 0:",
-              "                        need_page = 1",
-              "                        done = k",
-              "                        stopped = True",
-              "                        break",
-              "                    p_live[cur_p] = 1",
-              "                    p_start[cur_p] = lo",
-              "                    p_count[cur_p] = 0",
+        L += ["            if cur_p < 0 or lo != cur_st:"]
+        L += ["                " + line for line in _page_lines("cur_p", "lo")]
+        L += ["                if cur_p < 0:",
+              "                    need_page = 1",
+              "                    done = k",
+              "                    stopped = True",
+              "                    break",
               "                cur_st = lo",
               "                base = np.int64(cur_p) * cap"]
     else:
@@ -151,23 +171,11 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
               "                for jw in range(nwin):",
               "                    st = lo - jw * slide",
               "                    if st + size <= w:",
+              "                        break"]
+        L += ["                    " + line for line in _page_lines("q", "st")]
+        L += ["                    if q < 0:",
+              "                        short = True",
               "                        break",
-              "                    q = -1",
-              "                    for p in range(pages):",
-              "                        if p_live[p] != 0 and p_start[p] == st:",
-              "                            q = p",
-              "                            break",
-              "                    if q < 0:",
-              "                        for p in range(pages):",
-              "                            if p_live[p] == 0:",
-              "                                q = p",
-              "                                break",
-              "                        if q < 0:",
-              "                            short = True",
-              "                            break",
-              "                        p_live[q] = 1",
-              "                        p_start[q] = st",
-              "                        p_count[q] = 0",
               "                if short:",
               "                    need_page = 1",
               "                    done = k",
@@ -178,20 +186,9 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
     L += ["            " + line for line in _key_lines(n_keys, "unused")]
     same = " and ".join(f"d_keys[d, {c}] == {wd}" for c, wd in enumerate(words))
     L += ["            h = hbuf[k]",
-          "            d = h & mask",
-          "            tomb = np.int64(-1)",
-          "            found = False",
-          "            while True:",
-          "                th = d_hash[d]",
-          "                if th == EMPTY:",
-          "                    break",
-          f"                if th == h and {same}:",
-          "                    found = True",
-          "                    break",
-          "                if th == TOMBSTONE and tomb < 0:",
-          "                    tomb = np.int64(d)",
-          "                d = (d + ONE) & mask",
-          "            if not found:",
+          "            d = h & mask"]
+    L += ["            " + line for line in _probe_lines("d", "d_hash", same)]
+    L += ["            if not found:",
           "                if tomb >= 0:",
           "                    d = np.uint64(tomb)",
           "                else:",
@@ -221,15 +218,8 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
               "            i = np.uint64(idx[j + k])"]
         L += ["            " + line for line in _input_lines(aggs)]
         L += ["            if present[s] == 0:",
-              "                present[s] = 1",
-              "                p = np.int64(s // ucap)",
-              "                d = s & mask",
-              f"                {col['__wend']}[s] = p_start[p] + size",
-              f"                {col['__ontime']}[s] = 1",
-              "                p_touched[p, p_count[p]] = np.int64(d)",
-              "                p_count[p] += 1",
-              "                refs[d] += 1",
-              "                created += 1"]
+              "                d = s & mask"]
+        L += ["                " + line for line in _create_lines(col, "p_start[p] + size")]
         L += ["                " + line for line in init]
         L += ["            " + line for line in body]
     else:
@@ -273,15 +263,8 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
               "                if st + size <= w:",
               "                    break",  # older windows end earlier: fired too
               "                s = np.uint64(bases[jw]) + d",
-              "                if present[s] == 0:",
-              "                    present[s] = 1",
-              "                    p = np.int64(s // ucap)",
-              f"                    {col['__wend']}[s] = st + size",
-              f"                    {col['__ontime']}[s] = 1",
-              "                    p_touched[p, p_count[p]] = np.int64(d)",
-              "                    p_count[p] += 1",
-              "                    refs[d] += 1",
-              "                    created += 1"]
+              "                if present[s] == 0:"]
+        L += ["                    " + line for line in _create_lines(col, "st + size")]
         L += ["                    " + line for line in init]
         L += ["                " + line for line in body]
     L += ["        j += done",

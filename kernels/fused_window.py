@@ -260,6 +260,24 @@ def _key_lines(n_keys: int, var: str) -> list[str]:
     return lines
 
 
+def _probe_lines(slot: str, hashes: str, same: str) -> list[str]:
+    """Linear probing from ``slot`` for hash ``h`` whose key words satisfy ``same``: sets
+    ``found`` (``slot`` then holds the key) or stops at an empty slot, remembering the
+    first freed one met in ``tomb`` (-1: none) for an insert to reuse."""
+    return ["tomb = np.int64(-1)",
+            "found = False",
+            "while True:",
+            f"    th = {hashes}[{slot}]",
+            "    if th == EMPTY:",
+            "        break",
+            f"    if th == h and {same}:",
+            "        found = True",
+            "        break",
+            "    if th == TOMBSTONE and tomb < 0:",
+            f"        tomb = np.int64({slot})",
+            f"    {slot} = ({slot} + ONE) & mask"]
+
+
 def _agg_blocks(aggs: tuple[FusedAgg, ...], col: dict[str, str]) -> tuple[list[str], list[str]]:
     """Every aggregation's lines for a new slot ``s``, and its loads, folds and stores of
     event ``i`` into slot ``s`` (all loads before any store: see :func:`_update_lines`)."""
@@ -339,20 +357,9 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "            any_open = True",
           "            ws = np.uint64(st)",
           "            h = _finish(_mix_word(hk, ws))",
-          "            s = h & mask",
-          "            tomb = np.int64(-1)",
-          "            found = False",
-          "            while True:",
-          "                th = t_hash[s]",
-          "                if th == EMPTY:",
-          "                    break",
-          f"                if th == h and {same}:",
-          "                    found = True",
-          "                    break",
-          "                if th == TOMBSTONE and tomb < 0:",
-          "                    tomb = np.int64(s)",
-          "                s = (s + ONE) & mask",
-          "            if not found:",
+          "            s = h & mask"]
+    L += ["            " + line for line in _probe_lines("s", "t_hash", same)]
+    L += ["            if not found:",
           "                if tomb >= 0:",
           "                    s = np.uint64(tomb)"]
     L += [f"                    {col[name]}[s] = {fill}" for name, fill in columns]

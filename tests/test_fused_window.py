@@ -187,6 +187,18 @@ def test_fused_rows_come_out_in_window_then_key_order(monkeypatch: pytest.Monkey
     assert order.equals(order.sort_values(["window_end", "window_start", *keys]))
 
 
+def _one_batch(n: int, span: int, disorder: int, late_share: float, keys: int,
+               seed: int) -> pa.Table:
+    """``n`` events over ``span`` ms, ``late_share`` of them up to ``disorder`` ms back,
+    ``keys`` keys, 5 % null ``v``: fed as one batch, so that the state grows inside it."""
+    rng = np.random.default_rng(seed)
+    ts = (np.sort(rng.integers(0, span, n))
+          - rng.integers(0, disorder, n) * (rng.random(n) < late_share))
+    return pa.table({"k": rng.integers(0, keys, n), "ts": ts,
+                     "v": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.05),
+                     "q": rng.integers(0, 9, n).astype(np.int32)})
+
+
 @pytest.mark.parametrize("paged", [True, False], ids=["pages", "table"])
 def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
         monkeypatch: pytest.MonkeyPatch, paged: bool) -> None:
@@ -197,12 +209,8 @@ def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
     monkeypatch.setattr(fused_mod, "PAGED", paged)
     monkeypatch.setattr(fused_mod, "FUSED_CHUNK", 64)
     monkeypatch.setenv("GPUSTREAM_CPU_THREADS", "2")
-    rng = np.random.default_rng(5)
     n = 20_000
-    ts = np.sort(rng.integers(0, 20_000, n)) - rng.integers(0, 800, n) * (rng.random(n) < 0.2)
-    table = pa.table({"k": rng.integers(0, 2000, n), "ts": ts,
-                      "v": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.05),
-                      "q": rng.integers(0, 9, n).astype(np.int32)})
+    table = _one_batch(n, span=20_000, disorder=800, late_share=0.2, keys=2000, seed=5)
     aggs = {"n": ("count", None), "sv": ("sum", "v"), "hq": ("max", "q"), "sd": ("std", "v")}
     rebuilds: list[int] = []
     real = FusedWindowAggOp._emit_popped
@@ -246,12 +254,8 @@ def test_the_paged_loop_stops_mid_block_and_resumes_at_that_event(
         return call
 
     monkeypatch.setattr(fused_mod, "dense_window_kernel", spy)
-    rng = np.random.default_rng(17)
     n = 12_000
-    ts = np.sort(rng.integers(0, 1500, n)) - rng.integers(0, 700, n) * (rng.random(n) < 0.3)
-    table = pa.table({"k": rng.integers(0, 9000, n), "ts": ts,
-                      "v": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.05),
-                      "q": rng.integers(0, 9, n).astype(np.int32)})
+    table = _one_batch(n, span=1500, disorder=700, late_share=0.3, keys=9000, seed=17)
     (got, late), (want, want_late) = _both(
         monkeypatch, table=table, engine="cpu", assigner=assigner, keys=("k",),
         aggs=AGGS, delay=200, batch_rows=n)
