@@ -47,6 +47,8 @@ class Metrics:
     unit: str = "ms"
     #: read on demand: late events and open windows, from the operators
     gauges: Callable[[], dict[str, int]] = field(default=lambda: {})
+    #: what the run is doing when it is not yet processing (e.g. compiling kernels)
+    phase: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def batch(self, events: int, seconds: float, watermark: int | None) -> None:
@@ -89,6 +91,8 @@ class Metrics:
         """(label, value) pairs for the live view and log lines."""
         rate_in, rate_out = self.rates()
         g = self.gauges()
+        if self.phase is not None:
+            yield "status", self.phase
         yield "events in", f"{self.events_in:,} ({rate_in:,.0f}/s)"
         yield "rows out", f"{self.events_out:,} ({rate_out:,.0f}/s)"
         yield "batches", f"{self.batches:,}"

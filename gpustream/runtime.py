@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from gpustream.batch import Batch
 from gpustream.checkpoint import Checkpoint, Checkpointing, CheckpointStore
+from gpustream.compilecache import compile_notice
 from gpustream.errors import PlanError
 from gpustream.ingest.deadletter import DeadLetter, DeadLetterFile, split_missing
 from gpustream.ingest.dictionary import StringDictionary
@@ -330,6 +331,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
             if n.event_time is not None:
                 t = n.source.schema().field(n.event_time).type
                 metrics.unit = t.unit if pa.types.is_timestamp(t) else "ms"
+        metrics.phase = compile_notice(plan)
     live = set(range(len(plan.sources)))
     runner = _Runner(plan, stats)
     ck = None
@@ -374,6 +376,8 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                 stats.events_in += batch.num_rows
                 stats.batches_in += 1
                 runner.push(pn, batch)
+                if metrics is not None:
+                    metrics.phase = None  # the first batch went through: compiled
                 watermark = getattr(pn.op, "current", None)
                 if watermark is not None and watermark != NO_WATERMARK:
                     runner.advance(pn, watermark)

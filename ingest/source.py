@@ -52,3 +52,12 @@ class Source(abc.ABC):
     def describe(self) -> str:
         """One line for ``explain()``."""
         return self.name
+
+    def lag(self) -> dict[str, int] | None:
+        """Records the source is behind its input, per part (a Kafka partition, a Redis
+        group's pending entries), or None where the source cannot tell.
+
+        Called from the pipeline thread while the source's iterator runs on its own
+        thread: implementations return numbers recorded by that thread, never block.
+        """
+        return None
