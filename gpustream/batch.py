@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpustream.ingest.dictionary import StringDictionary
+from gpustream.ingest.schema import logical_type
 
 if TYPE_CHECKING:
     from gpustream.backend import Backend
@@ -39,7 +40,7 @@ def physical_dtype(arrow_type: pa.DataType, *, column: str = "?") -> np.dtype:
     t = arrow_type
     if pa.types.is_dictionary(t):
         t = t.value_type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if _is_string(t):
         return np.dtype(np.int32)
     if pa.types.is_timestamp(t):
         return np.dtype(np.int64)
@@ -53,24 +54,19 @@ def physical_dtype(arrow_type: pa.DataType, *, column: str = "?") -> np.dtype:
     )
 
 
-def _logical_type(arrow_type: pa.DataType) -> pa.DataType:
-    if pa.types.is_dictionary(arrow_type):
-        arrow_type = arrow_type.value_type
-    if pa.types.is_large_string(arrow_type):
-        return pa.string()
-    return arrow_type
-
-
 def _is_string(arrow_type: pa.DataType) -> bool:
-    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+    return bool(pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+                or pa.types.is_string_view(arrow_type))
 
 
 def _column_from_arrow(
     name: str, arr: pa.Array, dictionaries: dict[str, StringDictionary]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    t = _logical_type(arr.type)
+    t = logical_type(arr.type)
     if _is_string(t):
         return dictionaries.setdefault(name, StringDictionary()).encode(arr)
+    if pa.types.is_dictionary(arr.type):  # numbers in a dictionary: their values
+        arr = arr.dictionary.take(arr.indices)
     valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
     if pa.types.is_boolean(t):
         values = pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
@@ -245,7 +241,7 @@ class Batch:
             values, valid = _column_from_arrow(name, arr, dicts)
             columns[name] = values
             validity[name] = valid
-            fields.append(pa.field(name, _logical_type(arr.type)))
+            fields.append(pa.field(name, logical_type(arr.type)))
         used = {k: dicts[k] for k in columns if k in dicts}
         return cls(columns, pa.schema(fields), validity, used)
 
@@ -350,7 +346,7 @@ class Batch:
         fields = []
         for name in df.columns:
             s = df[name]
-            arrow_type = _logical_type(s.dtype.to_arrow() if hasattr(s.dtype, "to_arrow")
+            arrow_type = logical_type(s.dtype.to_arrow() if hasattr(s.dtype, "to_arrow")
                                        else pa.from_numpy_dtype(s.dtype))
             if _is_string(arrow_type) or str(s.dtype) in ("object", "str", "string"):
                 codes, valid = dicts.setdefault(name, StringDictionary()).encode(s.to_arrow())

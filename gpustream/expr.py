@@ -183,7 +183,8 @@ class Expr:
         return FillNull(self, value)
 
     def cast(self, dtype: str | pa.DataType | np.dtype | type) -> Expr:
-        """Convert to another type (numbers, bool, timestamps).
+        """Convert to another type (numbers, bool, timestamps; strings of any encoding,
+        a dictionary or categorical among them, to ``"string"``).
 
         Parameters
         ----------
@@ -496,7 +497,10 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 
 def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_string_view(t))
 
 
 def _lit_type(value: Scalar) -> pa.DataType:
@@ -610,6 +614,8 @@ def expr_type(expr: Expr, schema: pa.Schema, where: str = "expression") -> pa.Da
     if isinstance(expr, Cast):
         t = expr_type(expr.operand, schema, where)
         to = expr.to
+        if _is_string(t) and _is_string(to):  # any string encoding: the same strings
+            return pa.string()
         if _is_string(t) or _is_string(to):
             raise PlanError(f"{where}: casting {_describe(expr.operand, t)} to {to} is not "
                             "supported; strings are dictionary codes and convert only to themselves")
@@ -744,6 +750,8 @@ def _eval(expr: Expr, batch: Batch, xp: ModuleType) -> Column:
         return Column(values, None)
     if isinstance(expr, Cast):
         c = _eval(expr.operand, batch, xp)
+        if c.dictionary is not None:  # strings to strings (plan-checked): as they are
+            return c
         dtype = physical_dtype(expr.to)
         if not hasattr(c.values, "astype"):
             return Column(np.asarray(c.values).astype(dtype)[()], None)

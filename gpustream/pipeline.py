@@ -15,6 +15,7 @@ from gpustream.checkpoint import Checkpointing
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import PlanError
 from gpustream.expr import Col, Expr, lit
+from gpustream.ingest.arrow import from_arrow
 from gpustream.ingest.deadletter import DeadLetterFile
 from gpustream.ingest.source import Source
 from gpustream.metrics import Metrics
@@ -133,7 +134,7 @@ class Pipeline:
 
     def source(
         self,
-        source: Source,
+        source: Source | Any,
         event_time: str | None = None,
         watermark: Watermark | None = None,
         name: str | None = None,
@@ -143,7 +144,9 @@ class Pipeline:
         Parameters
         ----------
         source
-            E.g. ``gs.from_arrow(table, batch_rows=...)``.
+            E.g. ``gs.read_parquet("bids/")``, ``gs.from_arrow(table, batch_rows=...)``,
+            or a DataFrame (pandas, Polars, cudf, a DuckDB relation, a ``pyarrow.Table``:
+            read as ``gs.from_arrow(df)``).
         event_time
             The event-time column (timestamp or int milliseconds); windows need it.
         watermark
@@ -160,11 +163,7 @@ class Pipeline:
         >>> s.schema.names
         ['ts']
         """
-        if not isinstance(source, Source):
-            raise PlanError(
-                f"Pipeline.source takes a source such as gs.from_arrow(...), got "
-                f"{type(source).__name__}"
-            )
+        source = _as_source(source, "Pipeline.source")
         if watermark is not None and not isinstance(watermark, Watermark):
             raise PlanError("Pipeline.source: watermark must be gs.Watermark.bounded(delay)")
         if name is None:
@@ -178,7 +177,7 @@ class Pipeline:
         self._source_names.add(name)
         return self._stream(node, schema)
 
-    def table(self, source: Source, key: str | list[str] | tuple[str, ...],
+    def table(self, source: Source | Any, key: str | list[str] | tuple[str, ...],
               name: str | None = None, changelog: Source | None = None,
               delete_column: str | None = None) -> TableNode:
         """A table for lookup joins (:meth:`Stream.join_table`), read whole from a bounded
@@ -198,9 +197,7 @@ class Pipeline:
         >>> people.key, people.name
         (('id',), 'table')
         """
-        if not isinstance(source, Source):
-            raise PlanError(f"Pipeline.table takes a source such as gs.read_parquet(...), got "
-                            f"{type(source).__name__}")
+        source = _as_source(source, "Pipeline.table")
         keys = (key,) if isinstance(key, str) else tuple(key)
         if not keys or not all(isinstance(k, str) for k in keys):
             raise PlanError("Pipeline.table: key= must name one or more columns")
@@ -561,9 +558,81 @@ class Stream:
         execute(plan, self._pipeline.name, None, self._pipeline._dead_letters())
         return sink.table()
 
+    def to_pandas(self, arrow_dtypes: bool = False) -> Any:
+        """:meth:`collect` as a ``pandas.DataFrame``.
+
+        With ``arrow_dtypes`` the columns are ``pd.ArrowDtype`` over the result's Arrow
+        buffers (no copy, nulls kept as nulls in every type); otherwise pandas' usual
+        dtypes as ``pyarrow.Table.to_pandas`` makes them (integers with nulls become
+        floats, strings objects), freeing the Arrow result as it converts.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> p.source(gs.from_arrow({"x": [1, None]})).to_pandas(arrow_dtypes=True).dtypes
+        x    int64[pyarrow]
+        dtype: object
+        """
+        import pandas as pd
+
+        table = self.collect()
+        if arrow_dtypes:
+            return table.to_pandas(types_mapper=pd.ArrowDtype)
+        return table.to_pandas(split_blocks=True, self_destruct=True)
+
+    def to_polars(self) -> Any:
+        """:meth:`collect` as a ``polars.DataFrame`` (Polars shares the Arrow buffers).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> p.source(gs.from_arrow({"s": ["a", None]})).to_polars()["s"].to_list()
+        ['a', None]
+        """
+        import polars as pl
+
+        return pl.from_arrow(self.collect(), rechunk=False)
+
+    def to_cudf(self) -> Any:
+        """:meth:`collect` as a ``cudf.DataFrame`` on the GPU (one host-to-device copy:
+        results are gathered on the host). Needs the ``cudf`` extra and a GPU.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"x": [1]}))
+        >>> try:
+        ...     print(s.to_cudf()["x"].to_arrow().to_pylist())
+        ... except ImportError as exc:  # no cudf here: the error says how to get it
+        ...     print("gpustream[cudf]" in str(exc))
+        True
+        """
+        try:
+            import cudf
+        except ImportError as exc:
+            raise ImportError("to_cudf needs cudf: pip install 'gpustream[cudf]' on a machine "
+                              "with an NVIDIA GPU; to_pandas() and to_polars() need none"
+                              ) from exc
+        return cudf.DataFrame.from_arrow(self.collect())
+
     def __repr__(self) -> str:
         cols = ", ".join(f"{f.name}: {f.type}" for f in self._schema)
         return f"Stream({self._node.label} of {self._pipeline.name!r}: [{cols}])"
+
+
+def _as_source(source: Any, where: str) -> Source:
+    """A source, or in-memory data (a DataFrame, an Arrow table) as ``gs.from_arrow``."""
+    if isinstance(source, Source):
+        return source
+    try:
+        return from_arrow(source)
+    except TypeError as exc:
+        raise PlanError(f"{where} takes a source such as gs.read_parquet(...) or "
+                        f"gs.from_arrow(...), or a DataFrame; got {type(source).__name__}"
+                        ) from exc
 
 
 def _sources_of(node: Node) -> list[SourceNode]:

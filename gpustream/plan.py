@@ -15,7 +15,8 @@ import pyarrow as pa
 from gpustream.aggs import Agg, agg_type
 from gpustream.batch import physical_dtype
 from gpustream.errors import PlanError
-from gpustream.expr import Col, Expr, expr_type
+from gpustream.expr import Cast, Col, Expr, expr_type
+from gpustream.ingest.schema import logical_schema
 from gpustream.ingest.source import Source
 from gpustream.watermark import Watermark
 from gpustream.windows import Session, Sliding, Tumbling, WindowAssigner
@@ -225,9 +226,9 @@ class TableNode:
 
     def schema(self) -> pa.Schema:
         """The table's columns, checked: the key columns exist and can be keys."""
-        schema = self.source.schema()
+        schema = logical_schema(self.source.schema())
         if self.changelog is not None:
-            log = self.changelog.source.schema()
+            log = logical_schema(self.changelog.source.schema())
             for f in schema:
                 if f.name not in log.names or log.field(f.name).type != f.type:
                     raise PlanError(f"table {self.name!r}: its changelog must carry every "
@@ -472,12 +473,13 @@ def lineage(node: Node) -> list[Node]:
 
 
 def _source_schema(node: SourceNode) -> pa.Schema:
-    schema = node.source.schema()
-    for f in schema:
+    raw = node.source.schema()
+    for f in raw:
         try:
             physical_dtype(f.type, column=f.name)
         except TypeError as exc:
             raise PlanError(f"{node.label} {node.name!r}: {exc}") from exc
+    schema = logical_schema(raw)  # dictionary columns are their values to every step
     if node.event_time is not None:
         if node.event_time not in schema.names:
             raise PlanError(
@@ -507,6 +509,8 @@ def _computed_fields(
     for name, e in node.exprs:
         where = f"{node.label} column {name!r}"
         t = expr_type(e, schema, where)
+        while isinstance(e, Cast):  # a string column cast to string is that column
+            e = e.operand
         if (pa.types.is_string(t) or pa.types.is_large_string(t)) and not isinstance(e, Col):
             raise PlanError(
                 f"{where}: a string literal can only be compared with a string column"

@@ -1,4 +1,4 @@
-"""In-memory Arrow data as a bounded source: ``gs.from_arrow(table, batch_rows=...)``."""
+"""In-memory Arrow data and DataFrames as a bounded source: ``gs.from_arrow(df, batch_rows=...)``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from gpustream.ingest.source import Source, SourceBatch
 
-__all__ = ["ArrowSource", "from_arrow"]
+__all__ = ["ArrowSource", "as_arrow_table", "from_arrow"]
 
 DEFAULT_BATCH_ROWS = 65_536
 
@@ -44,17 +44,60 @@ class ArrowSource(Source):
             start = stop
 
 
-def from_arrow(
-    data: pa.Table | pa.RecordBatch | Mapping[str, Any],
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-) -> ArrowSource:
-    """A bounded source over in-memory Arrow data.
+def as_arrow_table(data: Any, where: str = "from_arrow") -> pa.Table:
+    """``data`` as a ``pyarrow.Table``, without copying where the producer allows.
+
+    Accepts a ``pyarrow.Table``, ``RecordBatch`` or ``RecordBatchReader``, a mapping of
+    column name -> values, and any object that exports Arrow data through the Arrow
+    PyCapsule interface (``__arrow_c_stream__`` or ``__arrow_c_array__``): pandas and
+    Polars DataFrames, DuckDB relations, cudf DataFrames (copied to the host), nanoarrow
+    and others. Polars shares its buffers with Arrow; pandas converts as
+    ``pyarrow.Table.from_pandas`` does (a named or non-default index becomes a column).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> as_arrow_table(pd.DataFrame({"x": [1, 2], "s": pd.Categorical(["a", "b"])})).schema
+    x: int64
+    s: dictionary<values=...string, indices=int8, ordered=0>
+    >>> as_arrow_table([1, 2])
+    Traceback (most recent call last):
+    ...
+    TypeError: from_arrow takes a pyarrow.Table or RecordBatch, a dict of columns, or a DataFrame (pandas, Polars, cudf, a DuckDB relation: anything with __arrow_c_stream__), got list
+    """
+    if isinstance(data, pa.Table):
+        table = data
+    elif isinstance(data, pa.RecordBatch):
+        table = pa.Table.from_batches([data])
+    elif isinstance(data, pa.RecordBatchReader):
+        table = data.read_all()
+    elif isinstance(data, Mapping):
+        table = pa.table(dict(data))
+    elif hasattr(data, "__arrow_c_stream__") or hasattr(data, "__arrow_c_array__"):
+        table = pa.table(data)
+    elif type(data).__module__.startswith("cudf") and hasattr(data, "to_arrow"):
+        table = data.to_arrow()  # a cudf DataFrame of a release without the interface
+    else:
+        raise TypeError(
+            f"{where} takes a pyarrow.Table or RecordBatch, a dict of columns, or a "
+            "DataFrame (pandas, Polars, cudf, a DuckDB relation: anything with "
+            f"__arrow_c_stream__), got {type(data).__name__}")
+    if table.schema.metadata:  # pandas' and Polars' notes on the conversion
+        table = table.replace_schema_metadata(None)
+    return table
+
+
+def from_arrow(data: Any, batch_rows: int = DEFAULT_BATCH_ROWS) -> ArrowSource:
+    """A bounded source over in-memory Arrow data or a DataFrame.
 
     Parameters
     ----------
     data
-        A ``pyarrow.Table``, a ``pyarrow.RecordBatch``, or a mapping of column name ->
-        values that ``pyarrow.table`` accepts.
+        A ``pyarrow.Table``, ``RecordBatch`` or ``RecordBatchReader``, a mapping of
+        column name -> values that ``pyarrow.table`` accepts, or any DataFrame with the
+        Arrow PyCapsule interface (pandas, Polars, cudf, a DuckDB relation; see
+        :func:`as_arrow_table`). It is read once, when the source is made.
+        Dictionary-encoded (categorical) columns are read as their values.
     batch_rows
         Rows per micro-batch (the last one may be shorter).
 
@@ -66,16 +109,8 @@ def from_arrow(
     [2, 2, 1]
     >>> [b.offset for b in src.open()]
     [2, 4, 5]
+    >>> import polars as pl
+    >>> from_arrow(pl.DataFrame({"x": [1.5, 2.5]})).schema()
+    x: double
     """
-    if isinstance(data, pa.RecordBatch):
-        table = pa.Table.from_batches([data])
-    elif isinstance(data, pa.Table):
-        table = data
-    elif isinstance(data, Mapping):
-        table = pa.table(dict(data))
-    else:
-        raise TypeError(
-            f"from_arrow takes a pyarrow.Table, a pyarrow.RecordBatch or a dict of columns, "
-            f"got {type(data).__name__}; for pandas use pyarrow.Table.from_pandas(df)"
-        )
-    return ArrowSource(table, batch_rows)
+    return ArrowSource(as_arrow_table(data), batch_rows)

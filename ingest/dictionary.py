@@ -7,6 +7,8 @@ Arrow data, ready to be checkpointed. Kernels only ever see the codes.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,6 +18,12 @@ __all__ = ["StringDictionary"]
 
 class StringDictionary:
     """Maps strings to stable int32 codes; grows across batches.
+
+    One thread writes (:meth:`encode`: the stream's source thread) while others read
+    (operators on the pipeline thread). Each growth replaces :attr:`values` with a new,
+    immutable Arrow array, so a reader that takes ``values`` once holds a consistent
+    snapshot: every code of a batch encoded before that read is below ``len(values)``.
+    Readers must not read ``len(d)`` and ``d.values`` separately and assume they agree.
 
     Examples
     --------
@@ -30,10 +38,15 @@ class StringDictionary:
     ['b', 'a', None, 'b']
     >>> d.lookup("a"), d.lookup("zebra")
     (1, -1)
+    >>> cats = pa.DictionaryArray.from_arrays(pa.array([1, 0, None], pa.int8()), ["x", "c"])
+    >>> codes, valid = d.encode(cats)
+    >>> d.decode(codes, valid).to_pylist(), len(d)
+    (['c', 'x', None], 4)
     """
 
     def __init__(self, values: pa.Array | None = None) -> None:
         self._values: pa.Array = pa.array([], type=pa.large_string())
+        self._lock = threading.Lock()
         if values is not None:
             self.restore(values)
 
@@ -42,24 +55,31 @@ class StringDictionary:
 
     @property
     def values(self) -> pa.Array:
-        """The dictionary: code ``i`` stands for ``values[i]``."""
+        """The dictionary: code ``i`` stands for ``values[i]`` (an immutable snapshot)."""
         return self._values
 
     def encode(self, array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Codes (int32) and validity (None when there are no nulls) for a string array."""
+        """Codes (int32) and validity (None when there are no nulls) for a string array.
+
+        Plain, large and view strings and dictionary arrays of any index width are
+        accepted; a dictionary array is read through its own dictionary (its strings
+        looked up once, not per row), whatever dictionary earlier batches had.
+        """
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks()
         if not pa.types.is_dictionary(array.type):
             array = pc.dictionary_encode(array)
         local_dict = array.dictionary.cast(pa.large_string())
         local_idx = array.indices
-        pos = pc.index_in(local_dict, value_set=self._values)
-        missing = pos.is_null()
-        if pc.any(missing).as_py():
-            new_values = local_dict.filter(missing)
-            self._values = pa.concat_arrays([self._values, new_values])
+        with self._lock:
             pos = pc.index_in(local_dict, value_set=self._values)
-        remap = pos.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+            missing = pc.and_(pos.is_null(), local_dict.is_valid())
+            if pc.any(missing).as_py():
+                new_values = pc.unique(local_dict.filter(missing))
+                self._values = pa.concat_arrays([self._values, new_values])
+                pos = pc.index_in(local_dict, value_set=self._values)
+        # a null in the dictionary itself (Arrow allows it) is a null row
+        remap = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
         if array.null_count:
             idx = pc.fill_null(local_idx, 0).to_numpy(zero_copy_only=False)
             valid = local_idx.is_valid().to_numpy(zero_copy_only=False)
@@ -67,6 +87,10 @@ class StringDictionary:
             idx = local_idx.to_numpy(zero_copy_only=False)
             valid = None
         codes = remap[idx] if len(remap) else np.zeros(len(idx), dtype=np.int32)
+        if local_dict.null_count and len(codes):
+            null_value = codes < 0
+            valid = ~null_value if valid is None else valid & ~null_value
+            codes[null_value] = 0
         return codes.astype(np.int32, copy=False), valid
 
     def decode(self, codes: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import IngestError
 from gpustream.ingest.arrow import DEFAULT_BATCH_ROWS
-from gpustream.ingest.schema import conform
+from gpustream.ingest.schema import conform, logical_schema
 from gpustream.ingest.source import Source, SourceBatch
 
 __all__ = ["ArrowIpcSource", "ParquetSource", "expand_paths", "read_arrow_ipc", "read_parquet"]
@@ -84,7 +84,9 @@ class _ColumnarFiles(Source):
                 raise ValueError(f"{self.where}: column(s) {', '.join(missing)} are not in "
                                  f"{files[0]}; its columns are: {', '.join(full.names)}")
             full = pa.schema([full.field(c) for c in columns])
-        self._schema = full.remove_metadata()
+        #: the stream's schema: strings of any encoding are strings (each batch keeps
+        #: its own encoding: a dictionary is read as one, never decoded first)
+        self._schema = logical_schema(full.remove_metadata())
         self.columns = columns
 
     def file_schema(self, path: Path) -> pa.Schema:
@@ -131,7 +133,7 @@ class _ColumnarFiles(Source):
                                   f"of the first file's schema ({', '.join(self._schema.names)})"
                                   "; give files of one layout, or columns= that all have")
             try:
-                data = conform(rb, self._schema)
+                data = conform(rb, self._schema, keep_encoding=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
                 raise IngestError(f"{self.where}: {path} does not fit the first file's schema "
                                   f"({err}); its schema is {rb.schema}, the stream's is "

@@ -73,13 +73,15 @@ class _JoinBase(TwoInputOperator):
     # -- keys -----------------------------------------------------------------------------
     def _codes(self, c: int, stream: StringDictionary, codes: Any) -> Any:
         """A stream's codes of string key ``c`` in the join's own dictionary."""
+        values = stream.values  # one read: the source thread may grow it meanwhile
         known, mapping = self._maps.get((c, id(stream)), (0, None))
-        if mapping is None or known < len(stream):
-            new, _ = self.dicts[c].encode(stream.values[known:])
-            host = new.astype(np.int64) if mapping is None else np.concatenate(
-                [self.backend.to_host(mapping)[:known], new.astype(np.int64)])
-            mapping = self.backend.to_device(host if len(host) else np.zeros(1, np.int64))
-            self._maps[(c, id(stream))] = (len(stream), mapping)
+        if mapping is None or known < len(values):
+            new = self.backend.to_device(self.dicts[c].encode(values[known:])[0].astype(np.int64))
+            if mapping is None:
+                mapping = new if len(new) else self.backend.to_device(np.zeros(1, np.int64))
+            else:
+                mapping = self.xp.concatenate([mapping[:known], new])
+            self._maps[(c, id(stream))] = (len(values), mapping)
         return mapping[codes]
 
     def _rows(self, port: int, batch: Batch) -> _Rows | None:

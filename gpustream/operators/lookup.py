@@ -109,18 +109,31 @@ class LookupJoinOp(TwoInputOperator):
         self.rows += n
 
     def _codes(self, stream: StringDictionary, table: StringDictionary | None, codes: Any) -> Any:
-        """The stream's codes of a string key as the table's codes (-1: not in the table)."""
-        size = 0 if table is None else len(table)
-        known, known_table, mapping = self._maps.get(id(stream), (0, 0, None))
-        if known < len(stream) or known_table < size or mapping is None:
-            values = stream.values.cast(pa.large_string())
-            if table is None or not len(table):
-                host = np.full(len(values), -1, dtype=np.int64)
+        """The stream's codes of a string key as the table's codes (-1: not in the table).
+
+        The source thread grows ``stream`` while this runs: its values are read once (an
+        immutable snapshot holding every code of ``codes``) and only what that snapshot
+        holds is recorded as mapped. New stream strings are mapped incrementally; a
+        table that grew (a changelog) maps them all again.
+        """
+        values = stream.values  # one read: the snapshot and its length agree
+        table_values = None if table is None else table.values
+        size = 0 if table_values is None else len(table_values)
+        known, known_table, mapping = self._maps.get(id(stream), (0, -1, None))
+        if known < len(values) or known_table != size or mapping is None:
+            start = known if known_table == size and mapping is not None else 0
+            new = values[start:]
+            if table_values is None or not size:
+                host = np.full(len(new), -1, dtype=np.int64)
             else:
-                pos = pc.index_in(values, value_set=table.values)
+                pos = pc.index_in(new, value_set=table_values)
                 host = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-            mapping = self.backend.to_device(host if len(host) else np.full(1, -1, np.int64))
-            self._maps[id(stream)] = (len(stream), size, mapping)
+            if start:
+                assert mapping is not None
+                mapping = self.xp.concatenate([mapping[:start], self.backend.to_device(host)])
+            else:
+                mapping = self.backend.to_device(host if len(host) else np.full(1, -1, np.int64))
+            self._maps[id(stream)] = (len(values), size, mapping)
         return mapping[codes]
 
     # -- two inputs: the stream (0) and the table's changelog (1) ------------------------
