@@ -11,7 +11,8 @@ parse become dead letters with their partition and offset.
 
 The offset is ``{partition: next offset}`` for every partition; after a batch is handed
 over, it is committed for the group too (at-least-once on its own; checkpoints make it
-exactly-once by restoring their offsets).
+exactly-once by restoring their offsets). :meth:`KafkaSource.lag` gives each partition's
+consumer lag (high watermark - next offset) as of the last read.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class KafkaSource(Source):
         BadRecordGuard(max_bad_fraction, "kafka", format)  # checks the argument now
         self.parser: Parser | None = None
         self._avro: Any = None
+        self._lag: dict[str, int] | None = None
         if format == "avro":
             import fastavro
 
@@ -98,13 +100,26 @@ class KafkaSource(Source):
         """The schema given."""
         return self._schema
 
+    def lag(self) -> dict[str, int] | None:
+        """Records each partition (``"topic/partition"``) is behind: its high watermark
+        as of the last fetch minus the next offset to read; None before the first read.
+
+        Recorded by the reading thread after each ``consume``; this only reads that.
+
+        Examples
+        --------
+        >>> print(kafka("bids", "127.0.0.1:9092", schema={"ts": "timestamp[ms]"}).lag())
+        None
+        """
+        return self._lag
+
     def _consumer(self) -> Any:
         from confluent_kafka import Consumer
 
         conf = {"bootstrap.servers": self.bootstrap,
                 "group.id": self.group or "gpustream",
                 "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                "session.timeout.ms": 6000, **self.config}
+                "session.timeout.ms": 6000, "enable.partition.eof": True, **self.config}
         return Consumer(conf)
 
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
@@ -117,6 +132,7 @@ class KafkaSource(Source):
     def _batches(self, offset: Any) -> Iterator[SourceBatch]:
         from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+        self._lag = None
         consumer = self._consumer()
         try:
             meta = consumer.list_topics(self.topic, timeout=10)
@@ -131,28 +147,40 @@ class KafkaSource(Source):
                     [TopicPartition(self.topic, p) for p in parts], timeout=10) if tp.offset >= 0}
             start = {p: given.get(p, committed.get(p, OFFSET_BEGINNING)) for p in parts}
             consumer.assign([TopicPartition(self.topic, p, start[p]) for p in parts])
-            ends: dict[int, int] = {}
+            listed: dict[int, int] = {}
             if self.bounded:
                 for p in parts:
                     _, high = consumer.get_watermark_offsets(
                         TopicPartition(self.topic, p), timeout=10, cached=False)
-                    ends[p] = high
+                    listed[p] = high
+            ends = _Ends(self.topic, parts, listed)
             position = {p: max(start[p], 0) if start[p] >= 0 else 0 for p in parts}
             while True:
-                if self.bounded and all(position[p] >= ends[p] for p in parts):
+                if self.bounded and ends.done(position):
                     return
                 msgs = consumer.consume(self.max_rows, timeout=self.max_delay_s)
+                if self.bounded:
+                    ends.observe(consumer)
                 good = []
                 for m in msgs:
                     err = m.error()
+                    part = m.partition()
                     if err is None:
-                        if not self.bounded or m.offset() < ends[m.partition()]:
+                        if not self.bounded or m.offset() < ends.end(part):
                             good.append(m)
-                            position[m.partition()] = m.offset() + 1
-                    elif err.code() != KafkaError._PARTITION_EOF:
+                            position[part] = m.offset() + 1
+                        else:  # past the end: all before it has been seen
+                            position[part] = max(position[part], ends.end(part))
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        # read up to the high watermark: offsets held by no record the
+                        # consumer sees (transaction markers, compacted away) are passed too
+                        eof = min(m.offset(), ends.end(part)) if self.bounded else m.offset()
+                        position[part] = max(position[part], eof)
+                    else:
                         if err.fatal():
                             raise IngestError(f"kafka: {err.str()}")
                         log.warning("kafka %s: %s", self.topic, err.str())
+                self._lag = ends.lag(consumer, position)
                 if not good:
                     continue
                 result = self._fast_json(good) if self.format == "json" else None
@@ -232,6 +260,53 @@ class KafkaSource(Source):
         return isolate(len(values), avro, reject)
 
 
+class _Ends:
+    """Where a bounded read of each partition ends, and how far behind the reader is.
+
+    A bounded read ends at the larger of two high watermarks: the one ListOffsets gives at
+    the start (exact on Apache Kafka; some brokers, such as Tansu, give the last record
+    batch's base offset + 1 there) and the one the partition's first fetch response
+    carries (librdkafka keeps it; it counts every record of the batches fetched).
+    """
+
+    def __init__(self, topic: str, parts: list[int], listed: dict[int, int]) -> None:
+        self.topic, self.parts, self.listed = topic, parts, listed
+        self.fetched: dict[int, int] = {}
+
+    def _marks(self, consumer: Any, p: int) -> tuple[int, int]:
+        from confluent_kafka import TopicPartition
+
+        marks = consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+        return (int(marks[0]), int(marks[1])) if marks else (-1, -1)
+
+    def observe(self, consumer: Any) -> None:
+        """Note each partition's high watermark from its first fetch response."""
+        for p in self.parts:
+            if p not in self.fetched:
+                high = self._marks(consumer, p)[1]
+                if high >= 0:
+                    self.fetched[p] = high
+
+    def end(self, p: int) -> int:
+        """The offset partition ``p`` ends before (unbounded until it has been fetched)."""
+        if p not in self.fetched:
+            return 2**63 - 1
+        return max(self.listed.get(p, 0), self.fetched[p])
+
+    def done(self, position: dict[int, int]) -> bool:
+        """True when every partition has been read up to its end."""
+        return all(p in self.fetched and position[p] >= self.end(p) for p in self.parts)
+
+    def lag(self, consumer: Any, position: dict[int, int]) -> dict[str, int]:
+        """``{"topic/partition": high watermark - next offset}`` where it is known."""
+        out = {}
+        for p in self.parts:
+            low, high = self._marks(consumer, p)
+            if high >= 0:
+                out[f"{self.topic}/{p}"] = max(0, high - max(position[p], low))
+        return out
+
+
 def kafka(topic: str, bootstrap: str, schema: SchemaLike, group: str | None = None,
           format: str = "json", max_rows: int = 65_536,
           max_delay: Duration | None = "50ms", bounded: bool = False,
@@ -257,7 +332,10 @@ def kafka(topic: str, bootstrap: str, schema: SchemaLike, group: str | None = No
     max_rows, max_delay
         A batch closes at ``max_rows`` messages or ``max_delay`` (at most 1 s).
     bounded
-        End at the partitions' end offsets as of the start (a batch job over a topic).
+        End at the partitions' end offsets as of the start (a batch job over a topic):
+        the larger of the broker's listed end and the high watermark its first fetch
+        response for the partition reports, so every record there was is read whatever
+        the producer's batching.
     config
         More librdkafka settings (security, fetch sizes …).
     max_bad_fraction

@@ -9,7 +9,9 @@ cast to the column's type) or, with ``field=``, from one field holding a JSON ob
 Entries that do not fit become dead letters with their id.
 
 The offset is the id of the last entry read; :meth:`RedisStreamSource.open` given one
-resumes after it (moving the group there with ``XGROUP SETID``).
+resumes after it (moving the group there with ``XGROUP SETID``). With a group,
+:meth:`RedisStreamSource.lag` gives the entries the group has not finished, from
+``XINFO GROUPS`` sent with each read.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class RedisStreamSource(Source):
         self.bounded = bounded
         self.name = f"redis_stream({stream}{', group ' + group if group else ''})"
         self.parser: Parser | None = None
+        self._lag: dict[str, int] | None = None
         self.max_bad_fraction = max_bad_fraction
         BadRecordGuard(max_bad_fraction, "redis_stream", "entries")  # checks the argument
 
@@ -96,6 +99,7 @@ class RedisStreamSource(Source):
     def _batches(self, offset: Any) -> Iterator[SourceBatch]:
         import redis
 
+        self._lag = None
         r = redis.Redis.from_url(self.url)
         try:
             r.ping()
@@ -123,19 +127,24 @@ class RedisStreamSource(Source):
         to_ack: list[bytes] = []
         try:
             while True:
-                if to_ack and self.group is not None:
-                    r.xack(self.stream, self.group, *to_ack)
-                    to_ack = []
                 reply: Any
                 if self.group is not None:
-                    reply = r.xreadgroup(self.group, self.consumer,
-                                         {self.stream: "0" if pending else ">"},
-                                         count=self.max_rows,
-                                         block=None if pending else self.block_ms)
+                    # one round trip: the last batch's XACK, the read, the group's standing
+                    pipe = r.pipeline(transaction=False)
+                    if to_ack:
+                        pipe.xack(self.stream, self.group, *to_ack)
+                    pipe.xreadgroup(self.group, self.consumer,
+                                    {self.stream: "0" if pending else ">"},
+                                    count=self.max_rows, block=None if pending else self.block_ms)
+                    pipe.xinfo_groups(self.stream)
+                    *_, reply, groups = pipe.execute()
                 else:
                     reply = r.xread({self.stream: last or "0"}, count=self.max_rows,
                                     block=self.block_ms)
+                to_ack = []
                 entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1] if reply else []
+                if self.group is not None:
+                    self._lag = self._group_lag(groups, len(entries))
                 if pending and not entries:
                     pending = False
                     continue
@@ -157,6 +166,32 @@ class RedisStreamSource(Source):
             if to_ack and self.group is not None:
                 r.xack(self.stream, self.group, *to_ack)
             r.close()
+
+    def lag(self) -> dict[str, int] | None:
+        """Entries of the stream its group has not finished, ``{stream: n}``: those not yet
+        delivered to the group plus those delivered but not acknowledged (held by another
+        consumer or left by a reader that died), less the batch in hand. As of the last
+        read; None without a group, before the first read or where the server cannot
+        tell (Redis before 7, or a group moved to an arbitrary id until it catches up).
+
+        Examples
+        --------
+        >>> print(redis_stream("redis://127.0.0.1:6379/0", "clicks", group="counts",
+        ...                    schema={"ts": "timestamp[ms]"}).lag())
+        None
+        """
+        return self._lag
+
+    def _group_lag(self, groups: list[dict[str, Any]], in_hand: int) -> dict[str, int] | None:
+        assert self.group is not None
+        name = self.group.encode()
+        for g in groups:
+            if g.get("name") in (name, self.group):
+                undelivered, held = g.get("lag"), g.get("pending")
+                if undelivered is None or held is None:
+                    return None
+                return {self.stream: max(0, int(undelivered) + int(held) - in_hand)}
+        return None
 
     def _parse(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> ParseResult:
         def reject(i: int, err: Exception) -> DeadLetter:

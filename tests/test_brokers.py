@@ -79,16 +79,25 @@ def _topic(bootstrap: str, name: str, partitions: int) -> None:
         f.result(timeout=20)
 
 
-def _produce(bootstrap: str, topic: str, values: Sequence[tuple[int, bytes | None]]) -> None:
+def _produce(bootstrap: str, topic: str,
+             values: Sequence[tuple[int, bytes | None]]) -> dict[int, int]:
+    """Produce with the producer's default batching (linger, batch size); returns each
+    partition's end offset as the broker's delivery reports give it."""
     from confluent_kafka import Producer
 
-    # one record per produce batch: Tansu reports a partition's end offset as the last
-    # record batch's base offset + 1, which is only right for one-record batches
-    producer = Producer({"bootstrap.servers": bootstrap, "batch.num.messages": 1,
-                         "linger.ms": 0})
+    producer = Producer({"bootstrap.servers": bootstrap})
+    ends: dict[int, int] = {}
+    failed: list[Any] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failed.append(err)
+        else:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
     for partition, value in values:
-        producer.produce(topic, value, partition=partition)
-    assert producer.flush(20) == 0
+        producer.produce(topic, value, partition=partition, on_delivery=delivered)
+    assert producer.flush(20) == 0 and not failed, failed
+    return ends
 
 
 def _by_partition(events: list[dict[str, Any]], parts: int) -> list[tuple[int, dict[str, Any]]]:
@@ -98,7 +107,9 @@ def _by_partition(events: list[dict[str, Any]], parts: int) -> list[tuple[int, d
 def test_kafka_json_yields_every_record_in_order_per_partition(kafka: str) -> None:
     _topic(kafka, "cards", 3)
     events = _events(3000, seed=1)
-    _produce(kafka, "cards", [(p, json.dumps(e).encode()) for p, e in _by_partition(events, 3)])
+    ends = _produce(kafka, "cards",
+                    [(p, json.dumps(e).encode()) for p, e in _by_partition(events, 3)])
+    assert ends == {0: 1000, 1: 1000, 2: 1000}
     src = gs.kafka("cards", kafka, schema=SCHEMA, max_rows=500, bounded=True)
     batches = list(src.open())
     got = _rows(batches)
@@ -107,6 +118,47 @@ def test_kafka_json_yields_every_record_in_order_per_partition(kafka: str) -> No
         assert [r for r in got if r["n"] % 3 == part] == [e for e in events if e["n"] % 3 == part]
     assert batches[-1].offset == {"0": 1000, "1": 1000, "2": 1000}
     assert not any(b.rejects for b in batches)
+
+
+def test_kafka_bounded_reads_every_batched_record_and_stops_at_the_end_as_of_the_start(
+        kafka: str) -> None:
+    # the producer batches thousands of records together: a broker may list a partition's
+    # end as the last batch's base offset + 1 (Tansu does), far short of the real end
+    _topic(kafka, "batched", 1)
+    events = _events(5000, seed=13)
+    ends = _produce(kafka, "batched", [(0, json.dumps(e).encode()) for e in events])
+    assert ends == {0: 5000}
+    it = gs.kafka("batched", kafka, schema=SCHEMA, max_rows=700, bounded=True).open()
+    first = next(it)
+    # records written after the read started are past its end
+    _produce(kafka, "batched", [(0, json.dumps(e).encode()) for e in _events(300, seed=14)])
+    time.sleep(1.0)  # long enough for the consumer's next fetches to see them
+    batches = [first, *it]
+    assert _rows(batches) == events
+    assert batches[-1].offset == {"0": 5000}
+
+
+def test_kafka_lag_is_each_partitions_end_less_the_next_offset_to_read(kafka: str) -> None:
+    _topic(kafka, "lagging", 3)
+    events = _events(3000, seed=15)
+    _produce(kafka, "lagging", [(p, json.dumps(e).encode()) for p, e in _by_partition(events, 3)])
+    src = gs.kafka("lagging", kafka, schema=SCHEMA, max_rows=100)
+    assert src.lag() is None  # nothing read yet
+    it = src.open()
+    first = next(it)
+    lag = src.lag()  # the partitions fetched so far: at least the one this batch came from
+    assert lag is not None and lag, lag
+    for label, behind in lag.items():
+        part = label.removeprefix("lagging/")
+        assert behind == 1000 - first.offset[part], (label, lag, first.offset)
+    got = [first]
+    for b in it:
+        got.append(b)
+        if sum(x.data.num_rows for x in got) >= 3000:
+            break
+    it.close()  # type: ignore[attr-defined]
+    assert len(_rows(got)) == 3000
+    assert src.lag() == {"lagging/0": 0, "lagging/1": 0, "lagging/2": 0}
 
 
 def test_kafka_resumes_from_offsets_and_commits_for_its_group(kafka: str) -> None:
@@ -259,6 +311,30 @@ def test_redis_stream_fields_as_columns_with_group_and_acks(redis_url: str) -> N
                             bounded=True)
     assert _rows(list(again.open(batches[1].offset))) == events[600:]
     r.close()
+
+
+def test_redis_stream_lag_is_what_the_group_has_not_finished(redis_url: str) -> None:
+    import redis
+
+    events = _events(1000, seed=16)
+    _xadd(redis_url, "backlog", events)
+    r = redis.Redis.from_url(redis_url)
+    r.xgroup_create("backlog", "g", id="0")
+    r.xreadgroup("g", "dead", {"backlog": ">"}, count=40)  # taken by a reader that died
+    r.close()
+    src = gs.redis_stream(redis_url, "backlog", group="g", consumer="w", schema=SCHEMA,
+                          max_rows=300, bounded=True)
+    assert src.lag() is None  # nothing read yet
+    it = src.open()
+    first = next(it)
+    assert first.data.num_rows == 300
+    # 660 not yet delivered + the dead reader's 40 (the batch in hand is not behind)
+    assert src.lag() == {"backlog": 700}
+    rest = list(it)
+    assert len(_rows([first, *rest])) == 960
+    assert src.lag() == {"backlog": 40}  # only the dead reader's entries are left
+    plain = gs.redis_stream(redis_url, "backlog", schema=SCHEMA, bounded=True)
+    assert len(_rows(list(plain.open()))) == 1000 and plain.lag() is None  # no group: no lag
 
 
 def test_redis_stream_redelivers_what_a_dead_reader_did_not_ack(redis_url: str) -> None:
