@@ -1,29 +1,49 @@
 """Run metrics: what the live view shows and the Prometheus endpoint serves.
 
-The runtime updates a :class:`Metrics` after every batch (cheap: counters, one latency
-sample). Gauges that live in the operators (open windows, late events) are read when
-someone looks: the live view's refresh, or a scrape of ``/metrics``.
+The runtime updates a :class:`Metrics` after every batch, cheaply: a few counters, one
+latency histogram bucket, a slot of a ring of recent latencies and, at most every
+``SAMPLE_EVERY_S``, a slot of a ring of (time, events in, rows out, watermark) samples,
+from which the live view takes its rates over the last ``RECENT_S`` seconds. Nothing is
+allocated per batch. Gauges that live in the operators (open windows, late events) are
+read when someone looks: the live view's refresh, or a scrape of ``/metrics``; each
+source's lag (records behind its input, per part) is set by the runtime from
+:meth:`gpustream.ingest.source.Source.lag`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Metrics", "serve_prometheus"]
+__all__ = ["LATENCY_BUCKETS_S", "RECENT_S", "SAMPLE_EVERY_S", "Metrics", "serve_prometheus"]
 
 _UNIT_MS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
+
+#: upper bounds (seconds) of the batch latency histogram's buckets (+Inf is implied)
+LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: rates (events per second, event seconds per wall second) are over this many seconds
+RECENT_S = 10.0
+#: at most one (time, counts, watermark) sample this often
+SAMPLE_EVERY_S = 0.25
+#: a watermark this close to wall-clock time is "live": the view shows its lag
+NEAR_NOW_S = 86_400.0
+_SAMPLES = 64  # ring of samples: >= RECENT_S / SAMPLE_EVERY_S + slack
+_LATENCIES = 1024  # ring of recent batch latencies, for the live view's p50/p99
 
 
 @dataclass
 class Metrics:
-    """Counters and recent batch latencies of one run.
+    """Counters, a batch latency histogram and recent samples of one run.
+
+    ``clock`` (monotonic seconds) and ``wall_clock`` (epoch seconds) are there for
+    tests; the defaults are :func:`time.monotonic` and :func:`time.time`.
 
     Examples
     --------
@@ -32,6 +52,8 @@ class Metrics:
     ...     m.batch(1000, s, watermark=5_000)
     >>> m.events_in, m.latency_ms(0.5), m.watermark_ms
     (4000, 25.0, 5000.0)
+    >>> m.latency_buckets()[-1], m.latency_sum_s()
+    (('+Inf', 4), 0.56)
     """
 
     pipeline: str
@@ -41,37 +63,136 @@ class Metrics:
     batches: int = 0
     bad_records: int = 0
     watermark_ms: float | None = None
-    started: float = field(default_factory=time.monotonic)
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     #: event-time unit of the watermark ("ms" unless the event-time column says otherwise)
     unit: str = "ms"
     #: read on demand: late events and open windows, from the operators
     gauges: Callable[[], dict[str, int]] = field(default=lambda: {})
     #: what the run is doing when it is not yet processing (e.g. compiling kernels)
     phase: str | None = None
+    #: records behind per source and part ({source: {part: records}}), for the sources
+    #: that can tell; the runtime replaces the whole dict every so often
+    source_lag: dict[str, dict[str, int]] = field(default_factory=dict)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    wall_clock: Callable[[], float] = field(default=time.time, repr=False)
+    started: float = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _latencies: np.ndarray = field(default_factory=lambda: np.zeros(_LATENCIES), repr=False)
+    _n_latencies: int = field(default=0, repr=False)
+    _buckets: list[int] = field(
+        default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1), repr=False)
+    _latency_sum: float = field(default=0.0, repr=False)
+    #: rows of (monotonic time, events in, rows out, watermark ms or NaN)
+    _samples: np.ndarray = field(
+        default_factory=lambda: np.full((_SAMPLES, 4), np.nan), repr=False)
+    _n_samples: int = field(default=0, repr=False)
+    _last_sample: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+        self._sample(self.started)
+
+    def _sample(self, now: float) -> None:
+        """Record (now, counts, watermark) in the ring; the caller holds the lock."""
+        row = self._samples[self._n_samples % _SAMPLES]
+        row[0] = now
+        row[1] = self.events_in
+        row[2] = self.events_out
+        row[3] = np.nan if self.watermark_ms is None else self.watermark_ms
+        self._n_samples += 1
+        self._last_sample = now
 
     def batch(self, events: int, seconds: float, watermark: int | None) -> None:
-        """One input batch went through the pipeline in ``seconds``."""
+        """One input batch of ``events`` went through the pipeline in ``seconds``;
+        ``watermark`` is the source's watermark after it, in the event-time unit."""
+        now = self.clock()
         with self._lock:
             self.events_in += events
             self.batches += 1
-            self.latencies.append(seconds)
+            self._latencies[self._n_latencies % _LATENCIES] = seconds
+            self._n_latencies += 1
+            self._buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+            self._latency_sum += seconds
             if watermark is not None:
                 self.watermark_ms = watermark * _UNIT_MS.get(self.unit, 1.0)
+            if now - self._last_sample >= SAMPLE_EVERY_S:
+                self._sample(now)
 
     def latency_ms(self, q: float) -> float:
         """The ``q`` quantile of recent batch latencies, in milliseconds (0 before any)."""
         with self._lock:
-            if not self.latencies:
-                return 0.0
-            return float(np.quantile(np.fromiter(self.latencies, float), q) * 1e3)
+            recent = self._latencies[:min(self._n_latencies, _LATENCIES)].copy()
+        return float(np.quantile(recent, q) * 1e3) if len(recent) else 0.0
+
+    def latency_buckets(self) -> list[tuple[str, int]]:
+        """Cumulative batch latency histogram: (upper bound in seconds, batches at or
+        under it), the last bound ``+Inf``, as Prometheus wants them."""
+        from prometheus_client.utils import floatToGoString
+
+        with self._lock:
+            counts = list(self._buckets)
+        bounds = [*LATENCY_BUCKETS_S, float("inf")]
+        return [(floatToGoString(b), int(c)) for b, c in zip(bounds, np.cumsum(counts),
+                                                              strict=True)]
+
+    def latency_sum_s(self) -> float:
+        """Total seconds of all batches (the histogram's sum)."""
+        with self._lock:
+            return self._latency_sum
+
+    def _recent(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(now, the sample to measure from, samples since it): the newest sample at
+        least ``RECENT_S`` old, or the oldest one when the run is younger than that."""
+        now = self.clock()
+        with self._lock:
+            s = self._samples[:min(self._n_samples, _SAMPLES)].copy()
+        s = s[np.argsort(s[:, 0])]
+        old = np.flatnonzero(s[:, 0] <= now - RECENT_S)
+        i = int(old[-1]) if len(old) else 0
+        return now, s[i], s[i:]
+
+    def rates(self) -> tuple[float, float]:
+        """Events in and rows out per second over the last ``RECENT_S`` seconds.
+
+        Examples
+        --------
+        >>> t = [0.0]
+        >>> m = Metrics("doc", "cpu", clock=lambda: t[0])
+        >>> for t[0] in range(1, 31):  # 1,000 events a second for 20 s, then 100
+        ...     m.batch(1000 if t[0] <= 20 else 100, 0.001, None)
+        >>> m.rates()[0]  # the last 10 s, not since the start
+        100.0
+        """
+        now, base, _ = self._recent()
+        dt = now - base[0]
+        if dt <= 0:
+            return 0.0, 0.0
+        return float((self.events_in - base[1]) / dt), float((self.events_out - base[2]) / dt)
+
+    def event_time_rate(self) -> float | None:
+        """Event-time seconds the watermark advanced per wall-clock second, over the last
+        ``RECENT_S`` seconds (None until it has been measured over at least a second).
+
+        Examples
+        --------
+        >>> t = [0.0]
+        >>> m = Metrics("doc", "cpu", clock=lambda: t[0])
+        >>> for t[0] in range(1, 6):  # each wall second, a minute of event time
+        ...     m.batch(100, 0.001, watermark=60_000 * t[0])
+        >>> m.event_time_rate()
+        60.0
+        """
+        now, _, since = self._recent()
+        wm = self.watermark_ms
+        seen = since[~np.isnan(since[:, 3])]
+        if wm is None or not len(seen) or now - seen[0, 0] < 1.0:
+            return None
+        return float((wm - seen[0, 3]) / 1e3 / (now - seen[0, 0]))
 
     def lag_s(self) -> float | None:
         """How far the watermark is behind wall-clock time (event times in epoch units)."""
         if self.watermark_ms is None:
             return None
-        return time.time() - self.watermark_ms / 1e3
+        return self.wall_clock() - self.watermark_ms / 1e3
 
     def gpu_memory(self) -> tuple[int, int] | None:
         """(used, total) bytes of cupy's memory pool on the cuda backend."""
@@ -82,10 +203,52 @@ class Metrics:
         pool = cupy.get_default_memory_pool()
         return int(pool.used_bytes()), int(pool.total_bytes())
 
-    def rates(self) -> tuple[float, float]:
-        """Events in and rows out per second since the start."""
-        dt = max(time.monotonic() - self.started, 1e-9)
-        return self.events_in / dt, self.events_out / dt
+    def event_time(self) -> str:
+        """The live view's event-time row: the watermark as a UTC time and, while replaying
+        history, how fast it advances; the lag behind wall-clock time when it is live.
+
+        Examples
+        --------
+        >>> m = Metrics("doc", "cpu", wall_clock=lambda: 1_767_225_602.5)
+        >>> m.batch(10, 0.001, watermark=1_767_225_600_000)
+        >>> m.event_time()
+        '2026-01-01 00:00:00 UTC, 2.5 s behind wall clock'
+        """
+        if self.watermark_ms is None:
+            return "(no watermark yet)"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.watermark_ms / 1e3))
+        lag = self.lag_s()
+        if lag is not None and abs(lag) <= NEAR_NOW_S:
+            return f"{stamp}, {lag:,.1f} s behind wall clock"
+        rate = self.event_time_rate()
+        if rate is None:
+            return stamp
+        if rate <= 0:
+            return f"{stamp}, not advancing"
+        return f"{stamp}, {rate:,.0f}x real time" if rate >= 10 else (
+            f"{stamp}, {rate:.2g}x real time")
+
+    def lag_text(self) -> str | None:
+        """The live view's source-lag row (None when no source can tell its lag).
+
+        Examples
+        --------
+        >>> m = Metrics("doc", "cpu")
+        >>> m.source_lag = {"bids": {"0": 900, "1": 40, "2": 0}, "people": {"pending": 3}}
+        >>> m.lag_text()
+        'bids 940 records behind (3 parts, most in 0: 900); people 3 records behind'
+        """
+        lags = self.source_lag
+        if not lags:
+            return None
+        out = []
+        for name, parts in lags.items():
+            text = f"{name} {sum(parts.values()):,} records behind"
+            if len(parts) > 1:
+                most = max(parts, key=lambda k: parts[k])
+                text += f" ({len(parts)} parts, most in {most}: {parts[most]:,})"
+            out.append(text)
+        return "; ".join(out)
 
     def rows(self) -> Iterator[tuple[str, str]]:
         """(label, value) pairs for the live view and log lines."""
@@ -97,12 +260,10 @@ class Metrics:
         yield "rows out", f"{self.events_out:,} ({rate_out:,.0f}/s)"
         yield "batches", f"{self.batches:,}"
         yield "batch latency", f"p50 {self.latency_ms(0.5):.1f} ms, p99 {self.latency_ms(0.99):.1f} ms"
-        lag = self.lag_s()
-        if self.watermark_ms is None:
-            yield "watermark", "(none yet)"
-        else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.watermark_ms / 1e3))
-            yield "watermark", f"{stamp} UTC (lag {lag:,.1f} s)"
+        yield "event time", self.event_time()
+        lag = self.lag_text()
+        if lag is not None:
+            yield "source lag", lag
         yield "open windows", f"{g.get('open_windows', 0):,}"
         yield "late events", f"{g.get('late_events', 0):,}"
         yield "dead letters", f"{self.bad_records:,}"
@@ -115,10 +276,78 @@ class Metrics:
         return f"{self.pipeline}: " + "; ".join(f"{k} {v}" for k, v in self.rows())
 
 
+def _families(metrics: Metrics) -> Iterator[Any]:
+    """The Prometheus metric families of ``metrics``, read now."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    labels = ["pipeline"]
+    value = [metrics.pipeline]
+    g = metrics.gauges()
+    for name, doc, v in [
+        ("gpustream_events_in", "Events read from the sources.", metrics.events_in),
+        ("gpustream_events_out", "Rows written to the sinks.", metrics.events_out),
+        ("gpustream_batches", "Input batches processed.", metrics.batches),
+        ("gpustream_late_events", "Events too late for all their windows (dropped).",
+         g.get("late_events", 0)),
+        ("gpustream_bad_records", "Records that could not be read, sent to the dead letters.",
+         metrics.bad_records),
+    ]:
+        c = CounterMetricFamily(name, doc, labels=labels)
+        c.add_metric(value, v)
+        yield c
+    h = HistogramMetricFamily(
+        "gpustream_batch_latency_seconds",
+        "Seconds from taking an input batch to its results in the sinks.", labels=labels,
+        unit="seconds")
+    h.add_metric(value, metrics.latency_buckets(), metrics.latency_sum_s())
+    yield h
+    gauges: list[tuple[str, str, str, float]] = [
+        ("gpustream_open_windows", "Windows holding state.", "", g.get("open_windows", 0)),
+    ]
+    wm = metrics.watermark_ms
+    if wm is not None:
+        gauges.append(("gpustream_watermark_timestamp_seconds",
+                       "The watermark: event time (seconds since the epoch) up to which "
+                       "the input is complete.", "seconds", wm / 1e3))
+        lag = metrics.lag_s()
+        if lag is not None and abs(lag) <= NEAR_NOW_S:  # replaying history: meaningless
+            gauges.append(("gpustream_watermark_lag_seconds",
+                           "Wall-clock time minus the watermark (only while the watermark "
+                           "is within a day of now).", "seconds", lag))
+    mem = metrics.gpu_memory()
+    if mem is not None:
+        gauges.append(("gpustream_gpu_memory_used_bytes", "Bytes in use in cupy's memory pool.",
+                       "bytes", mem[0]))
+        gauges.append(("gpustream_gpu_memory_pooled_bytes",
+                       "Bytes held by cupy's memory pool.", "bytes", mem[1]))
+    for name, doc, unit, fv in gauges:
+        gauge = GaugeMetricFamily(name, doc, labels=labels, unit=unit)
+        gauge.add_metric(value, fv)
+        yield gauge
+    lags = metrics.source_lag
+    if lags:
+        gauge = GaugeMetricFamily(
+            "gpustream_source_lag_records",
+            "Records a source is behind its input, per part (Kafka: consumer lag per "
+            "partition; Redis: the group's pending entries).",
+            labels=["pipeline", "source", "part"], unit="records")
+        for source, parts in lags.items():
+            for part, n in parts.items():
+                gauge.add_metric([metrics.pipeline, source, part], n)
+        yield gauge
+
+
 def serve_prometheus(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Any:
     """Serve ``metrics`` in Prometheus text format at ``http://host:port/metrics``.
 
     Binds to loopback unless told otherwise. Returns the server (``.shutdown()`` stops it).
+    Counters end in ``_total``, batch latency is a histogram
+    (``gpustream_batch_latency_seconds``), per-source lag is
+    ``gpustream_source_lag_records{pipeline, source, part}``.
 
     Examples
     --------
@@ -133,50 +362,12 @@ def serve_prometheus(metrics: Metrics, port: int, host: str = "127.0.0.1") -> An
     >>> server.shutdown(); server.server_close()
     """
     from prometheus_client import CollectorRegistry
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import make_wsgi_app
     from prometheus_client.registry import Collector
 
     class _Collector(Collector):
         def collect(self) -> Iterator[Any]:
-            labels = ["pipeline"]
-            value = [metrics.pipeline]
-            g = metrics.gauges()
-            for name, doc, v in [
-                ("gpustream_events_in", "Events read from the sources.", metrics.events_in),
-                ("gpustream_events_out", "Rows written to the sinks.", metrics.events_out),
-                ("gpustream_batches", "Input batches processed.", metrics.batches),
-                ("gpustream_late_events", "Events too late for all their windows.",
-                 g.get("late_events", 0)),
-                ("gpustream_bad_records", "Records sent to the dead letters.",
-                 metrics.bad_records),
-            ]:
-                c = CounterMetricFamily(name, doc, labels=labels)
-                c.add_metric(value, v)
-                yield c
-            gauges: list[tuple[str, str, float]] = [
-                ("gpustream_open_windows", "Windows holding state.", g.get("open_windows", 0)),
-                ("gpustream_batch_latency_p50_seconds", "Median batch latency (recent).",
-                 metrics.latency_ms(0.5) / 1e3),
-                ("gpustream_batch_latency_p99_seconds", "p99 batch latency (recent).",
-                 metrics.latency_ms(0.99) / 1e3),
-            ]
-            for name, doc, fv in gauges:
-                gauge = GaugeMetricFamily(name, doc, labels=labels)
-                gauge.add_metric(value, fv)
-                yield gauge
-            lag = metrics.lag_s()
-            if lag is not None:
-                gauge = GaugeMetricFamily("gpustream_watermark_lag_seconds",
-                                          "Wall-clock time minus the watermark.", labels=labels)
-                gauge.add_metric(value, lag)
-                yield gauge
-            mem = metrics.gpu_memory()
-            if mem is not None:
-                gauge = GaugeMetricFamily("gpustream_gpu_memory_used_bytes",
-                                          "Bytes in use in cupy's memory pool.", labels=labels)
-                gauge.add_metric(value, mem[0])
-                yield gauge
+            return _families(metrics)
 
     registry = CollectorRegistry()
     registry.register(_Collector())

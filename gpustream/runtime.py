@@ -30,6 +30,8 @@ from gpustream.watermark import NO_WATERMARK
 __all__ = ["RunStats", "execute"]
 
 log = logging.getLogger("gpustream")
+#: how often the runtime reads its sources' lag() for the metrics (seconds)
+_LAG_EVERY_S = 0.5
 
 
 
@@ -212,6 +214,23 @@ def _gauges(plan: PhysicalPlan) -> dict[str, int]:
     return {"late_events": late, "open_windows": open_windows}
 
 
+def _source_lag(nodes: list[SourceNode]) -> dict[str, dict[str, int]]:
+    """Each source's records behind its input, per part, for the sources that can tell.
+
+    Examples
+    --------
+    >>> import gpustream as gs
+    >>> _source_lag([SourceNode(gs.from_arrow({"x": [1]}), name="a")])
+    {}
+    """
+    out: dict[str, dict[str, int]] = {}
+    for n in nodes:
+        lag = n.source.lag()
+        if lag is not None:
+            out[n.name] = dict(lag)
+    return out
+
+
 def _all_nodes(plan: PhysicalPlan) -> list[tuple[str, PhysicalNode]]:
     """Every operator with a stable id (traversal order + label), for checkpoints."""
     out: list[tuple[str, PhysicalNode]] = []
@@ -345,9 +364,13 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
         [_ingest(n, n.source.open(o), st, d)
          for n, st, o, d in zip(nodes, stagers, offsets, dicts, strict=True)],
         capacity=2 + 2 * len(nodes), names=[n.name for n in nodes])
+    lag_next = 0.0  # sources' lag() is read on this thread, at most every _LAG_EVERY_S
     try:
         try:
             for arrival in threads:
+                if metrics is not None and (now := time.monotonic()) >= lag_next:
+                    lag_next = now + _LAG_EVERY_S
+                    metrics.source_lag = _source_lag(nodes)
                 i = arrival.index
                 pn = plan.sources[i]
                 if arrival.done:
@@ -407,6 +430,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
         if metrics is not None:  # what the end of the sources fired
             metrics.events_out = stats.events_out
             metrics.bad_records = stats.bad_records
+            metrics.source_lag = _source_lag(nodes)
     finally:
         threads.close()
         stats.elapsed_s = time.perf_counter() - started
