@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.kernels.cache import CACHE
 from gpustream.kernels.hashing import hash_u64
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
@@ -33,7 +34,7 @@ def _take(valid, r):  # type: ignore[no-untyped-def]
 
 # ---- count -----------------------------------------------------------------------------
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _count_cpu(cnt, slots, rows, valid):  # type: ignore[no-untyped-def]
     for a in range(slots.shape[0]):
         s = slots[a]
@@ -52,7 +53,7 @@ def _count_cuda(cnt, slots, rows, valid):  # type: ignore[no-untyped-def]
 
 # ---- sum (int64 or float64 accumulators) -----------------------------------------------
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _sum_cpu(acc, nn, slots, rows, values, valid):  # type: ignore[no-untyped-def]
     for a in range(slots.shape[0]):
         s = slots[a]
@@ -78,7 +79,7 @@ def _sum_cuda(acc, nn, slots, rows, values, valid):  # type: ignore[no-untyped-d
 
 # ---- min / max --------------------------------------------------------------------------
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _minmax_cpu(acc, nn, slots, rows, values, valid, is_max):  # type: ignore[no-untyped-def]
     for a in range(slots.shape[0]):
         s = slots[a]
@@ -109,7 +110,7 @@ def _minmax_cuda(acc, nn, slots, rows, values, valid, is_max):  # type: ignore[n
 
 # ---- moments for mean / var / std (shifted by a per-slot pivot) ------------------------
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _moments_cpu(nn, s1, s2, pivot, slots, rows, values, valid):  # type: ignore[no-untyped-def]
     for a in range(slots.shape[0]):
         s = slots[a]
@@ -151,7 +152,7 @@ def _hll_position(bits, p):  # type: ignore[no-untyped-def]
     return idx, rank
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _hll_cpu(regs, reg_row, slots, rows, bits, valid, p):  # type: ignore[no-untyped-def]
     for a in range(slots.shape[0]):
         s = slots[a]

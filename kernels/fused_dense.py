@@ -39,8 +39,9 @@ from typing import Any
 import numba
 import numpy as np
 
+from gpustream.kernels.cache import CACHE, generated_kernel
 from gpustream.kernels.fused_window import (
-    _NAMESPACE,
+    _PRELUDE,
     FusedAgg,
     _agg_blocks,
     _input_lines,
@@ -334,14 +335,13 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     >>> sorted(int(n[p * 8 + int(p_touched[p, 0])]) for p in range(3))
     [1, 1, 2]
     """
-    ns = dict(_NAMESPACE)
-    ns["BLOCK"] = BLOCK
-    exec(compile(_source(n_keys, aggs, columns, tumbling),
-                 f"<gpustream dense window {n_keys} keys>", "exec"), ns)
-    return numba.njit(nogil=True, cache=False)(ns["dense"])
+    prelude = _PRELUDE.replace("fused_window:", "fused_dense:") + (
+        "from gpustream.kernels.fused_dense import BLOCK\n\n\n")
+    return generated_kernel(prelude + _source(n_keys, aggs, columns, tumbling), "dense",
+                            "fused_dense", nogil=True)
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _pop_pages(pages, cap, size, p_start, p_live, p_count, p_touched, present, block, fill_row,  # type: ignore[no-untyped-def]
                d_hash, d_keys, refs, rows, keys, freed):
     width = block.shape[1]

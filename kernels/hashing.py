@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.kernels.cache import CACHE
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
 __all__ = ["hash_row", "hash_rows", "hash_u64", "widen_keys"]
@@ -79,7 +80,7 @@ def hash_row(keys, i):  # type: ignore[no-untyped-def]
     return (hi << _S32) | lo
 
 
-@numba.njit(cache=False, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def _hash_rows_cpu(keys, out):  # type: ignore[no-untyped-def]
     for i in range(out.shape[0]):
         out[i] = hash_row(keys, i)

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.kernels.cache import CACHE
 from gpustream.kernels.prefetch import PREFETCH_DISTANCE, _prefetch
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
@@ -56,7 +57,7 @@ def _keys_equal(t_keys, s, keys, i):  # type: ignore[no-untyped-def]
     return True
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _upsert_cpu(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new):  # type: ignore[no-untyped-def]
     mask = np.uint64(t_hash.shape[0] - 1)
     created = 0
@@ -131,7 +132,7 @@ def _find(t_hash, t_keys, hashes, keys, i):  # type: ignore[no-untyped-def]
     return -1
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _lookup_cpu(t_hash, t_keys, hashes, keys, out):  # type: ignore[no-untyped-def]
     # a probe side walks a large table at random: start loading the lines of the row
     # PREFETCH_DISTANCE ahead so that the misses of many rows overlap
@@ -183,7 +184,7 @@ def lookup(table: tuple[Any, Any, Any], hashes: Any, keys: Any, on_device: bool)
     return out
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _release_cpu(t_hash, slots):  # type: ignore[no-untyped-def]
     mask = np.int64(t_hash.shape[0] - 1)
     n = 0

@@ -19,6 +19,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from gpustream.kernels.cache import CACHE
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
 __all__ = ["expand_pairs"]
@@ -26,7 +27,7 @@ __all__ = ["expand_pairs"]
 cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _expand_cpu(first, counts, starts, out_probe, out_build):  # type: ignore[no-untyped-def]
     for i in range(counts.shape[0]):
         base = first[i]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from gpustream.kernels.cache import CACHE
+
 __all__ = ["M1", "auctions", "bids", "persons"]
 
 FIRST_ID = 1000
@@ -44,7 +46,7 @@ def _bids_before(x, total, pp, ap):  # type: ignore[no-untyped-def]
     return epoch * (total - pp - ap) + max(off - pp - ap, 0)
 
 
-@numba.njit(nogil=True, cache=False, parallel=True)
+@numba.njit(nogil=True, cache=CACHE, parallel=True)
 def bids(first, last, seed, total, pp, ap, in_flight, active, hot_a, hot_b, delay_us, base,  # type: ignore[no-untyped-def]
          auction, bidder, price, channel, ts):
     """Bids among events ``first..last``, in event order; returns how many.
@@ -104,7 +106,7 @@ def _letters(seed, e, draw0, out, row, col0, width):  # type: ignore[no-untyped-
         out[row, col0 + k] = 97 + _pick(_uniform(seed, e, draw0 + k), 26)
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def persons(first, last, seed, total, pp, n_first, n_last, n_city, n_state, delay_us, base,  # type: ignore[no-untyped-def]
             ids, first_name, last_name, city, state, email, card, ts):
     """People among events ``first..last``: ids, name/city/state indices, email, card."""
@@ -136,7 +138,7 @@ def persons(first, last, seed, total, pp, n_first, n_last, n_city, n_state, dela
     return n
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def auctions(first, last, seed, total, pp, ap, active, hot_s, ahead, delay_us, base,  # type: ignore[no-untyped-def]
              ids, name, desc, initial, reserve, ts, expires, seller, category):
     """Auctions among events ``first..last``; ``ahead``: events until 100 more auctions."""

@@ -4,7 +4,8 @@
 compiled, and numba's CUDA target is not even imported, until the kernel is first
 launched (``kernel[blocks, threads](*args)``) or compiled to PTX by
 :mod:`gpustream.kernels.ptx`. The signatures are the argument types the engine launches
-it with; CI compiles each of them for sm_80 and sm_90.
+it with; CI compiles each of them for sm_80 and sm_90. Compiled kernels are cached on
+disk, once per machine and compute capability (:mod:`~gpustream.kernels.cache`).
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ class CudaKernel:
 
     @property
     def dispatcher(self) -> Any:
-        """The ``numba.cuda.jit`` dispatcher (created on first use)."""
+        """The ``numba.cuda.jit`` dispatcher (created on first use), cached on disk where
+        :func:`~gpustream.kernels.cache.cuda_cache` allows."""
         if self._dispatcher is None:
             from numba import cuda
 
-            self._dispatcher = cuda.jit(self.bind())
+            from gpustream.kernels.cache import cuda_cache
+
+            self._dispatcher = cuda.jit(self.bind(), cache=cuda_cache())
         return self._dispatcher
 
     def __getitem__(self, config: tuple[int, int]) -> Any:

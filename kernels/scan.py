@@ -18,6 +18,7 @@ import numpy as np
 from numba import types as nt
 from numba.extending import register_jitable
 
+from gpustream.kernels.cache import CACHE
 from gpustream.kernels.registry import cuda_kernel
 
 __all__ = ["INT64_MIN", "exclusive_prefix_max", "watermarks_cpu"]
@@ -30,7 +31,7 @@ CHUNK = THREADS * ITEMS
 cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _scan_cpu(ts, valid, carry, out):  # type: ignore[no-untyped-def]
     running = carry
     has_valid = valid.shape[0] > 0
@@ -41,7 +42,7 @@ def _scan_cpu(ts, valid, carry, out):  # type: ignore[no-untyped-def]
     return running
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _watermarks_cpu(ts, valid, carry, delay, out):  # type: ignore[no-untyped-def]
     running = carry
     has_valid = valid.shape[0] > 0

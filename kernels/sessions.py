@@ -21,6 +21,7 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.kernels.cache import CACHE
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
 __all__ = ["DEAD", "FREE", "LIVE", "sessionize"]
@@ -111,7 +112,7 @@ def _segment(g, seg_pos, seg_end, order, ts, wm, kslot, gap, lateness, split, rn
     seg_pos[g] = stop
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _sessionize_cpu(seg_pos, seg_end, order, ts, wm, kslot, gap, lateness, split, rnd, base,  # type: ignore[no-untyped-def]
                     head, s_start, s_end, s_next, s_state, s_into, s_kslot, s_dirty, s_rev,
                     s_emit, ev_sess, ev_round):

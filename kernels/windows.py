@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.kernels.cache import CACHE
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
 __all__ = ["DROPPED", "LATE", "NO_TIME", "ON_TIME", "assign_windows", "window_start"]
@@ -65,7 +66,7 @@ def _assign_event(i, ts, valid, wm, size, slide, offset, lateness, nwin, starts,
         status[a] = NO_TIME if no_time else _status(st + size, wm[i], lateness)
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def _assign_cpu(ts, valid, wm, size, slide, offset, lateness, nwin, starts, status):  # type: ignore[no-untyped-def]
     # events arrive nearly in time order: the last window start usually holds the next
     # event too, which saves the 64-bit division of window_start (most of the cost)
