@@ -45,7 +45,7 @@ class StringDictionary:
     """
 
     def __init__(self, values: pa.Array | None = None) -> None:
-        self._values: pa.Array = pa.array([], type=pa.large_string())
+        self._values: pa.Array = pa.nulls(0, pa.large_string())  # (pa.array would load pandas)
         self._lock = threading.Lock()
         if values is not None:
             self.restore(values)
@@ -79,13 +79,9 @@ class StringDictionary:
                 self._values = pa.concat_arrays([self._values, new_values])
                 pos = pc.index_in(local_dict, value_set=self._values)
         # a null in the dictionary itself (Arrow allows it) is a null row
-        remap = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-        if array.null_count:
-            idx = pc.fill_null(local_idx, 0).to_numpy(zero_copy_only=False)
-            valid = local_idx.is_valid().to_numpy(zero_copy_only=False)
-        else:
-            idx = local_idx.to_numpy(zero_copy_only=False)
-            valid = None
+        remap = _ints(pos, -1).astype(np.int32, copy=False)
+        idx = _ints(local_idx, 0)
+        valid = local_idx.is_valid().to_numpy(zero_copy_only=False) if array.null_count else None
         codes = remap[idx] if len(remap) else np.zeros(len(idx), dtype=np.int32)
         if local_dict.null_count and len(codes):
             null_value = codes < 0
@@ -95,8 +91,14 @@ class StringDictionary:
 
     def decode(self, codes: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
         """The strings (``pa.string()``) for host codes, with nulls where ``valid`` is False."""
-        mask = None if valid is None else ~np.asarray(valid, dtype=bool)
-        indices = pa.array(np.asarray(codes, dtype=np.int32), mask=mask)
+        codes = np.ascontiguousarray(codes, dtype=np.int32)
+        bitmap, nulls = None, 0
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            nulls = len(valid) - int(np.count_nonzero(valid))
+            bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+        indices = pa.Array.from_buffers(pa.int32(), len(codes), [bitmap, pa.py_buffer(codes)],
+                                        null_count=nulls)
         return self._values.take(indices).cast(pa.string())
 
     def lookup(self, value: str) -> int:
@@ -112,3 +114,19 @@ class StringDictionary:
     def restore(self, values: pa.Array) -> None:
         """Replace the dictionary with a snapshot."""
         self._values = values.cast(pa.large_string())
+
+
+def _ints(arr: pa.Array, null: int) -> np.ndarray:
+    """An integer Arrow array's values as numpy (a view where it has no nulls), ``null``
+    where it is null. Read from its buffers: ``pc.fill_null`` and ``pa.array`` of numpy
+    data make pyarrow import pandas, half a second of every run's start."""
+    dtype = np.dtype(f"{'u' if pa.types.is_unsigned_integer(arr.type) else 'i'}"
+                     f"{arr.type.bit_width // 8}")
+    if not len(arr):
+        return np.zeros(0, dtype=dtype)
+    values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=arr.offset + len(arr))
+    values = values[arr.offset:]
+    if arr.null_count:
+        return np.where(arr.is_valid().to_numpy(zero_copy_only=False), values,
+                        values.dtype.type(null))
+    return values
