@@ -1,17 +1,23 @@
 """The ``gpustream`` command line (typer + rich).
 
-Exit codes: 0 ok, 2 a bad spec or bad arguments (found before anything runs), 1 a
-failure while running, 130 stopped by Ctrl-C (cleanly, with a summary).
+Exit codes: 0 ok, 2 a bad spec or bad arguments (found before anything runs, every
+error of a spec at once), 1 a failure while running (or, for ``info``, an engine this
+machine cannot run), 130 stopped by Ctrl-C and 143 stopped by SIGTERM (both cleanly:
+sources stopped, sinks closed, the summary printed).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from gpustream.errors import GpustreamError
 
@@ -28,10 +34,84 @@ generate_app = typer.Typer(help="Generate test data.", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
 
 ENGINE_HELP = "auto, cpu or cuda (overrides the spec; GPUSTREAM_ENGINE overrides both)."
+#: exit statuses of a clean stop: 128 + the signal's number, as a shell reports it
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 
 class Interrupted(Exception):
-    """The run was stopped by Ctrl-C."""
+    """The run was stopped by Ctrl-C or SIGTERM."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: a run stops the way it does on Ctrl-C."""
+
+
+_terminated = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if _terminated.is_set():
+        return  # the first one is already stopping the run: let it close the sinks
+    _terminated.set()
+    raise Terminated
+
+
+def handle_sigterm() -> None:
+    """Make SIGTERM stop like Ctrl-C: sources stop, sinks close, the summary is printed,
+    and the exit status is 143 (128 + SIGTERM, what ``docker stop`` and Kubernetes
+    report for a process that ended on SIGTERM; not 0, so a Job stopped mid-stream is not
+    taken as done). Only the first SIGTERM raises; later ones are ignored while it stops.
+    No-op off the main thread, where Python cannot install signal handlers.
+
+    Examples
+    --------
+    >>> import signal
+    >>> before = signal.getsignal(signal.SIGTERM)
+    >>> handle_sigterm()
+    >>> signal.getsignal(signal.SIGTERM).__name__
+    '_on_sigterm'
+    >>> _ = signal.signal(signal.SIGTERM, before)
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _stopped_status() -> int:
+    return EXIT_SIGTERM if _terminated.is_set() else EXIT_SIGINT
+
+
+def _say(console: Console, label: str, style: str, message: str) -> None:
+    """``label: message``, the message printed as is (no rich markup in it)."""
+    console.print(Text.assemble((f"{label}:", style), " ", message), highlight=False,
+                  soft_wrap=True)
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+    import platform
+
+    found = []
+    for dist in ("gpustream", "numba", "pyarrow"):
+        try:
+            found.append(md.version(dist))
+        except md.PackageNotFoundError:
+            found.append("not installed")
+    return (f"gpustream {found[0]} (numba {found[1]}, pyarrow {found[2]}, "
+            f"python {platform.python_version()})")
+
+
+def _version_option(value: bool) -> None:
+    if value:
+        Console().print(_versions(), highlight=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_version_option,
+                                 is_eager=True, help="Print the versions and exit."),
+) -> None:
+    """Event-time stream processing on NVIDIA GPUs, with numba CPU twins."""
 
 
 class RunFailed(GpustreamError, RuntimeError):
@@ -44,20 +124,26 @@ def run(
     engine: str = typer.Option(None, help=ENGINE_HELP),
     checkpoint_dir: Path = typer.Option(None, help="Where checkpoints go (overrides the spec)."),
     max_events: int = typer.Option(None, help="Stop after this many input events."),
-    metrics_port: int = typer.Option(None, help="Serve Prometheus metrics on this port."),
-    metrics_host: str = typer.Option("127.0.0.1", help="Address for --metrics-port."),
+    metrics_port: int = typer.Option(None, envvar="GPUSTREAM_METRICS_PORT",
+                                     help="Serve Prometheus metrics on this port."),
+    metrics_host: str = typer.Option("127.0.0.1", envvar="GPUSTREAM_METRICS_HOST",
+                                     help="Address for --metrics-port (0.0.0.0: every "
+                                          "interface, as the container image sets)."),
     live: bool = typer.Option(True, help="Show the live view (a log line per interval "
                                          "when stdout is not a terminal)."),
 ) -> None:
-    """Run a pipeline spec until its bounded sources end (or Ctrl-C)."""
+    """Run a pipeline spec until its bounded sources end (or Ctrl-C, or SIGTERM).
+
+    Ctrl-C and SIGTERM stop it cleanly (sources stopped, sinks closed, the summary printed) with exit status 130 and 143.
+    """
     from gpustream.live import LiveView
     from gpustream.metrics import Metrics, serve_prometheus
-    from gpustream.spec import build_pipeline, checkpointing_from_spec, load_spec
+    from gpustream.spec import check_spec
 
-    parsed, where = load_spec(spec)
-    p = build_pipeline(parsed, where, engine)
-    checkpoint = checkpointing_from_spec(parsed, where,
-                                         None if checkpoint_dir is None else str(checkpoint_dir))
+    checked = check_spec(spec, engine,
+                         checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
+    checked.raise_errors()
+    p, checkpoint = checked.pipeline, checked.checkpoint
     console = Console()
     console.print(f"[bold]{p.name}[/bold] on {p.backend.describe()}", highlight=False)
     metrics = Metrics(p.name, p.backend.name)
@@ -82,16 +168,33 @@ def run(
         console.print(f"resumed from checkpoint {stats.restored_checkpoint}", highlight=False)
     console.print(stats.summary(), highlight=False, soft_wrap=True)
     if stats.interrupted:
+        if _terminated.is_set():
+            console.print("stopped by SIGTERM", highlight=False)
         raise Interrupted
 
 
 @app.command()
 def validate(spec: Path = typer.Argument(..., help="The pipeline spec (YAML).")) -> None:
-    """Check a spec (fields, expressions, columns and types, windows) without running it."""
-    from gpustream.spec import pipeline_from_spec
+    """Check a spec (fields, expressions, columns and types, windows) without running it.
 
-    p = pipeline_from_spec(spec, "cpu")
-    Console().print(f"{spec}: ok (pipeline {p.name!r})", highlight=False, soft_wrap=True)
+    Every error is reported, each with file:line and the field, and the exit status is then 2. The input files are not needed: a missing one is an error naming its path field, or, for a CSV/JSONL source whose schema: gives every column, a warning, the rest of the spec being checked against that schema. Nothing runs; no GPU is used.
+    """
+    from gpustream.spec import check_spec
+
+    checked = check_spec(spec, "cpu", need_inputs=False)
+    err = Console(stderr=True)
+    for w in checked.warnings:
+        _say(err, "warning", "yellow", w)
+    if checked.errors:
+        for e in checked.errors:
+            _say(err, "error", "red", e)
+        n = len(checked.errors)
+        err.print(f"{spec}: {n} error{'s' if n > 1 else ''}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    n = len(checked.warnings)
+    note = f", {n} warning{'s' if n > 1 else ''}" if n else ""
+    Console().print(f"{spec}: ok (pipeline {checked.name!r}){note}", highlight=False,
+                    soft_wrap=True)
 
 
 @app.command()
@@ -102,20 +205,33 @@ def explain(
     """Print the plan, the backend that would run it and, on fallback, why."""
     from gpustream.spec import pipeline_from_spec
 
-    Console().print(pipeline_from_spec(spec, engine).explain(), highlight=False)
+    Console().print(pipeline_from_spec(spec, engine).explain(), highlight=False, markup=False)
 
 
 @app.command()
 def info(
     engine: str = typer.Option("auto", help="Engine to probe: auto, cpu or cuda."),
 ) -> None:
-    """Which backend would run, the GPU (name, memory, driver, compute capability), versions."""
+    """Which backend would run, the GPU (name, memory, driver, compute capability), versions.
+
+    Exits 1, saying why, when the engine asked for cannot run on this machine (--engine cuda without a usable GPU): the question is valid but this machine cannot serve it, as `run` then exits 1; exit 2 is kept for bad arguments (--engine tpu). So `gpustream info --engine cuda` checks a GPU node or container.
+    """
+    from gpustream.backend import ENGINES
     from gpustream.info import environment_report
 
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"{engine!r} is not one of {', '.join(ENGINES)}",
+                                 param_hint="--engine")
     console = Console()
-    for line in environment_report(engine).lines():
+    report = environment_report(engine)
+    for line in report.lines():
         key, _, value = line.partition(": ")
-        console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+        console.print(Text.assemble((key, "bold"), ": ", value), highlight=False,
+                      soft_wrap=True)
+    if report.backend == "none":
+        _say(Console(stderr=True), "error", "red",
+             f"engine {engine!r} cannot run on this machine: {report.reason}")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -172,18 +288,22 @@ def generate_nexmark(
 
 
 def main() -> None:
-    """Entry point: exit 2 for a bad spec or arguments, 1 for a runtime failure."""
+    """Entry point: exit 2 for a bad spec or arguments, 1 for a runtime failure, 130 and
+    143 for a clean stop on Ctrl-C and SIGTERM."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    handle_sigterm()
     try:
-        app(standalone_mode=False)
+        # typer returns typer.Exit's code rather than raising it, and turns a
+        # KeyboardInterrupt (Ctrl-C or SIGTERM outside a run's loop) into 130
+        status = app(standalone_mode=False)
     except Interrupted:
-        sys.exit(130)
+        sys.exit(_stopped_status())
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted", highlight=False)
-        sys.exit(130)
+        status = EXIT_SIGINT
     except GpustreamError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False,
-                                  soft_wrap=True)
+        err = Console(stderr=True)
+        for message in getattr(exc, "messages", [str(exc)]):
+            _say(err, "error", "red", message)
         sys.exit(2 if isinstance(exc, ValueError) else 1)
     except (typer.Exit, typer.Abort) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
@@ -193,9 +313,14 @@ def main() -> None:
             if hasattr(exc, "show"):
                 exc.show()
             sys.exit(code)
-        Console(stderr=True).print(f"[red]failed:[/red] {type(exc).__name__}: {exc}",
-                                   highlight=False, soft_wrap=True)
+        _say(Console(stderr=True), "failed", "red", f"{type(exc).__name__}: {exc}")
         sys.exit(1)
+    if status == EXIT_SIGINT:
+        Console(stderr=True).print("stopped by SIGTERM" if _terminated.is_set() else
+                                   "interrupted", highlight=False)
+        sys.exit(_stopped_status())
+    if isinstance(status, int):
+        sys.exit(status)
 
 
 if __name__ == "__main__":

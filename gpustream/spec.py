@@ -6,14 +6,24 @@ parsed by :mod:`gpustream.exprtext`, never evaluated. Every error names the file
 line, the field and a fix, and is raised before anything runs::
 
     spec.yaml:14: steps[2].agg.x: unknown aggregation 'avgg'; did you mean 'avg'?
+
+Checking goes on past an error, so one run reports them all: a section whose structure
+is wrong is left out of the later checks, and after a step that fails the later steps
+are still parsed (syntax, function and aggregation names, windows) though no longer
+checked against columns and types. :func:`check_spec` with ``need_inputs=False`` (what
+``gpustream validate`` does) needs no input file: a text source whose ``schema:`` gives
+every column is checked against that schema, with a warning, when its file is missing.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,17 +31,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gpustream.errors import GpustreamError, PlanError
 from gpustream.exprtext import parse_agg, parse_expr
 
-__all__ = ["Spec", "SpecError", "build_pipeline", "load_spec", "pipeline_from_spec"]
+__all__ = ["Spec", "SpecCheck", "SpecError", "build_pipeline", "check_spec", "load_spec",
+           "pipeline_from_spec"]
 
 Duration = str | int
+T = TypeVar("T")
 
 
 class SpecError(PlanError):
-    """A spec that cannot run, with where (file, line, field) and how to fix it."""
+    """A spec that cannot run, with where (file, line, field) and how to fix it.
+
+    ``messages`` holds every error found, one ``file:line: field: message`` each (the
+    exception's text is them joined by newlines).
+
+    Examples
+    --------
+    >>> err = SpecError("two errors", ["a.yaml:3: sink: is required", "a.yaml:5: x: y"])
+    >>> err.messages[1]
+    'a.yaml:5: x: y'
+    """
+
+    def __init__(self, message: str, messages: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.messages = list(messages) if messages else [message]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class SourceSpec(_Model):
@@ -68,6 +97,7 @@ class SourceSpec(_Model):
     events: int | None = None
     seed: int = 0
     rate: float = 10_000.0
+    pace: bool = False
     # tables (joins)
     key: str | list[str] | None = None
     changelog: SourceSpec | None = None
@@ -151,37 +181,135 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return out
 
 
+class _Skip(Exception):
+    """A check that cannot go on for a reason already reported (nothing new to say)."""
+
+
 class _Where:
+    """The spec file, the line of each field, and what checking it has found so far."""
+
     def __init__(self, file: str, lines: dict[tuple[Any, ...], int]) -> None:
         self.file, self.lines = file, lines
         self.base = Path(file).resolve().parent
+        self.messages: list[str] = []
+        self.warnings: list[str] = []
+        #: top-level sections whose structure is wrong: reported, left out of later checks
+        self.bad: set[str] = set()
+        #: False (``gpustream validate``): a missing text input with a full schema warns
+        self.need_inputs = True
 
     def line(self, path: tuple[Any, ...]) -> int:
         while path and path not in self.lines:
             path = path[:-1]
         return self.lines.get(path, 1)
 
+    def at(self, path: tuple[Any, ...], msg: str) -> str:
+        return f"{self.file}:{self.line(path)}: {_dotted(path) or '(top)'}: {msg}"
+
     def error(self, path: tuple[Any, ...], msg: str) -> SpecError:
-        return SpecError(f"{self.file}:{self.line(path)}: {_dotted(path) or '(top)'}: {msg}")
+        return SpecError(self.at(path, msg))
+
+    def note(self, err: SpecError) -> None:
+        self.messages += [m for m in err.messages if m not in self.messages]
+
+    def warn(self, path: tuple[Any, ...], msg: str) -> None:
+        self.warnings.append(self.at(path, msg))
+
+    def raise_errors(self) -> None:
+        """Raise one :class:`SpecError` with every error noted, if there is any."""
+        if self.messages:
+            raise SpecError("\n".join(self.messages), self.messages)
+
+    def attempt(self, path: tuple[Any, ...], fn: Callable[..., T], *args: Any) -> T | None:
+        """``fn(*args)``, or None after noting its error (an API error is placed at
+        ``path``)."""
+        try:
+            return fn(*args)
+        except _Skip:
+            return None
+        except SpecError as err:
+            self.note(err)
+        except (GpustreamError, ValueError, TypeError) as err:
+            self.note(self.error(path, str(err).removeprefix(f"{_dotted(path)}: ")))
+        return None
 
 
-def _pydantic_error(err: ValidationError, base: tuple[Any, ...], where: _Where,
-                    model: type[BaseModel]) -> SpecError:
-    e = err.errors()[0]
-    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in
-                                            ("SinkSpec", "list[SinkSpec]")))
+def _gather(checks: list[Callable[[], Any]]) -> list[Any]:
+    """Run every check; raise one SpecError with all their messages if any failed."""
+    out: list[Any] = []
+    messages: list[str] = []
+    for check in checks:
+        try:
+            out.append(check())
+        except SpecError as err:
+            messages += err.messages
+    if messages:
+        raise SpecError("\n".join(messages), messages)
+    return out
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic's name for a branch of a union in an error's location (``SinkSpec``,
+    ``list[str]``, ``int``): never a field name, which is lower-case snake case."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part
+                                      or part[:1].isupper())
+
+
+#: what each of pydantic's type errors expected, for a union's combined message
+_EXPECTED = {"model_type": "a mapping", "model_attributes_type": "a mapping",
+             "dict_type": "a mapping", "list_type": "a list", "string_type": "a string",
+             "int_type": "an integer", "int_parsing": "an integer", "float_type": "a number",
+             "float_parsing": "a number", "bool_type": "true or false",
+             "bool_parsing": "true or false"}
+
+
+def _pydantic_errors(err: ValidationError, base: tuple[Any, ...], where: _Where,
+                     model: type[BaseModel]) -> SpecError:
+    """Every error of a validation, one message each. Of a union (``sink:`` a mapping or
+    a list, a duration a string or an integer), the branches this input did not take are
+    left out, and where every branch failed on the type, one message says what it takes."""
+    found: list[tuple[tuple[Any, ...], Any, bool]] = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not _is_union_tag(p))
+        found.append((loc, e, len(loc) != len(e["loc"])))
+    by_loc: dict[tuple[Any, ...], list[Any]] = {}
+    for loc, e, in_union in found:
+        deeper = any(len(other) > len(loc) and other[:len(loc)] == loc for other, _, _ in found)
+        if in_union and e["type"] in _EXPECTED and deeper:
+            continue  # a branch of a union this input did not take
+        by_loc.setdefault(loc, []).append(e)
+    messages = []
+    for loc, errors in by_loc.items():
+        if len(errors) > 1 and all(e["type"] in _EXPECTED for e in errors):
+            wanted = dict.fromkeys(_EXPECTED[e["type"]] for e in errors)
+            messages.append(where.at((*base, *loc), f"expected {' or '.join(wanted)} "
+                                                     f"(got {errors[0]['input']!r})"))
+        else:
+            messages.append(_pydantic_message(errors[0], loc, base, where, model))
+    return SpecError("\n".join(messages), messages)
+
+
+def _pydantic_message(e: Any, loc: tuple[Any, ...], base: tuple[Any, ...], where: _Where,
+                      model: type[BaseModel]) -> str:
     path = (*base, *loc)
     if e["type"] == "extra_forbidden":
         fields = _fields_at(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(fields)}"
-        return where.error(path, f"unknown field{hint}")
+        return where.at(path, f"unknown field{hint}")
     if e["type"] == "literal_error":
-        return where.error(path, f"{e['input']!r} is not one of "
-                                 f"{e['ctx']['expected'].replace(' or ', ', ')}")
+        return where.at(path, f"{e['input']!r} is not one of "
+                              f"{e['ctx']['expected'].replace(' or ', ', ')}")
     if e["type"] == "missing":
-        return where.error(path, "is required")
-    return where.error(path, f"{e['msg'].lower()} (got {e['input']!r})")
+        return where.at(path, "is required")
+    return where.at(path, f"{e['msg'].lower()} (got {e['input']!r})")
+
+
+def _validate(model: type[M], data: Any, path: tuple[Any, ...], where: _Where) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise _pydantic_errors(err, path, where, model) from None
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -189,10 +317,10 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
+        info = getattr(current, "model_fields", {}).get(part)
+        if info is None:
             return []
-        ann = field.annotation
+        ann = info.annotation
         for cand in (ann, *getattr(ann, "__args__", ())):
             for c in (cand, *getattr(cand, "__args__", ())):
                 if isinstance(c, type) and issubclass(c, BaseModel):
@@ -201,19 +329,11 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return [f.alias or n for n, f in getattr(current, "model_fields", {}).items()]
 
 
-def load_spec(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
-    """Read and validate a spec file (structure only; see :func:`build_pipeline`).
+def _read(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
+    """The spec's structure, every structural error noted in the returned ``_Where``.
 
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> from pathlib import Path
-    >>> f = Path(tempfile.mkdtemp()) / "p.yaml"
-    >>> _ = f.write_text("name: x\\nsource:\\n  type: parquet\\n  pathh: a.parquet\\n")
-    >>> load_spec(f)
-    Traceback (most recent call last):
-    ...
-    gpustream.spec.SpecError: ...p.yaml:4: source.pathh: unknown field; did you mean 'path'?
+    A section with errors is named in ``where.bad`` and has its default in the returned
+    spec (``source`` a placeholder), so the other sections can still be checked.
     """
     file = os.fspath(path)
     try:
@@ -234,9 +354,38 @@ def load_spec(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
     if not isinstance(data, dict):
         raise where.error((), "a spec is a mapping with at least 'source' and 'sink'")
     try:
-        spec = Spec.model_validate(data)
+        return Spec.model_validate(data), where
     except ValidationError as err:
-        raise _pydantic_error(err, (), where, Spec) from None
+        where.note(_pydantic_errors(err, (), where, Spec))
+        where.bad |= {str(e["loc"][0]) for e in err.errors() if e["loc"]}
+    good = {k: v for k, v in data.items() if k in Spec.model_fields and k not in where.bad}
+    if "source" in where.bad:
+        good["source"] = {"type": "stdin"}  # a placeholder: never built ("source" is bad)
+    try:
+        return Spec.model_validate(good), where
+    except ValidationError:  # pragma: no cover - the sections were validated one by one
+        where.raise_errors()
+        raise
+
+
+def load_spec(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
+    """Read and validate a spec file (structure only; see :func:`build_pipeline`).
+
+    Every structural error is reported at once (one per line of the exception).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from pathlib import Path
+    >>> f = Path(tempfile.mkdtemp()) / "p.yaml"
+    >>> _ = f.write_text("name: x\\nsource:\\n  type: parquet\\n  pathh: a.parquet\\n")
+    >>> load_spec(f)
+    Traceback (most recent call last):
+    ...
+    gpustream.spec.SpecError: ...p.yaml:4: source.pathh: unknown field; did you mean 'path'?
+    """
+    spec, where = _read(path)
+    where.raise_errors()
     return spec, where
 
 
@@ -244,9 +393,14 @@ def load_spec(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
 
 def _need(spec: BaseModel, names: list[str], path: tuple[Any, ...], where: _Where,
           kind: str) -> None:
-    for n in names:
-        if getattr(spec, n) is None:
-            raise where.error((*path, n), f"is required for type {kind}")
+    fields = type(spec).model_fields
+    missing = [where.at((*path, fields[n].alias or n), f"is required for type {kind}")
+               for n in names if getattr(spec, n) is None]
+    if missing:
+        raise SpecError("\n".join(missing), missing)
+
+
+TEXT_TYPES = ("csv", "jsonl")
 
 
 def _source(s: SourceSpec, path: tuple[Any, ...], where: _Where, base: Path) -> Any:
@@ -259,7 +413,7 @@ def _source(s: SourceSpec, path: tuple[Any, ...], where: _Where, base: Path) -> 
     if s.type in ("parquet", "arrow_ipc", "csv", "jsonl"):
         _need(s, ["path"], path, where, s.type)
         assert s.path is not None
-        if s.path == "-" and s.type in ("csv", "jsonl"):
+        if s.path == "-" and s.type in TEXT_TYPES:
             _need(s, ["schema_"], path, where, "stdin")
             return gs.stdin(s.schema_, format=s.type, **_batching(s))
         if s.type in ("parquet", "arrow_ipc"):
@@ -268,20 +422,24 @@ def _source(s: SourceSpec, path: tuple[Any, ...], where: _Where, base: Path) -> 
             if s.poll_interval is not None:
                 kw["poll_interval"] = s.poll_interval
             columnar: Any = gs.read_parquet if s.type == "parquet" else gs.read_arrow_ipc
-            return columnar(file(s.path), follow=s.follow, **kw)
+            return _input(lambda follow: columnar(file(s.path), follow=follow, **kw),  # type: ignore[arg-type]
+                          s, path, where)
         if s.poll_interval is not None:
             kw["poll_interval"] = s.poll_interval
         if s.type == "csv":
             kw.update(has_header=s.has_header, delimiter=s.delimiter)
         text: Any = gs.read_csv if s.type == "csv" else gs.read_jsonl
-        return text(file(s.path), schema=s.schema_, schema_overrides=s.schema_overrides,
-                      follow=s.follow, max_bad_fraction=s.max_bad_fraction, **_batching(s), **kw)
+        return _input(lambda follow: text(
+            file(s.path), schema=s.schema_, schema_overrides=s.schema_overrides,  # type: ignore[arg-type]
+            follow=follow, max_bad_fraction=s.max_bad_fraction, **_batching(s), **kw),
+            s, path, where)
     if s.type == "nexmark":
         stream = s.stream or "bids"
         if stream not in ("persons", "auctions", "bids"):
             raise where.error((*path, "stream"), f"{stream!r} is not one of persons, auctions, "
                                                  "bids")
-        return getattr(gs.nexmark(events=s.events, seed=s.seed, rate=s.rate), stream)
+        return getattr(gs.nexmark(events=s.events, seed=s.seed, rate=s.rate, pace=s.pace),
+                       stream)
     if s.type == "kafka":
         _need(s, ["topic", "bootstrap", "schema_"], path, where, "kafka")
         return gs.kafka(s.topic, s.bootstrap, s.schema_, group=s.group,  # type: ignore[arg-type]
@@ -299,6 +457,30 @@ def _source(s: SourceSpec, path: tuple[Any, ...], where: _Where, base: Path) -> 
     _need(s, ["schema_"], path, where, "stdin")
     return gs.stdin(s.schema_, format=s.format or "jsonl",
                     max_bad_fraction=s.max_bad_fraction, **_batching(s))
+
+
+def _input(make: Callable[[bool], Any], s: SourceSpec, path: tuple[Any, ...],
+           where: _Where) -> Any:
+    """A file source, its input missing or unreadable reported at ``path.path``.
+
+    Without ``need_inputs`` (``gpustream validate``), a text source whose ``schema:``
+    gives every column stands in for its missing file, with a warning.
+    """
+    try:
+        return make(s.follow)
+    except FileNotFoundError as err:
+        problem = str(err) if err.strerror is None else f"{err.filename}: {err.strerror}"
+    except OSError as err:
+        raise where.error((*path, "path"), f"cannot read {err.filename}: {err.strerror}"
+                          ) from None
+    if not where.need_inputs and s.type in TEXT_TYPES and s.schema_ is not None:
+        where.warn((*path, "path"), f"{problem} (not there yet?); the rest of the spec is "
+                                    "checked against the schema it gives")
+        return make(True)  # following, a text source waits for its files: none is needed
+    if not where.need_inputs and s.type in TEXT_TYPES:
+        problem += ("; to check a spec before its input exists, give schema: with every "
+                    "column (then a missing file is only a warning)")
+    raise where.error((*path, "path"), problem)
 
 
 def _batching(s: SourceSpec) -> dict[str, Any]:
@@ -328,74 +510,137 @@ def _sink(s: SinkSpec, path: tuple[Any, ...], where: _Where, base: Path) -> Any:
     return gs.to_redis_stream(s.url, s.stream)  # type: ignore[arg-type]
 
 
+def _stream_of(p: Any, s: SourceSpec, path: tuple[Any, ...], where: _Where) -> Any:
+    """``p.source(...)`` for a source spec (``source:`` or a join's ``other:``)."""
+    import gpustream as gs
+
+    src = _source(s, path, where, where.base)
+    wm = None
+    if s.watermark is not None:
+        wm = where.attempt((*path, "watermark"), gs.Watermark.bounded, s.watermark)
+        if wm is None:
+            raise _Skip
+    return p.source(src, event_time=s.event_time, watermark=wm, name=s.name)
+
+
+#: the step that must come right after these
+_NEXT = {"key_by": "window", "window": "agg"}
+
+
 def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
                    base: Path | None = None) -> Any:
     """The ``gs.Pipeline`` a spec describes, checked step by step (nothing runs).
 
     ``engine`` overrides the spec's; relative paths are relative to ``base`` (the
-    spec's folder).
+    spec's folder). Every error found is raised at once, in one :class:`SpecError`.
     """
+    p = _build(spec, where, engine, base)
+    where.raise_errors()
+    return p
+
+
+def _build(spec: Spec, where: _Where, engine: str | None, base: Path | None) -> Any:
+    """The pipeline, every error noted in ``where`` (its parts that failed left out)."""
     import gpustream as gs
 
-    base = base or Path(where.file).resolve().parent
+    if base is not None:
+        where.base = base
     dead: Any = None
     if spec.dead_letter is not None:
-        dead = _sink(spec.dead_letter, ("dead_letter",), where, base)
-    try:
-        p = gs.Pipeline(spec.name, engine=engine or spec.engine, dead_letter=dead)
-        src = spec.source
-        watermark = gs.Watermark.bounded(src.watermark) if src.watermark is not None else None
-        stream: Any = p.source(_source(src, ("source",), where, base), event_time=src.event_time,
-                               watermark=watermark, name=src.name)
-    except SpecError:
-        raise
-    except (GpustreamError, ValueError, TypeError) as err:
-        raise where.error(("source",), str(err)) from None
+        d = spec.dead_letter
+        dead = where.attempt(("dead_letter",), _sink, d, ("dead_letter",), where, where.base)
+    p = gs.Pipeline(spec.name, engine=engine or spec.engine, dead_letter=dead)
+    stream: Any = None
+    if "source" not in where.bad:
+        stream = where.attempt(("source",), _stream_of, p, spec.source, ("source",), where)
     tables: dict[str, Any] = {}
     for tname, t in spec.tables.items():
-        tpath: tuple[Any, ...] = ("tables", tname)
-        if t.key is None:
-            raise where.error((*tpath, "key"), "is required: the column(s) a table is keyed by")
-        try:
-            log = None if t.changelog is None else _source(t.changelog, (*tpath, "changelog"),
-                                                           where, base)
-            tables[tname] = p.table(_source(t, tpath, where, base), key=t.key, name=tname,
-                                    changelog=log, delete_column=t.delete_column)
-        except SpecError:
-            raise
-        except (GpustreamError, ValueError, TypeError) as err:
-            raise where.error(tpath, str(err)) from None
+        tables[tname] = where.attempt(("tables", tname), _table, p, tname, t, where)
     windowed: Any = None
+    has_agg = False
+    previous: str | None = None
     for i, step in enumerate(spec.steps):
         path: tuple[Any, ...] = ("steps", i)
         if not isinstance(step, dict) or len(step) != 1:
-            raise where.error(path, "each step is a mapping with one key, one of "
-                                    f"{', '.join(STEP_KINDS)}")
+            where.note(where.error(path, "each step is a mapping with one key, one of "
+                                         f"{', '.join(STEP_KINDS)}"))
+            stream, previous = None, None
+            continue
         kind, arg = next(iter(step.items()))
-        path = (*path, kind)
         if kind not in STEP_KINDS:
-            close = difflib.get_close_matches(kind, STEP_KINDS, n=1)
+            close = difflib.get_close_matches(str(kind), STEP_KINDS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else \
                 f"; one of {', '.join(STEP_KINDS)}"
-            raise where.error(path[:-1], f"unknown step {kind!r}{hint}")
-        try:
-            stream, windowed = _step(stream, windowed, kind, arg, path, where, tables)
-        except SpecError:
-            raise
-        except (GpustreamError, ValueError, TypeError) as err:
-            raise where.error(path, str(err).removeprefix(f"{_dotted(path)}: ")) from None
+            where.note(where.error(path, f"unknown step {kind!r}{hint}"))
+            stream, previous = None, None
+            continue
+        path = (*path, kind)
+        order = _order(previous, kind)
+        if order is not None:
+            where.note(where.error(path, order))
+        previous = kind
+        has_agg = has_agg or kind == "agg"
+        apply = where.attempt(path, _step, kind, arg, path, where, tables, p)
+        if apply is None or order is not None:
+            stream = stream if kind == "filter" and order is None else None
+            continue
+        if stream is not None:
+            done = where.attempt(path, apply, stream)
+            if done is not None or kind != "filter":
+                stream = done
+            if kind == "agg":
+                windowed = done
+    if previous in _NEXT:
+        where.note(where.error(("steps", len(spec.steps) - 1, previous),
+                               f"{previous} needs {'an' if previous == 'window' else 'a'} "
+                               f"{_NEXT[previous]} step after it"))
+        stream = None
     if spec.sink is None:
-        raise where.error((), "a spec needs a sink: e.g. 'sink: {type: console}'")
-    sinks = spec.sink if isinstance(spec.sink, list) else [spec.sink]
-    for j, s in enumerate(sinks):
-        spath: tuple[Any, ...] = ("sink", j) if isinstance(spec.sink, list) else ("sink",)
-        stream.sink(_sink(s, spath, where, base))
+        if "sink" not in where.bad:
+            where.note(where.error((), "a spec needs a sink: e.g. 'sink: {type: console}'"))
+    else:
+        sinks = spec.sink if isinstance(spec.sink, list) else [spec.sink]
+        for j, s in enumerate(sinks):
+            spath: tuple[Any, ...] = ("sink", j) if isinstance(spec.sink, list) else ("sink",)
+            made = where.attempt(spath, _sink, s, spath, where, where.base)
+            if made is not None and stream is not None:
+                if s.key is not None and s.key not in stream.schema.names:
+                    where.note(where.error((*spath, "key"), f"no column {s.key!r} in the "
+                                           f"stream; its columns are: "
+                                           f"{', '.join(stream.schema.names)}"))
+                where.attempt(spath, stream.sink, made)
     if spec.late is not None:
-        if windowed is None:
-            raise where.error(("late",), "late: needs a window step (late events are those "
-                                         "too late for every window)")
-        windowed.late.sink(_sink(spec.late, ("late",), where, base))
+        late = spec.late
+        if not has_agg:
+            where.note(where.error(("late",), "late: needs a window step (late events are "
+                                              "those too late for every window)"))
+        else:
+            made = where.attempt(("late",), _sink, late, ("late",), where, where.base)
+            if made is not None and windowed is not None:
+                where.attempt(("late",), lambda: windowed.late.sink(made))
     return p
+
+
+def _order(previous: str | None, kind: str) -> str | None:
+    """What is wrong with ``kind`` coming right after ``previous`` (None: nothing)."""
+    if previous in _NEXT and kind != _NEXT[previous]:
+        return (f"{kind} cannot come right after {previous}: the steps go key_by (optional), "
+                "window, agg")
+    if kind == "agg" and previous != "window":
+        return "agg needs a window step before it"
+    return None
+
+
+def _table(p: Any, name: str, t: SourceSpec, where: _Where) -> Any:
+    path: tuple[Any, ...] = ("tables", name)
+    if t.key is None:
+        raise where.error((*path, "key"), "is required: the column(s) a table is keyed by")
+    parts = _gather([
+        lambda: _source(t, path, where, where.base),
+        lambda: None if t.changelog is None else _source(t.changelog, (*path, "changelog"),
+                                                         where, where.base)])
+    return p.table(parts[0], key=t.key, name=name, changelog=parts[1],
+                   delete_column=t.delete_column)
 
 
 def _text(parse: Any, text: Any, path: tuple[Any, ...], where: _Where) -> Any:
@@ -442,90 +687,86 @@ def _on(on: Any) -> Any:
     return [tuple(x) if isinstance(x, list) else x for x in on]
 
 
-def _step(stream: Any, windowed: Any, kind: str, arg: Any, path: tuple[Any, ...],
-          where: _Where, tables: dict[str, Any] | None = None) -> tuple[Any, Any]:
+def _window(w: WindowSpec, path: tuple[Any, ...], where: _Where) -> Any:
+    """The window assigner of a ``window:`` mapping."""
     import gpustream as gs
 
+    given = [k for k in ("tumbling", "sliding", "session") if getattr(w, k) is not None]
+    if len(given) != 1:
+        raise where.error(path, "give exactly one of tumbling, sliding (with slide) or session")
+    if w.tumbling is not None:
+        return gs.Tumbling(w.tumbling, offset=w.offset)
+    if w.sliding is not None:
+        if w.slide is None:
+            raise where.error((*path, "slide"), "is required with sliding")
+        return gs.Sliding(w.sliding, w.slide, offset=w.offset)
+    return gs.Session(w.session)  # type: ignore[arg-type]
+
+
+def _names(arg: Any, path: tuple[Any, ...], where: _Where) -> list[str]:
+    cols = [arg] if isinstance(arg, str) else arg
+    if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols):
+        raise where.error(path, "expected a column name or a list of them")
+    return cols
+
+
+def _mapping(arg: Any, parse: Any, path: tuple[Any, ...], where: _Where,
+             expected: str) -> dict[str, Any]:
+    """Each value of a ``name: expression`` mapping parsed, every bad one reported."""
+    if not isinstance(arg, dict) or not arg:
+        raise where.error(path, expected)
+    names = list(arg)
+    parsed = _gather([partial(_text, parse, arg[k], (*path, k), where) for k in names])
+    return dict(zip(names, parsed, strict=True))
+
+
+def _step(kind: str, arg: Any, path: tuple[Any, ...], where: _Where,
+          tables: dict[str, Any], p: Any) -> Callable[[Any], Any]:
+    """Check a step by itself (syntax, names, windows, the other input of a join) and
+    return what applies it to the stream before it (which checks columns and types)."""
     if isinstance(arg, dict):  # YAML 1.1 reads a bare `on:` key as true
         arg = {("on" if k is True else k): v for k, v in arg.items()}
-    if kind in ("window_join", "interval_join"):
-        model: Any = WindowJoinSpec if kind == "window_join" else IntervalJoinSpec
-        try:
-            j2 = model.model_validate(arg)
-        except ValidationError as err:
-            raise _pydantic_error(err, path, where, model) from None
-        o = j2.other
-        wm = gs.Watermark.bounded(o.watermark) if o.watermark is not None else None
-        other = stream.pipeline.source(_source(o, (*path, "other"), where, where.base),
-                                       event_time=o.event_time, watermark=wm, name=o.name)
-        if kind == "interval_join":
-            return stream.interval_join(other, on=_on(j2.on), lower=j2.lower,
-                                        upper=j2.upper), windowed
-        w = j2.window
-        given = [k for k in ("tumbling", "sliding", "session") if getattr(w, k) is not None]
-        if len(given) != 1:
-            raise where.error((*path, "window"), "give exactly one of tumbling, sliding (with "
-                                                 "slide) or session")
-        if w.sliding is not None and w.slide is None:
-            raise where.error((*path, "window", "slide"), "is required with sliding")
-        joined: Any = (gs.Tumbling(w.tumbling, offset=w.offset) if w.tumbling is not None
-                       else gs.Sliding(w.sliding, w.slide or w.sliding, offset=w.offset)
-                       if w.sliding is not None else gs.Session(w.session))
-        return stream.window_join(other, on=_on(j2.on), window=joined), windowed
+    if kind == "interval_join":
+        ij = _validate(IntervalJoinSpec, arg, path, where)
+        other = _stream_of(p, ij.other, (*path, "other"), where)
+        return lambda s: s.interval_join(other, on=_on(ij.on), lower=ij.lower, upper=ij.upper)
+    if kind == "window_join":
+        wj = _validate(WindowJoinSpec, arg, path, where)
+        parts = _gather([lambda: _stream_of(p, wj.other, (*path, "other"), where),
+                         lambda: _window(wj.window, (*path, "window"), where)])
+        return lambda s: s.window_join(parts[0], on=_on(wj.on), window=parts[1])
     if kind == "join_table":
-        try:
-            j = JoinTableSpec.model_validate(arg)
-        except ValidationError as err:
-            raise _pydantic_error(err, path, where, JoinTableSpec) from None
-        known = tables or {}
-        if j.table not in known:
+        j = _validate(JoinTableSpec, arg, path, where)
+        if "tables" in where.bad:
+            raise _Skip
+        if j.table not in tables:
             raise where.error((*path, "table"), f"no table {j.table!r} under tables:; known: "
-                                                f"{', '.join(known) or '(none)'}")
-        return stream.join_table(known[j.table], on=_on(j.on), how=j.how), windowed
+                                                f"{', '.join(tables) or '(none)'}")
+        table = tables[j.table]
+        if table is None:  # the table's own errors are reported
+            raise _Skip
+        return lambda s: s.join_table(table, on=_on(j.on), how=j.how)
     if kind == "filter":
-        return stream.filter(_text(parse_expr, arg, path, where)), windowed
+        predicate = _text(parse_expr, arg, path, where)
+        return lambda s: s.filter(predicate)
     if kind == "with_columns":
-        if not isinstance(arg, dict) or not arg:
-            raise where.error(path, "expected a mapping of new column -> expression")
-        return stream.with_columns(**{k: _text(parse_expr, v, (*path, k), where)
-                                      for k, v in arg.items()}), windowed
+        exprs = _mapping(arg, parse_expr, path, where,
+                         "expected a mapping of new column -> expression")
+        return lambda s: s.with_columns(**exprs)
     if kind == "select":
-        cols = [arg] if isinstance(arg, str) else arg
-        if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
-            raise where.error(path, "expected a column name or a list of them")
-        return stream.select(*cols), windowed
+        cols = _names(arg, path, where)
+        return lambda s: s.select(*cols)
     if kind == "key_by":
-        cols = [arg] if isinstance(arg, str) else arg
-        if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
-            raise where.error(path, "expected a column name or a list of them")
-        return stream.key_by(*cols), windowed
+        keys = _names(arg, path, where)
+        return lambda s: s.key_by(*keys)
     if kind == "window":
-        try:
-            w = WindowSpec.model_validate(arg)
-        except ValidationError as err:
-            raise _pydantic_error(err, path, where, WindowSpec) from None
-        given = [k for k in ("tumbling", "sliding", "session") if getattr(w, k) is not None]
-        if len(given) != 1:
-            raise where.error(path, "give exactly one of tumbling, sliding (with slide) or "
-                                    "session")
-        if w.tumbling is not None:
-            assigner: Any = gs.Tumbling(w.tumbling, offset=w.offset)
-        elif w.sliding is not None:
-            if w.slide is None:
-                raise where.error((*path, "slide"), "is required with sliding")
-            assigner = gs.Sliding(w.sliding, w.slide, offset=w.offset)
-        else:
-            assigner = gs.Session(w.session)  # type: ignore[arg-type]
-        return stream.window(assigner, name=w.name, allowed_lateness=w.allowed_lateness), windowed
-    if kind == "agg":
-        if not isinstance(arg, dict) or not arg:
-            raise where.error(path, "expected a mapping of output column -> aggregation, "
-                                    "e.g. {n: count(), total: sum(v)}")
-        if not hasattr(stream, "agg"):
-            raise where.error(path, "agg needs a window step before it")
-        out = stream.agg(**{k: _text(parse_agg, v, (*path, k), where) for k, v in arg.items()})
-        return out, out
-    raise where.error(path, f"{kind} is not implemented in this version yet")
+        w = _validate(WindowSpec, arg, path, where)
+        assigner = _window(w, path, where)
+        return lambda s: s.window(assigner, name=w.name, allowed_lateness=w.allowed_lateness)
+    assert kind == "agg"
+    aggs = _mapping(arg, parse_agg, path, where, "expected a mapping of output column -> "
+                                                 "aggregation, e.g. {n: count(), total: sum(v)}")
+    return lambda s: s.agg(**aggs)
 
 
 def checkpointing_from_spec(spec: Spec, where: _Where, checkpoint_dir: str | None = None,
@@ -557,8 +798,74 @@ def checkpointing_from_spec(spec: Spec, where: _Where, checkpoint_dir: str | Non
         raise where.error(("checkpoint",), str(err).removeprefix("checkpoint: ")) from None
 
 
+@dataclass
+class SpecCheck:
+    """What checking a spec file found (see :func:`check_spec`).
+
+    ``errors`` and ``warnings`` are ``file:line: field: message`` lines; ``pipeline`` and
+    ``checkpoint`` are what the spec builds (use them only when there is no error).
+    """
+
+    file: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    name: str | None = None
+    pipeline: Any = None
+    checkpoint: Any = None
+
+    def raise_errors(self) -> None:
+        """Raise one :class:`SpecError` with every error, if there is any."""
+        if self.errors:
+            raise SpecError("\n".join(self.errors), self.errors)
+
+
+def check_spec(path: str | os.PathLike[str], engine: str | None = None, *,
+               need_inputs: bool = True, checkpoint_dir: str | None = None) -> SpecCheck:
+    """Check a whole spec file, collecting every error instead of stopping at the first.
+
+    ``need_inputs=False`` (``gpustream validate``): a missing input file is an error
+    naming its ``path`` field, except for a CSV/JSONL source whose ``schema:`` gives every
+    column: then it is a warning and the steps are checked against that schema. Nothing
+    runs, no GPU is touched and no file is written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> f = Path(tempfile.mkdtemp()) / "p.yaml"
+    >>> _ = f.write_text('''
+    ... source: {type: jsonl, path: later.jsonl, schema: {ts: int64, k: string, v: float64}}
+    ... steps:
+    ...   - filter: "vv > 3"
+    ...   - key_by: k
+    ...   - window: {tumbling: 10}
+    ...   - agg: {x: avgg(v)}
+    ... sink: {type: console}
+    ... ''')
+    >>> c = check_spec(f, need_inputs=False)
+    >>> print("\\n".join(m.split("p.yaml")[1] for m in c.warnings + c.errors))
+    :2: source.path: no file matches '...later.jsonl'; ... (not there yet?); the rest of the spec is checked against the schema it gives
+    :4: steps[0].filter: ...unknown column 'vv'; did you mean 'v'?...
+    :7: steps[3].agg.x: unknown aggregation 'avgg'; did you mean 'avg'?...
+    """
+    try:
+        spec, where = _read(path)
+    except SpecError as err:
+        return SpecCheck(os.fspath(path), errors=list(err.messages))
+    where.need_inputs = need_inputs
+    p = _build(spec, where, engine, None)
+    checkpoint = None
+    if "checkpoint" not in where.bad:
+        checkpoint = where.attempt(("checkpoint",), checkpointing_from_spec, spec, where,
+                                   checkpoint_dir)
+    return SpecCheck(where.file, list(where.messages), list(where.warnings), spec.name, p,
+                     checkpoint)
+
+
 def pipeline_from_spec(path: str | os.PathLike[str], engine: str | None = None) -> Any:
     """Load, validate and build: the pipeline a spec file describes.
+
+    Every error in the spec is raised at once, in one :class:`SpecError`.
 
     Examples
     --------
@@ -580,5 +887,6 @@ def pipeline_from_spec(path: str | os.PathLike[str], engine: str | None = None) 
     >>> p.run().events_in
     920
     """
-    spec, where = load_spec(path)
-    return build_pipeline(spec, where, engine)
+    checked = check_spec(path, engine)
+    checked.raise_errors()
+    return checked.pipeline

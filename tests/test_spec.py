@@ -1,24 +1,20 @@
-"""YAML specs, the CLI's run/validate/explain/generate, sinks, live view and metrics."""
+"""YAML specs, the CLI's run/validate/explain/generate, sinks and the live view's log lines
+(the metrics and the live view themselves: tests/test_metrics.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from rich.console import Console
 
 import gpustream as gs
-from gpustream.live import LiveView
-from gpustream.metrics import Metrics, serve_prometheus
 from gpustream.spec import SpecError, pipeline_from_spec
 
 GOOD = """\
@@ -102,6 +98,12 @@ BROKEN = [
      r"p.yaml:4: steps\[1\].window: .*multiple of"),
     ("source: {type: kafka, topic: t}\nsink: {type: console}\n",
      r"p.yaml:1: source.bootstrap: is required for type kafka"),
+    ("source: {type: kafka, topic: t, bootstrap: b}\nsink: {type: console}\n",
+     r"p.yaml:1: source.schema: is required for type kafka"),
+    ("source: {type: nexmark, events: 10}\nsink: 3\n",
+     r"p.yaml:2: sink: expected a mapping or a list \(got 3\)"),
+    ("source: {type: nexmark, events: 10}\nsink: {type: kafka, topic: t, bootstrap: b, "
+     "key: bidr}\n", r"p.yaml:2: sink.key: no column 'bidr' in the stream"),
     ("source: {type: nexmark, events: 10}\n", r"a spec needs a sink"),
     ("source: {type: nexmark, events: 10}\nsink: {type: console}\nlate: {type: console}\n",
      r"p.yaml:3: late: late: needs a window step"),
@@ -145,6 +147,150 @@ def test_validate_and_explain_on_the_cli(tmp_path: Path) -> None:
     assert "backend: cpu" in plan.stdout and "window" in plan.stdout
 
 
+MISSING_INPUT = """\
+source: {type: parquet, path: data/bids.parquet, event_time: ts}
+steps:
+  - key_by: auction
+  - window: {tumbling: 10s}
+  - agg: {x: avgg(price)}
+sink: {type: console}
+"""
+
+
+def _lines_of(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def test_validate_reports_every_error_without_the_input_files(tmp_path: Path) -> None:
+    # the parquet file is not there: an error naming source.path, and the step's own
+    # error reported in the same run (the input used to fail first, exit 1)
+    out = _cli("validate", str(_spec(tmp_path, MISSING_INPUT)))
+    assert out.returncode == 2, out.stderr
+    errors = _lines_of(out.stderr)
+    assert errors[0].startswith("error: ") and "p.yaml:1: source.path: no file matches" in \
+        errors[0] and "bids.parquet" in errors[0]
+    assert errors[1] == ("error: " + str(tmp_path / "p.yaml") + ":5: steps[2].agg.x: unknown "
+                         "aggregation 'avgg'; did you mean 'avg'? in 'avgg(price)' at column 1")
+    assert errors[2].endswith("p.yaml: 2 errors") and len(errors) == 3
+    assert "FileNotFoundError" not in out.stderr
+
+
+def test_validate_checks_against_the_schema_a_text_source_gives(tmp_path: Path) -> None:
+    text = """\
+        source:
+          type: jsonl
+          path: later/*.jsonl
+          schema: {ts: "timestamp[ms]", k: string, v: float64}
+          event_time: ts
+        steps:
+          - filter: "vv > 3"
+          - key_by: k
+          - window: {tumbling: 10s}
+          - agg: {total: sum(v), odd: avgg(v), n: count()}
+        sink: {type: jsonl, path: out/x.jsonl}
+        """
+    out = _cli("validate", str(_spec(tmp_path, text)))
+    assert out.returncode == 2
+    lines = _lines_of(out.stderr)
+    assert lines[0].startswith("warning: ") and ":3: source.path: no file matches" in lines[0]
+    assert "checked against the schema it gives" in lines[0]
+    assert ":7: steps[0].filter: " in lines[1] and "unknown column 'vv'" in lines[1]
+    assert ":10: steps[3].agg.odd: unknown aggregation 'avgg'" in lines[2]
+    assert len(lines) == 4 and lines[3].endswith("2 errors")
+    # the same spec, right: ok with the warning, and nothing written
+    fixed = text.replace("vv > 3", "v > 3").replace("odd: avgg(v), ", "")
+    ok = _cli("validate", str(_spec(tmp_path, fixed, "ok.yaml")))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().endswith("ok (pipeline 'pipeline'), 1 warning")
+    assert "warning: " in ok.stderr and not (tmp_path / "out").exists()
+    # a column the schema does not have is still an error when the file is missing
+    wrong = fixed.replace("sum(v)", "sum(w)")
+    bad = _cli("validate", str(_spec(tmp_path, wrong, "wrong.yaml")))
+    assert bad.returncode == 2 and ":10: steps[3].agg: " in bad.stderr
+    assert "unknown column 'w'" in bad.stderr
+    # without a full schema, a missing text input is an error that says how to avoid it
+    partial = fixed.replace('schema: {ts: "timestamp[ms]", k: string, v: float64}',
+                            'schema_overrides: {ts: "timestamp[ms]"}')
+    need = _cli("validate", str(_spec(tmp_path, partial, "partial.yaml")))
+    assert need.returncode == 2
+    assert ":3: source.path: no file matches" in need.stderr
+    assert "give schema: with every column" in need.stderr.replace("\n", "")
+
+
+def test_run_and_explain_name_a_missing_input_and_exit_2(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, MISSING_INPUT.replace("avgg", "avg"))
+    for command in ("run", "explain"):
+        out = _cli(command, str(spec), "--engine", "cpu")
+        assert out.returncode == 2, (command, out.stderr)
+        assert "p.yaml:1: source.path: no file matches" in out.stderr, out.stderr
+        assert "FileNotFoundError" not in out.stderr
+    # a table's and a join's missing inputs name their own fields
+    pq.write_table(pa.table({"ts": [1], "user": [1]}), tmp_path / "clicks.parquet")
+    spec = _spec(tmp_path, """\
+        engine: cpu
+        source: {type: parquet, path: clicks.parquet, event_time: ts}
+        tables:
+          people: {type: csv, path: people.csv, key: id}
+        steps:
+          - window_join:
+              other: {type: parquet, path: views.parquet, event_time: ts}
+              on: user
+              window: {tumbling: 1s}
+        sink: {type: console}
+        """, "joins.yaml")
+    out = _cli("run", str(spec), "--no-live")
+    assert out.returncode == 2
+    assert "joins.yaml:4: tables.people.path: no file matches" in out.stderr
+    assert "joins.yaml:7: steps[0].window_join.other.path: no file matches" in out.stderr
+
+
+def test_every_spec_error_in_one_go_without_cascades(tmp_path: Path) -> None:
+    text = """\
+        source: {type: nexmark, events: 10, event_time: date_time}
+        steps:
+          - filter: "prise > 3"
+          - with_columns: {usd: "price * 0.9", eur: "pryce * 1"}
+          - filter: "open(1) > 2"
+          - key_by: auction
+          - window: {tumbling: 10s, slid: 2s}
+          - agg: {x: sum(usd), y: avgg(price)}
+          - flter: "x > 1"
+        sink: {type: consol}
+        late: {type: jsonl}
+        checkpoint: {every: 5x, dir: ck}
+        """
+    with pytest.raises(SpecError) as caught:
+        pipeline_from_spec(_spec(tmp_path, text))
+    got = [m.split("p.yaml:", 1)[1] for m in caught.value.messages]
+    assert got[0].startswith("10: sink.type: 'consol' is not one of 'console', ")
+    assert got[1].startswith("3: steps[0].filter: ") and "'prise'" in got[1]
+    assert got[2].startswith("4: steps[1].with_columns: ") and "'pryce'" in got[2]
+    assert got[3].startswith("5: steps[2].filter: unknown function 'open'")
+    assert got[4] == "7: steps[4].window.slid: unknown field; did you mean 'slide'?"
+    assert got[5].startswith("8: steps[5].agg.y: unknown aggregation 'avgg'")
+    assert got[6] == "9: steps[6]: unknown step 'flter'; did you mean 'filter'?"
+    assert got[7] == "11: late.path: is required for type jsonl"
+    assert got[8].startswith("12: checkpoint: ") and "5x" in got[8]
+    # nothing more: after with_columns failed, sum(usd) is not reported as a missing
+    # column (usd is defined there), nor late: as lacking a window (the window is there)
+    assert len(got) == 9, got
+    # steps out of order are errors, not crashes
+    order = """\
+        source: {type: nexmark, events: 10, event_time: date_time}
+        steps:
+          - key_by: auction
+          - filter: "price > 1"
+          - window: {tumbling: 10s}
+        sink: {type: console}
+        """
+    with pytest.raises(SpecError) as caught:
+        pipeline_from_spec(_spec(tmp_path, order, "order.yaml"))
+    got = [m.split("order.yaml:", 1)[1] for m in caught.value.messages]
+    assert got == ["4: steps[1].filter: filter cannot come right after key_by: the steps go "
+                   "key_by (optional), window, agg",
+                   "5: steps[2].window: window needs an agg step after it"], got
+
+
 def test_run_on_the_cli_exit_codes_and_summary(tmp_path: Path) -> None:
     good = _spec(tmp_path, GOOD)
     out = _cli("run", str(good), "--no-live")
@@ -173,42 +319,6 @@ def test_the_live_view_logs_lines_when_not_a_terminal(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "hot: events in 4,600" in out.stdout.replace("\n", " ")
     assert "\x1b[" not in out.stdout
-
-
-def test_the_live_view_renders_on_a_terminal() -> None:
-    m = Metrics("live", "cpu")
-    m.gauges = lambda: {"late_events": 3, "open_windows": 12}
-    m.batch(5000, 0.004, 1_767_225_600_000)
-    m.events_out, m.bad_records = 40, 2
-    console = Console(file=io.StringIO(), width=120, force_terminal=True, color_system=None)
-    with LiveView(m, console):
-        pass
-    text = console.file.getvalue()  # type: ignore[attr-defined]
-    for want in ("events in", "5,000", "rows out", "batch latency", "p50 4.0 ms",
-                 "watermark", "2026-01-01 00:00:00 UTC", "open windows", "12",
-                 "late events", "dead letters"):
-        assert want in text, want
-
-
-def test_metrics_endpoint_serves_the_run_counters(tmp_path: Path) -> None:
-    p = pipeline_from_spec(_spec(tmp_path, GOOD))
-    m = Metrics("hot", "cpu")
-    server = serve_prometheus(m, 0)
-    try:
-        p.run(metrics=m)
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{server.server_port}/metrics", timeout=10).read().decode()
-    finally:
-        server.shutdown()
-        server.server_close()
-    values = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-              if ln.startswith("gpustream_") and "{" in ln}
-    assert values["gpustream_events_in_total"] == 4600
-    assert values["gpustream_events_out_total"] == m.events_out > 0
-    assert values["gpustream_batches_total"] >= 1
-    assert "gpustream_batch_latency_p99_seconds" in values
-    assert "gpustream_watermark_lag_seconds" in values
-    assert server.server_address[0] == "127.0.0.1"
 
 
 def test_generate_nexmark_writes_parquet(tmp_path: Path) -> None:
