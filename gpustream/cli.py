@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -250,12 +251,16 @@ def demo(
 
 @generate_app.command("nexmark")
 def generate_nexmark(
-    out: Path = typer.Option(..., help="A .parquet file (one stream) or a folder (all three)."),
+    out: Path = typer.Option(..., help="A file (one stream: .parquet, or .arrow for Arrow "
+                                       "IPC) or a folder (--stream all)."),
     events: int = typer.Option(1_000_000, help="Generator events (people + auctions + bids)."),
     seed: int = typer.Option(0, help="Same seed, same events."),
     stream: str = typer.Option("bids", help="bids, auctions, persons, or all (into a folder)."),
+    format: str = typer.Option("", help="parquet or arrow (IPC file); default: the --out "
+                                        "file's suffix, else parquet."),
 ) -> None:
-    """Write Nexmark events to Parquet."""
+    """Write Nexmark events to Parquet or Arrow IPC files."""
+    import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
 
     import gpustream as gs
@@ -264,26 +269,31 @@ def generate_nexmark(
     if any(k not in ("persons", "auctions", "bids") for k in kinds):
         raise typer.BadParameter(f"{stream!r} is not one of bids, auctions, persons, all",
                                  param_hint="--stream")
-    if stream == "all" and out.suffix == ".parquet":
+    suffixes = {".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow"}
+    if stream == "all" and out.suffix in suffixes:
         raise typer.BadParameter("--stream all writes three files: give a folder",
                                  param_hint="--out")
+    fmt = format or suffixes.get(out.suffix, "parquet")
+    if fmt not in ("parquet", "arrow"):
+        raise typer.BadParameter(f"{format!r} is not parquet or arrow", param_hint="--format")
     gen = gs.nexmark(events=events, seed=seed)
     console = Console()
     for kind in kinds:
-        target = out if stream != "all" else out / f"{kind}.parquet"
+        target = out if stream != "all" else out / f"{kind}.{fmt}"
         target.parent.mkdir(parents=True, exist_ok=True)
         source = getattr(gen, kind)
-        writer = None
+        writer: Any = None
         rows = 0
-        for b in source.open():
+        for b in source.open():  # the file takes the batches' schema (channel: a dictionary)
             if writer is None:
-                writer = pq.ParquetWriter(target, b.data.schema)
+                writer = (pq.ParquetWriter(target, b.data.schema) if fmt == "parquet"
+                          else ipc.new_file(str(target), b.data.schema))
             writer.write_batch(b.data)
             rows += b.data.num_rows
         if writer is None:
-            pq.write_table(source.schema().empty_table(), target)
-        else:
-            writer.close()
+            writer = (pq.ParquetWriter(target, source.schema()) if fmt == "parquet"
+                      else ipc.new_file(str(target), source.schema()))
+        writer.close()
         console.print(f"{target}: {rows:,} {kind}", highlight=False)
 
 
