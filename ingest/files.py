@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import IngestError
 from gpustream.ingest.arrow import DEFAULT_BATCH_ROWS
-from gpustream.ingest.schema import conform, logical_schema
+from gpustream.ingest.schema import conform
 from gpustream.ingest.source import Source, SourceBatch
 
 __all__ = ["ArrowIpcSource", "ParquetSource", "expand_paths", "read_arrow_ipc", "read_parquet"]
@@ -84,9 +84,10 @@ class _ColumnarFiles(Source):
                 raise ValueError(f"{self.where}: column(s) {', '.join(missing)} are not in "
                                  f"{files[0]}; its columns are: {', '.join(full.names)}")
             full = pa.schema([full.field(c) for c in columns])
-        #: the stream's schema: strings of any encoding are strings (each batch keeps
-        #: its own encoding: a dictionary is read as one, never decoded first)
-        self._schema = logical_schema(full.remove_metadata())
+        #: the first file's schema; the others are conformed to it up to the encoding of
+        #: their strings (a dictionary is read as one, never decoded first, and plans see
+        #: every string column as a string)
+        self._schema = full.remove_metadata()
         self.columns = columns
 
     def file_schema(self, path: Path) -> pa.Schema:
