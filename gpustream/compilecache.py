@@ -131,8 +131,22 @@ def compile_notice(plan: Any) -> str | None:
     """What the live view says while the run compiles its kernels, or None when the
     kernels this plan needs are already compiled on this machine.
 
+    A plan this machine has not run (or whose kernels changed since) gets the notice;
+    once a process has run it, the same process and later ones get None.
+
     Examples
     --------
+    >>> import gpustream as gs
+    >>> from gpustream.metrics import Metrics
+    >>> from gpustream.planner import build_physical
+    >>> p = gs.Pipeline(engine="cpu")
+    >>> s = p.source(gs.from_arrow({"ts": [1], "k": [7]}), event_time="ts")
+    >>> _ = s.key_by("k").window(gs.Session("9s"), name="doc").agg(n=gs.count()).sink(
+    ...     gs.to_callback(lambda rb: None))
+    >>> m = Metrics("doc", "cpu")
+    >>> stats = p.run(metrics=m)  # the runtime asked (NOTICE on this machine's first run)
+    >>> compile_notice(build_physical(p._sinks, p.backend)) is None  # compiled by now
+    True
     >>> compile_notice(None) is None
     True
     """

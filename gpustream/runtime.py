@@ -17,6 +17,7 @@ from gpustream.compilecache import compile_notice
 from gpustream.errors import PlanError
 from gpustream.ingest.deadletter import DeadLetter, DeadLetterFile, split_missing
 from gpustream.ingest.dictionary import StringDictionary
+from gpustream.ingest.schema import logical_schema
 from gpustream.ingest.source import SourceBatch
 from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
@@ -313,7 +314,7 @@ class _Checkpointer:
                 arrays[f"{opid}/{k}"] = np.asarray(self.plan.backend.to_host(v))
         dicts = {f"{n.name}/{col}": d.snapshot()
                  for n, ds in zip(self.nodes, self.dictionaries, strict=True)
-                 for col, d in ds.items()}
+                 for col, d in list(ds.items())}
         offsets = {n.name: o for n, o in zip(self.nodes, self.offsets, strict=True)}
         self.store.write(Checkpoint(self.seq, self.store.pipeline, offsets, arrays, dicts))
         self.batches = 0
@@ -360,6 +361,12 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
         stats.restored_checkpoint = ck.restored
     offsets = ck.offsets if ck is not None else [None] * len(nodes)
     dicts = ck.dictionaries if ck is not None else [{} for _ in nodes]
+    for n, ds in zip(nodes, dicts, strict=True):
+        # every string column's dictionary exists before the source threads start: they
+        # only grow dictionaries, never add one to the map a checkpoint reads meanwhile
+        for f in logical_schema(n.source.schema()):
+            if pa.types.is_string(f.type):
+                ds.setdefault(f.name, StringDictionary())
     threads: SourceThreads[_Ingested] = SourceThreads(
         [_ingest(n, n.source.open(o), st, d)
          for n, st, o, d in zip(nodes, stagers, offsets, dicts, strict=True)],

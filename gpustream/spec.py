@@ -814,7 +814,17 @@ class SpecCheck:
     checkpoint: Any = None
 
     def raise_errors(self) -> None:
-        """Raise one :class:`SpecError` with every error, if there is any."""
+        """Raise one :class:`SpecError` with every error, if there is any.
+
+        Examples
+        --------
+        >>> SpecCheck("p.yaml").raise_errors()  # no errors: nothing raised
+        >>> SpecCheck("p.yaml", errors=["p.yaml:3: steps[0]: a", "p.yaml:5: sink: b"]).raise_errors()
+        Traceback (most recent call last):
+        ...
+        gpustream.spec.SpecError: p.yaml:3: steps[0]: a
+        p.yaml:5: sink: b
+        """
         if self.errors:
             raise SpecError("\n".join(self.errors), self.errors)
 

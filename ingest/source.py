@@ -59,5 +59,11 @@ class Source(abc.ABC):
 
         Called from the pipeline thread while the source's iterator runs on its own
         thread: implementations return numbers recorded by that thread, never block.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> gs.from_arrow({"x": [1]}).lag() is None  # a table in memory is never behind
+        True
         """
         return None

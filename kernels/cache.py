@@ -29,6 +29,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
@@ -140,8 +141,9 @@ def _cuda_locator(base: type) -> type:
     return type("_CudaLocator", (_Locator, base), {"kind": "cuda", "__module__": __name__})
 
 
-#: the dispatchers :func:`generated_kernel` made in this process
-_GENERATED_KERNELS: list[Any] = []
+#: the dispatchers :func:`generated_kernel` made in this process and still in use (weak:
+#: the loops' own caches decide how long one lives)
+_GENERATED_KERNELS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _module_from(path: Path, modname: str, source: str) -> ModuleType:
@@ -206,7 +208,7 @@ def generated_kernel(source: str, name: str, stem: str, **options: Any) -> Any:
         namespace: dict[str, Any] = {}
         exec(compile(source, f"<gpustream {stem}>", "exec"), namespace)
         dispatcher = numba.njit(cache=False, **options)(namespace[name])
-    _GENERATED_KERNELS.append(dispatcher)
+    _GENERATED_KERNELS.add(dispatcher)
     return dispatcher
 
 

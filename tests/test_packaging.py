@@ -15,10 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tracked_tree(dest: Path) -> Path:
-    """The checkout's files that git does not ignore (symlinks kept): no build leftovers."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    """The checkout's files that git does not ignore (symlinks kept): no build leftovers.
+    Outside a git checkout (an unpacked sdist, a copied tree): what the package is built
+    from, without caches."""
+    try:
+        files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                                "--exclude-standard"], cwd=ROOT, capture_output=True,
+                               check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        for name in ("gpustream", "kernels", "ingest"):
+            shutil.copytree(ROOT / name, dest / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, dest / name)
+        return dest
     for name in filter(None, files):
         src, dst = ROOT / name, dest / name
         if not src.exists() and not src.is_symlink():

@@ -8,12 +8,19 @@ dictionary; results are compared with pandas.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 import gpustream as gs
 from gpustream.backend import Backend
+from gpustream.ingest.source import Source, SourceBatch
 from tests.conftest import cudasim_on
 
 
@@ -92,3 +99,57 @@ def test_windows_keyed_by_fresh_string_keys(backend: Backend) -> None:
     pd.testing.assert_frame_equal(_sorted(got[["k", "window_start", "n", "top"]],
                                           ["k", "window_start"]),
                                   _sorted(ref, ["k", "window_start"]), check_dtype=False)
+
+
+class _LateSource(Source):
+    """A string column whose first batch comes only once ``go`` is set."""
+
+    def __init__(self, go: threading.Event) -> None:
+        self.go = go
+        self.name = "late source"
+
+    def schema(self) -> pa.Schema:
+        return pa.schema([("ts", pa.int64()), ("who", pa.string())])
+
+    def open(self, offset: Any = None) -> Iterator[SourceBatch]:
+        if offset is not None:
+            return
+        assert self.go.wait(30)
+        yield SourceBatch(pa.record_batch({"ts": [5, 6], "who": ["x", "y"]},
+                                          schema=self.schema()), 2)
+
+
+def test_checkpoints_never_see_a_source_thread_add_a_dictionary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint reads each source's column -> dictionary map on the pipeline thread;
+    a source thread that added a column's dictionary to it meanwhile would change the map
+    under the reader (``dictionary changed size during iteration``). Every string column's
+    dictionary exists before the threads start, so each checkpoint has all of them, the
+    late source's included, even before that source read anything."""
+    from gpustream.checkpoint import CheckpointStore
+
+    seen: list[set[str]] = []
+    write = CheckpointStore.write
+
+    def spy(self: CheckpointStore, ck: Any) -> None:
+        seen.append(set(ck.dictionaries))
+        write(self, ck)
+
+    monkeypatch.setattr(CheckpointStore, "write", spy)
+    go = threading.Event()
+    p = gs.Pipeline("late", engine="cpu")
+    early = p.source(gs.from_arrow({"ts": [1, 2, 3], "name": ["a", "b", "c"]}, batch_rows=1),
+                     event_time="ts", name="early")
+    late = p.source(_LateSource(go), event_time="ts", name="late")
+    calls: list[int] = []
+
+    def after(rb: pa.RecordBatch) -> None:
+        calls.append(rb.num_rows)
+        if len(calls) == 2:  # two checkpoints taken before the late source reads a row
+            go.set()
+
+    early.sink(gs.to_callback(after))
+    late.sink(gs.to_callback(lambda rb: None))
+    p.run(checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=1))
+    assert len(seen) >= 3
+    assert all(keys == {"early/name", "late/who"} for keys in seen), seen
