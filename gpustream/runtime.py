@@ -406,8 +406,6 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                 stats.events_in += batch.num_rows
                 stats.batches_in += 1
                 runner.push(pn, batch)
-                if metrics is not None:
-                    metrics.phase = None  # the first batch went through: compiled
                 watermark = getattr(pn.op, "current", None)
                 if watermark is not None and watermark != NO_WATERMARK:
                     runner.advance(pn, watermark)
@@ -416,6 +414,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                     metrics.bad_records = stats.bad_records
                     metrics.batch(batch.num_rows, time.perf_counter() - t0,
                                   watermark if watermark != NO_WATERMARK else None)
+                    metrics.phase = None  # a batch went through, firing too: compiled
                 if stats.stopped_early:
                     break
                 if ck is not None:  # a batch boundary: every operator is consistent
