@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpustream.ingest.dictionary import StringDictionary
+from gpustream.ingest.schema import is_string_type as _is_string
 from gpustream.ingest.schema import logical_type
 
 if TYPE_CHECKING:
@@ -52,11 +53,6 @@ def physical_dtype(arrow_type: pa.DataType, *, column: str = "?") -> np.dtype:
         f"column {column!r} has Arrow type {arrow_type}, which gpustream cannot hold; cast it "
         "to a number, bool, timestamp or string before the source"
     )
-
-
-def _is_string(arrow_type: pa.DataType) -> bool:
-    return bool(pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
-                or pa.types.is_string_view(arrow_type))
 
 
 def _column_from_arrow(

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from gpustream.batch import physical_dtype
 from gpustream.errors import PlanError
+from gpustream.ingest.schema import is_string_type as _is_string
 
 if TYPE_CHECKING:
     from gpustream.aggs import Agg
@@ -494,13 +495,6 @@ def _to_arrow_type(dtype: str | pa.DataType | np.dtype | type) -> pa.DataType:
 
 def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t)
-
-
-def _is_string(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t)
-                or pa.types.is_string_view(t))
 
 
 def _lit_type(value: Scalar) -> pa.DataType:

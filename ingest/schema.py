@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 
 from gpustream.errors import IngestError
 
-__all__ = ["SchemaLike", "as_schema", "conform", "logical_schema", "logical_type", "merge_schema",
-           "type_of"]
+__all__ = ["SchemaLike", "as_schema", "conform", "is_string_type", "logical_schema",
+           "logical_type", "merge_schema", "type_of"]
 
 #: What ``schema=`` accepts: a ``pyarrow.Schema`` or a mapping of column -> Arrow type
 #: (a ``pyarrow.DataType`` or its name: ``"int64"``, ``"float64"``, ``"string"``,
@@ -85,6 +85,19 @@ def merge_schema(inferred: pa.Schema, given: pa.Schema | None, complete: bool) -
     fields = [over.pop(f.name, f) for f in inferred]
     fields = [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in fields]
     return pa.schema(fields + list(over.values()))
+
+
+def is_string_type(arrow_type: pa.DataType) -> bool:
+    """True for strings of any Arrow encoding: plain, large, view, or a dictionary of them.
+
+    Examples
+    --------
+    >>> is_string_type(pa.dictionary(pa.uint8(), pa.large_string())), is_string_type(pa.int8())
+    (True, False)
+    """
+    t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_string_view(t))
 
 
 def logical_type(arrow_type: pa.DataType) -> pa.DataType:

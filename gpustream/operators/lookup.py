@@ -23,16 +23,13 @@ import pyarrow.compute as pc
 from gpustream.backend import Backend
 from gpustream.batch import Batch
 from gpustream.ingest.dictionary import StringDictionary
+from gpustream.ingest.schema import is_string_type as _is_string
 from gpustream.kernels.hashing import widen_keys
 from gpustream.operators.base import TwoInputOperator
 from gpustream.plan import JoinTableNode, join_columns
 from gpustream.state.table import SlotTable
 
 __all__ = ["LookupJoinOp"]
-
-
-def _is_string(t: pa.DataType) -> bool:
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
 class LookupJoinOp(TwoInputOperator):
