@@ -1,20 +1,25 @@
-"""Checkpoints: operator state, source offsets and string dictionaries, taken at batch
-boundaries and written atomically (DESIGN.md section 5).
+"""Checkpoints: operator state, source offsets, string dictionaries and the sinks'
+pending output, taken at batch boundaries and written atomically (DESIGN.md sections 5
+and 11).
 
-A checkpoint is a folder ``ckpt-<seq>`` holding ``meta.json`` (the pipeline, each
-source's offset after the last batch the pipeline finished, which operators have state)
-and ``state.arrow`` (one Arrow IPC file: a one-row table whose columns are the state
-arrays, as lists, with their shapes in the schema's metadata). It is written under a
-temporary name and renamed into place, so a crash never leaves half a checkpoint; the
-two newest are kept. On start, the newest complete checkpoint is restored and the
-sources resume after their offsets: the operators' state is exactly-once. Sinks are
-at-least-once for now: rows a sink took after the last checkpoint are written again
-after a restart.
+A checkpoint is a folder ``ckpt-<seq>`` holding ``meta.json`` (the pipeline, the plan's
+fingerprint, each source's offset after the last batch the pipeline finished, each
+sink's pending output, the checksum of the state) and ``state.arrow`` (one Arrow IPC
+file: a one-row table whose columns are the state arrays, as lists, with their shapes in
+the schema's metadata). It is written under a temporary name, flushed to disk (fsync)
+and renamed into place, so a crash never leaves half a checkpoint; the two newest are
+kept. On start the newest checkpoint that loads and matches its checksum is restored (a
+damaged one is skipped, with a warning naming it, for the one before); one taken by a
+different plan is refused, naming the steps that changed. The sources resume after the
+checkpoint's offsets: the operators' state is exactly-once, and so is the output of the
+sinks that commit with checkpoints (file sinks: see :mod:`gpustream.filesinks`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -26,9 +31,76 @@ import pyarrow as pa
 
 from gpustream.errors import PlanError
 
-__all__ = ["Checkpoint", "CheckpointStore", "Checkpointing"]
+__all__ = ["Checkpoint", "CheckpointStore", "Checkpointing", "Fingerprint", "fsync_dir"]
 
-FORMAT = 1
+#: 2: plan fingerprint, sinks' pending output and the state's checksum in meta.json
+FORMAT = 2
+log = logging.getLogger("gpustream")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a checkpoint's state depends on: one line per operator (its step, what it
+    does, its output schema) and per sink (its kind). Two plans with equal lines read
+    each other's checkpoints; ``changes`` names what differs.
+
+    Examples
+    --------
+    >>> a = Fingerprint(("step 0 (source) 'e' [ts: int64]", "step 1 (window 'w') tumbling(10s)"))
+    >>> b = Fingerprint(("step 0 (source) 'e' [ts: int64]", "step 1 (window 'w') tumbling(5s)"))
+    >>> a.digest == b.digest, len(a.digest)
+    (False, 64)
+    >>> print(a.changes(b))
+    - step 1 (window 'w') tumbling(10s)
+    + step 1 (window 'w') tumbling(5s)
+    """
+
+    lines: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the lines, as hex."""
+        return hashlib.sha256("\n".join(self.lines).encode()).hexdigest()
+
+    def changes(self, now: Fingerprint) -> str:
+        """The lines of this (the checkpoint's) plan and of ``now`` that differ."""
+        old, new = set(self.lines), set(now.lines)
+        return "\n".join([f"- {line}" for line in self.lines if line not in new]
+                         + [f"+ {line}" for line in now.lines if line not in old])
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a folder's entries (files created, renamed or removed in it) durable.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> fsync_dir(tempfile.mkdtemp())
+    """
+    if os.name == "nt":  # pragma: no cover - Windows cannot open a folder for fsync
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint folder that cannot be read back (truncated, empty, bad JSON, checksum)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +142,10 @@ class Checkpoint:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     #: "<owner>/<key>" -> Arrow array (string dictionaries)
     dictionaries: dict[str, pa.Array] = field(default_factory=dict)
+    #: the plan that took it (None: not recorded, a format-1 checkpoint)
+    fingerprint: Fingerprint | None = None
+    #: sink key -> what the sink's ``prepare`` returned (its pending output)
+    sinks: dict[str, Any] = field(default_factory=dict)
 
     def state_of(self, owner: str) -> dict[str, np.ndarray]:
         """The arrays that ``owner`` (an operator's id) saved."""
@@ -105,18 +181,61 @@ class CheckpointStore:
                       if p.is_dir() and p.name.startswith("ckpt-") and (p / "meta.json").exists()
                       and not p.name.endswith(".tmp"))
 
-    def latest(self) -> Checkpoint | None:
-        """The newest complete checkpoint, or None."""
+    def latest(self, fingerprint: Fingerprint | None = None) -> Checkpoint | None:
+        """The newest checkpoint that loads intact, or None when there is none.
+
+        A damaged checkpoint (truncated or empty state, unreadable ``meta.json``, a
+        checksum that does not match) is skipped with a warning for the one before it;
+        when checkpoints exist but none loads, that is an error (starting over would
+        write the output again). A checkpoint of another pipeline, or of a different
+        plan (``fingerprint``), is refused."""
         done = self._complete()
-        if not done:
-            return None
-        path = done[-1]
-        meta = json.loads((path / "meta.json").read_text())
+        damaged: list[str] = []
+        for path in reversed(done):
+            try:
+                ck = self._load(path)
+            except DamagedCheckpoint as err:
+                log.warning("checkpoint %s is damaged (%s); trying the one before it", path, err)
+                damaged.append(f"{path.name}: {err}")
+                continue
+            if fingerprint is not None and ck.fingerprint is not None \
+                    and ck.fingerprint.digest != fingerprint.digest:
+                raise PlanError(
+                    f"checkpoint {path} was taken by a different plan of pipeline "
+                    f"{self.pipeline!r}; its state does not fit this one. What changed:\n"
+                    f"{ck.fingerprint.changes(fingerprint)}\nTo start fresh, give another "
+                    "checkpoint dir (or remove this one); to resume, run the plan that took "
+                    "it.")
+            if fingerprint is not None and ck.fingerprint is None:
+                log.warning("checkpoint %s records no plan fingerprint (an older gpustream "
+                            "wrote it): it is restored unchecked", path)
+            return ck
+        if damaged:
+            raise PlanError(f"every checkpoint in {self.folder} is damaged ("
+                            + "; ".join(damaged) + "); nothing can be restored. Move the "
+                            "folder away to start over (the sinks' output would be written "
+                            "again).")
+        return None
+
+    def _load(self, path: Path) -> Checkpoint:
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            if not isinstance(meta, dict) or "seq" not in meta:
+                raise ValueError("meta.json holds no checkpoint")
+        except (OSError, ValueError) as err:
+            raise DamagedCheckpoint(f"meta.json: {err}") from err
         if meta.get("pipeline") != self.pipeline:
             raise PlanError(f"checkpoint {path} belongs to pipeline {meta.get('pipeline')!r}, "
                             f"not {self.pipeline!r}; give this pipeline its own checkpoint dir")
-        with pa.memory_map(str(path / "state.arrow")) as m:
-            table = pa.ipc.open_file(m).read_all()
+        state = path / "state.arrow"
+        want = meta.get("checksums", {}).get("state.arrow")
+        try:
+            if want is not None and _sha256(state) != want:
+                raise DamagedCheckpoint("state.arrow does not match its checksum")
+            with pa.memory_map(str(state)) as m:
+                table = pa.ipc.open_file(m).read_all()
+        except (OSError, pa.ArrowException) as err:
+            raise DamagedCheckpoint(f"state.arrow: {err}") from err
         arrays: dict[str, np.ndarray] = {}
         dicts: dict[str, pa.Array] = {}
         shapes = json.loads((table.schema.metadata or {}).get(b"shapes", b"{}"))
@@ -127,7 +246,10 @@ class CheckpointStore:
             else:
                 arr = values.to_numpy(zero_copy_only=False).copy()
                 arrays[name] = arr.reshape(shapes[name]) if name in shapes else arr
-        return Checkpoint(int(meta["seq"]), meta["pipeline"], meta["offsets"], arrays, dicts)
+        fp = meta.get("fingerprint")
+        return Checkpoint(int(meta["seq"]), meta["pipeline"], meta["offsets"], arrays, dicts,
+                          None if fp is None else Fingerprint(tuple(fp)),
+                          meta.get("sinks", {}))
 
     def write(self, ck: Checkpoint) -> None:
         """Write ``ck`` atomically (temporary folder, then rename); keep the newest few."""
@@ -153,12 +275,22 @@ class CheckpointStore:
         with pa.OSFile(str(tmp / "state.arrow"), "wb") as sink, \
                 pa.ipc.new_file(sink, table.schema) as w:
             w.write_table(table)
+        _fsync_file(tmp / "state.arrow")
         meta = {"format": FORMAT, "seq": ck.seq, "pipeline": ck.pipeline, "offsets": ck.offsets,
-                "dictionaries": sorted(ck.dictionaries)}
+                "dictionaries": sorted(ck.dictionaries),
+                "fingerprint": None if ck.fingerprint is None else list(ck.fingerprint.lines),
+                "sinks": ck.sinks,
+                "checksums": {"state.arrow": _sha256(tmp / "state.arrow")}}
         (tmp / "meta.json").write_text(json.dumps(meta, default=_plain))
+        _fsync_file(tmp / "meta.json")
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(self.folder)
+
+    def prune(self) -> None:
+        """Remove all but the newest ``keep`` checkpoints (and leftovers of unfinished ones)."""
         for old in self._complete()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 

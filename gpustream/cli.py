@@ -58,11 +58,14 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def handle_sigterm() -> None:
-    """Make SIGTERM stop like Ctrl-C: sources stop, sinks close, the summary is printed,
-    and the exit status is 143 (128 + SIGTERM, what ``docker stop`` and Kubernetes
-    report for a process that ended on SIGTERM; not 0, so a Job stopped mid-stream is not
-    taken as done). Only the first SIGTERM raises; later ones are ignored while it stops.
-    No-op off the main thread, where Python cannot install signal handlers.
+    """Make SIGTERM stop like Ctrl-C outside a run's loop (while the spec is read or the
+    kernels compile), with exit status 143 (128 + SIGTERM, what ``docker stop`` and
+    Kubernetes report for a process that ended on SIGTERM; not 0, so a Job stopped
+    mid-stream is not taken as done). While the run's loop is active, the runtime
+    handles SIGINT and SIGTERM itself (``gpustream.stopping``): it finishes the batch in
+    hand, takes a final checkpoint, commits the sinks and prints the summary; a second
+    signal stops at once. No-op off the main thread, where Python cannot install signal
+    handlers.
 
     Examples
     --------
@@ -135,7 +138,7 @@ def run(
 ) -> None:
     """Run a pipeline spec until its bounded sources end (or Ctrl-C, or SIGTERM).
 
-    Ctrl-C and SIGTERM stop it cleanly (sources stopped, sinks closed, the summary printed) with exit status 130 and 143.
+    Ctrl-C and SIGTERM stop it cleanly at a batch boundary (sources stopped, a final checkpoint taken when the spec checkpoints, sinks committed and closed, the summary printed) with exit status 130 and 143; a second signal stops at once.
     """
     from gpustream.live import LiveView
     from gpustream.metrics import Metrics, serve_prometheus
@@ -169,6 +172,8 @@ def run(
         console.print(f"resumed from checkpoint {stats.restored_checkpoint}", highlight=False)
     console.print(stats.summary(), highlight=False, soft_wrap=True)
     if stats.interrupted:
+        if stats.stopped_by == "SIGTERM":
+            _terminated.set()
         if _terminated.is_set():
             console.print("stopped by SIGTERM", highlight=False)
         raise Interrupted

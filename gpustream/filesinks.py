@@ -1,16 +1,35 @@
 """File sinks: ``gs.to_parquet``, ``gs.to_csv``, ``gs.to_jsonl``.
 
-A path that ends with the format's suffix is one file. Any other path is a directory of
-rolling part files, ``part-00000.parquet`` …, each closed after ``rows_per_file`` rows
-(and at the end of the run). Every file is written under a temporary name and renamed
-into place when complete, so a reader (``read_parquet(..., follow=True)``, say) never
-sees half a file.
+A path that ends with the format's suffix is one file. Any other path is a folder of
+part files. Rows are written to hidden in-progress files (``.part-….parquet.inprogress``,
+which folder readers such as ``pyarrow.parquet.read_table`` and ``gs.read_parquet`` skip)
+and become visible by an atomic rename once complete; a sink never writes through a
+symlink planted at its paths (files are created exclusively, links replaced, not followed).
+
+Without checkpoints, a folder's part file is committed after ``rows_per_file`` rows and
+at the end of the run (``part-00000.parquet``, … never overwriting an earlier run's
+parts). A single file appears when the run ends; ``mode`` says what to do when it exists:
+``"error"`` (the default: refuse, before anything runs), ``"overwrite"`` or ``"append"``.
+
+With checkpoints, output is exactly-once (a two-phase commit, as Flink's FileSink):
+part files roll at ``rows_per_file`` rows and at each checkpoint; at a checkpoint they are
+flushed to disk (fsync) and recorded in it, and renamed into place
+(``part-<lineage>-<checkpoint>-<n>.parquet``) once the checkpoint is on disk. A restart
+commits what its checkpoint recorded, discards in-progress files written after it, and sets
+aside (``….superseded``, hidden) files committed under a newer checkpoint that was lost,
+so every row is in exactly one visible file. A single file is then assembled, when the
+run ends, from the committed segments kept in the hidden folder ``.<name>.segments``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
+import shutil
+import uuid
 from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -19,71 +38,243 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from gpustream.checkpoint import fsync_dir
+from gpustream.errors import PlanError
 from gpustream.sinks import Sink
 
 __all__ = ["FileSink", "to_csv", "to_jsonl", "to_parquet"]
 
+log = logging.getLogger("gpustream")
+MODES = ("error", "overwrite", "append")
+_INPROGRESS = ".inprogress"
+_SUPERSEDED = ".superseded"
+
+
+def _create(path: Path) -> IO[bytes]:
+    """A new file at ``path``, never through a symlink: whatever is there is removed
+    (the link itself, not its target) and the file created exclusively."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_BINARY", 0)
+    return os.fdopen(os.open(path, flags, 0o644), "wb")
+
 
 class FileSink(Sink):
-    """Writes batches to one file or to rolling part files (see the module docstring)."""
+    """Writes batches to one file or to part files in a folder (see the module docstring)."""
 
     suffix = ""
     kind = "file"
 
-    def __init__(self, path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> None:
-        if rows_per_file < 1:
+    def __init__(self, path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
+                 mode: str = "error") -> None:
+        if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int) \
+                or rows_per_file < 1:
             raise ValueError(f"to_{self.kind}: rows_per_file must be >= 1, got {rows_per_file}")
+        if mode not in MODES:
+            raise ValueError(f"to_{self.kind}: mode={mode!r} is not one of "
+                             f"{', '.join(MODES)}")
         self.path = Path(path)
         self.single = self.path.suffix == self.suffix
         self.rows_per_file = rows_per_file
+        self.mode = mode
         self.part = 0
         self.rows_in_file = 0
+        #: the files this sink made visible in this run
         self.files: list[Path] = []
-        self._tmp: Path | None = None
         self.name = f"{self.kind} {self.path}{'' if self.single else '/'}"
+        self._file: IO[bytes] | None = None
+        self._open_path: Path | None = None
+        #: checkpointed runs: files closed but not yet committed, and those of the
+        #: checkpoint being taken (in-progress path, final path)
+        self._closed: list[Path] = []
+        self._pending: list[tuple[Path, Path]] = []
+        self._lineage: str | None = None
+        self._token = uuid.uuid4().hex[:8]
+
+    # -- where rows go ---------------------------------------------------------------
+    @property
+    def _folder(self) -> Path:
+        """The folder part files go to: the path, or a single file's segments folder."""
+        if not self.single:
+            return self.path
+        return self.path.with_name(f".{self.path.name}.segments")
+
+    @property
+    def checkpointed(self) -> bool:
+        """True once a checkpointed run restored this sink (two-phase commit on)."""
+        return self._lineage is not None
 
     def open(self, schema: pa.Schema) -> None:
         super().open(schema)
-        (self.path.parent if self.single else self.path).mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.single:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif self.mode == "error" and self.path.exists() and not self._folder.is_dir():
+            raise PlanError(f"to_{self.kind}: {self.path} exists; give mode='overwrite' "
+                            "or mode='append' (spec: mode:), or another path")
 
-    def _target(self) -> Path:
-        if self.single:
-            return self.path
-        while (p := self.path / f"part-{self.part:05d}{self.suffix}").exists():
-            self.part += 1  # never overwrite the parts of an earlier run
-        return p
+    def _new_inprogress(self) -> Path:
+        if self.single and not self.checkpointed:
+            return self.path.with_name(f".{self.path.name}{_INPROGRESS}")
+        self.part += 1
+        return self._folder / f".part-{self._token}-{self.part:05d}{self.suffix}{_INPROGRESS}"
 
     def write(self, batch: pa.RecordBatch) -> None:
         start = 0
         while start < batch.num_rows:
-            if self._tmp is None:
-                target = self._target()
-                self._tmp = target.with_name(target.name + ".tmp")
-                self._begin(self._tmp)
-            take = batch.num_rows - start if self.single else \
+            if self._file is None:
+                self._open_path = self._new_inprogress()
+                self._file = _create(self._open_path)
+                self._begin(self._file)
+            take = batch.num_rows - start if self.single and not self.checkpointed else \
                 min(batch.num_rows - start, self.rows_per_file - self.rows_in_file)
             self._write(batch.slice(start, take))
             start += take
             self.rows_in_file += take
-            if not self.single and self.rows_in_file >= self.rows_per_file:
-                self._roll()
+            if self.rows_in_file >= self.rows_per_file and not (
+                    self.single and not self.checkpointed):
+                self._close_file()
 
-    def _roll(self) -> None:
-        assert self._tmp is not None
+    def _close_file(self) -> Path | None:
+        """End the open file (durably); None when none was open."""
+        if self._file is None:
+            return None
         self._end()
-        final = self._tmp.with_name(self._tmp.name[: -len(".tmp")])
-        os.replace(self._tmp, final)
-        self.files.append(final)
-        self._tmp = None
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        done, self._file, self._open_path = self._open_path, None, None
         self.rows_in_file = 0
-        self.part += 1
+        assert done is not None
+        if self.checkpointed:
+            self._closed.append(done)
+        else:
+            self._publish(done)
+        return done
+
+    def _publish(self, done: Path) -> None:
+        """Runs without checkpoints: make a finished file visible now."""
+        if self.single:
+            if self.mode == "append" and self.path.exists():
+                self._concat([self.path, done], done.with_name(done.name + ".all"))
+                done.unlink()
+                done = done.with_name(done.name + ".all")
+            os.replace(done, self.path)
+            self.files.append(self.path)
+        else:
+            final = self._next_part()
+            os.replace(done, final)
+            self.files.append(final)
+        fsync_dir(self.path.parent if self.single else self.path)
+
+    def _next_part(self) -> Path:
+        n = 0
+        while (p := self.path / f"part-{n:05d}{self.suffix}").exists() or p.is_symlink():
+            n += 1  # never overwrite the parts of an earlier run
+        return p
 
     def close(self) -> None:
-        if self._tmp is not None:
-            self._roll()
+        if not self.checkpointed:
+            self._close_file()
+            return
+        # checkpointed: what was written after the last checkpoint is not committed; it
+        # stays in progress and the next run (from that checkpoint) discards it
+        if self._file is not None:
+            self._end()
+            if not self._file.closed:
+                self._file.close()
+            self._file = None
+        if self.single:
+            self._assemble()
+
+    # -- two-phase commit (checkpointed runs) ---------------------------------------
+    def restore(self, state: dict[str, Any] | None, seq: int, key: str) -> None:
+        folder = self._folder
+        folder.mkdir(parents=True, exist_ok=True)
+        if state and state.get("lineage"):
+            self._lineage = str(state["lineage"])
+            for inprogress, final in state.get("pending", []):  # its commit may not
+                if os.path.exists(inprogress):                 # have happened
+                    os.replace(inprogress, final)
+            self._set_aside_newer(seq)
+        else:
+            self._lineage = uuid.uuid4().hex[:8]
+            if self.single and self.path.exists():
+                if self.mode == "error":
+                    raise PlanError(f"to_{self.kind}: {self.path} exists and no checkpoint "
+                                    "says this sink wrote it; give mode='overwrite' or "
+                                    "mode='append' (spec: mode:), or another path")
+                if self.mode == "append":  # the old content is the first segment
+                    shutil.copyfile(self.path, folder / self._final(0, 0).name)
+        for f in folder.iterdir():  # what runs that died left in progress
+            if f.name.startswith(".part-") and f.name.endswith(_INPROGRESS):
+                f.unlink()
+        fsync_dir(folder)
+
+    def _final(self, seq: int, n: int) -> Path:
+        return self._folder / f"part-{self._lineage}-{seq:09d}-{n:05d}{self.suffix}"
+
+    def _set_aside_newer(self, seq: int) -> None:
+        pattern = re.compile(rf"part-{self._lineage}-(\d{{9}})-\d{{5}}{re.escape(self.suffix)}$")
+        for f in self._folder.iterdir():
+            m = pattern.match(f.name)
+            if m and int(m.group(1)) > seq:
+                aside = f.with_name(f".{f.name}{_SUPERSEDED}")
+                log.warning("%s was committed under a checkpoint newer than %d, which was "
+                            "lost; its rows are written again, so it is set aside as %s",
+                            f, seq, aside.name)
+                os.replace(f, aside)
+
+    def prepare(self, seq: int) -> dict[str, Any]:
+        self._close_file()
+        self._pending = [(p, self._final(seq, n)) for n, p in enumerate(self._closed)]
+        self._closed = []
+        fsync_dir(self._folder)
+        return {"lineage": self._lineage,
+                "pending": [[str(a.resolve()), str(b.resolve())] for a, b in self._pending]}
+
+    def commit(self, seq: int) -> None:
+        for inprogress, final in self._pending:
+            os.replace(inprogress, final)
+            self.files.append(final)
+        self._pending = []
+        fsync_dir(self._folder)
+
+    def _assemble(self) -> None:
+        """A single file from its committed segments, replaced atomically."""
+        pattern = re.compile(rf"part-{self._lineage}-\d{{9}}-\d{{5}}{re.escape(self.suffix)}$")
+        parts = sorted(f for f in self._folder.iterdir() if pattern.match(f.name))
+        tmp = self.path.with_name(f".{self.path.name}{_INPROGRESS}")
+        self._concat(parts, tmp)
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+        if self.path not in self.files:
+            self.files.append(self.path)
+
+    def _concat(self, parts: list[Path], out: Path) -> None:
+        """Write the rows of ``parts``, in order, as one file at ``out`` (text formats
+        byte for byte, a CSV's header once)."""
+        with _create(out) as f:
+            if self.kind == "parquet":
+                self._begin(f)
+                for part in parts:
+                    for batch in pq.read_table(part).to_batches():
+                        self._write(batch)
+                self._end()
+            else:
+                for i, part in enumerate(parts):
+                    with open(part, "rb") as src:
+                        if i and self.kind == "csv":
+                            src.readline()  # the header, written once
+                        shutil.copyfileobj(src, f)
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
 
     # format hooks
-    def _begin(self, path: Path) -> None:
+    def _begin(self, file: IO[bytes]) -> None:
         raise NotImplementedError
 
     def _write(self, batch: pa.RecordBatch) -> None:
@@ -99,8 +290,8 @@ class ParquetSink(FileSink):
     suffix = ".parquet"
     kind = "parquet"
 
-    def _begin(self, path: Path) -> None:
-        self._writer = pq.ParquetWriter(path, self.schema)
+    def _begin(self, file: IO[bytes]) -> None:
+        self._writer = pq.ParquetWriter(file, self.schema)
 
     def _write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
@@ -115,8 +306,8 @@ class CsvSink(FileSink):
     suffix = ".csv"
     kind = "csv"
 
-    def _begin(self, path: Path) -> None:
-        self._writer = pacsv.CSVWriter(str(path), self.schema)
+    def _begin(self, file: IO[bytes]) -> None:
+        self._writer = pacsv.CSVWriter(file, self.schema)
 
     def _write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
@@ -137,19 +328,20 @@ class JsonlSink(FileSink):
     suffix = ".jsonl"
     kind = "jsonl"
 
-    def _begin(self, path: Path) -> None:
-        self._file: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+    def _begin(self, file: IO[bytes]) -> None:
+        self._out = file
 
     def _write(self, batch: pa.RecordBatch) -> None:
-        self._file.write("".join(json.dumps(row, default=_json_default) + "\n"
-                                 for row in batch.to_pylist()))
-        self._file.flush()
+        self._out.write("".join(json.dumps(row, default=_json_default) + "\n"
+                                for row in batch.to_pylist()).encode("utf-8"))
+        self._out.flush()
 
     def _end(self) -> None:
-        self._file.close()
+        self._out.flush()
 
 
-def to_parquet(path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> ParquetSink:
+def to_parquet(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
+               mode: str = "error") -> ParquetSink:
     """Write a stream to Parquet: ``out.parquet`` (one file) or ``out/`` (part files).
 
     Examples
@@ -163,10 +355,11 @@ def to_parquet(path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> 
     >>> sorted(os.listdir(d)), pq.read_table(d)["x"].to_pylist()
     (['part-00000.parquet', 'part-00001.parquet'], [0, 1, 2, 3, 4])
     """
-    return ParquetSink(path, rows_per_file)
+    return ParquetSink(path, rows_per_file, mode)
 
 
-def to_csv(path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> CsvSink:
+def to_csv(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
+           mode: str = "error") -> CsvSink:
     """Write a stream to CSV: ``out.csv`` (one file) or ``out/`` (part files).
 
     Examples
@@ -182,10 +375,11 @@ def to_csv(path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> CsvS
     1,"a"
     2,"b"
     """
-    return CsvSink(path, rows_per_file)
+    return CsvSink(path, rows_per_file, mode)
 
 
-def to_jsonl(path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> JsonlSink:
+def to_jsonl(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
+             mode: str = "error") -> JsonlSink:
     """Write a stream as JSON lines: ``out.jsonl`` (one file) or ``out/`` (part files).
 
     Examples
@@ -200,4 +394,4 @@ def to_jsonl(path: str | os.PathLike[str], rows_per_file: int = 1_000_000) -> Js
     {"x": 1, "s": "a"}
     {"x": 2, "s": null}
     """
-    return JsonlSink(path, rows_per_file)
+    return JsonlSink(path, rows_per_file, mode)

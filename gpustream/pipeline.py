@@ -102,12 +102,20 @@ class Pipeline:
     """
 
     def __init__(self, name: str = "pipeline", engine: str = "auto",
-                 dead_letter: str | os.PathLike[str] | Sink | None = None) -> None:
+                 dead_letter: str | os.PathLike[str] | Sink | None = None,
+                 max_state_bytes: int | None = None) -> None:
         if engine not in ENGINES:
             raise PlanError(f"Pipeline {name!r}: engine={engine!r} is not one of "
                             f"{', '.join(ENGINES[:3])}")
+        if max_state_bytes is not None and (isinstance(max_state_bytes, bool)
+                                            or not isinstance(max_state_bytes, int)
+                                            or max_state_bytes < 1):
+            raise PlanError(f"Pipeline {name!r}: max_state_bytes must be a positive number "
+                            f"of bytes, got {max_state_bytes!r}")
         self.name = name
         self.engine = engine
+        #: stop with an error naming the operator when its state grows past this
+        self.max_state_bytes = max_state_bytes
         self.dead_letter: Path | Sink = (
             dead_letter if isinstance(dead_letter, Sink)
             else Path(dead_letter if dead_letter is not None
@@ -253,14 +261,17 @@ class Pipeline:
         """Run until the bounded sources end (or after ``max_events`` input events).
 
         ``metrics`` (a :class:`gpustream.metrics.Metrics`) is kept current after every
-        batch, for a live view or a Prometheus endpoint. Ctrl-C stops the run cleanly:
-        sources stop, sinks close, and the statistics say it was interrupted.
+        batch, for a live view or a Prometheus endpoint. Ctrl-C or SIGTERM stops the run
+        cleanly at a batch boundary: sources stop, a final checkpoint is taken (when
+        checkpointing), sinks commit and close, and the statistics say it was
+        interrupted (``stopped_by``); a second signal stops at once.
 
         ``checkpoint`` (``gs.Checkpointing(dir, every_batches=...)``): the run starts from
-        the newest checkpoint in ``dir`` (operator state, source offsets, dictionaries)
+        the newest intact checkpoint in ``dir`` (operator state, source offsets,
+        dictionaries, the sinks' pending output), refuses one taken by a different plan,
         and takes one at batch boundaries as often as asked, and at the end. State is
-        exactly-once; sinks are at-least-once (rows after the last checkpoint are
-        written again after a crash).
+        exactly-once, and so is the output of the file sinks, which commit their files
+        with each checkpoint; broker and callback sinks are at-least-once (see README).
 
         Returns
         -------
@@ -277,7 +288,8 @@ class Pipeline:
         (3, 3)
         """
         plan = build_physical(self._sinks, self.backend)
-        return execute(plan, self.name, max_events, self._dead_letters(), metrics, checkpoint)
+        return execute(plan, self.name, max_events, self._dead_letters(), metrics, checkpoint,
+                       self.max_state_bytes)
 
 
 class Stream:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from gpustream.batch import Batch
-from gpustream.checkpoint import Checkpoint, Checkpointing, CheckpointStore
+from gpustream.checkpoint import Checkpoint, Checkpointing, CheckpointStore, Fingerprint
 from gpustream.compilecache import compile_notice
 from gpustream.errors import PlanError
 from gpustream.ingest.deadletter import DeadLetter, DeadLetterFile, split_missing
@@ -23,9 +23,10 @@ from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
 from gpustream.metrics import Metrics
 from gpustream.operators.base import WATERMARK_END, TwoInputOperator
-from gpustream.plan import SourceNode
+from gpustream.plan import JoinTableNode, SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
 from gpustream.sinks import DeadLetterSink, write_batch
+from gpustream.stopping import GracefulStop
 from gpustream.watermark import NO_WATERMARK
 
 __all__ = ["RunStats", "execute"]
@@ -63,8 +64,11 @@ class RunStats:
     dead_letters: str | None = None
     #: bytes copied host -> device through the pinned staging buffers (0 on cpu)
     bytes_staged: int = 0
-    #: stopped by Ctrl-C (what was read up to then went through and the sinks closed)
+    #: stopped by Ctrl-C or SIGTERM (what was read up to then went through, a final
+    #: checkpoint was taken when the run checkpoints, and the sinks closed)
     interrupted: bool = False
+    #: the signal that stopped the run ("SIGINT", "SIGTERM"; None otherwise)
+    stopped_by: str | None = None
     #: checkpoints taken in this run, and the one it started from (None: from the start)
     checkpoints: int = 0
     restored_checkpoint: int | None = None
@@ -82,7 +86,8 @@ class RunStats:
             f"{self.bad_records} bad records in {self.elapsed_s:.3f} s "
             f"({self.events_per_s:,.0f} events/s)"
             + (" (stopped at --max-events)" if self.stopped_early else "")
-            + (" (interrupted)" if self.interrupted else "")
+            + ((f" (stopped by {self.stopped_by})" if self.stopped_by else " (interrupted)")
+               if self.interrupted else "")
             + (f"; bad records in {self.dead_letters}" if self.dead_letters else "")
         )
 
@@ -247,26 +252,66 @@ def _all_nodes(plan: PhysicalPlan) -> list[tuple[str, PhysicalNode]]:
     return out
 
 
+def _schema_text(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
+
+
+def plan_fingerprint(plan: PhysicalPlan) -> Fingerprint:
+    """What a checkpoint of ``plan`` depends on: each operator's step, what it does and
+    its output schema (a source: its name, event time, watermark and schema, not where it
+    reads from), and each sink's kind.
+
+    Examples
+    --------
+    >>> import gpustream as gs
+    >>> p = gs.Pipeline("doc", engine="cpu")
+    >>> _ = p.source(gs.from_arrow({"x": [1]}), name="nums").filter(gs.col("x") > 0).sink(
+    ...     gs.to_callback(print))
+    >>> from gpustream.planner import build_physical
+    >>> for line in plan_fingerprint(build_physical(p._sinks, p.backend)).lines:
+    ...     print(line)
+    0:step 0 (source) 'nums' event_time=None watermark=None [x: int64]
+    1:step 1 (filter) (col('x') > 0) [x: int64]
+    sink 0: CallbackSink of 1:step 1 (filter)
+    """
+    lines = []
+    ids = {}
+    for opid, pn in _all_nodes(plan):
+        ids[id(pn)] = opid
+        node = pn.node
+        if isinstance(node, SourceNode):
+            wm = None if node.watermark is None else f"bounded({node.watermark.delay_ms}ms)"
+            what = f"{node.name!r} event_time={node.event_time} watermark={wm}"
+        else:
+            what = node.detail()
+            if isinstance(node, JoinTableNode):
+                what += f" table [{_schema_text(node.table.schema())}] key={node.table.key}"
+        lines.append(f"{opid} {what} [{_schema_text(pn.schema)}]")
+    for i, (pn, sink) in enumerate(plan.sinks):
+        lines.append(f"sink {i}: {type(sink).__name__} of {ids.get(id(pn), '?')}")
+    return Fingerprint(tuple(lines))
+
+
+def _sink_key(pipeline: str, i: int, sink: Any) -> str:
+    return f"{pipeline}/sink{i}-{type(sink).__name__}"
+
+
 class _Checkpointer:
-    """Restores the newest checkpoint at the start; takes one every N batches / T s."""
+    """Restores the newest checkpoint at the start; takes one every N batches / T s.
+
+    Taking one is a two-phase commit with the sinks: each sink makes what it holds
+    durable (``prepare``), the checkpoint with their pending output is written, then the
+    sinks make it visible (``commit``) and the sources tell their brokers (``commit``)."""
 
     def __init__(self, config: Checkpointing, plan: PhysicalPlan, pipeline: str,
                  nodes: list[SourceNode]) -> None:
-        from gpustream.operators.join import IntervalJoinOp, WindowJoinOp
-
         self.config = config
         self.plan = plan
         self.nodes = nodes
         self.store = CheckpointStore(config.dir, pipeline)
         self.ops = _all_nodes(plan)
-        for _, pn in self.ops:
-            if isinstance(pn.op, (IntervalJoinOp, WindowJoinOp)):
-                raise PlanError(f"{pn.node.label}: checkpoints of two-stream join state are "
-                                "not supported yet; run it without checkpointing")
-            table = getattr(getattr(pn.node, "table", None), "changelog", None)
-            if table is not None:
-                raise PlanError(f"{pn.node.label}: checkpoints of a table kept current by a "
-                                "changelog are not supported yet")
+        self.fingerprint = plan_fingerprint(plan)
+        self.sinks = [(_sink_key(pipeline, i, s), s) for i, (_, s) in enumerate(plan.sinks)]
         self.seq = 0
         self.batches = 0
         self.last = time.monotonic()
@@ -275,10 +320,14 @@ class _Checkpointer:
         self.restored: int | None = None
 
     def restore(self) -> None:
-        ck = self.store.latest()
+        ck = self.store.latest(self.fingerprint)
         if ck is None:
+            for key, sink in self.sinks:  # discard what a run that died before its
+                sink.restore(None, 0, key)  # first checkpoint left in progress
             return
         self.seq = self.restored = ck.seq
+        for key, sink in self.sinks:
+            sink.restore(ck.sinks.get(key), ck.seq, key)
         for i, n in enumerate(self.nodes):
             self.offsets[i] = ck.offsets.get(n.name)
             prefix = f"{n.name}/"
@@ -316,15 +365,45 @@ class _Checkpointer:
                  for n, ds in zip(self.nodes, self.dictionaries, strict=True)
                  for col, d in list(ds.items())}
         offsets = {n.name: o for n, o in zip(self.nodes, self.offsets, strict=True)}
-        self.store.write(Checkpoint(self.seq, self.store.pipeline, offsets, arrays, dicts))
+        pending = {key: sink.prepare(self.seq) for key, sink in self.sinks}
+        self.store.write(Checkpoint(self.seq, self.store.pipeline, offsets, arrays, dicts,
+                                    self.fingerprint, pending))
+        for _, sink in self.sinks:
+            sink.commit(self.seq)
+        for n, o in zip(self.nodes, self.offsets, strict=True):
+            if o is not None:
+                n.source.commit(o)
+        self.store.prune()
         self.batches = 0
         self.last = time.monotonic()
+
+
+def _check_state(plan: PhysicalPlan, limit: int) -> None:
+    """Stop with an error naming the operator whose state outgrew ``limit`` bytes."""
+    for opid, pn in _all_nodes(plan):
+        size = pn.op.state_bytes() if hasattr(pn.op, "state_bytes") else 0
+        if size > limit:
+            keys = getattr(pn.op, "state_rows", None)
+            if keys is None:
+                keys = getattr(getattr(pn.op, "table", None), "live_count", None)
+            held = f" for {keys:,} open (key, window) states" if keys is not None else ""
+            raise StateLimitExceeded(
+                f"{pn.node.label}: its state holds {size:,} bytes{held}, over "
+                f"max_state_bytes={limit:,}. Raise max_state_bytes (Pipeline(..., "
+                "max_state_bytes=...), spec max_state_bytes:), or keep less state: fewer "
+                "keys, shorter windows or allowed lateness, a lower watermark delay "
+                f"(operator {opid}).")
+
+
+class StateLimitExceeded(PlanError, RuntimeError):
+    """An operator's state grew past the pipeline's ``max_state_bytes``."""
 
 
 def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
             dead_letters: DeadLetterFile | DeadLetterSink | None = None,
             metrics: Metrics | None = None,
-            checkpointing: Checkpointing | None = None) -> RunStats:
+            checkpointing: Checkpointing | None = None,
+            max_state_bytes: int | None = None) -> RunStats:
     """Run a physical plan until its bounded sources end (or ``max_events`` inputs).
 
     Each source runs on its own thread into one bounded queue (backpressure), where its
@@ -333,6 +412,12 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
     rows without an event time) are written to ``dead_letters`` and counted, the rest
     pushed through the operators to the sinks. ``metrics`` (the live view's and the
     Prometheus endpoint's) is updated after every batch.
+
+    The first Ctrl-C or SIGTERM stops the run at the next batch boundary: the sources
+    stop, a final checkpoint is taken (when checkpointing), the sinks commit and close;
+    a second one stops at once. Without checkpoints, each source is told that a batch is
+    done with (``Source.commit``) once it went through to the sinks; with them, only
+    after the checkpoint that covers it.
     """
     backend = plan.backend
     stats = RunStats(pipeline, backend.name)
@@ -367,69 +452,82 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
         for f in logical_schema(n.source.schema()):
             if pa.types.is_string(f.type):
                 ds.setdefault(f.name, StringDictionary())
+    stop = GracefulStop()
     threads: SourceThreads[_Ingested] = SourceThreads(
         [_ingest(n, n.source.open(o), st, d)
          for n, st, o, d in zip(nodes, stagers, offsets, dicts, strict=True)],
-        capacity=2 + 2 * len(nodes), names=[n.name for n in nodes])
+        capacity=2 + 2 * len(nodes), names=[n.name for n in nodes], stop=stop.event)
     lag_next = 0.0  # sources' lag() is read on this thread, at most every _LAG_EVERY_S
     try:
-        try:
-            for arrival in threads:
-                if metrics is not None and (now := time.monotonic()) >= lag_next:
-                    lag_next = now + _LAG_EVERY_S
-                    metrics.source_lag = _source_lag(nodes)
-                i = arrival.index
-                pn = plan.sources[i]
-                if arrival.done:
-                    live.discard(i)
-                    runner.end(pn)
-                    continue
-                got = arrival.item
-                assert got is not None
-                if got.rejects:
-                    if dead_letters is None:
-                        raise RuntimeError("bad records but no dead-letter sink")  # pragma: no cover
-                    dead_letters.write(got.rejects)
-                    stats.bad_records += len(got.rejects)
-                    stats.dead_letters = str(dead_letters.path)
-                if got.staged is None:
+        with stop:
+            try:
+                for arrival in threads:
+                    if metrics is not None and (now := time.monotonic()) >= lag_next:
+                        lag_next = now + _LAG_EVERY_S
+                        metrics.source_lag = _source_lag(nodes)
+                    i = arrival.index
+                    pn = plan.sources[i]
+                    if arrival.done:
+                        live.discard(i)
+                        runner.end(pn)
+                        continue
+                    got = arrival.item
+                    assert got is not None
+                    if got.rejects:
+                        if dead_letters is None:
+                            raise RuntimeError("bad records but no dead-letter sink")  # pragma: no cover
+                        dead_letters.write(got.rejects)
+                        stats.bad_records += len(got.rejects)
+                        stats.dead_letters = str(dead_letters.path)
+                    if got.staged is None:
+                        if metrics is not None:
+                            metrics.bad_records = stats.bad_records
+                        if ck is not None:
+                            ck.done(i, got.offset)
+                        else:
+                            nodes[i].source.commit(got.offset)
+                        continue
+                    t0 = time.perf_counter()
+                    batch = stagers[i].land(got.staged)
+                    if max_events is not None and stats.events_in + batch.num_rows >= max_events:
+                        batch = batch.slice(0, max_events - stats.events_in)
+                        stats.stopped_early = True
+                    stats.events_in += batch.num_rows
+                    stats.batches_in += 1
+                    runner.push(pn, batch)
+                    watermark = getattr(pn.op, "current", None)
+                    if watermark is not None and watermark != NO_WATERMARK:
+                        runner.advance(pn, watermark)
+                    if max_state_bytes is not None:
+                        _check_state(plan, max_state_bytes)
                     if metrics is not None:
+                        metrics.events_out = stats.events_out
                         metrics.bad_records = stats.bad_records
-                    if ck is not None:
+                        metrics.batch(batch.num_rows, time.perf_counter() - t0,
+                                      watermark if watermark != NO_WATERMARK else None)
+                        metrics.phase = None  # a batch went through, firing too: compiled
+                    if stats.stopped_early:
+                        break
+                    if ck is not None:  # a batch boundary: every operator is consistent
                         ck.done(i, got.offset)
-                    continue
-                t0 = time.perf_counter()
-                batch = stagers[i].land(got.staged)
-                if max_events is not None and stats.events_in + batch.num_rows >= max_events:
-                    batch = batch.slice(0, max_events - stats.events_in)
-                    stats.stopped_early = True
-                stats.events_in += batch.num_rows
-                stats.batches_in += 1
-                runner.push(pn, batch)
-                watermark = getattr(pn.op, "current", None)
-                if watermark is not None and watermark != NO_WATERMARK:
-                    runner.advance(pn, watermark)
-                if metrics is not None:
-                    metrics.events_out = stats.events_out
-                    metrics.bad_records = stats.bad_records
-                    metrics.batch(batch.num_rows, time.perf_counter() - t0,
-                                  watermark if watermark != NO_WATERMARK else None)
-                    metrics.phase = None  # a batch went through, firing too: compiled
-                if stats.stopped_early:
-                    break
-                if ck is not None:  # a batch boundary: every operator is consistent
-                    ck.done(i, got.offset)
-                    if ck.due():
-                        ck.take()
-                        stats.checkpoints += 1
-            threads.close()
-            for i in sorted(live):  # stopped at max_events: what is open fires now
-                runner.end(plan.sources[i])
-            if ck is not None and not stats.stopped_early:  # the end: nothing to redo
-                ck.take()
-                stats.checkpoints += 1
-        except KeyboardInterrupt:  # Ctrl-C: stop cleanly, keep what was done, say so
-            stats.interrupted = True
+                        if ck.due():
+                            ck.take()
+                            stats.checkpoints += 1
+                    else:
+                        nodes[i].source.commit(got.offset)
+                threads.close()
+                if stop.event.is_set():  # a signal: stop here, open windows stay open
+                    stats.interrupted = True
+                    stats.stopped_by = stop.signal_name
+                else:
+                    for i in sorted(live):  # stopped at max_events: what is open fires now
+                        runner.end(plan.sources[i])
+                if ck is not None and not stats.stopped_early:  # resume from here
+                    ck.take()
+                    stats.checkpoints += 1
+            except KeyboardInterrupt:  # a second signal, or Ctrl-C off the main thread
+                stats.interrupted = True
+                stats.stopped_by = stop.signal_name
         seen: set[int] = set()
         for pn in plan.sources:
             runner.collect_counters(pn, seen)

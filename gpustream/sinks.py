@@ -29,6 +29,28 @@ class Sink:
     def close(self) -> None:
         """Called once when the run ends."""
 
+    # Checkpointed runs only (exactly-once output: a two-phase commit per checkpoint).
+    # Order: open(schema); restore(state, seq, key); then write ... and, at each
+    # checkpoint, prepare(seq) before the checkpoint is written and commit(seq) once it
+    # is on disk; close() at the end (after the final checkpoint's commit).
+
+    def restore(self, state: dict[str, Any] | None, seq: int, key: str) -> None:
+        """A checkpointed run starts: ``state`` is what :meth:`prepare` returned for
+        checkpoint ``seq``, the one the run resumes from (None and 0: no checkpoint yet).
+        Make that checkpoint's output visible if its commit did not happen, and discard
+        whatever was written after it (an earlier run that died). ``key`` names this
+        sink stably across runs (the pipeline and the sink's position), for ids such as
+        a Kafka transactional id. Default: nothing kept, nothing to do."""
+
+    def prepare(self, seq: int) -> dict[str, Any]:
+        """Checkpoint ``seq`` is being taken: make every row written so far durable but
+        not yet visible, and return plain data (JSON) that lets :meth:`restore` finish or
+        discard it. Default: nothing (the sink is at-least-once)."""
+        return {}
+
+    def commit(self, seq: int) -> None:
+        """Checkpoint ``seq`` is on disk: make the rows it covers visible."""
+
     def describe(self) -> str:
         """One line for ``explain()``."""
         return self.name

@@ -67,3 +67,22 @@ class Source(abc.ABC):
         True
         """
         return None
+
+    def commit(self, offset: Any) -> None:
+        """Tell the source's broker that input up to ``offset`` is done with (a Kafka
+        group's offset commit, Redis ``XACK``), so that a restart without a checkpoint does
+        not read it again. Default: nothing to tell.
+
+        Called on the pipeline thread, with an offset this source yielded: after the
+        checkpoint that holds ``offset`` is on disk and the sinks committed the output
+        that depends on it (checkpointed runs), or once the batch ending at ``offset``
+        went through the pipeline to the sinks (runs without checkpoints). Never called
+        for input the run has not finished with.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> gs.from_arrow({"x": [1]}).commit(1) is None  # a table in memory has no broker
+        True
+        """
+        return None

@@ -40,7 +40,9 @@ class SourceThreads(Generic[T]):
     """Runs iterators on threads into one bounded queue; iterate to receive their items.
 
     A source's error is raised in the consumer, with the source's traceback. ``close()``
-    (or leaving a ``with`` block) stops the threads.
+    (or leaving a ``with`` block) stops the threads. Setting ``stop`` (an event another
+    thread or a signal handler owns) ends the iteration at the next item, even while no
+    source has anything to give.
 
     Examples
     --------
@@ -51,9 +53,11 @@ class SourceThreads(Generic[T]):
     """
 
     def __init__(self, iterators: list[Iterator[T]], capacity: int = 4,
-                 names: list[str] | None = None) -> None:
+                 names: list[str] | None = None, stop: threading.Event | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        #: set by someone else (a signal handler): iteration ends at the next item boundary
+        self.stop_request = stop if stop is not None else threading.Event()
         self._queue: queue.Queue[Arrival[T] | _Failed] = queue.Queue(maxsize=capacity)
         self._stop = threading.Event()
         self._live = len(iterators)
@@ -88,8 +92,11 @@ class SourceThreads(Generic[T]):
                 close()
 
     def __iter__(self) -> Iterator[Arrival[T]]:
-        while self._live:
-            got = self._queue.get()
+        while self._live and not self.stop_request.is_set():
+            try:
+                got = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
             if isinstance(got, _Failed):
                 self.close()
                 raise got.error

@@ -489,13 +489,13 @@ def test_ctrl_c_stops_a_run_cleanly_with_a_summary(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "gpustream.cli", "run", str(spec), "--no-live"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp_path / "out.jsonl.tmp").exists():
-        time.sleep(0.1)  # the sink writes under a temporary name until it closes
+    while time.monotonic() < deadline and not (tmp_path / ".out.jsonl.inprogress").exists():
+        time.sleep(0.1)  # the sink writes under a hidden in-progress name until it closes
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "100 events in" in out and "(interrupted)" in out.replace("\n", " ")
+    assert "100 events in" in out and "(stopped by SIGINT)" in out.replace("\n", " ")
     rows = (tmp_path / "out.jsonl").read_text().splitlines()
     assert len(rows) == 100  # what was read went through and the sink was closed
 

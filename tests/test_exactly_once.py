@@ -1,0 +1,308 @@
+"""Exactly-once output: file sinks commit with checkpoints (two-phase), a restart
+discards what was not committed, a damaged checkpoint falls back to the one before, a
+changed plan is refused, and single files are never overwritten by accident."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+import gpustream as gs
+from gpustream.errors import PlanError
+from gpustream.filesinks import FileSink
+from gpustream.ingest.source import Source, SourceBatch
+from tests.conftest import cudasim_on
+
+
+class _Crash(Source):
+    """Another source's batches, then a crash after ``after`` of them."""
+
+    def __init__(self, inner: Source, after: int) -> None:
+        self.inner, self.after = inner, after
+        self.name = inner.name
+
+    def schema(self) -> pa.Schema:
+        return self.inner.schema()
+
+    def open(self, offset: Any = None) -> Iterator[SourceBatch]:
+        for i, b in enumerate(self.inner.open(offset)):
+            if i == self.after:
+                raise OSError("the machine lost power")
+            yield b
+
+
+def _events(n: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.integers(0, 60_000, n)) + rng.integers(0, 400, n)
+    return pa.table({"ts": ts, "user": rng.choice(["ann", "bo", "cy", "di", "ed"], n),
+                     "k": rng.integers(0, 7, n), "v": rng.integers(-50, 50, n)})
+
+
+Build = Callable[[gs.Stream], gs.Stream]
+
+
+def _tumbling(s: gs.Stream) -> gs.Stream:
+    return (s.key_by("user", "k").window(gs.Tumbling(5_000), name="w")
+            .agg(n=gs.count(), total=gs.col("v").sum()))
+
+
+def _pipeline(source: Source, sink: gs.Sink, build: Build = _tumbling,
+              engine: str = "cpu") -> gs.Pipeline:
+    p = gs.Pipeline("eo", engine=engine)
+    s = p.source(source, event_time="ts", watermark=gs.Watermark.bounded(500), name="events")
+    build(s).sink(sink)
+    return p
+
+
+SINKS = {
+    "parquet folder": (lambda d: gs.to_parquet(d / "out", rows_per_file=40),
+                       lambda d: pq.read_table(d / "out")),
+    "csv folder": (lambda d: gs.to_csv(d / "out", rows_per_file=40),
+                   lambda d: pa.concat_tables(
+                       [pacsv.read_csv(f) for f in sorted((d / "out").glob("*.csv"))])),
+    "jsonl file": (lambda d: gs.to_jsonl(d / "out.jsonl"),
+                   lambda d: pa.Table.from_pylist(
+                       [json.loads(line) for line in
+                        (d / "out.jsonl").read_text().splitlines()])),
+    "parquet file": (lambda d: gs.to_parquet(d / "out.parquet"),
+                     lambda d: pq.read_table(d / "out.parquet")),
+}
+
+
+def _rows(table: pa.Table) -> Counter[tuple[Any, ...]]:
+    cols = sorted(table.column_names)
+    return Counter(tuple(str(r[c]) for c in cols) for r in table.to_pylist())
+
+
+def _reference(tmp_path: Path, kind: str, table: pa.Table) -> Counter[tuple[Any, ...]]:
+    make, read = SINKS[kind]
+    d = tmp_path / "reference"
+    _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run()
+    return _rows(read(d))
+
+
+@pytest.mark.parametrize("kind", list(SINKS))
+@pytest.mark.parametrize("crashes", [(4,), (7, 3, 11)])
+def test_crashes_and_restarts_write_every_row_exactly_once(tmp_path: Path, kind: str,
+                                                           crashes: tuple[int, ...]) -> None:
+    table = _events(3_000, seed=1)
+    want = _reference(tmp_path, kind, table)
+    make, read = SINKS[kind]
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=4)
+    d = tmp_path / "run"
+    for after in crashes:
+        p = _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), after), make(d))
+        with pytest.raises(OSError, match="lost power"):
+            p.run(checkpoint=ck)
+    stats = _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    assert stats.restored_checkpoint is not None
+    got = _rows(read(d))
+    assert got == want  # no row lost, none doubled
+    # a run on the finished checkpoint adds nothing
+    _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    assert _rows(read(d)) == want
+    leftovers = [f.name for f in d.rglob(".*") if f.name.endswith(".inprogress")]
+    assert leftovers == []
+
+
+def test_output_after_the_last_checkpoint_is_not_visible_until_committed(
+        tmp_path: Path) -> None:
+    table = _events(2_000, seed=2)
+    want = _reference(tmp_path, "parquet folder", table)
+    d = tmp_path / "run"
+    p = _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 10),
+                  gs.to_parquet(d / "out", rows_per_file=10_000))
+    with pytest.raises(OSError):
+        p.run(checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=4))
+    hidden = [f for f in (d / "out").iterdir() if f.name.endswith(".inprogress")]
+    assert hidden, "rows after the last checkpoint stay in progress"
+    visible = _rows(pq.read_table(d / "out"))  # readers skip the hidden files
+    assert 0 < sum(visible.values()) < sum(want.values())
+    assert not visible - want  # what is visible is right and will not be written again
+
+
+def test_a_crash_between_checkpoint_and_commit_commits_on_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = _events(2_000, seed=3)
+    want = _reference(tmp_path, "parquet folder", table)
+    make, read = SINKS["parquet folder"]
+    d = tmp_path / "run"
+    calls = {"n": 0}
+    real = FileSink.commit
+
+    def dies_on_second(self: FileSink, seq: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("killed after the checkpoint was written")
+        real(self, seq)
+
+    monkeypatch.setattr(FileSink, "commit", dies_on_second)
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError, match="killed after"):
+        _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    monkeypatch.setattr(FileSink, "commit", real)
+    pending = [f for f in (d / "out").iterdir() if f.name.endswith(".inprogress")]
+    assert pending  # checkpoint 2's files, recorded in it but not renamed
+    _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    assert _rows(read(d)) == want
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "empty state", "cut meta",
+                                    "flipped byte"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
+        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    table = _events(3_000, seed=4)
+    want = _reference(tmp_path, "parquet folder", table)
+    make, read = SINKS["parquet folder"]
+    d = tmp_path / "run"
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 14), make(d)).run(checkpoint=ck)
+    newest = sorted((tmp_path / "ck").iterdir())[-1]
+    state, meta = newest / "state.arrow", newest / "meta.json"
+    if damage == "truncated state":
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif damage == "empty state":
+        state.write_bytes(b"")
+    elif damage == "cut meta":
+        meta.write_text(meta.read_text()[:40])
+    else:
+        data = bytearray(state.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        state.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="gpustream"):
+        stats = _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    assert any(newest.name in r.getMessage() and "damaged" in r.getMessage()
+               for r in caplog.records)
+    assert stats.restored_checkpoint == int(newest.name.split("-")[1]) - 1
+    assert _rows(read(d)) == want  # what the lost checkpoint committed was set aside
+    assert list((d / "out").glob(".*.superseded"))
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
+    table = _events(1_000, seed=5)
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None)).run(
+        checkpoint=ck)
+    for folder in (tmp_path / "ck").iterdir():
+        (folder / "state.arrow").write_bytes(b"")
+    with pytest.raises(PlanError, match=r"every checkpoint in .* is damaged"):
+        _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None)).run(
+            checkpoint=ck)
+
+
+CHANGES: dict[str, tuple[Build, str]] = {
+    "shorter windows": (lambda s: s.key_by("user", "k").window(gs.Tumbling(2_000), name="w")
+                        .agg(n=gs.count(), total=gs.col("v").sum()), "tumbling(2000ms)"),
+    "another key": (lambda s: s.key_by("user").window(gs.Tumbling(5_000), name="w")
+                    .agg(n=gs.count(), total=gs.col("v").sum()), "key_by(user)"),
+    "a filter added": (lambda s: _tumbling(s.filter(gs.col("v") > 0)), "filter"),
+    "sum to mean": (lambda s: s.key_by("user", "k").window(gs.Tumbling(5_000), name="w")
+                    .agg(n=gs.count(), total=gs.col("v").mean()), "mean"),
+    "an aggregation added": (lambda s: s.key_by("user", "k").window(gs.Tumbling(5_000), name="w")
+                             .agg(n=gs.count(), total=gs.col("v").sum(),
+                                  hi=gs.col("v").max()), "hi="),
+    "tumbling to session": (lambda s: s.key_by("user", "k").window(gs.Session(300), name="w")
+                            .agg(n=gs.count(), total=gs.col("v").sum()), "session"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_changed_plan_is_refused_naming_what_changed(tmp_path: Path, change: str) -> None:
+    table = _events(1_000, seed=6)
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 5),
+                  gs.to_parquet(tmp_path / "out")).run(checkpoint=ck)
+    build, named = CHANGES[change]
+    got: list[pa.RecordBatch] = []
+    p = _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(got.append), build)
+    with pytest.raises(PlanError, match="taken by a different plan") as err:
+        p.run(checkpoint=ck)
+    assert named in str(err.value) and "another checkpoint dir" in str(err.value)
+    assert got == []  # refused before anything ran
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(not cudasim_on(), reason="needs NUMBA_ENABLE_CUDASIM=1 (its own step)")
+def test_a_checkpoint_taken_on_cpu_restores_under_cudasim_and_back(tmp_path: Path) -> None:
+    table = _events(600, seed=7)
+    want = _reference(tmp_path, "parquet folder", table)
+    make, read = SINKS["parquet folder"]
+    d = tmp_path / "run"
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=2)
+    with pytest.raises(OSError):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 3), make(d)).run(checkpoint=ck)
+    with pytest.raises(OSError):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 1), make(d),
+                  engine="cudasim").run(checkpoint=ck)
+    stats = _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    assert stats.restored_checkpoint is not None
+    assert _rows(read(d)) == want
+
+
+# -- single files and paths -------------------------------------------------------------
+def _write(sink: gs.Sink, values: list[int]) -> None:
+    p = gs.Pipeline("files", engine="cpu")
+    p.source(gs.from_arrow({"x": values})).sink(sink)
+    p.run()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_a_single_file_is_not_overwritten_unless_asked(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"out.{fmt}"
+    sink = getattr(gs, f"to_{fmt}")
+    _write(sink(path), [1, 2])
+    with pytest.raises(PlanError, match="exists; give mode='overwrite' or mode='append'"):
+        _write(sink(path), [3])
+    read = {"parquet": lambda: pq.read_table(path)["x"].to_pylist(),
+            "csv": lambda: pacsv.read_csv(path)["x"].to_pylist(),
+            "jsonl": lambda: [json.loads(x)["x"] for x in path.read_text().splitlines()]}[fmt]
+    assert read() == [1, 2]
+    _write(sink(path, mode="append"), [3, 4])
+    assert read() == [1, 2, 3, 4]
+    _write(sink(path, mode="overwrite"), [5])
+    assert read() == [5]
+    with pytest.raises(ValueError, match="mode='nope' is not one of error, overwrite, append"):
+        sink(path, mode="nope")
+
+
+def test_a_single_file_with_checkpoints_is_assembled_from_committed_segments(
+        tmp_path: Path) -> None:
+    table = _events(2_000, seed=8)
+    want = _reference(tmp_path, "jsonl file", table)
+    path = tmp_path / "run" / "out.jsonl"
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 9), gs.to_jsonl(path)).run(
+            checkpoint=ck)
+    _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_jsonl(path)).run(checkpoint=ck)
+    assert _rows(SINKS["jsonl file"][1](tmp_path / "run")) == want
+    assert (tmp_path / "run" / ".out.jsonl.segments").is_dir()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_sinks_never_write_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    # links planted where the single file, its in-progress file and a part file go
+    (tmp_path / ".single.jsonl.inprogress").symlink_to(victim)
+    (out / "part-00000.parquet").symlink_to(victim)
+    _write(gs.to_jsonl(tmp_path / "single.jsonl"), [1])
+    _write(gs.to_parquet(out), [2])
+    assert victim.read_text() == "precious"
+    assert json.loads((tmp_path / "single.jsonl").read_text())["x"] == 1
+    assert pq.read_table(out / "part-00001.parquet")["x"].to_pylist() == [2]
