@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from gpustream.batch import Batch
     from gpustream.ingest.dictionary import StringDictionary
 
-__all__ = ["Expr", "col", "evaluate", "expr_type", "lit"]
+__all__ = ["MAX_EXPR_DEPTH", "MAX_EXPR_PARTS", "Expr", "check_expr_size", "col", "evaluate",
+           "expr_type", "lit"]
 
 Scalar = bool | int | float | str
 
@@ -41,6 +42,11 @@ _COMPARE = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal",
             ">": "greater", ">=": "greater_equal"}
 _LOGIC = {"&": "logical_and", "|": "logical_or", "^": "logical_xor"}
 _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+#: the deepest expression a pipeline takes: ``col("a") + 1`` is 2 deep, and each operator
+#: of a chain such as ``a + b + c`` adds a level (type checking and evaluation recurse)
+MAX_EXPR_DEPTH = 200
+#: the most parts (columns, literals, operators, functions) an expression may have
+MAX_EXPR_PARTS = 10_000
 
 
 class Expr:
@@ -535,6 +541,48 @@ def _numpy_result(op: str, left: Any, right: Any, where: str, what: str) -> pa.D
     return pa.from_numpy_dtype(np.asarray(out).dtype)
 
 
+def check_expr_size(expr: Expr, where: str = "expression") -> None:
+    """Raise :class:`PlanError` if ``expr`` is nested deeper than :data:`MAX_EXPR_DEPTH`
+    or has more than :data:`MAX_EXPR_PARTS` parts.
+
+    Measured without recursion, each shared part once, so an expression built in a loop
+    (``e = e + e``, ``e = e + 1`` 20,000 times) is refused with this error rather than
+    a ``RecursionError`` or a check that never ends. :func:`expr_type` calls it.
+
+    Examples
+    --------
+    >>> e = col("v")
+    >>> for _ in range(300):
+    ...     e = e + 1
+    >>> check_expr_size(e, "step 2 (with_columns)")
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: step 2 (with_columns): the expression is nested 301 levels deep; the limit is 200 (each operator of a chain such as a + b + c adds a level): compute parts of it in earlier with_columns steps
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id -> (parts, depth)
+    stack: list[tuple[Expr, bool]] = [(expr, False)]
+    while stack:
+        e, children_done = stack.pop()
+        if id(e) in measured:
+            continue
+        children = e._children() if isinstance(e, Expr) else ()
+        if not children_done:
+            stack.append((e, True))
+            stack.extend((c, False) for c in children if id(c) not in measured)
+            continue
+        measured[id(e)] = (1 + sum(measured[id(c)][0] for c in children),
+                           1 + max((measured[id(c)][1] for c in children), default=0))
+    parts, depth = measured[id(expr)]
+    if depth > MAX_EXPR_DEPTH:
+        raise PlanError(f"{where}: the expression is nested {depth:,} levels deep; the limit "
+                        f"is {MAX_EXPR_DEPTH} (each operator of a chain such as a + b + c "
+                        "adds a level): compute parts of it in earlier with_columns steps")
+    if parts > MAX_EXPR_PARTS:
+        raise PlanError(f"{where}: the expression has {parts:,} parts (columns, literals, "
+                        f"operators); the limit is {MAX_EXPR_PARTS:,}: compute parts of it "
+                        "in earlier with_columns steps")
+
+
 def expr_type(expr: Expr, schema: pa.Schema, where: str = "expression") -> pa.DataType:
     """The Arrow type an expression yields on ``schema``; raises :class:`PlanError` if invalid.
 
@@ -562,6 +610,11 @@ def expr_type(expr: Expr, schema: pa.Schema, where: str = "expression") -> pa.Da
     ...
     gpustream.errors.PlanError: step 2 (with_columns): '+' needs numbers, but column 'name' (string) is not a number; cast it or use another column
     """
+    check_expr_size(expr, where)
+    return _expr_type(expr, schema, where)
+
+
+def _expr_type(expr: Expr, schema: pa.Schema, where: str) -> pa.DataType:
     if isinstance(expr, Col):
         if expr.name not in schema.names:
             hint = difflib.get_close_matches(expr.name, schema.names, n=1)
@@ -576,7 +629,7 @@ def expr_type(expr: Expr, schema: pa.Schema, where: str = "expression") -> pa.Da
     if isinstance(expr, BinOp):
         return _binop_type(expr, schema, where)
     if isinstance(expr, UnaryOp):
-        t = expr_type(expr.operand, schema, where)
+        t = _expr_type(expr.operand, schema, where)
         if expr.op == "~":
             if not pa.types.is_boolean(t):
                 raise PlanError(
@@ -590,10 +643,10 @@ def expr_type(expr: Expr, schema: pa.Schema, where: str = "expression") -> pa.Da
             )
         return pa.int64() if pa.types.is_timestamp(t) else t
     if isinstance(expr, IsNull):
-        expr_type(expr.operand, schema, where)
+        _expr_type(expr.operand, schema, where)
         return pa.bool_()
     if isinstance(expr, FillNull):
-        t = expr_type(expr.operand, schema, where)
+        t = _expr_type(expr.operand, schema, where)
         fill_t = _lit_type(expr.value)
         if _is_string(t) or _is_string(fill_t):
             raise PlanError(f"{where}: fill_null on strings is not supported yet; filter the "
@@ -606,7 +659,7 @@ def expr_type(expr: Expr, schema: pa.Schema, where: str = "expression") -> pa.Da
                             f"{_describe(expr.operand, t)}; cast it to float first")
         return t
     if isinstance(expr, Cast):
-        t = expr_type(expr.operand, schema, where)
+        t = _expr_type(expr.operand, schema, where)
         to = expr.to
         if _is_string(t) and _is_string(to):  # any string encoding: the same strings
             return pa.string()
@@ -622,8 +675,8 @@ def expr_type(expr: Expr, schema: pa.Schema, where: str = "expression") -> pa.Da
 
 
 def _binop_type(expr: BinOp, schema: pa.Schema, where: str) -> pa.DataType:
-    lt = expr_type(expr.left, schema, where)
-    rt = expr_type(expr.right, schema, where)
+    lt = _expr_type(expr.left, schema, where)
+    rt = _expr_type(expr.right, schema, where)
     op = expr.op
     if op in _LOGIC:
         for e, t in ((expr.left, lt), (expr.right, rt)):

@@ -22,9 +22,14 @@ from typing import Any
 
 from gpustream.aggs import Agg, count
 from gpustream.errors import PlanError
-from gpustream.expr import Expr, col, lit
+from gpustream.expr import MAX_EXPR_DEPTH, Expr, check_expr_size, col, lit
 
-__all__ = ["AGGREGATIONS", "FUNCTIONS", "parse_agg", "parse_expr"]
+__all__ = ["AGGREGATIONS", "FUNCTIONS", "MAX_EXPR_CHARS", "parse_agg", "parse_expr"]
+
+#: the longest expression text accepted, checked before it is parsed (a real one is
+#: well under 1,000 characters; an expression's depth and parts are capped as well, see
+#: :func:`gpustream.expr.check_expr_size`)
+MAX_EXPR_CHARS = 10_000
 
 #: aggregations by name -> the column method (``count`` alone counts rows)
 AGGREGATIONS = {
@@ -52,7 +57,7 @@ class _Walker:
         at = ""
         if node is not None and hasattr(node, "col_offset"):
             at = f" at column {node.col_offset + 1}"
-        return PlanError(f"{self.where}: {msg} in {self.text!r}{at}")
+        return PlanError(f"{self.where}: {msg} in {_shown(self.text)}{at}")
 
     def expr(self, node: ast.AST) -> Expr:
         if isinstance(node, ast.Name):
@@ -150,19 +155,48 @@ def _did_you_mean(name: str, known: dict[str, Any]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
 
 
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short if long."""
+    return repr(text) if len(text) <= 200 else f"{text[:80]!r}... ({len(text):,} characters)"
+
+
+def _too_deep(where: str) -> PlanError:
+    return PlanError(f"{where}: the expression is nested more than {MAX_EXPR_DEPTH} levels "
+                     "deep, the limit: compute parts of it in earlier with_columns steps")
+
+
 def _tree(text: str, where: str) -> ast.AST:
     if not isinstance(text, str):
         raise PlanError(f"{where}: expected an expression as text, got {text!r}")
+    if len(text) > MAX_EXPR_CHARS:
+        raise PlanError(f"{where}: the expression is {len(text):,} characters long; the limit "
+                        f"is {MAX_EXPR_CHARS:,}: compute parts of it in earlier with_columns "
+                        "steps")
     source = text.replace("&&", " and ").replace("||", " or ")
     try:
-        return ast.parse(source.strip(), mode="eval").body
+        tree = ast.parse(source.strip(), mode="eval").body
     except SyntaxError as err:
-        raise PlanError(f"{where}: cannot parse {text!r}: {err.msg} at column "
+        raise PlanError(f"{where}: cannot parse {_shown(text)}: {err.msg} at column "
                         f"{err.offset or 0}") from None
+    except (RecursionError, MemoryError):  # the parser's own stack: nested far too deep
+        raise _too_deep(where) from None
+    # the tree's depth, measured without recursion before it is walked (recursively)
+    stack: list[tuple[ast.AST, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_EXPR_DEPTH:
+            raise _too_deep(where)
+        stack.extend((c, depth + 1) for c in ast.iter_child_nodes(node)
+                     if isinstance(c, ast.expr))
+    return tree
 
 
 def parse_expr(text: str, where: str = "expression") -> Expr:
     """A column expression from text, e.g. ``"price > 100 and channel != 'apple'"``.
+
+    A text longer than :data:`MAX_EXPR_CHARS`, or nested deeper than
+    :data:`gpustream.expr.MAX_EXPR_DEPTH`, is refused with a :class:`PlanError` before
+    it is parsed or walked.
 
     Examples
     --------
@@ -174,8 +208,14 @@ def parse_expr(text: str, where: str = "expression") -> Expr:
     Traceback (most recent call last):
     ...
     gpustream.errors.PlanError: steps[0].filter: unknown function '__import__'; known: is_null, is_not_null, fill_null, cast, abs in "__import__('os')" at column 1
+    >>> parse_expr(" + ".join(["v"] * 5000), "steps[1].with_columns.x")
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: steps[1].with_columns.x: the expression is 19,997 characters long; the limit is 10,000: compute parts of it in earlier with_columns steps
     """
-    return _Walker(text, where).expr(_tree(text, where))
+    out = _Walker(text, where).expr(_tree(text, where))
+    check_expr_size(out, where)  # a long ``a or b or ...`` is one level deep as text only
+    return out
 
 
 def parse_agg(text: str, where: str = "aggregation") -> Agg:
@@ -190,4 +230,7 @@ def parse_agg(text: str, where: str = "aggregation") -> Agg:
     ...
     gpustream.errors.PlanError: steps[2].agg.x: unknown aggregation 'avgg'; did you mean 'avg'? in 'avgg(v)' at column 1
     """
-    return _Walker(text, where).agg(_tree(text, where))
+    out = _Walker(text, where).agg(_tree(text, where))
+    if out.input is not None:
+        check_expr_size(out.input, where)
+    return out

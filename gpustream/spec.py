@@ -13,6 +13,12 @@ are still parsed (syntax, function and aggregation names, windows) though no lon
 checked against columns and types. :func:`check_spec` with ``need_inputs=False`` (what
 ``gpustream validate`` does) needs no input file: a text source whose ``schema:`` gives
 every column is checked against that schema, with a warning, when its file is missing.
+
+A spec cannot make checking it expensive: YAML anchors and aliases (``&a``, ``*a``),
+which can expand a few lines into gigabytes, and nesting deeper than
+:data:`MAX_YAML_DEPTH` are refused before any structure is built, and expression text is
+capped in length and depth (:data:`gpustream.exprtext.MAX_EXPR_CHARS`,
+:data:`gpustream.expr.MAX_EXPR_DEPTH`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
 from gpustream.errors import GpustreamError, PlanError
 from gpustream.exprtext import parse_agg, parse_expr
@@ -81,6 +87,7 @@ class SourceSpec(_Model):
     follow: bool = False
     poll_interval: Duration | None = None
     max_bad_fraction: float = 0.5
+    on_bad_file: Literal["fail", "skip"] | None = None
     format: str | None = None
     # brokers and sockets
     topic: str | None = None
@@ -113,6 +120,7 @@ class SinkSpec(_Model):
     type: Literal["console", "parquet", "csv", "jsonl", "kafka", "redis_stream"]
     path: str | None = None
     rows_per_file: int = 1_000_000
+    mode: Literal["error", "overwrite", "append"] | None = None
     max_rows: int = 20
     topic: str | None = None
     bootstrap: str | None = None
@@ -154,6 +162,7 @@ class Spec(_Model):
     late: SinkSpec | None = None
     dead_letter: SinkSpec | None = None
     checkpoint: CheckpointSpec | None = None
+    max_state_bytes: StrictInt | str | None = None
 
 
 STEP_KINDS = ("filter", "with_columns", "select", "key_by", "window", "agg", "join_table",
@@ -329,6 +338,62 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return [f.alias or n for n, f in getattr(current, "model_fields", {}).items()]
 
 
+#: the deepest nesting of mappings and lists a spec may have (a real one needs under 10)
+MAX_YAML_DEPTH = 64
+#: the largest spec file read (a real one is a few kilobytes)
+MAX_SPEC_BYTES = 1 << 20
+
+
+def _refuse_expansion(text: str, file: str) -> None:
+    """Refuse YAML anchors and aliases, and nesting deeper than :data:`MAX_YAML_DEPTH`,
+    from the parser's events, before any structure is built: nine lines of aliases
+    (``b: [*a, *a, ...]``, "billion laughs") expand to gigabytes once read, and deep
+    nesting overflows the recursive reader. Raises :class:`SpecError` naming the line
+    and the field (the first such place, with a count of the others)."""
+    frames: list[list[Any]] = []  # per open mapping or list: [is_mapping, key or index, want_key]
+    found: list[str] = []
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionEndEvent):
+            frames.pop()
+            _next_node(frames)
+            continue
+        if not isinstance(event, yaml.NodeEvent):
+            continue
+        in_key = bool(frames) and frames[-1][0] and frames[-1][2]
+        path = tuple(f[1] for f in (frames[:-1] if in_key else frames) if f[1] is not None)
+        line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        where = f"{file}:{line}: {_dotted(path) or '(top)'}: "
+        if isinstance(event, yaml.AliasEvent):
+            found.append(f"{where}a YAML alias (*{event.anchor}) is not allowed in a spec")
+        elif event.anchor is not None:
+            found.append(f"{where}a YAML anchor (&{event.anchor}) is not allowed in a spec")
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(frames) == MAX_YAML_DEPTH:
+                where = f"{file}:{line}: {_dotted(path[:4])}...: "
+                raise SpecError(f"{where}nested more than {MAX_YAML_DEPTH} levels deep; a "
+                                "spec needs only a few (is a bracket left open?)")
+            is_map = isinstance(event, yaml.MappingStartEvent)
+            frames.append([is_map, None if is_map else 0, is_map])
+            continue
+        if in_key and isinstance(event, yaml.ScalarEvent):
+            frames[-1][1] = event.value
+        _next_node(frames)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise SpecError(f"{found[0]}{more}: an alias repeats its anchor's value wherever it "
+                        "is used, and a few lines of them can expand to gigabytes; write "
+                        "each value out in full")
+
+
+def _next_node(frames: list[list[Any]]) -> None:
+    """A node ended: what the innermost open mapping or list reads next."""
+    if frames:
+        if frames[-1][0]:
+            frames[-1][2] = not frames[-1][2]  # a key, then its value
+        else:
+            frames[-1][1] += 1
+
+
 def _read(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
     """The spec's structure, every structural error noted in the returned ``_Where``.
 
@@ -337,10 +402,21 @@ def _read(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
     """
     file = os.fspath(path)
     try:
-        text = Path(file).read_text(encoding="utf-8")
+        with open(file, "rb") as f:  # never more than the limit (a spec of /dev/zero)
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except OSError as err:
         raise SpecError(f"{file}: cannot read the spec ({err.strerror})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{file}: the spec is over {MAX_SPEC_BYTES:,} bytes, the limit; is it "
+                        "the right file?")
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = raw[:err.start].count(b"\n") + 1
+        raise SpecError(f"{file}:{at}: not UTF-8 text ({err.reason}); save the spec as "
+                        "UTF-8") from None
+    try:
+        _refuse_expansion(text, file)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -401,6 +477,7 @@ def _need(spec: BaseModel, names: list[str], path: tuple[Any, ...], where: _Wher
 
 
 TEXT_TYPES = ("csv", "jsonl")
+FILE_TYPES = ("parquet", "arrow_ipc", "csv", "jsonl")
 
 
 def _source(s: SourceSpec, path: tuple[Any, ...], where: _Where, base: Path) -> Any:
@@ -410,7 +487,13 @@ def _source(s: SourceSpec, path: tuple[Any, ...], where: _Where, base: Path) -> 
         return p if os.path.isabs(p) or p == "-" else str(base / p)
 
     kw: dict[str, Any] = {}
-    if s.type in ("parquet", "arrow_ipc", "csv", "jsonl"):
+    if s.on_bad_file is not None:
+        if s.type not in FILE_TYPES or s.path == "-":
+            raise where.error((*path, "on_bad_file"), "applies only to a source that reads "
+                              f"files (type {', '.join(FILE_TYPES)} with a path), not to "
+                              f"{'stdin' if s.path == '-' else s.type}; remove it")
+        kw["on_bad_file"] = s.on_bad_file
+    if s.type in FILE_TYPES:
         _need(s, ["path"], path, where, s.type)
         assert s.path is not None
         if s.path == "-" and s.type in TEXT_TYPES:
@@ -495,13 +578,23 @@ def _batching(s: SourceSpec) -> dict[str, Any]:
 def _sink(s: SinkSpec, path: tuple[Any, ...], where: _Where, base: Path) -> Any:
     import gpustream as gs
 
+    file_types = ("parquet", "csv", "jsonl")
+    if s.mode is not None and s.type not in file_types:
+        raise where.error((*path, "mode"), f"applies only to file sinks (type "
+                                           f"{', '.join(file_types)}), not {s.type}; remove it")
     if s.type == "console":
         return gs.to_console(max_rows=s.max_rows)
-    if s.type in ("parquet", "csv", "jsonl"):
+    if s.type in file_types:
         _need(s, ["path"], path, where, s.type)
         assert s.path is not None
         target = s.path if os.path.isabs(s.path) else str(base / s.path)
-        return getattr(gs, f"to_{s.type}")(target, rows_per_file=s.rows_per_file)
+        kw = {} if s.mode is None else {"mode": s.mode}
+        made = getattr(gs, f"to_{s.type}")(target, rows_per_file=s.rows_per_file, **kw)
+        if s.mode is not None and not made.single:
+            where.warn((*path, "mode"), f"{s.path!r} is a folder of part files, which never "
+                                        "replace one another, so mode is ignored; it applies "
+                                        f"to one file (a path ending in .{s.type})")
+        return made
     if s.type == "kafka":
         _need(s, ["topic", "bootstrap"], path, where, "kafka")
         return gs.to_kafka(s.topic, s.bootstrap, format=s.format,  # type: ignore[arg-type]
@@ -549,7 +642,12 @@ def _build(spec: Spec, where: _Where, engine: str | None, base: Path | None) -> 
     if spec.dead_letter is not None:
         d = spec.dead_letter
         dead = where.attempt(("dead_letter",), _sink, d, ("dead_letter",), where, where.base)
-    p = gs.Pipeline(spec.name, engine=engine or spec.engine, dead_letter=dead)
+    limit = None
+    if spec.max_state_bytes is not None:
+        limit = where.attempt(("max_state_bytes",), _bytes, spec.max_state_bytes,
+                              ("max_state_bytes",), where)
+    p = gs.Pipeline(spec.name, engine=engine or spec.engine, dead_letter=dead,
+                    max_state_bytes=limit)
     stream: Any = None
     if "source" not in where.bad:
         stream = where.attempt(("source",), _stream_of, p, spec.source, ("source",), where)
@@ -619,6 +717,21 @@ def _build(spec: Spec, where: _Where, engine: str | None, base: Path | None) -> 
             if made is not None and windowed is not None:
                 where.attempt(("late",), lambda: windowed.late.sink(made))
     return p
+
+
+_BYTE_SIZE = TypeAdapter(ByteSize)
+
+
+def _bytes(value: int | str, path: tuple[Any, ...], where: _Where) -> int:
+    """A number of bytes from an integer or a size text ("512MiB", "2GB", "1.5 GiB")."""
+    try:
+        size = int(_BYTE_SIZE.validate_python(value))
+    except ValidationError:
+        raise where.error(path, f"expected a number of bytes or a size such as 512MiB, 2GB "
+                                f"or 1.5 GiB (got {value!r})") from None
+    if size < 1:
+        raise where.error(path, f"must be at least 1 byte (got {value!r})")
+    return size
 
 
 def _order(previous: str | None, kind: str) -> str | None:
