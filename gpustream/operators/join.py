@@ -11,6 +11,13 @@ Lateness is decided per event from the row's own stream (its watermark as of its
 arrival), and state is evicted by the join's watermark (the smaller of its inputs'),
 so the pairs found never depend on how the streams are cut into batches or interleave.
 String keys are compared through one dictionary owned by the join.
+
+Checkpoints (:meth:`_JoinBase.snapshot`) hold each input's buffered rows (the columns the
+output needs, their validity, key words and times; a window join's window starts too),
+the inputs' watermarks and ended flags, and as flat numeric arrays the strings of the
+join's key dictionary and of the buffered rows' string columns: the runtime restores
+source dictionaries by column name, which cannot tell two inputs' same-named columns
+apart, so the join carries its own. A snapshot restores on any backend.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from gpustream.kernels.hashing import hash_rows, widen_keys
 from gpustream.kernels.join import expand_pairs
 from gpustream.operators.base import TwoInputOperator
 
-__all__ = ["IntervalJoinOp", "JoinSpec", "WindowJoinOp"]
+__all__ = ["IntervalJoinOp", "JoinSpec", "WindowJoinOp", "strings_from_state",
+           "strings_state", "two_input_state"]
 
 #: candidates expanded at once (bounds the memory of a skewed key's pairs)
 CHUNK_PAIRS = 1 << 22
@@ -58,7 +66,71 @@ class _Rows:
     ts: Any     # int64[n]
 
 
+def strings_state(prefix: str, values: pa.Array) -> dict[str, np.ndarray]:
+    """Strings (a dictionary's values, no nulls) as two flat numeric arrays for a
+    checkpoint: ``<prefix>.offsets`` (int64, one more than the strings) and
+    ``<prefix>.data`` (their UTF-8 bytes, uint8).
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> st = strings_state("d", pa.array(["ab", "", "c"]).slice(1))
+    >>> st["d.offsets"].tolist(), st["d.data"].tolist()
+    ([0, 0, 1], [99])
+    >>> strings_from_state(st, "d").to_pylist()
+    ['', 'c']
+    """
+    values = values.cast(pa.large_string())
+    if values.null_count:
+        raise ValueError(f"checkpoint {prefix}: a dictionary holds no nulls, got "
+                         f"{values.null_count}")
+    n = len(values)
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.zeros(n + 1, dtype=np.int64) if offsets_buf is None else np.frombuffer(
+        offsets_buf, dtype=np.int64, count=values.offset + n + 1)[values.offset:]
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    data = np.zeros(0, dtype=np.uint8) if data_buf is None or hi == lo else \
+        np.frombuffer(data_buf, dtype=np.uint8, count=hi)[lo:]
+    return {f"{prefix}.offsets": offsets - lo, f"{prefix}.data": data.copy()}
+
+
+def strings_from_state(state: dict[str, Any], prefix: str) -> pa.Array:
+    """The strings :func:`strings_state` saved under ``prefix``, as a ``large_string``
+    array (see the example there)."""
+    offsets = np.ascontiguousarray(state[f"{prefix}.offsets"], dtype=np.int64)
+    data = np.ascontiguousarray(state[f"{prefix}.data"], dtype=np.uint8)
+    return pa.Array.from_buffers(pa.large_string(), len(offsets) - 1,
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def two_input_state(op: TwoInputOperator, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A two-input operator's watermarks (each input's, and the combined one it passed
+    on) and ended flags for a checkpoint; with ``state``, load them from it instead.
+
+    Examples
+    --------
+    >>> a, b = TwoInputOperator(), TwoInputOperator()
+    >>> _ = a.input_watermark(0, 70), a.input_watermark(1, 40), a.input_ended(1)
+    >>> _ = two_input_state(b, two_input_state(a))
+    >>> b.wm == a.wm, b.ended, b.current
+    (True, [False, True], 70)
+    """
+    if state is None:
+        return {"inputs.watermark": np.array(op.wm, dtype=np.int64),
+                "inputs.ended": np.array(op.ended, dtype=bool),
+                "watermark": np.array([op.current], dtype=np.int64)}
+    op.wm = [int(w) for w in state["inputs.watermark"]]
+    op.ended = [bool(e) for e in state["inputs.ended"]]
+    op.current = int(state["watermark"][0])
+    return state
+
+
 class _JoinBase(TwoInputOperator):
+    #: columns the operator adds after the inputs' (a window join's window bounds)
+    added_columns = 0
+    #: each input's buffered rows (left, right)
+    state: list[_Rows | None]
+
     def __init__(self, spec: JoinSpec, backend: Backend) -> None:
         super().__init__(spec.idleness_s)
         self.spec = spec
@@ -165,6 +237,70 @@ class _JoinBase(TwoInputOperator):
         dicts = {k: v for k, v in self.out_dicts.items() if k in columns}
         return Batch(columns, self.spec.schema, validity, dicts)
 
+    # -- checkpoints ----------------------------------------------------------------------
+    def _kept(self, port: int) -> list[tuple[pa.Field, str]]:
+        """The buffered columns a checkpoint keeps, as (input field, output name): every
+        left column, and the right columns that the output has."""
+        schema = self.spec.schema
+        if port == 0:
+            n = len(schema) - len(self.spec.right_cols) - self.added_columns
+            return [(schema.field(i), schema.field(i).name) for i in range(n)]
+        return [(pa.field(r, schema.field(o).type), o) for r, o in self.spec.right_cols]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each input's buffered rows, the key dictionary, the watermarks and ended flags
+        (device arrays; the runtime copies them to the host)."""
+        state = two_input_state(self)
+        for c, d in enumerate(self.dicts):
+            if self.spec.string_keys[c]:
+                state.update(strings_state(f"keys.dictionary.{c}", d.values))
+        for port, rows in enumerate(self.state):
+            if rows is None:
+                continue
+            side = _SIDES[port]
+            state[f"{side}.keys"] = rows.keys
+            state[f"{side}.ts"] = rows.ts
+            for f, out in self._kept(port):
+                state[f"{side}.col.{f.name}"] = rows.batch[f.name]
+                valid = rows.batch.validity(f.name)
+                if valid is not None:
+                    state[f"{side}.valid.{f.name}"] = valid
+                if out in self.out_dicts:
+                    state.update(strings_state(f"{side}.dictionary.{f.name}",
+                                               self.out_dicts[out].values))
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (taken on any backend)."""
+        two_input_state(self, state)
+        to_device = self.backend.to_device
+        self.dicts = [StringDictionary(strings_from_state(state, f"keys.dictionary.{c}"))
+                      if is_str else StringDictionary()
+                      for c, is_str in enumerate(self.spec.string_keys)]
+        self._maps = {}  # stream codes -> the join's: rebuilt from the restored dictionary
+        for port, side in enumerate(_SIDES):
+            if f"{side}.ts" not in state:
+                self.state[port] = None
+                continue
+            fields, columns, validity, dicts = [], {}, {}, {}
+            for f, out in self._kept(port):
+                fields.append(f)
+                columns[f.name] = to_device(state[f"{side}.col.{f.name}"])
+                valid = state.get(f"{side}.valid.{f.name}")
+                validity[f.name] = None if valid is None else to_device(valid)
+                if f"{side}.dictionary.{f.name}.offsets" in state:
+                    # until the input sends again: its strings as of the checkpoint (the
+                    # stream's restored dictionary starts with them: same codes)
+                    d = StringDictionary(strings_from_state(state, f"{side}.dictionary.{f.name}"))
+                    dicts[f.name] = self.out_dicts[out] = d
+            keys = self.xp.ascontiguousarray(to_device(state[f"{side}.keys"]))
+            self.state[port] = _Rows(Batch(columns, pa.schema(fields), validity, dicts), keys,
+                                     hash_rows(keys, self.on_device),
+                                     to_device(state[f"{side}.ts"]))
+
+
+_SIDES = ("left", "right")
+
 
 def _concat(a: _Rows | None, b: _Rows | None, xp: Any) -> _Rows | None:
     if a is None:
@@ -241,6 +377,8 @@ class WindowJoinOp(_JoinBase):
     """Every pair with equal keys in the same window (tumbling, sliding, or sessions
     formed by both inputs' rows together), emitted when the join's watermark passes the
     window's end; the window's rows are dropped then."""
+
+    added_columns = 2  # window_start, window_end
 
     def __init__(self, spec: JoinSpec, size: int, slide: int, offset: int, gap: int,
                  backend: Backend) -> None:
@@ -383,6 +521,18 @@ class WindowJoinOp(_JoinBase):
         if right is not None:
             self.state[1] = _take(right, ~row_fired[n_left:])
         return out
+
+    def snapshot(self) -> dict[str, Any]:
+        state = super().snapshot()
+        for side, starts in zip(_SIDES, self.starts, strict=True):
+            if starts is not None:
+                state[f"{side}.starts"] = starts
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.starts = [None if state.get(f"{side}.starts") is None
+                       else self.backend.to_device(state[f"{side}.starts"]) for side in _SIDES]
 
     @property
     def buffered(self) -> int:

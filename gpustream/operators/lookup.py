@@ -10,6 +10,12 @@ for the matches: no per-row Python, nothing copied back to the host.
 String keys are compared by the table's dictionary codes: the stream's codes are mapped
 onto them through an array that grows only when the stream's dictionary does. A row with
 a null key matches nothing (as in SQL).
+
+A table kept current by a changelog is checkpointed (:meth:`LookupJoinOp.snapshot`): its
+live keys with their rows (compacted: replaced and deleted rows are left out) and its
+string dictionaries, as flat numeric arrays; the runtime saves the changelog's offset in
+the same checkpoint, so a restart resumes the changelog after the last change the table
+holds. A table without a changelog is read again from its source instead.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import pyarrow.compute as pc
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch
+from gpustream.errors import PlanError
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.schema import is_string_type as _is_string
 from gpustream.kernels.hashing import widen_keys
 from gpustream.operators.base import TwoInputOperator
+from gpustream.operators.join import strings_from_state, strings_state, two_input_state
 from gpustream.plan import JoinTableNode, join_columns
 from gpustream.state.table import SlotTable
 
@@ -151,6 +159,53 @@ class LookupJoinOp(TwoInputOperator):
             deletes = pc.fill_null(rb[col], False).to_numpy(zero_copy_only=False)
         self._apply(rb, deletes)
         return []
+
+    # -- checkpoints (a table kept current by a changelog) ---------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The table's live keys and their rows, its dictionaries and the watermark
+        (nothing for a table without a changelog: it is read again from its source)."""
+        if self.node.table.changelog is None:
+            return {}
+        state = two_input_state(self)
+        slots = self.table.live_slots()
+        rows = self.table.columns["row"][slots]
+        held = rows >= 0  # a deleted key keeps its slot, pointing at no row
+        slots, rows = slots[held], rows[held]
+        state["table.keys"] = self.table.t_keys[:, slots]
+        for r, _ in self.columns:
+            state[f"table.col.{r}"] = self.data[r][rows]
+            state[f"table.valid.{r}"] = self.valid[r][rows]
+        state["table.has_nulls"] = np.array([self.has_nulls[r] for r, _ in self.columns])
+        for name, d in self.dicts.items():
+            state.update(strings_state(f"table.dictionary.{name}", d.values))
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (taken on any backend) in place of the loaded table."""
+        if not state:
+            return
+        if self.node.table.changelog is None:
+            raise PlanError(f"{self.node.label}: the checkpoint holds a table kept current "
+                            "by a changelog, but this table has none; give this pipeline its "
+                            "own checkpoint dir")
+        two_input_state(self, state)
+        xp, to_device = self.xp, self.backend.to_device
+        for name, d in self.dicts.items():
+            d.restore(strings_from_state(state, f"table.dictionary.{name}"))
+        keys = xp.ascontiguousarray(to_device(state["table.keys"]))
+        n = int(keys.shape[1])
+        self.table = SlotTable(self.key_words, xp, on_device=self.backend.is_device)
+        self.table.add_column("row", np.int64, -1)
+        if n:
+            ids = to_device(np.arange(n, dtype=np.int64))
+            slots, _ = self.table.upsert(keys, ids)
+            self.table.columns["row"][slots] = ids
+        for (r, _), has_nulls in zip(self.columns, state["table.has_nulls"], strict=True):
+            self.data[r] = to_device(state[f"table.col.{r}"])
+            self.valid[r] = to_device(state[f"table.valid.{r}"])
+            self.has_nulls[r] = bool(has_nulls)
+        self.rows = n
+        self._maps = {}  # stream codes -> the table's: mapped again on the next batch
 
     def _probe(self, batch: Batch) -> list[Batch]:
         xp = self.xp
