@@ -24,13 +24,11 @@ run ends, from the committed segments kept in the hidden folder ``.<name>.segmen
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 import shutil
 import uuid
-from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,6 +38,7 @@ import pyarrow.parquet as pq
 
 from gpustream.checkpoint import fsync_dir
 from gpustream.errors import PlanError
+from gpustream.jsontext import json_lines
 from gpustream.sinks import Sink
 
 __all__ = ["FileSink", "to_csv", "to_jsonl", "to_parquet"]
@@ -316,12 +315,6 @@ class CsvSink(FileSink):
         self._writer.close()
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
-
-
 class JsonlSink(FileSink):
     """Newline-delimited JSON objects; timestamps as ISO 8601 text."""
 
@@ -332,8 +325,7 @@ class JsonlSink(FileSink):
         self._out = file
 
     def _write(self, batch: pa.RecordBatch) -> None:
-        self._out.write("".join(json.dumps(row, default=_json_default) + "\n"
-                                for row in batch.to_pylist()).encode("utf-8"))
+        self._out.write(json_lines(batch).encode("utf-8"))
         self._out.flush()
 
     def _end(self) -> None:

@@ -119,7 +119,7 @@ class Pipeline:
         self.dead_letter: Path | Sink = (
             dead_letter if isinstance(dead_letter, Sink)
             else Path(dead_letter if dead_letter is not None
-                      else Path("dead-letters") / f"{name}.jsonl"))
+                      else DeadLetterFile.default_path(name)))
         self._sinks: list[tuple[Node, Sink]] = []
         self._nodes: list[Node] = []
         self._source_names: set[str] = set()

@@ -196,7 +196,8 @@ def _ingest(node: SourceNode, batches: Iterator[SourceBatch], stager: Stager,
     for sb in batches:
         data, rejects = sb.data, sb.rejects
         if node.event_time is not None:
-            data, missing = split_missing(data, node.event_time, node.source.name, sb.offset)
+            data, missing = split_missing(data, node.event_time, node.source.name, sb.offset,
+                                          sb.locate)
             rejects += missing
         staged = stager.stage(Batch.from_arrow(data, dictionaries)) if data.num_rows else None
         yield _Ingested(staged, rejects, sb.offset)

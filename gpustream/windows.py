@@ -1,4 +1,10 @@
-"""Window assigners (DESIGN.md section 3): all aligned to epoch + offset, half-open."""
+"""Window assigners (DESIGN.md section 3): all aligned to epoch + offset, half-open.
+
+A window spans at most :data:`MAX_SPAN_MS` (2**59 ms, about 18 million years): event
+times within 2**60 of int64's limits are dead letters
+(:data:`gpustream.ingest.deadletter.EVENT_TIME_MAX`), so the end of every window an
+event falls in is an int64, and the end-of-input watermark (int64's maximum) fires it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,26 @@ from dataclasses import dataclass
 from gpustream.durations import Duration, format_millis, to_millis
 from gpustream.errors import PlanError
 
-__all__ = ["Session", "Sliding", "Tumbling", "WindowAssigner"]
+__all__ = ["MAX_SPAN_MS", "Session", "Sliding", "Tumbling", "WindowAssigner"]
+
+#: the largest window size (plus offset) or session gap, in milliseconds
+MAX_SPAN_MS = 1 << 59
+
+
+def _check_span(what: str, span_ms: int) -> None:
+    """Raise when a window reaches further than :data:`MAX_SPAN_MS`.
+
+    Examples
+    --------
+    >>> _check_span("Tumbling size", 2**62)
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: Tumbling size: 4611686018427387904 ms is longer than 576460752303423488 ms (2**59, about 18 million years), where window ends overflow int64; give a shorter window
+    """
+    if span_ms > MAX_SPAN_MS:
+        raise PlanError(f"{what}: {span_ms} ms is longer than {MAX_SPAN_MS} ms (2**59, about "
+                        "18 million years), where window ends overflow int64; give a shorter "
+                        "window")
 
 
 class WindowAssigner:
@@ -43,6 +68,7 @@ class Tumbling(WindowAssigner):
         if abs(offset_ms) >= size_ms:
             raise PlanError(f"Tumbling: |offset| ({abs(offset_ms)} ms) must be smaller than size "
                             f"({size_ms} ms); use an offset in (-size, size)")
+        _check_span("Tumbling size + |offset|", size_ms + abs(offset_ms))
         object.__setattr__(self, "size_ms", size_ms)
         object.__setattr__(self, "offset_ms", offset_ms)
 
@@ -84,6 +110,7 @@ class Sliding(WindowAssigner):
         if abs(offset_ms) >= size_ms:
             raise PlanError(f"Sliding: |offset| ({abs(offset_ms)} ms) must be smaller than size "
                             f"({size_ms} ms)")
+        _check_span("Sliding size + |offset|", size_ms + abs(offset_ms))
         object.__setattr__(self, "size_ms", size_ms)
         object.__setattr__(self, "slide_ms", slide_ms)
         object.__setattr__(self, "offset_ms", offset_ms)
@@ -109,6 +136,7 @@ class Session(WindowAssigner):
         gap_ms = to_millis(gap, what="Session gap")
         if gap_ms <= 0:
             raise PlanError(f"Session: gap must be > 0, got {gap_ms} ms; e.g. Session('30s')")
+        _check_span("Session gap", gap_ms)
         object.__setattr__(self, "gap_ms", gap_ms)
 
     def describe(self) -> str:

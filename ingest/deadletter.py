@@ -8,20 +8,37 @@ default).
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import re
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpustream.errors import IngestError
+from gpustream.jsontext import json_line, json_rows
 
-__all__ = ["BadRecordGuard", "DeadLetter", "DeadLetterFile", "raw_text", "split_missing"]
+__all__ = ["EVENT_TIME_MAX", "EVENT_TIME_MIN", "BadRecordGuard", "DeadLetter", "DeadLetterFile",
+           "Locate", "raw_text", "split_missing"]
+
+#: The event times a pipeline takes, in the column's unit: int64's range less 2**60 at
+#: each end, kept free so that window ends, watermarks and the end-of-input watermark
+#: (int64's maximum) never overflow. Milliseconds: about +-255 million years around 1970;
+#: nanoseconds: the years 1714 to 2225. Rows outside become dead letters.
+EVENT_TIME_MAX = (1 << 63) - 1 - (1 << 60)
+EVENT_TIME_MIN = -EVENT_TIME_MAX
+
+#: Where rows of a batch came from: ``locate(rows)`` gives, for each row index of the
+#: batch's data, its dead-letter offset (e.g. ``{"file", "line", "byte"}``) and raw text;
+#: None when it cannot tell.
+Locate: TypeAlias = Callable[[np.ndarray], "list[tuple[Any, str]] | None"]
 
 
 @dataclass(frozen=True)
@@ -57,27 +74,57 @@ def raw_text(data: bytes) -> str:
     return data.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
 
 
-def split_missing(batch: pa.RecordBatch, column: str, source: str,
-                  offset: Any) -> tuple[pa.RecordBatch, tuple[DeadLetter, ...]]:
-    """Rows whose ``column`` is null become dead letters (the row as JSON, its index in
-    the batch ending at ``offset``); the rest stay.
+def split_missing(batch: pa.RecordBatch, column: str, source: str, offset: Any,
+                  locate: Locate | None = None
+                  ) -> tuple[pa.RecordBatch, tuple[DeadLetter, ...]]:
+    """Rows whose event time ``column`` is null, or outside ``[EVENT_TIME_MIN,
+    EVENT_TIME_MAX]``, become dead letters; the rest stay.
+
+    With ``locate`` (a source that knows where each row came from: a file and line) a
+    dead letter has the row's own offset and raw text; without, the row as JSON and its
+    index in the batch ending at ``offset``.
 
     Examples
     --------
-    >>> rb = pa.record_batch({"ts": [1, None, 3], "v": ["a", "b", "c"]})
+    >>> rb = pa.record_batch({"ts": [1, None, 3, 2**63 - 1], "v": ["a", "b", "c", "d"]})
     >>> kept, dead = split_missing(rb, "ts", "demo", 3)
     >>> kept.num_rows, dead[0].raw, dead[0].offset, dead[0].reason
     (2, '{"ts": null, "v": "b"}', {'batch_end': 3, 'row': 1}, "missing event time 'ts'")
+    >>> dead[1].reason
+    "event time 9223372036854775807 of 'ts' is out of range [-8070450532247928831, 8070450532247928831]: near int64's limits window ends and watermarks overflow; is the column in another unit?"
+    >>> lines = ["ts,v", "1,a", ",b", "3,c", "9223372036854775807,d"]
+    >>> _, dead = split_missing(rb, "ts", "demo", 3,
+    ...                         lambda rows: [({"line": int(i) + 2}, lines[i + 1]) for i in rows])
+    >>> [(d.offset, d.raw) for d in dead]
+    [({'line': 3}, ',b'), ({'line': 5}, '9223372036854775807,d')]
     """
     values = batch.column(column)
-    if not values.null_count:
+    if not len(values):
         return batch, ()
-    missing = pc.is_null(values)
-    rows = pc.indices_nonzero(missing).to_pylist()
-    dead = tuple(DeadLetter(json.dumps(r, default=str), source,
-                            {"batch_end": offset, "row": i}, f"missing event time {column!r}")
-                 for i, r in zip(rows, batch.filter(missing).to_pylist(), strict=True))
-    return batch.filter(pc.invert(missing)), dead
+    ints = values.view(pa.int64()) if pa.types.is_timestamp(values.type) else values
+    bounds = pc.min_max(ints).as_py()
+    low = bounds["min"] is not None and bounds["min"] < EVENT_TIME_MIN
+    high = bounds["max"] is not None and bounds["max"] > EVENT_TIME_MAX
+    if not values.null_count and not low and not high:
+        return batch, ()
+    bad = pc.is_null(values)
+    if low or high:
+        out = pc.or_(pc.less(ints, EVENT_TIME_MIN), pc.greater(ints, EVENT_TIME_MAX))
+        bad = pc.or_(bad, pc.fill_null(out, False))
+    rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+    times = pc.take(ints, pa.array(rows)).to_pylist()
+    where = locate(rows) if locate is not None else None
+    if where is None:
+        raws = [json_line(r) for r in json_rows(batch.take(pa.array(rows)))]
+        where = [({"batch_end": offset, "row": int(i)}, raw)
+                 for i, raw in zip(rows, raws, strict=True)]
+    dead = tuple(
+        DeadLetter(raw, source, at, f"missing event time {column!r}" if t is None else
+                   f"event time {t} of {column!r} is out of range [{EVENT_TIME_MIN}, "
+                   f"{EVENT_TIME_MAX}]: near int64's limits window ends and watermarks "
+                   "overflow; is the column in another unit?")
+        for (at, raw), t in zip(where, times, strict=True))
+    return batch.filter(pc.invert(bad)), dead
 
 
 class BadRecordGuard:
@@ -158,9 +205,31 @@ class DeadLetterFile:
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             for d in letters:
-                self._file.write(json.dumps({**d.to_json(), "time": now}, default=str) + "\n")
+                self._file.write(json_line({**d.to_json(), "time": now}) + "\n")
             self._file.flush()
             self.count += len(letters)
+
+    @staticmethod
+    def default_path(pipeline: str) -> Path:
+        """``dead-letters/<pipeline>.jsonl``, the name made a safe file name.
+
+        Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_`` and
+        leading dots go, so no pipeline name can point outside ``dead-letters/`` (``/tmp/x``,
+        ``../x``); a name that had to change gets a short hash of itself, so that two
+        names never share a file.
+
+        Examples
+        --------
+        >>> DeadLetterFile.default_path("hot-items").as_posix()
+        'dead-letters/hot-items.jsonl'
+        >>> DeadLetterFile.default_path("../../etc/x").as_posix()
+        'dead-letters/_.._etc_x-56da1a2e.jsonl'
+        """
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", pipeline).lstrip(".")[:100] or "pipeline"
+        if safe != pipeline:
+            safe += "-" + hashlib.sha256(pipeline.encode("utf-8", "backslashreplace")
+                                         ).hexdigest()[:8]
+        return Path("dead-letters") / f"{safe}.jsonl"
 
     def close(self) -> None:
         """Close the file (if anything was written)."""

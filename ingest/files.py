@@ -7,11 +7,16 @@ pyarrow's readers, never whole. Every file is conformed to the first file's sche
 ``follow=True`` the source never ends and polls for new files, which must appear whole
 (write them under another name, then rename them into place) and sort after those read.
 The text formats are in :mod:`gpustream.ingest.textfiles`.
+
+A file that cannot be read (corrupt, truncated, of another format) stops the run with an
+error naming it, or with ``on_bad_file="skip"`` is logged, counted in the source's
+``skipped_files`` and passed over, and the next file is read.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -28,7 +33,61 @@ from gpustream.ingest.arrow import DEFAULT_BATCH_ROWS
 from gpustream.ingest.schema import conform
 from gpustream.ingest.source import Source, SourceBatch
 
-__all__ = ["ArrowIpcSource", "ParquetSource", "expand_paths", "read_arrow_ipc", "read_parquet"]
+__all__ = ["ArrowIpcSource", "BadFiles", "ParquetSource", "expand_paths", "read_arrow_ipc",
+           "read_parquet"]
+
+log = logging.getLogger("gpustream.ingest")
+
+#: what reading a bad file raises: pyarrow's errors (``ArrowInvalid``, ``OSError`` for a
+#: Parquet footer that does not deserialize), undecodable text, a vanished file, and
+#: :class:`~gpustream.errors.IngestError` (a ``ValueError``) for one that does not fit
+BAD_FILE_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError, ValueError)
+
+
+class BadFiles:
+    """What a file source does with a file it cannot read (``on_bad_file=``).
+
+    ``"fail"``: stop with an :class:`~gpustream.errors.IngestError` naming the file.
+    ``"skip"``: log a warning naming it, add it to ``skipped`` (once) and go on.
+
+    Examples
+    --------
+    >>> bad = BadFiles("skip", "read_parquet")
+    >>> bad.handle("data/b.parquet", OSError("Couldn't deserialize thrift"))
+    >>> bad.skipped
+    ['data/b.parquet']
+    >>> BadFiles("fail", "read_parquet").handle("b.parquet", OSError("bad footer"))
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.IngestError: read_parquet: cannot read b.parquet (OSError: bad footer); replace or remove the file, or give on_bad_file='skip' to skip such files
+    >>> BadFiles("ignore", "read_csv")
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.IngestError: read_csv: on_bad_file must be 'fail' or 'skip', got 'ignore'
+    """
+
+    def __init__(self, on_bad_file: str, where: str) -> None:
+        if on_bad_file not in ("fail", "skip"):
+            raise IngestError(f"{where}: on_bad_file must be 'fail' or 'skip', got "
+                              f"{on_bad_file!r}")
+        self.on_bad_file = on_bad_file
+        self.where = where
+        #: the files skipped so far, in the order met
+        self.skipped: list[str] = []
+
+    def handle(self, path: str | os.PathLike[str], err: Exception) -> None:
+        """Raise (``"fail"``) or record and log (``"skip"``) that ``path`` is bad."""
+        name = os.fspath(path)
+        if self.on_bad_file == "fail":
+            if isinstance(err, IngestError) and (name in str(err) or Path(name).name in str(err)):
+                raise err
+            raise IngestError(f"{self.where}: cannot read {name} ({type(err).__name__}: "
+                              f"{str(err).strip()}); replace or remove the file, or give "
+                              "on_bad_file='skip' to skip such files") from err
+        if name not in self.skipped:
+            self.skipped.append(name)
+            log.warning("%s: skipping %s, it cannot be read (%s: %s)", self.where, name,
+                        type(err).__name__, str(err).strip())
 
 
 def expand_paths(path: str | os.PathLike[str], suffix: str | tuple[str, ...],
@@ -66,9 +125,11 @@ class _ColumnarFiles(Source):
     suffix: tuple[str, ...] = ()
 
     def __init__(self, path: str | os.PathLike[str], batch_rows: int,
-                 columns: list[str] | None, follow: bool, poll_interval: Duration) -> None:
+                 columns: list[str] | None, follow: bool, poll_interval: Duration,
+                 on_bad_file: str = "fail") -> None:
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
             raise ValueError(f"{self.where}: batch_rows must be a positive int, got {batch_rows!r}")
+        self.bad_files = BadFiles(on_bad_file, self.where)
         self.path = os.fspath(path)
         self.batch_rows = batch_rows
         self.follow = follow
@@ -77,12 +138,21 @@ class _ColumnarFiles(Source):
         files = expand_paths(path, self.suffix)
         self.name = (f"{self.where}({self.path!s}, {len(files)} file(s)"
                      f"{', follow' if follow else ''})")
-        full = self.file_schema(files[0])
+        full = None
+        for first in files:  # the schema: the first file's that can be read
+            try:
+                full = self.file_schema(first)
+                break
+            except BAD_FILE_ERRORS as err:
+                self.bad_files.handle(first, err)
+        if full is None:
+            raise IngestError(f"{self.where}: none of the {len(files)} file(s) of {self.path} "
+                              "can be read (see the warnings); give readable files")
         if columns is not None:
             missing = [c for c in columns if c not in full.names]
             if missing:
                 raise ValueError(f"{self.where}: column(s) {', '.join(missing)} are not in "
-                                 f"{files[0]}; its columns are: {', '.join(full.names)}")
+                                 f"{first}; its columns are: {', '.join(full.names)}")
             full = pa.schema([full.field(c) for c in columns])
         #: the first file's schema; the others are conformed to it up to the encoding of
         #: their strings (a dictionary is read as one, never decoded first, and plans see
@@ -102,6 +172,11 @@ class _ColumnarFiles(Source):
         """The first file's schema (the others are conformed to it)."""
         return self._schema
 
+    @property
+    def skipped_files(self) -> list[str]:
+        """The files passed over as unreadable (``on_bad_file="skip"``), in order."""
+        return self.bad_files.skipped
+
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches after ``offset`` (``[file name, rows read from it]``)."""
         last, skip = ("", 0) if offset is None else (str(offset[0]), int(offset[1]))
@@ -110,7 +185,11 @@ class _ColumnarFiles(Source):
                 if str(path) < last:
                     continue
                 done = skip if str(path) == last else 0
-                yield from self._file(path, done)
+                if str(path) not in self.bad_files.skipped:
+                    try:
+                        yield from self._file(path, done)
+                    except BAD_FILE_ERRORS as err:
+                        self.bad_files.handle(path, err)
                 last, skip = str(path), -1  # -1: this file is wholly read
             if not self.follow:
                 return
@@ -192,7 +271,7 @@ class ArrowIpcSource(_ColumnarFiles):
 
 def read_parquet(path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH_ROWS,
                  columns: list[str] | None = None, follow: bool = False,
-                 poll_interval: Duration = "1s") -> ParquetSource:
+                 poll_interval: Duration = "1s", on_bad_file: str = "fail") -> ParquetSource:
     """Stream Parquet files (a file, a glob, or a directory) as a source.
 
     Parameters
@@ -205,6 +284,11 @@ def read_parquet(path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH_R
         Read only these columns.
     follow
         Never end: keep polling for new files (written elsewhere, then renamed in).
+    on_bad_file
+        ``"fail"`` (default): a file that cannot be read (corrupt, truncated, not
+        Parquet, or not of the first file's schema) stops the run with an error naming
+        it. ``"skip"``: log a warning naming it, count it in ``skipped_files``, and go on
+        with the next file (rows it yielded before the fault stay).
 
     Examples
     --------
@@ -217,12 +301,12 @@ def read_parquet(path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH_R
     >>> [b.data["x"].to_pylist() for b in src.open([os.path.join(d, "a.parquet"), 3])]
     [[3], [4]]
     """
-    return ParquetSource(path, batch_rows, columns, follow, poll_interval)
+    return ParquetSource(path, batch_rows, columns, follow, poll_interval, on_bad_file)
 
 
 def read_arrow_ipc(path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH_ROWS,
                    columns: list[str] | None = None, follow: bool = False,
-                   poll_interval: Duration = "1s") -> ArrowIpcSource:
+                   poll_interval: Duration = "1s", on_bad_file: str = "fail") -> ArrowIpcSource:
     """Stream Arrow IPC files (``.arrow``/``.feather`` file format or ``.arrows`` stream
     format; a file, a glob, or a directory), memory-mapped. Parameters as
     :func:`read_parquet`.
@@ -236,4 +320,4 @@ def read_arrow_ipc(path: str | os.PathLike[str], batch_rows: int = DEFAULT_BATCH
     >>> [b.data["x"].to_pylist() for b in read_arrow_ipc(path, batch_rows=2).open()]
     [[1, 2], [3]]
     """
-    return ArrowIpcSource(path, batch_rows, columns, follow, poll_interval)
+    return ArrowIpcSource(path, batch_rows, columns, follow, poll_interval, on_bad_file)

@@ -9,15 +9,16 @@ one parse, and a chunk with ``b`` bad lines about ``2 b log2(n / b)`` smaller on
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 
-from gpustream.ingest.deadletter import DeadLetter, raw_text
+from gpustream.ingest.deadletter import DeadLetter, Locate, raw_text
 
-__all__ = ["Lines", "ParseResult", "isolate", "parse_lines", "read_lines", "split_lines"]
+__all__ = ["Lines", "ParseResult", "first_content", "isolate", "parse_lines", "read_lines",
+           "split_lines"]
 
 NEWLINE = 10
 
@@ -38,6 +39,33 @@ def split_lines(data: bytes, final: bool) -> np.ndarray:
     if final and len(data) and (not len(ends) or ends[-1] != len(data)):
         ends = np.append(ends, len(data))
     return np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)])
+
+
+def first_content(data: bytes, starts: np.ndarray, skip: bytes) -> np.ndarray:
+    r"""Per line, the offset of its first byte not in ``skip``; the line's end when it
+    has none (a blank line). ``starts`` as :func:`split_lines` gives them.
+
+    Examples
+    --------
+    >>> data = b'{"a": 1}\n  null\n\r\n'
+    >>> first_content(data, split_lines(data, True), b" \t\r\n").tolist()
+    [0, 11, 18]
+    """
+    a = np.frombuffer(data, dtype=np.uint8)
+    first = starts[:-1].astype(np.int64)
+    ends = starts[1:]
+    if not len(a) or not len(first):
+        return first
+    table = np.zeros(256, dtype=np.bool_)
+    table[list(skip)] = True
+    lead = table[a[np.minimum(first, len(a) - 1)]] & (first < ends)
+    if lead.any():  # lines that start with a byte to skip: find their first other byte
+        content = np.flatnonzero(~table[a])
+        k = np.searchsorted(content, first[lead])
+        pos = np.where(k < len(content), content[np.minimum(k, max(len(content) - 1, 0))],
+                       len(a)) if len(content) else np.full(len(k), len(a))
+        first[lead] = np.minimum(pos, ends[lead])
+    return first
 
 
 class Lines:
@@ -133,32 +161,43 @@ def read_lines(f: IO[bytes], max_rows: int, block_bytes: int, final: bool,
 
 @dataclass
 class ParseResult:
-    """The good rows of a chunk (in line order) and its bad lines as dead letters."""
+    """The good rows of a chunk (in line order) and its bad lines as dead letters.
+
+    ``bad``: the indices of the bad records; ``locate``: each good row's offset and raw
+    text (see :func:`parse_lines`).
+    """
 
     table: pa.Table | None
     rejects: list[DeadLetter]
+    bad: list[int] = field(default_factory=list)
+    locate: Locate | None = None
 
 
 def parse_lines(lines: Lines, parse: Callable[[bytes], pa.Table], source: str,
                 where: Callable[[int, int], Any],
-                explain: Callable[[Exception], str] = str, keep: bool = True) -> ParseResult:
+                explain: Callable[[Exception], str] = str, keep: bool = True,
+                blank: bytes | None = None) -> ParseResult:
     r"""Parse ``lines`` with ``parse``; lines that fail become dead letters.
 
     ``parse(bytes) -> pyarrow.Table`` must give the same schema for every piece and
     raise ``pyarrow.ArrowException`` (or ``ValueError``) on a bad record. ``where(line
     number, byte offset)`` gives a dead letter's offset; ``explain(error)`` its reason.
-    ``keep=False`` finds the bad lines only (``table`` is then None).
+    ``keep=False`` finds the bad lines only (``table`` is then None). With ``blank``
+    (the bytes a line ``parse`` skips is made of only), the result's ``locate(rows)``
+    gives each row's offset and raw text, for dead letters found after parsing.
 
     Examples
     --------
     >>> import pyarrow as pa
     >>> def parse(b):
     ...     return pa.table({"x": [int(v) for v in b.split()]}, schema=pa.schema([("x", pa.int64())]))
-    >>> data = b"1\n2\nx\n4\n"
+    >>> data = b"1\n2\nx\n\n4\n"
     >>> r = parse_lines(Lines(data, split_lines(data, True), 1, 0), parse, "demo",
-    ...                 lambda line, byte: {"line": line})
+    ...                 lambda line, byte: {"line": line}, blank=b"\n")
     >>> r.table["x"].to_pylist(), [(d.raw, d.offset) for d in r.rejects]
     ([1, 2, 4], [('x', {'line': 3})])
+    >>> r.locate(np.array([2]))
+    [({'line': 5}, '4')]
     """
     def piece(lo: int, hi: int) -> pa.Table:
         if lo == 0 and hi == lines.count:  # the whole chunk: no need to find its lines
@@ -171,7 +210,25 @@ def parse_lines(lines: Lines, parse: Callable[[bytes], pa.Table], source: str,
         return DeadLetter(raw_text(lines.data[int(starts[i]):int(starts[i + 1])]), source,
                           where(lines.first_line + i, lines.base + int(starts[i])), explain(err))
 
-    return isolate(lines.count, piece, reject, keep)
+    result = isolate(lines.count, piece, reject, keep)
+    if blank is not None and result.table is not None:
+        rows = result.table.num_rows
+
+        def locate(picked: np.ndarray) -> list[tuple[Any, str]] | None:
+            starts = lines.starts
+            has = first_content(lines.data, starts, blank) < starts[1:]
+            has[result.bad] = False
+            line_of_row = np.flatnonzero(has)
+            if len(line_of_row) != rows:  # lines and rows do not match up: cannot tell
+                return None
+            out = []
+            for i in line_of_row[picked].tolist():
+                lo, hi = int(starts[i]), int(starts[i + 1])
+                out.append((where(lines.first_line + i, lines.base + lo),
+                            raw_text(lines.data[lo:hi])))
+            return out
+        result.locate = locate
+    return result
 
 
 def isolate(n: int, parse: Callable[[int, int], pa.Table],
@@ -189,6 +246,7 @@ def isolate(n: int, parse: Callable[[int, int], pa.Table],
     """
     good: list[pa.Table] = []
     rejects: list[DeadLetter] = []
+    bad: list[int] = []
 
     def attempt(lo: int, hi: int) -> None:
         try:
@@ -196,6 +254,7 @@ def isolate(n: int, parse: Callable[[int, int], pa.Table],
         except (pa.ArrowException, ValueError, TypeError) as err:
             if hi - lo == 1:
                 rejects.append(reject(lo, err))
+                bad.append(lo)
                 return
             mid = (lo + hi) // 2
             attempt(lo, mid)
@@ -207,6 +266,6 @@ def isolate(n: int, parse: Callable[[int, int], pa.Table],
     if n:
         attempt(0, n)
     if not good:
-        return ParseResult(None, rejects)
+        return ParseResult(None, rejects, bad)
     table = good[0] if len(good) == 1 else pa.concat_tables(good)
-    return ParseResult(table, rejects)
+    return ParseResult(table, rejects, bad)

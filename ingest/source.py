@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from gpustream.ingest.deadletter import DeadLetter
+from gpustream.ingest.deadletter import DeadLetter, Locate
 
 __all__ = ["Source", "SourceBatch"]
 
@@ -21,12 +21,15 @@ class SourceBatch:
     ``offset`` is plain data (ints, strings, lists, dicts) that :meth:`Source.open` accepts
     back to resume right after this batch: checkpoints store it. ``rejects`` are the
     records of this stretch of input that could not be read (the runtime writes them to
-    the dead-letter sink and counts them); ``data`` may then have no rows.
+    the dead-letter sink and counts them); ``data`` may then have no rows. ``locate``,
+    from sources that know where each row came from (a file and line), gives rows'
+    offsets and raw text for the dead letters found later (a missing event time).
     """
 
     data: pa.RecordBatch
     offset: Any
     rejects: tuple[DeadLetter, ...] = ()
+    locate: Locate | None = None
 
 
 class Source(abc.ABC):

@@ -110,11 +110,12 @@ class LineStreamSource(Source):
         if self.parser is None:  # the first lines tell epoch numbers from timestamp text
             self.parser = self.fmt.parser(lines.data, self._schema, True, self.where)
         result = parse_lines(lines, self.parser, self.name,
-                             lambda line, byte: {"line": line, "byte": byte}, self.parser.explain)
+                             lambda line, byte: {"line": line, "byte": byte}, self.parser.explain,
+                             blank=self.parser.blank)
         table = result.table if result.table is not None else self._schema.empty_table()
         rbs = table.combine_chunks().to_batches()
         data = rbs[0] if rbs else pa.RecordBatch.from_pylist([], schema=self._schema)
-        return SourceBatch(data, end, tuple(result.rejects))
+        return SourceBatch(data, end, tuple(result.rejects), result.locate)
 
 
 class SocketSource(LineStreamSource):

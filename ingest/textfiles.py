@@ -8,6 +8,9 @@ appended to the files and for new files (which must sort after those already rea
 timestamped part files do), closing a batch at ``max_rows`` lines or ``max_delay``.
 
 The offset is ``{file: [byte offset, next line number]}`` for every file read so far.
+A file that cannot be read (undecodable header, another layout, mostly bad records)
+stops the run with an error naming it, or with ``on_bad_file="skip"`` is logged, counted
+in ``skipped_files`` and passed over (see :class:`~gpustream.ingest.files.BadFiles`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from gpustream.durations import Duration, to_millis
 from gpustream.errors import IngestError
 from gpustream.ingest.batching import LineBatcher, batch_bounds
 from gpustream.ingest.deadletter import BadRecordGuard
-from gpustream.ingest.files import expand_paths
+from gpustream.ingest.files import BAD_FILE_ERRORS, BadFiles, expand_paths
 from gpustream.ingest.lines import Lines, parse_lines, read_lines
 from gpustream.ingest.schema import SchemaLike, as_schema
 from gpustream.ingest.source import Source, SourceBatch
@@ -42,7 +45,8 @@ class TextFileSource(Source):
     def __init__(self, path: str | os.PathLike[str], fmt: TextFormat, suffix: tuple[str, ...],
                  where: str, schema: SchemaLike | None, schema_overrides: SchemaLike | None,
                  has_header: bool, max_rows: int, max_delay: Duration | None, follow: bool,
-                 poll_interval: Duration, max_bad_fraction: float) -> None:
+                 poll_interval: Duration, max_bad_fraction: float,
+                 on_bad_file: str = "fail") -> None:
         if schema is not None and schema_overrides is not None:
             raise IngestError(f"{where}: give schema= (every column) or schema_overrides= "
                               "(some columns' types), not both")
@@ -56,35 +60,75 @@ class TextFileSource(Source):
         self.poll_s = to_millis(poll_interval, what=f"{where}: poll_interval") / 1e3
         self.max_bad_fraction = max_bad_fraction
         BadRecordGuard(max_bad_fraction, where, fmt.kind)  # checks the argument now
+        self.bad_files = BadFiles(on_bad_file, where)
         self.bounded = not follow
         files = expand_paths(path, suffix, allow_empty=follow)
         self.name = (f"{where}({self.path}, {len(files)} file(s)"
                      f"{', follow' if follow else ''})")
         given = None if schema is None and schema_overrides is None else as_schema(
             schema if schema is not None else schema_overrides, where)
-        sample = b""
-        for i, path in enumerate(files):  # the sample: the first file that has records
-            with open(path, "rb") as f:
-                if isinstance(fmt, CsvFormat) and has_header:
-                    head = f.readline()
-                    if i == 0:
-                        fmt.names = fmt.header(head, fmt.delimiter, f"{where}: {path}")
-                sample = f.read(SAMPLE_BYTES)
+        parser: Parser | None = None
+        if isinstance(fmt, CsvFormat) and not has_header:
+            self._given_names(given, schema is not None, files)
+        unparsed: IngestError | None = None
+        for path in files:  # the sample: the first readable file with records that parse
+            names = list(fmt.names)
+            try:
+                sample = self._head(path)
+            except BAD_FILE_ERRORS as err:
+                fmt.names = names  # not from a bad file's header
+                self.bad_files.handle(path, err)
+                continue
             if sample.strip():
-                break
-        if isinstance(fmt, CsvFormat) and not fmt.names:
-            if given is None or schema is None:
-                raise IngestError(f"{where}: {'no file yet' if not files else 'has_header=False'}"
-                                  ": the column names are unknown; give schema= with every "
-                                  "column in file order")
-            fmt.names = list(given.names)
-        self.parser: Parser = fmt.parser(sample, given, schema is not None, f"{where}({self.path})")
+                try:
+                    parser = self._parser(sample, given, schema is not None, files)
+                    break
+                except IngestError as err:  # no sampled line parses: its lines will be
+                    unparsed = unparsed or err  # dead letters; sample the next file
+        if parser is None and unparsed is not None:
+            raise unparsed
+        self.parser: Parser = parser or self._parser(b"", given, schema is not None, files)
         if isinstance(fmt, CsvFormat):
             missing = [n for n in self.parser.stream.names if n not in fmt.names]
             if missing and schema is not None:
                 raise IngestError(f"{where}: schema column(s) {', '.join(missing)} are not in "
                                   f"the header of {files[0]}; its columns are: "
                                   f"{', '.join(fmt.names)}")
+
+    def _head(self, path: Path) -> bytes:
+        """Check a file's header (the first one's gives the column names) and return the
+        first ``SAMPLE_BYTES`` after it."""
+        with open(path, "rb") as f:
+            if isinstance(self.fmt, CsvFormat) and self.has_header:
+                names = self.fmt.header(f.readline(), self.fmt.delimiter,
+                                        f"{self.where}: {path}")
+                if not self.fmt.names:
+                    self.fmt.names = names
+                elif names != self.fmt.names:
+                    raise IngestError(f"{self.where}: {path} has columns {names}, but the "
+                                      f"first file has {self.fmt.names}; give files of one "
+                                      "layout")
+            return f.read(SAMPLE_BYTES)
+
+    def _given_names(self, given: pa.Schema | None, complete: bool, files: list[Path]) -> None:
+        """CSV column names from ``schema=`` where no header gives them."""
+        if given is None or not complete:
+            raise IngestError(f"{self.where}: "
+                              f"{'no file yet' if not files else 'has_header=False'}"
+                              ": the column names are unknown; give schema= with every "
+                              "column in file order")
+        self.fmt.names = list(given.names)
+
+    def _parser(self, sample: bytes, given: pa.Schema | None, complete: bool,
+                files: list[Path]) -> Parser:
+        if isinstance(self.fmt, CsvFormat) and not self.fmt.names:
+            self._given_names(given, complete, files)
+        return self.fmt.parser(sample, given, complete, f"{self.where}({self.path})")
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """The files passed over as unreadable (``on_bad_file="skip"``), in order."""
+        return self.bad_files.skipped
 
     def schema(self) -> pa.Schema:
         """The stream schema (given, or inferred from the first file's first lines)."""
@@ -93,14 +137,6 @@ class TextFileSource(Source):
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches from ``offset`` (``{file: [byte, next line]}``) onwards."""
         guard = BadRecordGuard(self.max_bad_fraction, self.where, self.fmt.kind)
-        for path, sb in self._batches(offset):
-            if sb is None:  # the end of a file
-                guard.count(Path(path).name, 0, 0, at_end=True)
-                continue
-            yield sb  # its dead letters are delivered before the guard may stop the run
-            guard.count(Path(path).name, sb.data.num_rows, len(sb.rejects))
-
-    def _batches(self, offset: Any) -> Iterator[tuple[str, SourceBatch | None]]:
         state: dict[str, tuple[int, int]] = {
             str(k): (int(v[0]), int(v[1])) for k, v in (offset or {}).items()}
         batcher = LineBatcher(self.max_rows, self.max_delay_s if self.follow else 0.0)
@@ -109,19 +145,38 @@ class TextFileSource(Source):
             files = expand_paths(self.path, self.suffix, allow_empty=self.follow)
             for path in (str(p) for p in files):
                 if current is not None and current != path and batcher.rows:
-                    yield current, self._emit(batcher.take(), current, state)
-                for lines in self._read(path, state, batcher):
-                    current = path
-                    batcher.add(lines, time.monotonic())
-                    if batcher.due(time.monotonic()):
-                        yield path, self._emit(batcher.take(), path, state)
-                if not self.follow:
-                    yield path, None
+                    yield from self._deliver(current, batcher, state, guard)
+                if path in self.bad_files.skipped:
+                    continue
+                try:
+                    for lines in self._read(path, state, batcher):
+                        current = path
+                        batcher.add(lines, time.monotonic())
+                        if batcher.due(time.monotonic()):
+                            yield from self._deliver(path, batcher, state, guard)
+                            if path in self.bad_files.skipped:
+                                break
+                    if not self.follow and path not in self.bad_files.skipped:
+                        guard.count(Path(path).name, 0, 0, at_end=True)
+                except BAD_FILE_ERRORS as err:
+                    batcher.take()  # the rest of a file passed over
+                    self.bad_files.handle(path, err)
             if not self.follow:
                 return
             if current is not None and batcher.due(time.monotonic()):
-                yield current, self._emit(batcher.take(), current, state)
+                yield from self._deliver(current, batcher, state, guard)
             time.sleep(batcher.wait_s(time.monotonic(), self.poll_s))
+
+    def _deliver(self, path: str, batcher: LineBatcher, state: dict[str, tuple[int, int]],
+                 guard: BadRecordGuard) -> Iterator[SourceBatch]:
+        """The open batch, parsed; its dead letters are delivered before the guard may
+        find the file bad (then it stops the run, or the file is passed over)."""
+        sb = self._emit(batcher.take(), path, state)
+        yield sb
+        try:
+            guard.count(Path(path).name, sb.data.num_rows, len(sb.rejects))
+        except IngestError as err:
+            self.bad_files.handle(path, err)
 
     def _read(self, path: str, state: dict[str, tuple[int, int]],
               batcher: LineBatcher) -> Iterator[Lines]:
@@ -144,7 +199,7 @@ class TextFileSource(Source):
                 if names != self.fmt.names:
                     raise IngestError(f"{self.where}: {path} has columns {names}, but the "
                                       f"first file has {self.fmt.names}; give files of one "
-                                      "layout")
+                                      "layout, or on_bad_file='skip'")
                 byte, line = len(head), 2
                 state[path] = (byte, line)
             while True:
@@ -161,18 +216,19 @@ class TextFileSource(Source):
         assert lines is not None
         result = parse_lines(lines, self.parser, self.name,
                              lambda line, byte: {"file": path, "line": line, "byte": byte},
-                             self.parser.explain)
+                             self.parser.explain, blank=self.parser.blank)
         table = result.table if result.table is not None else self.parser.stream.empty_table()
         batch = table.combine_chunks().to_batches()
         data = batch[0] if batch else pa.RecordBatch.from_pylist([], schema=self.parser.stream)
-        return SourceBatch(data, {k: list(v) for k, v in state.items()}, tuple(result.rejects))
+        return SourceBatch(data, {k: list(v) for k, v in state.items()}, tuple(result.rejects),
+                           result.locate)
 
 
 def read_jsonl(path: str | os.PathLike[str], schema: SchemaLike | None = None,
                schema_overrides: SchemaLike | None = None, max_rows: int = 65_536,
                max_delay: Duration | None = "50ms", follow: bool = False,
-               poll_interval: Duration = "100ms", max_bad_fraction: float = 0.5
-               ) -> TextFileSource:
+               poll_interval: Duration = "100ms", max_bad_fraction: float = 0.5,
+               on_bad_file: str = "fail") -> TextFileSource:
     """Stream newline-delimited JSON files (a file, a glob, or a directory of ``*.jsonl``).
 
     Parameters
@@ -192,6 +248,11 @@ def read_jsonl(path: str | os.PathLike[str], schema: SchemaLike | None = None,
     max_bad_fraction
         Stop with an error when more than this fraction of a file's records are bad (a
         file in another format); below it, bad records go to the dead-letter sink.
+    on_bad_file
+        ``"fail"`` (default): a file that cannot be read (an undecodable header, another
+        layout, over ``max_bad_fraction``) stops the run with an error naming it.
+        ``"skip"``: log a warning naming it, count it in ``skipped_files`` and go on with
+        the next file (its records read before the fault stay, as rows or dead letters).
 
     Examples
     --------
@@ -207,14 +268,14 @@ def read_jsonl(path: str | os.PathLike[str], schema: SchemaLike | None = None,
     """
     return TextFileSource(path, JsonlFormat(), (".jsonl", ".ndjson"), "read_jsonl", schema,
                           schema_overrides, False, max_rows, max_delay, follow, poll_interval,
-                          max_bad_fraction)
+                          max_bad_fraction, on_bad_file)
 
 
 def read_csv(path: str | os.PathLike[str], schema: SchemaLike | None = None,
              schema_overrides: SchemaLike | None = None, has_header: bool = True,
              delimiter: str = ",", max_rows: int = 65_536, max_delay: Duration | None = "50ms",
              follow: bool = False, poll_interval: Duration = "100ms",
-             max_bad_fraction: float = 0.5) -> TextFileSource:
+             max_bad_fraction: float = 0.5, on_bad_file: str = "fail") -> TextFileSource:
     """Stream CSV files (a file, a glob, or a directory of ``*.csv``), one record a line.
 
     Parameters are those of :func:`read_jsonl`, and ``has_header`` (each file starts with
@@ -235,4 +296,4 @@ def read_csv(path: str | os.PathLike[str], schema: SchemaLike | None = None,
         raise IngestError(f"read_csv: delimiter must be one character, got {delimiter!r}")
     return TextFileSource(path, CsvFormat(delimiter=delimiter), (".csv",), "read_csv", schema,
                           schema_overrides, has_header, max_rows, max_delay, follow,
-                          poll_interval, max_bad_fraction)
+                          poll_interval, max_bad_fraction, on_bad_file)

@@ -9,7 +9,11 @@ event's own watermark ``wm`` (DESIGN.md section 3):
 - ``DROPPED``: its state is gone (``end + lateness <= wm``);
 - ``NO_TIME``: the event time is null.
 
-The helper :func:`window_start` is written once for the CPU, CUDA and the simulator.
+The helpers :func:`window_start` and :func:`window_end` are written once for the CPU,
+CUDA and the simulator. Event times near int64's limits never reach a window: the
+runtime makes them dead letters (:data:`gpustream.ingest.deadletter.EVENT_TIME_MAX`); a
+window end past int64's maximum would still saturate there (the end-of-input watermark,
+which fires it) instead of wrapping around to a time long past.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from numba.extending import register_jitable
 from gpustream.kernels.cache import CACHE
 from gpustream.kernels.registry import cuda_kernel, launch_config
 
-__all__ = ["DROPPED", "LATE", "NO_TIME", "ON_TIME", "assign_windows", "window_start"]
+__all__ = ["DROPPED", "LATE", "NO_TIME", "ON_TIME", "assign_windows", "window_end",
+           "window_start"]
 
 ON_TIME = np.int8(0)
 LATE = np.int8(1)
 DROPPED = np.int8(2)
 NO_TIME = np.int8(3)
+I64_MAX = np.int64(np.iinfo(np.int64).max)
 
 cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
 
@@ -46,12 +52,25 @@ def window_start(ts, slide, offset):  # type: ignore[no-untyped-def]
 
 
 @register_jitable
+def window_end(start, size):  # type: ignore[no-untyped-def]
+    """``start + size``, saturated at int64's maximum instead of wrapping around.
+
+    Examples
+    --------
+    >>> window_end(10_000, 1_000), int(window_end(2**63 - 5, 10))
+    (11000, 9223372036854775807)
+    """
+    return start + size if start <= I64_MAX - size else I64_MAX
+
+
+@register_jitable
 def _status(end, wm, lateness):  # type: ignore[no-untyped-def]
     if end > wm:
         return ON_TIME
-    if end - wm > -lateness:  # end + lateness > wm, without overflow near INT64_MIN
-        return LATE
-    return DROPPED
+    # late while end + lateness > wm, in terms that never overflow (lateness >= 0)
+    if end < 0:
+        return LATE if end + lateness > wm else DROPPED
+    return LATE if wm - end < lateness else DROPPED  # 0 <= end <= wm
 
 
 @register_jitable
@@ -63,7 +82,7 @@ def _assign_event(i, ts, valid, wm, size, slide, offset, lateness, nwin, starts,
         a = i * nwin + j
         st = last - j * slide
         starts[a] = st
-        status[a] = NO_TIME if no_time else _status(st + size, wm[i], lateness)
+        status[a] = NO_TIME if no_time else _status(window_end(st, size), wm[i], lateness)
 
 
 @numba.njit(nogil=True, cache=CACHE)
@@ -87,7 +106,7 @@ def _assign_cpu(ts, valid, wm, size, slide, offset, lateness, nwin, starts, stat
             a = i * nwin + j
             st = last - j * slide
             starts[a] = st
-            status[a] = NO_TIME if no_time else _status(st + size, w, lateness)
+            status[a] = NO_TIME if no_time else _status(window_end(st, size), w, lateness)
 
 
 @cuda_kernel("void(int64[::1], boolean[::1], int64[::1], int64, int64, int64, int64, int64, "

@@ -138,7 +138,9 @@ def test_bad_records_become_dead_letters_and_the_good_ones_all_count(tmp_path: P
         assert d["reason"]
     assert "column" in by_line[line_of[301]]["reason"] or "JSON" in by_line[line_of[301]]["reason"]
     missing = [d for d in letters if d["reason"] == "missing event time 'ts'"]
-    assert len(missing) == 1 and json.loads(missing[0]["raw"])["k"] == "gamma"
+    assert len(missing) == 1 and missing[0]["raw"] == bad[999]  # the line as it was
+    assert missing[0]["offset"]["file"] == str(path)
+    assert missing[0]["offset"]["line"] == line_of[999]
 
 
 def test_csv_reasons_name_the_column(tmp_path: Path) -> None:
