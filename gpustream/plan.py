@@ -641,7 +641,8 @@ def to_event_units(ms: int, ts_type: pa.DataType, what: str) -> int:
 
 
 def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
-    """Keys, window_start, window_end, the aggregates in order, and ``revision`` with lateness."""
+    """Keys, window_start, window_end, the aggregates in order, and ``revision`` with lateness
+    (and ``op`` for sessions: their changelog, :mod:`gpustream.operators.session`)."""
     where = node.label
     src, ts_type = event_time_of(node)
     if src.event_time not in schema.names:
@@ -671,6 +672,8 @@ def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
         fields.append((name, agg_type(agg, schema, f"{where} agg {name!r}")))
     if node.allowed_lateness_ms:
         fields.append(("revision", pa.int32()))
+        if isinstance(node.assigner, Session):  # a changelog: +I, -U, +U, -D
+            fields.append(("op", pa.string()))
     names = [n for n, _ in fields]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:

@@ -121,6 +121,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
          "    new_keys = 0",
          "    empties = 0",
          "    need_page = 0",
+         "    dropped = 0",
          "    stopped = False",
          "    j = j0",
          "    while j < j1 and not stopped:",
@@ -153,6 +154,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
           "            w = wm[i]",
           "            if lo + size <= w:",  # its newest window has fired: all have
           "                late[i] = 1",
+          "                dropped += nwin",
           "                continue"]
     if tumbling:
         L += ["            if cur_p < 0 or lo != cur_st:"]
@@ -262,7 +264,8 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
         L += ["            for jw in range(nwin):",
               "                st = lo3 - jw * slide",
               "                if st + size <= w:",
-              "                    break",  # older windows end earlier: fired too
+              "                    dropped += nwin - jw",  # older windows end earlier:
+              "                    break",  # fired too
               "                s = np.uint64(bases[jw]) + d",
               "                if present[s] == 0:"]
         L += ["                    " + line for line in _create_lines(col, "st + size")]
@@ -273,6 +276,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...], columns: tuple[tuple[str, s
           "    out[1] = empties",
           "    out[2] = new_keys",
           "    out[3] = need_page",
+          "    out[4] = dropped",
           "    return j"]
     return "\n".join(L) + "\n"
 
@@ -294,8 +298,9 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     table (``d_hash``, ``d_keys`` ``uint64[capacity, K + 1]``, ``refs``: how many pages
     hold a row of the key), the pages (``p_start``, ``p_live``, ``p_count``,
     ``p_touched``, ``present``: int8 per row), the columns, ``late`` (int8 per event) and
-    ``out`` (int64[4]: rows created, empty key slots filled, keys added, 1 if it stopped
-    for want of a page). Returns the position in ``idx`` of the next event.
+    ``out`` (int64[5]: rows created, empty key slots filled, keys added, 1 if it stopped
+    for want of a page, (event, window) pairs of the folded events dropped because the
+    window had fired). Returns the position in ``idx`` of the next event.
 
     Examples
     --------
@@ -308,13 +313,13 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     >>> wend, ontime, n = np.full(16, 2**63 - 1), np.zeros(16, np.int64), np.zeros(16, np.int64)
     >>> p_start, p_live, p_count = np.zeros(2, np.int64), np.zeros(2, np.int8), np.zeros(2, np.int64)
     >>> p_touched, refs = np.zeros((2, 8), np.int64), np.zeros(8, np.int64)
-    >>> present, late, out = np.zeros(16, np.int8), np.zeros(4, np.int8), np.zeros(4, np.int64)
+    >>> present, late, out = np.zeros(16, np.int8), np.zeros(4, np.int8), np.zeros(5, np.int64)
     >>> k(np.array([5, 7, 12, 3]), none, np.array([-99, 5, 7, 12]), 10, 10, 0, 1, np.arange(4),
     ...   0, 4, 4, np.array([4, 4, 4, 4], np.uint64), none, np.zeros(1), none, d_hash, d_keys,
     ...   refs, p_start, p_live, p_count, p_touched, present, wend, ontime, n, late, out)
     4
     >>> p_start.tolist(), p_count.tolist(), out.tolist(), late.tolist()
-    ([0, 10], [1, 1], [2, 1, 1, 0], [0, 0, 0, 1])
+    ([0, 10], [1, 1], [2, 1, 1, 0, 1], [0, 0, 0, 1])
     >>> d = int(p_touched[0, 0]); int(n[d]), int(n[8 + d]), int(refs[d])
     (2, 1, 2)
 
@@ -331,7 +336,7 @@ def dense_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     ...   p_start, p_live, p_count, p_touched, present, wend, ontime, n, late, out)
     2
     >>> sorted(zip(p_start.tolist(), p_count.tolist()))[1:], out.tolist(), int(refs.max())
-    ([(0, 1), (5, 1), (10, 1)], [3, 1, 1, 0], 3)
+    ([(0, 1), (5, 1), (10, 1)], [3, 1, 1, 0, 0], 3)
     >>> sorted(int(n[p * 8 + int(p_touched[p, 0])]) for p in range(3))
     [1, 1, 2]
     """

@@ -314,6 +314,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
          "    top = I64_MAX - slide",
          "    created = 0",
          "    empties = 0",
+         "    dropped = 0",
          "    j = j0",
          "    while j < j1:",
          "        i = np.uint64(idx[j])",  # unsigned indices: no wraparound checks
@@ -355,6 +356,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "            st = last - jw * slide",
           "            end = st + size",
           "            if end <= w:",
+          "                dropped += 1",
           "                continue",
           "            any_open = True",
           "            ws = np.uint64(st)",
@@ -383,7 +385,8 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "        j += 1",
           "    out[0] = created",
           "    out[1] = empties",
-           "    return j"]
+          "    out[2] = dropped",
+          "    return j"]
     return "\n".join(L) + "\n"
 
 
@@ -416,7 +419,9 @@ def fused_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     each aggregation's input values with their validity, ``t_hash``, ``t_ready``,
     ``t_keys``, the columns, then ``late`` (int8 per event, set for events all of whose
     windows have fired), ``log_slots`` and ``log_ends`` (buffers receiving each created
-    slot and its window's end) and ``out`` (int64[2]: slots created, empty slots filled).
+    slot and its window's end) and ``out`` (int64[3]: slots created, empty slots filled,
+    (event, window) pairs dropped because the window had fired: see
+    :attr:`~gpustream.operators.window.KeyedAggBase.dropped_memberships`).
     Returns the position in ``idx`` of the next event to fold.
 
     Examples
@@ -428,14 +433,14 @@ def fused_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
     >>> k = fused_window_kernel(1, (FusedAgg("count", ("n",)),),
     ...                         (("__wend", "I64_MAX"), ("__ontime", "0"), ("n", "0")), True)
     >>> none = np.empty(0, np.bool_)
-    >>> late, out = np.zeros(3, np.int8), np.zeros(2, np.int64)
+    >>> late, out = np.zeros(3, np.int8), np.zeros(3, np.int64)
     >>> log_slots, log_ends = np.zeros(8, np.int64), np.zeros(8, np.int64)
     >>> k(np.array([5, 7, 12]), none, np.array([-99, 5, 7]), 10, 10, 0, 1, np.arange(3), 0, 3, 8,
     ...   np.array([4, 4, 4], np.uint64), none, np.zeros(1), none, t_hash, t_ready, t_keys,
     ...   wend, ontime, n, late, log_slots, log_ends, out)
     3
     >>> n[log_slots[:2]].tolist(), log_ends[:2].tolist(), out.tolist()
-    ([2, 1], [10, 20], [2, 2])
+    ([2, 1], [10, 20], [2, 2, 0])
     """
     return generated_kernel(_PRELUDE + _source(n_keys, aggs, columns, tumbling), "fused",
                             "fused_window", nogil=True)

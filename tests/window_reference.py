@@ -174,6 +174,10 @@ def reference_sessions(
     held session it overlaps (revision: the largest of theirs); with none, it opens a
     session unless t + gap + lateness <= watermark (late). A session that ends at or
     before the watermark after this fires again at once; otherwise it waits for its end.
+
+    With lateness, so that sessions never overlap: an event before the end of a gone
+    session of its key is late, and so is one older than the ``floor`` of the sessions it
+    would join (watermark - gap - lateness when the session opened; merged: the least).
     """
     df = to_pandas(table).reset_index(drop=True)
     held: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
@@ -185,21 +189,30 @@ def reference_sessions(
         s["rev"] += 1
         s["dirty"] = False
 
+    gone_end: dict[tuple, float] = defaultdict(lambda: -math.inf)
     for i, t, wm, key in _arrivals(df, keys, ts_col, delay, late_rows):
         sessions = held[key]
         if wm is not None:
             for s in sessions:
                 if s["dirty"] and s["end"] <= wm:
                     fire(key, s)
+            for s in sessions:
+                if s["end"] + lateness <= wm:
+                    gone_end[key] = max(gone_end[key], s["end"])
             sessions[:] = [s for s in sessions if s["end"] + lateness > wm]
         hit = [s for s in sessions if s["start"] < t + gap and t < s["end"]]
-        if not hit and wm is not None and t + gap + lateness <= wm:
+        too_late = not hit and wm is not None and t + gap + lateness <= wm
+        if lateness and (t < gone_end[key] or (hit and t < min(s["floor"] for s in hit))):
+            too_late = True  # it would overlap a gone session, or lies before the floor
+        if too_late:
             late_rows.append(i)
         else:
             merged = {"start": min([t] + [s["start"] for s in hit]),
                       "end": max([t + gap] + [s["end"] for s in hit]),
                       "rows": [i] + [r for s in hit for r in s["rows"]],
-                      "rev": max([0] + [s["rev"] for s in hit]), "dirty": True}
+                      "rev": max([0] + [s["rev"] for s in hit]), "dirty": True,
+                      "floor": (min(s["floor"] for s in hit) if hit else
+                                -math.inf if wm is None else wm - gap - lateness)}
             for s in hit:
                 sessions.remove(s)
             sessions.append(merged)

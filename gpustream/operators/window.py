@@ -4,7 +4,9 @@ Per batch (DESIGN.md section 3, decided per event, so batching never changes a r
 
 1. every (event, window) pair gets a status from the event's own watermark (on time,
    late within the allowed lateness, dropped) in one kernel;
-2. events all of whose windows are dropped go to the ``.late`` side output unchanged;
+2. events all of whose windows are dropped go to the ``.late`` side output unchanged
+   (counted in ``late_events``); every dropped pair, of those events and of events still
+   on time for another window, is counted in ``dropped_memberships``;
 3. the pairs that update state find or create their (key, window) slot in the state
    table; new slots are initialised; on-time pairs are folded into the aggregates.
 
@@ -16,6 +18,7 @@ end + allowed lateness. Memory is bounded by the open windows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,7 @@ from gpustream.aggs import Agg
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
 from gpustream.expr import Col, evaluate
+from gpustream.ingest.dictionary import StringDictionary
 from gpustream.kernels.hashing import hash_rows, widen_keys
 from gpustream.kernels.windows import DROPPED, LATE, ON_TIME, assign_windows
 from gpustream.operators.base import Operator
@@ -88,7 +92,12 @@ class KeyedAggBase(Operator):
         self.seq = 0
         self.dictionaries: dict[str, Any] = {}
         self.late_out: list[Batch] = []
+        #: events too late for every window they belong to (sent to ``.late``)
         self.late_events = 0
+        #: (event, window) memberships not applied because the window's state was gone at
+        #: the event's arrival (fired, and past the allowed lateness): those of the events
+        #: in ``late_events`` and those of events still on time for another window
+        self.dropped_memberships = 0
         self.no_time_events = 0
 
     # -- inputs ---------------------------------------------------------------------------
@@ -156,8 +165,16 @@ class KeyedAggBase(Operator):
             else:
                 st.update(slots, rows, col.values, col.valid, ctx)
 
-    def _late_rows(self, batch: Batch, late: Any) -> None:
-        n_late = int(late.sum())
+    def _late_rows(self, batch: Batch, late: Any, dropped: Any = 0) -> None:
+        """Send the ``late`` events of ``batch`` to ``.late`` and count them, with the
+        ``dropped`` memberships of the batch (an int, or a device scalar: both counts then
+        come back to the host in one read)."""
+        if isinstance(dropped, int):
+            n_late, n_dropped = int(late.sum()), dropped
+        else:
+            both = self.backend.to_host(self.xp.stack([late.sum(), dropped]))
+            n_late, n_dropped = int(both[0]), int(both[1])
+        self.dropped_memberships += n_dropped
         if n_late:
             self.late_out.append(batch.filter(late))
             self.late_events += n_late
@@ -171,11 +188,15 @@ class KeyedAggBase(Operator):
                                self.table.columns["__wend"][slots], slots, revision)
 
     def _emit_rows(self, key_words: Any, starts: Any, ends: Any, slots: Any,
-                   revision: Any | None, states: list[AggState] | None = None) -> Batch:
+                   revision: Any | None, states: Sequence[Any] | None = None,
+                   op: Any | None = None,
+                   op_dictionary: StringDictionary | None = None) -> Batch:
         """Rows ordered by (window_end, window_start, keys): keys, window_start, window_end,
-        the aggregates of state ``slots`` in order, and ``revision`` with allowed lateness.
+        the aggregates of state ``slots`` in order, ``revision`` with allowed lateness, and
+        ``op`` where the schema has it (codes into ``op_dictionary``).
 
-        ``key_words`` holds the key columns' words and then their null bits.
+        ``key_words`` holds the key columns' words and then their null bits; ``states``
+        (default: the operator's) are read through their ``finalize``.
         """
         xp = self.xp
         spec = self.spec
@@ -195,6 +216,8 @@ class KeyedAggBase(Operator):
         starts, ends = starts[order], ends[order]
         if revision is not None:
             revision = revision[order]
+        if op is not None:
+            op = op[order]
         columns: dict[str, Any] = {}
         validity: dict[str, Any] = {}
         nulls = key_words[k].view(np.int64)
@@ -212,7 +235,11 @@ class KeyedAggBase(Operator):
         if spec.revision:
             columns["revision"] = (revision if revision is not None
                                    else xp.zeros(slots.shape[0], dtype=np.int32))
-        dictionaries = {}
+        dictionaries: dict[str, StringDictionary] = {}
+        if op is not None:
+            assert op_dictionary is not None
+            columns["op"] = op.astype(np.int32)
+            dictionaries["op"] = op_dictionary
         for f in spec.schema:
             src = self._string_source(f.name)
             if src is not None and src in self.dictionaries:
@@ -268,6 +295,8 @@ class WindowAggOp(KeyedAggBase):
     {'k': [1], 'window_start': [0], 'window_end': [10], 'n': [1]}
     >>> [r.num_rows for r in op.side_outputs()["late"]]   # k=2 at ts 5 came after wm 12
     [1]
+    >>> op.late_events, op.dropped_memberships
+    (1, 1)
     """
 
     def __init__(self, spec: WindowSpec, backend: Backend, table: SlotTable | None = None) -> None:
@@ -297,7 +326,7 @@ class WindowAggOp(KeyedAggBase):
         starts, status = assign_windows(ts, ts_valid, wm, spec.size, spec.slide, spec.offset,
                                         spec.lateness, self.on_device)
         late = xp.all(status.reshape(n, self.nwin) >= DROPPED, axis=1)
-        self._late_rows(batch, late)
+        self._late_rows(batch, late, (status == DROPPED).sum())
         rows = xp.arange(n * self.nwin, dtype=np.int64) // self.nwin
         todo = xp.nonzero(status <= LATE)[0]
         if todo.shape[0] == 0:

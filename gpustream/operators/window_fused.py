@@ -183,6 +183,7 @@ class _Shard:
         self.pages = None if size is None else WindowPages(table, n_keys)
         self.size = size
         self.stopped_at: int | None = None  # where a paged fold stopped for want of pages
+        self.dropped = 0  # (event, window) pairs dropped by this shard's folds, to collect
 
     def note(self, slots: Any, ends: Any) -> None:
         """Log created ``slots`` under their windows' ``ends``."""
@@ -309,6 +310,7 @@ class FusedWindowAggOp(WindowAggOp):
         at once than pages were meant for (see :mod:`gpustream.state.window_pages`)."""
         state = self.snapshot()
         self.paged = False
+        self.dropped_memberships += self._collect_dropped()  # the shards are replaced
         self._make_shards(len(self.shards))
         self.restore(state)
 
@@ -394,7 +396,7 @@ class FusedWindowAggOp(WindowAggOp):
         table = shard.table
         pos, stop = 0, int(events.shape[0])
         size = max(1, stop * self.nwin)
-        counts = np.zeros(2, dtype=np.int64)
+        counts = np.zeros(3, dtype=np.int64)
         while pos < stop:
             room = table.room()
             remap = table.make_room((stop - pos) * self.nwin, room, self.nwin)
@@ -409,6 +411,7 @@ class FusedWindowAggOp(WindowAggOp):
             created = int(counts[0])
             table.live_count += created
             table.used += int(counts[1])
+            shard.dropped += int(counts[2])
             if created:
                 shard.note(log_slots[:created], log_ends[:created])
         return None if fire_at is None else shard.pop_due(fire_at, self.end_field)
@@ -421,7 +424,7 @@ class FusedWindowAggOp(WindowAggOp):
         assert pages is not None and self.paged_kernel is not None
         size = head[3]
         pos, stop = 0, int(events.shape[0])
-        counts = np.zeros(4, dtype=np.int64)
+        counts = np.zeros(5, dtype=np.int64)
         need_page = False
         while pos < stop:
             if need_page or pages.short(stop - pos):
@@ -437,6 +440,7 @@ class FusedWindowAggOp(WindowAggOp):
             pages.used += int(counts[1])
             pages.live_keys += int(counts[2])
             need_page = bool(counts[3])
+            shard.dropped += int(counts[4])
         shard.new_ends.append(pages.open_ends(size))
         return None if fire_at is None else shard.pop_due(fire_at, self.end_field)
 
@@ -502,8 +506,16 @@ class FusedWindowAggOp(WindowAggOp):
         if ready is not None:
             out.extend(self._emit_popped(ready))
         self.seq += n
-        self._late_rows(batch, late.view(np.bool_))
+        self._late_rows(batch, late.view(np.bool_), self._collect_dropped())
         return out
+
+    def _collect_dropped(self) -> int:
+        """The (event, window) pairs the shards dropped since the last call."""
+        n = 0
+        for shard in self.shards:
+            n += shard.dropped
+            shard.dropped = 0
+        return n
 
     def _note_ends(self) -> None:
         for shard in self.shards:
