@@ -281,7 +281,9 @@ class Metrics:
         if lag is not None:
             yield "source lag", lag
         yield "open windows", f"{g.get('open_windows', 0):,}"
-        yield "late events", f"{g.get('late_events', 0):,}"
+        yield "late events", f"{g.get('late_events', 0):,}" + (
+            f" ({g['dropped_memberships']:,} (event, window) pairs dropped)"
+            if g.get("dropped_memberships", 0) > g.get("late_events", 0) else "")
         yield "dead letters", f"{self.bad_records:,}"
         mem = self.gpu_memory()
         if mem is not None:
@@ -309,6 +311,9 @@ def _families(metrics: Metrics) -> Iterator[Any]:
         ("gpustream_batches", "Input batches processed.", metrics.batches),
         ("gpustream_late_events", "Events too late for all their windows (dropped).",
          g.get("late_events", 0)),
+        ("gpustream_dropped_memberships", "(event, window) pairs not counted because the "
+         "window had fired (an event late for some of its sliding windows, or for all).",
+         g.get("dropped_memberships", 0)),
         ("gpustream_bad_records", "Records that could not be read, sent to the dead letters.",
          metrics.bad_records),
     ]:

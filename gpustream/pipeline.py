@@ -673,7 +673,9 @@ class KeyedStream:
             ``window@<step>``.
         allowed_lateness
             How long a fired window keeps its state; each late event within it re-fires
-            the window with ``revision`` 1, 2, ... (the output gains a ``revision`` column).
+            the window with ``revision`` 1, 2, ... (the output gains a ``revision`` column;
+            sessions also an ``op`` column, their changelog: ``+I``, ``-U``/``+U`` when a
+            session fires again, ``-D`` for a session merged into another).
 
         Examples
         --------

@@ -56,6 +56,9 @@ class RunStats:
     events_out: int = 0
     batches_in: int = 0
     late_events: int = 0
+    #: (event, window) pairs an event could not update (its window had fired): the
+    #: late events' pairs, and those of events late for only some sliding windows
+    dropped_memberships: int = 0
     bad_records: int = 0
     elapsed_s: float = 0.0
     rows_out_by_sink: dict[str, int] = field(default_factory=dict)
@@ -82,8 +85,10 @@ class RunStats:
         """One line for logs and the CLI."""
         return (
             f"pipeline {self.pipeline!r} on {self.backend}: {self.events_in} events in "
-            f"({self.batches_in} batches), {self.events_out} rows out, {self.late_events} late, "
-            f"{self.bad_records} bad records in {self.elapsed_s:.3f} s "
+            f"({self.batches_in} batches), {self.events_out} rows out, {self.late_events} late"
+            + (f" ({self.dropped_memberships} (event, window) pairs dropped)"
+               if self.dropped_memberships > self.late_events else "")
+            + f", {self.bad_records} bad records in {self.elapsed_s:.3f} s "
             f"({self.events_per_s:,.0f} events/s)"
             + (" (stopped at --max-events)" if self.stopped_early else "")
             + ((f" (stopped by {self.stopped_by})" if self.stopped_by else " (interrupted)")
@@ -175,6 +180,7 @@ class _Runner:
             return
         seen.add(id(pn))
         self.stats.late_events += getattr(pn.op, "late_events", 0)
+        self.stats.dropped_memberships += getattr(pn.op, "dropped_memberships", 0)
         self.stats.bad_records += getattr(pn.op, "no_time_events", 0)
         for child in [*pn.children, *(c for cs in pn.side.values() for c in cs)]:
             self.collect_counters(child, seen)
@@ -204,8 +210,9 @@ def _ingest(node: SourceNode, batches: Iterator[SourceBatch], stager: Stager,
 
 
 def _gauges(plan: PhysicalPlan) -> dict[str, int]:
-    """Late events so far and windows holding state, read from the operators."""
-    late = open_windows = 0
+    """Late events and dropped (event, window) pairs so far and windows holding state,
+    read from the operators."""
+    late = dropped = open_windows = 0
     seen: set[int] = set()
     todo = list(plan.sources)
     while todo:
@@ -214,11 +221,12 @@ def _gauges(plan: PhysicalPlan) -> dict[str, int]:
             continue
         seen.add(id(pn))
         late += getattr(pn.op, "late_events", 0)
+        dropped += getattr(pn.op, "dropped_memberships", 0)
         rows = getattr(pn.op, "state_rows", None)  # operators whose state is not one table
         open_windows += rows if rows is not None else getattr(getattr(pn.op, "table", None),
                                                               "live_count", 0)
         todo += [*pn.children, *(c for cs in pn.side.values() for c in cs)]
-    return {"late_events": late, "open_windows": open_windows}
+    return {"late_events": late, "dropped_memberships": dropped, "open_windows": open_windows}
 
 
 def _source_lag(nodes: list[SourceNode]) -> dict[str, dict[str, int]]:

@@ -177,3 +177,24 @@ def test_a_partly_late_event(monkeypatch: pytest.MonkeyPatch, fused: bool) -> No
     op, _ = _run(table, "cpu", SLIDING, 1)
     assert isinstance(op, FusedWindowAggOp) == fused
     assert (op.dropped_memberships, op.late_events) == (6, 1)
+
+
+def test_the_run_summary_and_the_metrics_report_dropped_pairs() -> None:
+    from gpustream.metrics import Metrics, _families
+
+    # 20 s moves the watermark to 20 s; then 15 s is late for its windows ending at 16,
+    # 18 and 20 s (fired) and still counts in those ending at 22 and 24 s
+    p = gs.Pipeline("drops", engine="cpu")
+    s = p.source(gs.from_arrow({"k": [1, 1], "ts": [20_000, 15_000]}, batch_rows=1),
+                 event_time="ts", watermark=gs.Watermark.bounded(0), name="e")
+    got: list[pa.RecordBatch] = []
+    (s.key_by("k").window(gs.Sliding(10_000, 2_000), name="w").agg(n=gs.count())
+     .sink(gs.to_callback(got.append)))
+    metrics = Metrics("drops", "cpu")
+    stats = p.run(metrics=metrics)
+    assert (stats.late_events, stats.dropped_memberships) == (0, 3)
+    assert "0 late (3 (event, window) pairs dropped)" in stats.summary()
+    family = {f.name: f for f in _families(metrics)}["gpustream_dropped_memberships"]
+    assert [s.value for s in family.samples] == [3]
+    counts = {r["window_end"]: r["n"] for r in pa.Table.from_batches(got).to_pylist()}
+    assert counts[22_000] == counts[24_000] == 2
