@@ -9,16 +9,22 @@ object per message, parsed as a block by pyarrow), ``arrow`` (each message an Ar
 stream) or ``avro`` (schemaless Avro records, decoded with fastavro). Values that do not
 parse become dead letters with their partition and offset.
 
-The offset is ``{partition: next offset}`` for every partition; after a batch is handed
-over, it is committed for the group too (at-least-once on its own; checkpoints make it
-exactly-once by restoring their offsets). :meth:`KafkaSource.lag` gives each partition's
-consumer lag (high watermark - next offset) as of the last read.
+The offset is ``{partition: next offset}`` for every partition. The group's offsets are
+committed only by :meth:`KafkaSource.commit`, which the runtime calls once the output that
+depends on them is durable: after the checkpoint that holds them (checkpointed runs), or
+after the batch went through to the sinks (runs without checkpoints). A restart without
+a checkpoint so reads again at most what had not gone through (at-least-once); a
+checkpoint's offsets win over the group's (exactly-once state). The commits go through a
+consumer of their own on the caller's thread: confluent-kafka's consumer blocks a
+``commit`` from another thread while its ``consume`` waits. :meth:`KafkaSource.lag` gives
+each partition's consumer lag (high watermark - next offset) as of the last read.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,6 +97,11 @@ class KafkaSource(Source):
         self.parser: Parser | None = None
         self._avro: Any = None
         self._lag: dict[str, int] | None = None
+        # commit() runs on the pipeline thread with a consumer of its own, kept while a
+        # read is open (``_reading``, set by the reading thread) and closed after it
+        self._lock = threading.Lock()
+        self._reading = 0
+        self._committer: Any = None
         if format == "avro":
             import fastavro
 
@@ -113,6 +124,40 @@ class KafkaSource(Source):
         """
         return self._lag
 
+    def commit(self, offset: Any) -> None:
+        """Commit ``offset`` (``{partition: next offset}``, as a batch carried it) for the
+        group, synchronously: a restart without a checkpoint starts there. Nothing without
+        a group. Called by the runtime once the output that depends on it is durable; a
+        commit the broker refuses is logged (the next run reads that stretch again).
+
+        Examples
+        --------
+        >>> kafka("bids", "127.0.0.1:9092", schema={"ts": "timestamp[ms]"}).commit({"0": 5})
+        """
+        if self.group is None or not offset:
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        tps = [TopicPartition(self.topic, int(p), int(o)) for p, o in offset.items()]
+        with self._lock:
+            if self._committer is None:
+                self._committer = self._consumer()
+            committer = self._committer
+            try:
+                done = committer.commit(offsets=tps, asynchronous=False) or []
+                failed = [f"{tp.partition}: {tp.error}" for tp in done if tp.error is not None]
+                if failed:
+                    log.warning("kafka %s: group %r: commit refused for partitions %s; a "
+                                "restart without a checkpoint reads them again", self.topic,
+                                self.group, ", ".join(failed))
+            except KafkaException as err:
+                log.warning("kafka %s: group %r: commit failed (%s); a restart without a "
+                            "checkpoint reads that stretch again", self.topic, self.group, err)
+            finally:
+                if not self._reading:  # the read is over (a bounded read's final commit)
+                    self._committer = None
+                    committer.close()
+
     def _consumer(self) -> Any:
         from confluent_kafka import Consumer
 
@@ -134,6 +179,8 @@ class KafkaSource(Source):
 
         self._lag = None
         consumer = self._consumer()
+        with self._lock:
+            self._reading += 1
         try:
             meta = consumer.list_topics(self.topic, timeout=10)
             info = meta.topics.get(self.topic)
@@ -191,11 +238,10 @@ class KafkaSource(Source):
                 data = rbs[0] if rbs else pa.RecordBatch.from_pylist([], schema=self._schema)
                 yield SourceBatch(data, {str(p): position[p] for p in parts},
                                   tuple(result.rejects))
-                if self.group is not None:
-                    consumer.commit(offsets=[TopicPartition(self.topic, p, position[p])
-                                             for p in parts], asynchronous=True)
         finally:
             consumer.close()
+            with self._lock:
+                self._reading -= 1
 
     def _fast_json(self, msgs: list[Any]) -> ParseResult | None:
         """One parse of every value joined, when no value is empty or spans lines and
@@ -325,7 +371,9 @@ def kafka(topic: str, bootstrap: str, schema: SchemaLike, group: str | None = No
         Every column and its type; ``json`` timestamps as ISO 8601 text or epoch numbers.
     group
         The consumer group: where a run starts when no checkpoint says, and where
-        offsets are committed after each batch. None: start at the earliest, commit nothing.
+        offsets are committed once the output that depends on them is durable (after
+        each checkpoint; without checkpoints, after each batch went through to the
+        sinks). None: start at the earliest, commit nothing.
     format
         ``"json"``, ``"arrow"`` (Arrow IPC stream per message) or ``"avro"`` (schemaless
         records; ``avro_schema`` defaults to one derived from ``schema``).

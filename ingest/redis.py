@@ -1,15 +1,20 @@
 """Redis Streams as a source: ``gs.redis_stream(url, stream, group=..., schema=...)``.
 
 Built on redis-py. With a ``group`` the source reads with ``XREADGROUP`` (first its own
-pending entries, left unacknowledged by a run that died, then new ones) and ``XACK`` s a
-batch's entries once the batch is handed over; without one it reads with ``XREAD``. A
-batch is one read: at most ``max_rows`` entries, waiting at most ``max_delay``
-(``BLOCK``). Entries become rows either field by field (each field a column, its text
-cast to the column's type) or, with ``field=``, from one field holding a JSON object.
-Entries that do not fit become dead letters with their id.
+pending entries, left unacknowledged by a run that died, then new ones); without one it
+reads with ``XREAD``. A batch is one read: at most ``max_rows`` entries, waiting at most
+``max_delay`` (``BLOCK``). Entries become rows either field by field (each field a
+column, its text cast to the column's type) or, with ``field=``, from one field holding a
+JSON object. Entries that do not fit become dead letters with their id.
 
-The offset is the id of the last entry read; :meth:`RedisStreamSource.open` given one
-resumes after it (moving the group there with ``XGROUP SETID``). With a group,
+The offset is the id of the last entry read. Entries stay pending in the group until
+:meth:`RedisStreamSource.commit` ``XACK`` s them, which the runtime calls once the output
+that depends on them is durable (after the checkpoint that holds the offset, or after the
+batch went through to the sinks without checkpoints); it uses a client of its own, on the
+caller's thread. :meth:`RedisStreamSource.open` given an offset (a checkpoint's) resumes
+after it: the group is moved there (``XGROUP SETID``), so entries after it are delivered
+again whoever held them, and the group's entries up to it still pending (read before the
+checkpoint, not yet acknowledged when the run died) are acknowledged. With a group,
 :meth:`RedisStreamSource.lag` gives the entries the group has not finished, from
 ``XINFO GROUPS`` sent with each read.
 """
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,6 +90,14 @@ class RedisStreamSource(Source):
         self._lag: dict[str, int] | None = None
         self.max_bad_fraction = max_bad_fraction
         BadRecordGuard(max_bad_fraction, "redis_stream", "entries")  # checks the argument
+        # the ids of batches handed over and not yet committed, oldest first: appended by
+        # the reading thread, taken by commit() on the pipeline thread (which XACKs them
+        # with a client of its own, kept while a read is open)
+        self._lock = threading.Lock()
+        self._unacked: deque[tuple[tuple[int, int], list[bytes]]] = deque()
+        self._held = 0
+        self._reading = 0
+        self._acker: Any = None
 
     def schema(self) -> pa.Schema:
         """The schema given."""
@@ -121,30 +136,35 @@ class RedisStreamSource(Source):
                 if "BUSYGROUP" not in str(err):
                     raise
             if last is not None:
+                # a checkpoint's position: what comes after it is delivered again (to
+                # this consumer, whoever held it), what it covers is done with
                 r.xgroup_setid(self.stream, self.group, last)
+                self._ack_up_to(r, last)
             else:
                 pending = True  # first what this consumer was given and did not ack
-        to_ack: list[bytes] = []
+        with self._lock:
+            self._unacked.clear()
+            self._held = 0
+            self._reading += 1
         try:
             while True:
                 reply: Any
                 if self.group is not None:
-                    # one round trip: the last batch's XACK, the read, the group's standing
+                    # one round trip: the read and the group's standing
                     pipe = r.pipeline(transaction=False)
-                    if to_ack:
-                        pipe.xack(self.stream, self.group, *to_ack)
                     pipe.xreadgroup(self.group, self.consumer,
-                                    {self.stream: "0" if pending else ">"},
+                                    {self.stream: (last or "0") if pending else ">"},
                                     count=self.max_rows, block=None if pending else self.block_ms)
                     pipe.xinfo_groups(self.stream)
-                    *_, reply, groups = pipe.execute()
+                    reply, groups = pipe.execute()
                 else:
                     reply = r.xread({self.stream: last or "0"}, count=self.max_rows,
                                     block=self.block_ms)
-                to_ack = []
                 entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1] if reply else []
                 if self.group is not None:
-                    self._lag = self._group_lag(groups, len(entries))
+                    with self._lock:
+                        held = self._held  # handed over, pending until committed
+                    self._lag = self._group_lag(groups, held + len(entries))
                 if pending and not entries:
                     pending = False
                     continue
@@ -158,19 +178,69 @@ class RedisStreamSource(Source):
                 table = result.table if result.table is not None else self._schema.empty_table()
                 rbs = table.combine_chunks().to_batches()
                 data = rbs[0] if rbs else pa.RecordBatch.from_pylist([], schema=self._schema)
+                if self.group is not None:  # before the batch is handed over: commit() may
+                    with self._lock:        # come as soon as it went through
+                        self._unacked.append((_id(last), ids))
+                        self._held += len(ids)
                 yield SourceBatch(data, last, tuple(result.rejects))
-                to_ack = ids
                 if end is not None and _id(last) >= end:
                     return
         finally:
-            if to_ack and self.group is not None:
-                r.xack(self.stream, self.group, *to_ack)
+            with self._lock:
+                self._reading -= 1
             r.close()
+
+    def _ack_up_to(self, r: Any, last: str) -> None:
+        """Acknowledge the group's pending entries up to and including ``last``."""
+        assert self.group is not None
+        start = "-"
+        while True:
+            held = r.xpending_range(self.stream, self.group, min=start, max=last, count=10_000)
+            if not held:
+                return
+            r.xack(self.stream, self.group, *[h["message_id"] for h in held])
+            if len(held) < 10_000:
+                return
+            start = "(" + held[-1]["message_id"].decode()
+
+    def commit(self, offset: Any) -> None:
+        """``XACK`` the entries of every batch handed over up to ``offset`` (an entry id,
+        as a batch carried it): the group has finished with them. Nothing without a group.
+        Called by the runtime once the output that depends on them is durable.
+
+        Examples
+        --------
+        >>> redis_stream("redis://127.0.0.1:6379/0", "clicks",
+        ...              schema={"ts": "timestamp[ms]"}).commit("1-0")  # no group: no XACK
+        """
+        if self.group is None or offset is None:
+            return
+        import redis
+
+        upto = _id(str(offset))
+        with self._lock:
+            ids: list[bytes] = []
+            while self._unacked and self._unacked[0][0] <= upto:
+                ids += self._unacked.popleft()[1]
+            self._held -= len(ids)
+            if not ids:
+                return
+            if self._acker is None:
+                self._acker = redis.Redis.from_url(self.url)
+            acker = self._acker
+            try:
+                for i in range(0, len(ids), 10_000):
+                    acker.xack(self.stream, self.group, *ids[i:i + 10_000])
+            finally:
+                if not self._reading:  # the read is over (a bounded read's final commit)
+                    self._acker = None
+                    acker.close()
 
     def lag(self) -> dict[str, int] | None:
         """Entries of the stream its group has not finished, ``{stream: n}``: those not yet
         delivered to the group plus those delivered but not acknowledged (held by another
-        consumer or left by a reader that died), less the batch in hand. As of the last
+        consumer or left by a reader that died), less those this reader has handed over
+        and not yet committed (they are in the pipeline, not behind). As of the last
         read; None without a group, before the first read or where the server cannot
         tell (Redis before 7, or a group moved to an arbitrary id until it catches up).
 
@@ -183,6 +253,7 @@ class RedisStreamSource(Source):
         return self._lag
 
     def _group_lag(self, groups: list[dict[str, Any]], in_hand: int) -> dict[str, int] | None:
+        """The group's lag from an ``XINFO GROUPS`` reply, less ``in_hand`` entries."""
         assert self.group is not None
         name = self.group.encode()
         for g in groups:
@@ -232,7 +303,8 @@ def redis_stream(url: str, stream: str, schema: SchemaLike, group: str | None = 
                  consumer: str | None = None, field: str | None = None,
                  max_rows: int = 65_536, max_delay: Duration | None = "50ms",
                  bounded: bool = False, max_bad_fraction: float = 0.5) -> RedisStreamSource:
-    """Read a Redis stream with redis-py (``XREADGROUP`` + ``XACK`` with a group).
+    """Read a Redis stream with redis-py (``XREADGROUP``, and ``XACK`` once the output is
+    durable, with a group).
 
     Parameters
     ----------
@@ -244,7 +316,10 @@ def redis_stream(url: str, stream: str, schema: SchemaLike, group: str | None = 
         Every column and its type.
     group, consumer
         A consumer group (created at the stream's start if missing) and this reader's
-        name in it (default ``gpustream-<pid>``). None: plain ``XREAD`` from the start.
+        name in it (default ``gpustream-<pid>``; give a stable name so that a restart
+        without a checkpoint reads again what a run that died left pending). Entries are
+        acknowledged once the output that depends on them is durable. None: plain
+        ``XREAD`` from the start.
     field
         Read each entry's JSON object from this field instead of field-per-column.
     max_rows, max_delay
