@@ -91,6 +91,11 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's metadata, canonically encoded."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=_plain).encode()).hexdigest()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -175,11 +180,12 @@ class CheckpointStore:
         self.keep = keep
 
     def _complete(self) -> list[Path]:
+        """Every checkpoint folder renamed into place (complete when written; one whose
+        files were lost since then counts, and fails to load as damaged)."""
         if not self.folder.is_dir():
             return []
         return sorted(p for p in self.folder.iterdir()
-                      if p.is_dir() and p.name.startswith("ckpt-") and (p / "meta.json").exists()
-                      and not p.name.endswith(".tmp"))
+                      if p.is_dir() and p.name.startswith("ckpt-") and not p.name.endswith(".tmp"))
 
     def latest(self, fingerprint: Fingerprint | None = None) -> Checkpoint | None:
         """The newest checkpoint that loads intact, or None when there is none.
@@ -224,6 +230,9 @@ class CheckpointStore:
                 raise ValueError("meta.json holds no checkpoint")
         except (OSError, ValueError) as err:
             raise DamagedCheckpoint(f"meta.json: {err}") from err
+        want_meta = meta.pop("meta_sha256", None)
+        if want_meta is not None and _digest(meta) != want_meta:
+            raise DamagedCheckpoint("meta.json does not match its checksum")
         if meta.get("pipeline") != self.pipeline:
             raise PlanError(f"checkpoint {path} belongs to pipeline {meta.get('pipeline')!r}, "
                             f"not {self.pipeline!r}; give this pipeline its own checkpoint dir")
@@ -281,6 +290,7 @@ class CheckpointStore:
                 "fingerprint": None if ck.fingerprint is None else list(ck.fingerprint.lines),
                 "sinks": ck.sinks,
                 "checksums": {"state.arrow": _sha256(tmp / "state.arrow")}}
+        meta["meta_sha256"] = _digest(meta)
         (tmp / "meta.json").write_text(json.dumps(meta, default=_plain))
         _fsync_file(tmp / "meta.json")
         fsync_dir(tmp)
@@ -290,9 +300,37 @@ class CheckpointStore:
         fsync_dir(self.folder)
 
     def prune(self) -> None:
-        """Remove all but the newest ``keep`` checkpoints (and leftovers of unfinished ones)."""
+        """Remove all but the newest ``keep`` checkpoints, and the temporary folders of
+        checkpoints a run died writing."""
         for old in self._complete()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        for tmp in self.folder.glob("ckpt-*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def lock(self) -> None:
+        """Hold the folder for this process until :meth:`unlock` (or its end): a second
+        run of the pipeline on the same folder would resume from the same checkpoint and
+        write the same output. POSIX only (elsewhere a no-op)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.folder / ".lock", "a")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise PlanError(f"checkpoint dir {self.folder} is in use by another run of "
+                            f"pipeline {self.pipeline!r}; stop that one first, or give this "
+                            "run its own checkpoint dir") from None
+
+    def unlock(self) -> None:
+        """Let another run take the folder."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+            self._lock = None
 
 
 def _plain(value: Any) -> Any:

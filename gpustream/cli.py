@@ -159,9 +159,11 @@ def run(
     try:
         if live:
             with LiveView(metrics, console):
-                stats = p.run(max_events=max_events, metrics=metrics, checkpoint=checkpoint)
+                stats = p.run(max_events=max_events, metrics=metrics, checkpoint=checkpoint,
+                              exit_on_sigterm=False)
         else:
-            stats = p.run(max_events=max_events, metrics=metrics, checkpoint=checkpoint)
+            stats = p.run(max_events=max_events, metrics=metrics, checkpoint=checkpoint,
+                          exit_on_sigterm=False)
     except GpustreamError as err:  # e.g. a file of the wrong format, met while running
         raise RunFailed(str(err)) from err
     finally:
@@ -251,6 +253,8 @@ def demo(
 
     stats = run_demo(events, engine, Console(), live=live)
     if stats.interrupted:
+        if stats.stopped_by == "SIGTERM":
+            _terminated.set()
         raise Interrupted
 
 

@@ -78,9 +78,9 @@ def run_demo(events: int, engine: str, console: Console, rows: int = 10,
     metrics = Metrics("demo", d.pipeline.backend.name)
     if live:
         with LiveView(metrics, console, interval_s=2.0):
-            stats = d.pipeline.run(metrics=metrics)
+            stats = d.pipeline.run(metrics=metrics, exit_on_sigterm=False)
     else:
-        stats = d.pipeline.run(metrics=metrics)
+        stats = d.pipeline.run(metrics=metrics, exit_on_sigterm=False)
     hot = pa.Table.from_batches(hot_out) if hot_out else d.hot.schema.empty_table()
     if hot.num_rows:
         recent = hot.filter(pc.equal(hot["window_end"], pc.max(hot["window_end"])))

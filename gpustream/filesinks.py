@@ -109,15 +109,18 @@ class FileSink(Sink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.single:
             self.path.mkdir(parents=True, exist_ok=True)
-        elif self.mode == "error" and self.path.exists() and not self._folder.is_dir():
+        elif self.mode == "error" and self.path.exists() and not (
+                self.checkpointed_run and self._folder.is_dir()):
             raise PlanError(f"to_{self.kind}: {self.path} exists; give mode='overwrite' "
                             "or mode='append' (spec: mode:), or another path")
 
     def _new_inprogress(self) -> Path:
         if self.single and not self.checkpointed:
-            return self.path.with_name(f".{self.path.name}{_INPROGRESS}")
+            return self.path.with_name(f".{self.path.name}.{self._token}{_INPROGRESS}")
         self.part += 1
-        return self._folder / f".part-{self._token}-{self.part:05d}{self.suffix}{_INPROGRESS}"
+        # checkpointed: named by lineage, so that a restart discards only its own
+        return self._folder / (f".part-{self._lineage}-{self._token}-{self.part:05d}"
+                               f"{self.suffix}{_INPROGRESS}")
 
     def write(self, batch: pa.RecordBatch) -> None:
         start = 0
@@ -163,16 +166,27 @@ class FileSink(Sink):
             os.replace(done, self.path)
             self.files.append(self.path)
         else:
-            final = self._next_part()
-            os.replace(done, final)
-            self.files.append(final)
+            self.files.append(self._publish_part(done))
         fsync_dir(self.path.parent if self.single else self.path)
 
-    def _next_part(self) -> Path:
+    def _publish_part(self, done: Path) -> Path:
+        """Rename ``done`` to the first free ``part-NNNNN`` name, never over another
+        file (a hard link fails where the name is taken, even by a concurrent run)."""
         n = 0
-        while (p := self.path / f"part-{n:05d}{self.suffix}").exists() or p.is_symlink():
+        while True:
+            final = self.path / f"part-{n:05d}{self.suffix}"
+            if not (final.exists() or final.is_symlink()):
+                try:
+                    os.link(done, final)
+                except FileExistsError:
+                    pass  # taken meanwhile: try the next name
+                except OSError:  # pragma: no cover - a file system without hard links
+                    os.replace(done, final)
+                    return final
+                else:
+                    done.unlink()
+                    return final
             n += 1  # never overwrite the parts of an earlier run
-        return p
 
     def close(self) -> None:
         if not self.checkpointed:
@@ -195,8 +209,15 @@ class FileSink(Sink):
         if state and state.get("lineage"):
             self._lineage = str(state["lineage"])
             for inprogress, final in state.get("pending", []):  # its commit may not
-                if os.path.exists(inprogress):                 # have happened
-                    os.replace(inprogress, final)
+                src, dst = folder / inprogress, folder / final  # have happened
+                if src.exists():
+                    os.replace(src, dst)
+                elif not dst.exists():
+                    raise PlanError(
+                        f"to_{self.kind}: checkpoint {seq} recorded {src} as written, but "
+                        f"neither it nor {dst.name} is in {folder}; its rows are lost to this "
+                        "folder (was it moved, or cleaned by another program?). Restore the "
+                        "folder, or start over with another checkpoint dir and output path.")
             self._set_aside_newer(seq)
         else:
             self._lineage = uuid.uuid4().hex[:8]
@@ -206,20 +227,28 @@ class FileSink(Sink):
                                     "says this sink wrote it; give mode='overwrite' or "
                                     "mode='append' (spec: mode:), or another path")
                 if self.mode == "append":  # the old content is the first segment
-                    shutil.copyfile(self.path, folder / self._final(0, 0).name)
-        for f in folder.iterdir():  # what runs that died left in progress
-            if f.name.startswith(".part-") and f.name.endswith(_INPROGRESS):
+                    first = self._final(0, 0)
+                    shutil.copyfile(self.path, first)
+                    with open(first, "rb+") as f:
+                        os.fsync(f.fileno())
+        mine = f".part-{self._lineage}-"
+        for f in folder.iterdir():  # what runs of this lineage that died left in progress
+            if f.name.startswith(mine) and f.name.endswith(_INPROGRESS):
                 f.unlink()
         fsync_dir(folder)
 
     def _final(self, seq: int, n: int) -> Path:
         return self._folder / f"part-{self._lineage}-{seq:09d}-{n:05d}{self.suffix}"
 
+    def _committed(self) -> list[tuple[int, int, Path]]:
+        """This lineage's committed files: (checkpoint, part number, path), in order."""
+        pattern = re.compile(rf"part-{self._lineage}-(\d+)-(\d+){re.escape(self.suffix)}$")
+        found = [(m, f) for f in self._folder.iterdir() if (m := pattern.match(f.name))]
+        return sorted((int(m.group(1)), int(m.group(2)), f) for m, f in found)
+
     def _set_aside_newer(self, seq: int) -> None:
-        pattern = re.compile(rf"part-{self._lineage}-(\d{{9}})-\d{{5}}{re.escape(self.suffix)}$")
-        for f in self._folder.iterdir():
-            m = pattern.match(f.name)
-            if m and int(m.group(1)) > seq:
+        for done, _, f in self._committed():
+            if done > seq:
                 aside = f.with_name(f".{f.name}{_SUPERSEDED}")
                 log.warning("%s was committed under a checkpoint newer than %d, which was "
                             "lost; its rows are written again, so it is set aside as %s",
@@ -232,7 +261,7 @@ class FileSink(Sink):
         self._closed = []
         fsync_dir(self._folder)
         return {"lineage": self._lineage,
-                "pending": [[str(a.resolve()), str(b.resolve())] for a, b in self._pending]}
+                "pending": [[a.name, b.name] for a, b in self._pending]}
 
     def commit(self, seq: int) -> None:
         for inprogress, final in self._pending:
@@ -243,9 +272,8 @@ class FileSink(Sink):
 
     def _assemble(self) -> None:
         """A single file from its committed segments, replaced atomically."""
-        pattern = re.compile(rf"part-{self._lineage}-\d{{9}}-\d{{5}}{re.escape(self.suffix)}$")
-        parts = sorted(f for f in self._folder.iterdir() if pattern.match(f.name))
-        tmp = self.path.with_name(f".{self.path.name}{_INPROGRESS}")
+        parts = [f for _, _, f in self._committed()]
+        tmp = self.path.with_name(f".{self.path.name}.{self._token}{_INPROGRESS}")
         self._concat(parts, tmp)
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)

@@ -257,14 +257,18 @@ class Pipeline:
         return "\n".join(lines)
 
     def run(self, max_events: int | None = None, metrics: Metrics | None = None,
-            checkpoint: Checkpointing | None = None) -> RunStats:
+            checkpoint: Checkpointing | None = None, exit_on_sigterm: bool = True) -> RunStats:
         """Run until the bounded sources end (or after ``max_events`` input events).
 
         ``metrics`` (a :class:`gpustream.metrics.Metrics`) is kept current after every
         batch, for a live view or a Prometheus endpoint. Ctrl-C or SIGTERM stops the run
         cleanly at a batch boundary: sources stop, a final checkpoint is taken (when
         checkpointing), sinks commit and close, and the statistics say it was
-        interrupted (``stopped_by``); a second signal stops at once.
+        interrupted (``stopped_by``); a second signal stops at once. After a clean stop
+        on SIGTERM the process then exits with status 143, as a process that SIGTERM
+        ends does (the summary is logged); ``exit_on_sigterm=False`` returns the
+        statistics instead. With checkpoints, ``max_events`` stops like a signal: at the
+        end of the batch that reaches it, open windows kept in the final checkpoint.
 
         ``checkpoint`` (``gs.Checkpointing(dir, every_batches=...)``): the run starts from
         the newest intact checkpoint in ``dir`` (operator state, source offsets,
@@ -288,8 +292,11 @@ class Pipeline:
         (3, 3)
         """
         plan = build_physical(self._sinks, self.backend)
-        return execute(plan, self.name, max_events, self._dead_letters(), metrics, checkpoint,
-                       self.max_state_bytes)
+        stats = execute(plan, self.name, max_events, self._dead_letters(), metrics, checkpoint,
+                        self.max_state_bytes)
+        if exit_on_sigterm and stats.stopped_by == "SIGTERM":
+            raise SystemExit(143)  # what SIGTERM does to a process, after a clean stop
+        return stats
 
 
 class Stream:

@@ -25,7 +25,7 @@ from gpustream.metrics import Metrics
 from gpustream.operators.base import WATERMARK_END, TwoInputOperator
 from gpustream.plan import JoinTableNode, SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
-from gpustream.sinks import DeadLetterSink, write_batch
+from gpustream.sinks import DeadLetterSink, Sink, write_batch
 from gpustream.stopping import GracefulStop
 from gpustream.watermark import NO_WATERMARK
 
@@ -268,7 +268,8 @@ def _schema_text(schema: pa.Schema) -> str:
 def plan_fingerprint(plan: PhysicalPlan) -> Fingerprint:
     """What a checkpoint of ``plan`` depends on: each operator's step, what it does and
     its output schema (a source: its name, event time, watermark and schema, not where it
-    reads from), and each sink's kind.
+    reads from), and each sink (its kind and where it writes: a sink pointed elsewhere
+    would miss the rows committed before the checkpoint).
 
     Examples
     --------
@@ -289,7 +290,8 @@ def plan_fingerprint(plan: PhysicalPlan) -> Fingerprint:
         ids[id(pn)] = opid
         node = pn.node
         if isinstance(node, SourceNode):
-            wm = None if node.watermark is None else f"bounded({node.watermark.delay_ms}ms)"
+            wm = None if node.watermark is None else (
+                f"bounded({node.watermark.delay_ms}ms) idleness={node.watermark.idleness_ms}")
             what = f"{node.name!r} event_time={node.event_time} watermark={wm}"
         else:
             what = node.detail()
@@ -297,7 +299,9 @@ def plan_fingerprint(plan: PhysicalPlan) -> Fingerprint:
                 what += f" table [{_schema_text(node.table.schema())}] key={node.table.key}"
         lines.append(f"{opid} {what} [{_schema_text(pn.schema)}]")
     for i, (pn, sink) in enumerate(plan.sinks):
-        lines.append(f"sink {i}: {type(sink).__name__} of {ids.get(id(pn), '?')}")
+        # where a sink that commits with checkpoints writes is part of its state
+        where = f" {sink.describe()}" if type(sink).prepare is not Sink.prepare else ""
+        lines.append(f"sink {i}: {type(sink).__name__}{where} of {ids.get(id(pn), '?')}")
     return Fingerprint(tuple(lines))
 
 
@@ -432,6 +436,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
     stats = RunStats(pipeline, backend.name)
     log.info("pipeline %r runs on %s", pipeline, backend.describe())
     for pn, sink in plan.sinks:
+        sink.checkpointed_run = checkpointing is not None
         sink.open(pn.schema)
     started = time.perf_counter()
     nodes: list[SourceNode] = []
@@ -451,7 +456,12 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
     ck = None
     if checkpointing is not None:
         ck = _Checkpointer(checkpointing, plan, pipeline, nodes)
-        ck.restore()
+        ck.store.lock()
+        try:
+            ck.restore()
+        except BaseException:
+            ck.store.unlock()
+            raise
         stats.restored_checkpoint = ck.restored
     offsets = ck.offsets if ck is not None else [None] * len(nodes)
     dicts = ck.dictionaries if ck is not None else [{} for _ in nodes]
@@ -499,8 +509,9 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                     t0 = time.perf_counter()
                     batch = stagers[i].land(got.staged)
                     if max_events is not None and stats.events_in + batch.num_rows >= max_events:
-                        batch = batch.slice(0, max_events - stats.events_in)
-                        stats.stopped_early = True
+                        if ck is None:  # with checkpoints the whole batch goes through:
+                            batch = batch.slice(0, max_events - stats.events_in)  # its
+                        stats.stopped_early = True  # offset is where a restart resumes
                     stats.events_in += batch.num_rows
                     stats.batches_in += 1
                     runner.push(pn, batch)
@@ -515,10 +526,12 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                         metrics.batch(batch.num_rows, time.perf_counter() - t0,
                                       watermark if watermark != NO_WATERMARK else None)
                         metrics.phase = None  # a batch went through, firing too: compiled
-                    if stats.stopped_early:
+                    if stats.stopped_early and ck is None:
                         break
                     if ck is not None:  # a batch boundary: every operator is consistent
                         ck.done(i, got.offset)
+                        if stats.stopped_early:
+                            break
                         if ck.due():
                             ck.take()
                             stats.checkpoints += 1
@@ -528,13 +541,15 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                 if stop.event.is_set():  # a signal: stop here, open windows stay open
                     stats.interrupted = True
                     stats.stopped_by = stop.signal_name
-                else:
-                    for i in sorted(live):  # stopped at max_events: what is open fires now
+                elif not (stats.stopped_early and ck is not None):
+                    # without checkpoints, max_events fires what is open now; with them
+                    # it stops like a signal, open windows kept for the restart
+                    for i in sorted(live):
                         runner.end(plan.sources[i])
-                if ck is not None and not stats.stopped_early:  # resume from here
+                if ck is not None:  # resume from here
                     ck.take()
                     stats.checkpoints += 1
-            except KeyboardInterrupt:  # a second signal, or Ctrl-C off the main thread
+            except KeyboardInterrupt:  # a second signal: stop at once, nothing committed
                 stats.interrupted = True
                 stats.stopped_by = stop.signal_name
         seen: set[int] = set()
@@ -552,5 +567,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
             sink.close()
         if dead_letters is not None:
             dead_letters.close()
+        if ck is not None:
+            ck.store.unlock()
     log.info("%s", stats.summary())
     return stats

@@ -17,6 +17,9 @@ class Sink:
     """A sink receives host Arrow record batches: ``open(schema)``, ``write`` …, ``close()``."""
 
     name = "sink"
+    #: set by the runtime before ``open`` when the run takes checkpoints (``restore``,
+    #: ``prepare`` and ``commit`` will be called)
+    checkpointed_run = False
 
     def open(self, schema: pa.Schema) -> None:
         """Called once before the first batch, with the stream's schema."""

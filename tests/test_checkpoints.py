@@ -93,7 +93,7 @@ def test_checkpoints_are_written_atomically_and_pruned(tmp_path: Path) -> None:
     p, _ = _pipeline(gs.from_arrow(table, batch_rows=100), "tumbling")
     stats = p.run(checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=5))
     assert stats.checkpoints == 30 // 5 + 1  # and one at the end
-    names = sorted(d.name for d in (tmp_path / "ck").iterdir())
+    names = sorted(d.name for d in (tmp_path / "ck").glob("ckpt-*"))
     assert len(names) == 2 and all(n.startswith("ckpt-") and not n.endswith(".tmp")
                                    for n in names)
     assert all((tmp_path / "ck" / n / "state.arrow").exists() for n in names)

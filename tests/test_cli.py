@@ -104,7 +104,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
                              "--no-live"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not (tmp_path / ".out.jsonl.inprogress").exists():
+    while time.monotonic() < deadline and not list(tmp_path.glob(".out.jsonl.*inprogress")):
         time.sleep(0.1)  # the sinks write under a hidden in-progress name until they close
     assert proc.poll() is None, proc.communicate()
     time.sleep(0.5)

@@ -117,7 +117,7 @@ def test_the_images_metrics_settings_and_health_check_work_on_a_real_run(
                 break
             time.sleep(0.2)
         assert healthy is not None and healthy.returncode == 0, healthy
-        while time.monotonic() < deadline and not (tmp_path / ".out.jsonl.inprogress").exists():
+        while time.monotonic() < deadline and not list(tmp_path.glob(".out.jsonl.*inprogress")):
             time.sleep(0.1)  # rows are flowing (the sink writes under a hidden in-progress name)
         time.sleep(0.5)
     finally:

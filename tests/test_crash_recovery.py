@@ -34,18 +34,51 @@ SCENARIOS: dict[str, dict[str, str]] = {
                  "  - agg: {n: count(), total: sum(price)}\n",
         "sink": "{type: jsonl, path: out.jsonl}",
     },
+    "window join into a parquet folder": {
+        "steps": "  - window_join:\n      other: {type: parquet, path: other, event_time: ts,"
+                 " watermark: 500ms, max_rows: 1000}\n      on: auction\n"
+                 "      window: {tumbling: 2s}\n",
+        "sink": "{type: parquet, path: out, rows_per_file: 20000}",
+    },
+    "lookup join with a changelog into a parquet folder": {
+        "tables": "tables:\n  cards:\n    type: parquet\n    path: cards.parquet\n"
+                  "    key: auction\n    changelog: {type: jsonl, path: updates.jsonl,"
+                  " max_rows: 50}\n",
+        "steps": "  - join_table: {table: cards, on: auction, how: left}\n",
+        "sink": "{type: parquet, path: out, rows_per_file: 20000}",
+    },
 }
 
 
 def _data(folder: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     ts = np.sort(rng.integers(0, 600_000, ROWS)) + rng.integers(0, 300, ROWS)
-    table = pa.table({"ts": ts, "auction": rng.integers(0, 400, ROWS),
+    table = pa.table({"id": np.arange(ROWS), "ts": ts, "auction": rng.integers(0, 400, ROWS),
                       "bidder": rng.integers(0, 3_000, ROWS),
                       "price": rng.integers(1, 1_000, ROWS)})
     (folder / "in").mkdir()
     for i in range(4):
         pq.write_table(table.slice(i * ROWS // 4, ROWS // 4), folder / "in" / f"{i}.parquet")
+    n = ROWS // 4  # the window join's other stream
+    other = pa.table({"ts": np.sort(rng.integers(0, 600_000, n)), "auction":
+                      rng.integers(0, 400, n), "ask": rng.integers(1, 1_000, n)})
+    (folder / "other").mkdir()
+    pq.write_table(other, folder / "other" / "0.parquet")
+    # the lookup join's table (limit 0 for every auction) and its changelog (versions 1..)
+    pq.write_table(pa.table({"auction": np.arange(400), "limit": np.zeros(400, np.int64)}),
+                   folder / "cards.parquet")
+    (folder / "updates.jsonl").write_text("".join(
+        json.dumps({"auction": int(a), "limit": v + 1}) + "\n"
+        for v, a in enumerate(rng.integers(0, 400, 2_000))))
+
+
+def _versions(folder: Path) -> dict[int, set[int]]:
+    """The limits each auction's card had at some moment (what a lookup may have seen)."""
+    seen = {a: {0} for a in range(400)}
+    for line in (folder / "updates.jsonl").read_text().splitlines():
+        u = json.loads(line)
+        seen[u["auction"]].add(u["limit"])
+    return seen
 
 
 def _spec(folder: Path, scenario: str, checkpoint: bool) -> Path:
@@ -54,7 +87,8 @@ def _spec(folder: Path, scenario: str, checkpoint: bool) -> Path:
     path.write_text(
         "name: crash\nengine: cpu\n"
         "source: {type: parquet, path: in, event_time: ts, watermark: 500ms, max_rows: 1000}\n"
-        f"steps:\n{s['steps']}"
+        + s.get("tables", "")
+        + f"steps:\n{s['steps']}"
         f"sink: {s['sink']}\n"
         + ("checkpoint: {dir: ck, every_batches: 5}\n" if checkpoint else ""))
     return path
@@ -81,7 +115,7 @@ def _output(folder: Path) -> Counter[tuple[Any, ...]]:
 
 
 def _checkpoints(ck: Path) -> set[str]:
-    return {p.name for p in ck.iterdir() if not p.name.endswith(".tmp")} if ck.is_dir() \
+    return {p.name for p in ck.glob("ckpt-*") if not p.name.endswith(".tmp")} if ck.is_dir() \
         else set()
 
 
@@ -104,7 +138,8 @@ def test_sigkill_at_random_moments_then_restart_gives_the_uninterrupted_output(
     env = _env(tmp_path / "cache")
     reference = tmp_path / "reference"
     reference.mkdir()
-    os.symlink(tmp_path / "in", reference / "in")
+    for name in ("in", "other", "cards.parquet", "updates.jsonl"):
+        os.symlink(tmp_path / name, reference / name)
     start = time.monotonic()
     done = subprocess.run(_cmd(_spec(reference, scenario, checkpoint=False)), cwd=reference,
                           env=env, capture_output=True, text=True, timeout=300)
@@ -134,6 +169,17 @@ def test_sigkill_at_random_moments_then_restart_gives_the_uninterrupted_output(
     assert final.returncode == 0, final.stderr
     assert "resumed from checkpoint" in final.stdout
     got = _output(tmp_path)
+    if "lookup" in scenario:
+        # which version of a card a row meets depends on how the stream and the changelog
+        # interleave: each input row comes out once, with a version its card had
+        rows = pq.read_table(tmp_path / "out").to_pylist()
+        ids = Counter(r["id"] for r in rows)
+        assert len(ids) == ROWS and max(ids.values()) == 1, (
+            f"{ROWS - len(ids)} rows missing, {sum(ids.values()) - len(ids)} doubled; "
+            f"kills: {killed}")
+        versions = _versions(tmp_path)
+        assert all(r["limit"] in versions[r["auction"]] for r in rows)
+        return
     assert got == want, (f"{sum((want - got).values())} rows missing, "
                          f"{sum((got - want).values())} rows extra; kills: {killed}")
 

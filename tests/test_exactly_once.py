@@ -169,7 +169,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
     with pytest.raises(OSError):
         _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 14), make(d)).run(checkpoint=ck)
-    newest = sorted((tmp_path / "ck").iterdir())[-1]
+    newest = sorted((tmp_path / "ck").glob("ckpt-*"))[-1]
     state, meta = newest / "state.arrow", newest / "meta.json"
     if damage == "truncated state":
         state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
@@ -195,7 +195,7 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(tmp_path: Path) 
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
     _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None)).run(
         checkpoint=ck)
-    for folder in (tmp_path / "ck").iterdir():
+    for folder in (tmp_path / "ck").glob("ckpt-*"):
         (folder / "state.arrow").write_bytes(b"")
     with pytest.raises(PlanError, match=r"every checkpoint in .* is damaged"):
         _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None)).run(
@@ -298,11 +298,179 @@ def test_sinks_never_write_through_a_planted_symlink(tmp_path: Path) -> None:
     victim.write_text("precious")
     out = tmp_path / "out"
     out.mkdir()
-    # links planted where the single file, its in-progress file and a part file go
-    (tmp_path / ".single.jsonl.inprogress").symlink_to(victim)
+    # links planted where the single file's in-progress file and a part file go
+    single = gs.to_jsonl(tmp_path / "single.jsonl")
+    (tmp_path / f".single.jsonl.{single._token}.inprogress").symlink_to(victim)
     (out / "part-00000.parquet").symlink_to(victim)
-    _write(gs.to_jsonl(tmp_path / "single.jsonl"), [1])
+    _write(single, [1])
     _write(gs.to_parquet(out), [2])
     assert victim.read_text() == "precious"
     assert json.loads((tmp_path / "single.jsonl").read_text())["x"] == 1
     assert pq.read_table(out / "part-00001.parquet")["x"].to_pylist() == [2]
+
+
+# -- found in review: other runs, the metadata, the fingerprint, max_events, SIGTERM ------
+def _dies_on_second_commit(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    real = FileSink.commit
+    calls = {"n": 0}
+
+    def dies_on_second(self: FileSink, seq: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("killed after the checkpoint was written")
+        real(self, seq)
+
+    monkeypatch.setattr(FileSink, "commit", dies_on_second)
+    return lambda: monkeypatch.setattr(FileSink, "commit", real)
+
+
+def test_another_pipeline_writing_into_the_folder_does_not_discard_pending_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = _events(2_000, seed=3)
+    want = _reference(tmp_path, "parquet folder", table)
+    make, _ = SINKS["parquet folder"]
+    d = tmp_path / "run"
+    undo = _dies_on_second_commit(monkeypatch)
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError, match="killed after"):
+        _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    undo()
+    other = gs.Pipeline("other", engine="cpu")  # its own checkpoints, the same folder
+    other.source(gs.from_arrow({"x": [1]})).sink(gs.to_parquet(d / "out"))
+    other.run(checkpoint=gs.Checkpointing(tmp_path / "ck2", every_batches=1))
+    _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    ours = [f for f in sorted((d / "out").glob("part-*")) if "user" in pq.read_schema(f).names]
+    assert _rows(pa.concat_tables([pq.read_table(f) for f in ours])) == want
+
+
+def test_a_pending_file_that_vanished_is_an_error_not_silent_loss(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = _events(2_000, seed=3)
+    make, _ = SINKS["parquet folder"]
+    d = tmp_path / "run"
+    undo = _dies_on_second_commit(monkeypatch)
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError, match="killed after"):
+        _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    undo()
+    for f in (d / "out").glob(".part-*.inprogress"):
+        f.unlink()  # cleaned away by some other program
+    with pytest.raises(PlanError, match=r"recorded .* as written, but neither it nor"):
+        _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+
+
+def test_mode_error_holds_after_a_checkpointed_run_wrote_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    p = gs.Pipeline("a", engine="cpu")
+    p.source(gs.from_arrow({"x": [1, 2]})).sink(gs.to_jsonl(path))
+    p.run(checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=1))
+    q = gs.Pipeline("b", engine="cpu")
+    q.source(gs.from_arrow({"x": [9]})).sink(gs.to_jsonl(path))
+    with pytest.raises(PlanError, match="exists"):
+        q.run()
+    assert [json.loads(x)["x"] for x in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_changed_offset_in_meta_json_is_caught_by_its_checksum(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    table = _events(3_000, seed=4)
+    want = _reference(tmp_path, "parquet folder", table)
+    make, read = SINKS["parquet folder"]
+    d = tmp_path / "run"
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 14), make(d)).run(checkpoint=ck)
+    newest = sorted((tmp_path / "ck").glob("ckpt-*"))[-1]
+    meta = json.loads((newest / "meta.json").read_text())
+    meta["offsets"]["events"] -= 300  # still valid JSON, wrong offset
+    (newest / "meta.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="gpustream"):
+        _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
+    assert any("meta.json does not match its checksum" in r.getMessage() for r in caplog.records)
+    assert _rows(read(d)) == want
+
+
+def test_a_checkpoint_folder_that_lost_its_meta_is_damaged_not_ignored(tmp_path: Path) -> None:
+    table = _events(1_000, seed=5)
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None)).run(
+        checkpoint=ck)
+    for folder in (tmp_path / "ck").glob("ckpt-*"):
+        (folder / "meta.json").unlink()
+    with pytest.raises(PlanError, match="is damaged"):  # starting over would repeat output
+        _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None)).run(
+            checkpoint=ck)
+
+
+def test_a_sink_pointed_elsewhere_is_a_changed_plan(tmp_path: Path) -> None:
+    table = _events(2_000, seed=3)
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 10),
+                  gs.to_parquet(tmp_path / "a")).run(checkpoint=ck)
+    with pytest.raises(PlanError, match="different plan") as err:
+        _pipeline(gs.from_arrow(table, batch_rows=100),
+                  gs.to_parquet(tmp_path / "b")).run(checkpoint=ck)
+    assert "parquet" in str(err.value) and "/b/" in str(err.value)
+
+
+def test_max_events_with_checkpoints_stops_like_a_signal_and_resumes_exactly(
+        tmp_path: Path) -> None:
+    table = _events(3_000, seed=9)
+    want = _reference(tmp_path, "parquet folder", table)
+    make, read = SINKS["parquet folder"]
+    d = tmp_path / "run"
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=4)
+    seen: list[pa.RecordBatch] = []
+
+    def both(s: gs.Stream) -> gs.Stream:
+        w = _tumbling(s)
+        w.sink(gs.to_callback(seen.append))
+        return w
+
+    stats = _pipeline(gs.from_arrow(table, batch_rows=100), make(d), both).run(
+        max_events=1_050, checkpoint=ck)
+    assert stats.stopped_early and stats.events_in == 1_100  # the whole batch went through
+    assert _rows(read(d)) == _rows(pa.Table.from_batches(seen))  # all it emitted, committed
+    _pipeline(gs.from_arrow(table, batch_rows=100), make(d), both).run(checkpoint=ck)
+    assert _rows(read(d)) == want
+
+
+def test_a_second_run_on_a_checkpoint_dir_in_use_is_refused(tmp_path: Path) -> None:
+    from gpustream.checkpoint import CheckpointStore
+
+    holder = CheckpointStore(tmp_path / "ck", "eo")
+    holder.lock()
+    try:
+        with pytest.raises(PlanError, match="is in use by another run"):
+            _pipeline(gs.from_arrow(_events(100, 1)), gs.to_callback(lambda rb: None)).run(
+                checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=1))
+    finally:
+        holder.unlock()
+    _pipeline(gs.from_arrow(_events(100, 1)), gs.to_callback(lambda rb: None)).run(
+        checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=1))
+
+
+def test_sigterm_ends_a_python_script_with_143_after_a_clean_stop(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, signal, threading, gpustream as gs\n"
+        "p = gs.Pipeline('job', engine='cpu')\n"
+        "def first(rb):\n"
+        "    if not first.done:\n"
+        "        first.done = True\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "first.done = False\n"
+        "p.source(gs.from_arrow({'x': list(range(1000))}, batch_rows=10)).sink("
+        "gs.to_callback(first))\n"
+        "p.source(gs.from_arrow({'y': [1]}), name='b').sink(gs.to_jsonl('out.jsonl'))\n"
+        "p.run(checkpoint=gs.Checkpointing('ck', every_batches=5))\n"
+        "print('not reached')\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert "not reached" not in done.stdout
+    assert (tmp_path / "ck").is_dir() and list((tmp_path / "ck").glob("ckpt-*"))

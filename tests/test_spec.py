@@ -489,7 +489,7 @@ def test_ctrl_c_stops_a_run_cleanly_with_a_summary(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "gpustream.cli", "run", str(spec), "--no-live"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp_path / ".out.jsonl.inprogress").exists():
+    while time.monotonic() < deadline and not list(tmp_path.glob(".out.jsonl.*inprogress")):
         time.sleep(0.1)  # the sink writes under a hidden in-progress name until it closes
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
