@@ -317,14 +317,18 @@ class _Checkpointer:
     sinks make it visible (``commit``) and the sources tell their brokers (``commit``)."""
 
     def __init__(self, config: Checkpointing, plan: PhysicalPlan, pipeline: str,
-                 nodes: list[SourceNode]) -> None:
+                 nodes: list[SourceNode],
+                 dead_letters: DeadLetterFile | DeadLetterSink | None = None) -> None:
         self.config = config
         self.plan = plan
         self.nodes = nodes
         self.store = CheckpointStore(config.dir, pipeline)
         self.ops = _all_nodes(plan)
         self.fingerprint = plan_fingerprint(plan)
-        self.sinks = [(_sink_key(pipeline, i, s), s) for i, (_, s) in enumerate(plan.sinks)]
+        self.sinks: list[tuple[str, Any]] = [
+            (_sink_key(pipeline, i, s), s) for i, (_, s) in enumerate(plan.sinks)]
+        if isinstance(dead_letters, DeadLetterFile):  # cut back to the checkpoint's length
+            self.sinks.append((f"{pipeline}/dead-letters", dead_letters))
         self.seq = 0
         self.batches = 0
         self.last = time.monotonic()
@@ -455,7 +459,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
     runner = _Runner(plan, stats)
     ck = None
     if checkpointing is not None:
-        ck = _Checkpointer(checkpointing, plan, pipeline, nodes)
+        ck = _Checkpointer(checkpointing, plan, pipeline, nodes, dead_letters)
         ck.store.lock()
         try:
             ck.restore()

@@ -209,6 +209,30 @@ class DeadLetterFile:
             self._file.flush()
             self.count += len(letters)
 
+    # checkpointed runs: the file is cut back to what the restored checkpoint covered,
+    # so that input read again after a restart does not repeat its dead letters
+    def restore(self, state: dict[str, Any] | None, seq: int, key: str) -> None:
+        """Cut the file back to its length at checkpoint ``seq`` (what was appended after
+        it comes again, from the input read again). ``state``: :meth:`prepare`'s."""
+        if not state or not self.path.exists():
+            return
+        size = int(state.get("size", 0))
+        if self.path.stat().st_size > size:
+            with open(self.path, "rb+") as f:
+                f.truncate(size)
+                os.fsync(f.fileno())
+
+    def prepare(self, seq: int) -> dict[str, Any]:
+        """Make what was written durable; its length is what checkpoint ``seq`` covers."""
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            return {"size": self.path.stat().st_size if self.path.exists() else 0}
+
+    def commit(self, seq: int) -> None:
+        """Nothing to do: dead letters are visible as soon as they are written."""
+
     @staticmethod
     def default_path(pipeline: str) -> Path:
         """``dead-letters/<pipeline>.jsonl``, the name made a safe file name.

@@ -474,3 +474,24 @@ def test_sigterm_ends_a_python_script_with_143_after_a_clean_stop(tmp_path: Path
     assert done.returncode == 143, done.stderr
     assert "not reached" not in done.stdout
     assert (tmp_path / "ck").is_dir() and list((tmp_path / "ck").glob("ckpt-*"))
+
+
+def test_dead_letters_are_not_repeated_by_a_restart(tmp_path: Path) -> None:
+    lines = [json.dumps({"ts": i * 10, "user": "ann", "k": 1, "v": 1}) if i % 7 else "{broken"
+             for i in range(2_000)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    schema = {"ts": "int64", "user": "string", "k": "int64", "v": "int64"}
+    letters = tmp_path / "bad.jsonl"
+
+    def run(source: Source) -> None:
+        p = gs.Pipeline("eo", engine="cpu", dead_letter=letters)
+        s = p.source(source, event_time="ts", watermark=gs.Watermark.bounded(500),
+                     name="events")
+        _tumbling(s).sink(gs.to_parquet(tmp_path / "out"))
+        p.run(checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=3))
+
+    with pytest.raises(OSError):
+        run(_Crash(gs.read_jsonl(tmp_path / "in.jsonl", schema=schema, max_rows=100), 11))
+    run(gs.read_jsonl(tmp_path / "in.jsonl", schema=schema, max_rows=100))
+    got = [json.loads(x)["raw"] for x in letters.read_text().splitlines()]
+    assert len(got) == len([x for x in lines if x == "{broken"])  # each once
