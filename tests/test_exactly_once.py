@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -495,3 +496,17 @@ def test_dead_letters_are_not_repeated_by_a_restart(tmp_path: Path) -> None:
     run(gs.read_jsonl(tmp_path / "in.jsonl", schema=schema, max_rows=100))
     got = [json.loads(x)["raw"] for x in letters.read_text().splitlines()]
     assert len(got) == len([x for x in lines if x == "{broken"])  # each once
+
+
+def test_a_second_signal_stops_at_once() -> None:
+    import signal
+
+    from gpustream.stopping import GracefulStop
+
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: a request, nothing raised
+        assert stop.event.wait(5) and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)  # the second: at once
+            for _ in range(500):  # the handler runs between bytecodes of this thread
+                time.sleep(0.01)
