@@ -137,6 +137,9 @@ def _moments_cuda(nn, s1, s2, pivot, slots, rows, values, valid):  # type: ignor
 
 
 # ---- HyperLogLog registers -------------------------------------------------------------
+# One byte per register (ranks are at most 61), ``uint8[rows, m]``. The GPU kernel raises a
+# register with a compare-and-swap of the 32-bit word holding it (a view of the same
+# bytes: a row of m >= 16 registers is whole words), so both twins share one layout.
 
 @register_jitable
 def _hll_position(bits, p):  # type: ignore[no-untyped-def]
@@ -153,27 +156,35 @@ def _hll_position(bits, p):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def _hll_cpu(regs, reg_row, slots, rows, bits, valid, p):  # type: ignore[no-untyped-def]
-    for a in range(slots.shape[0]):
-        s = slots[a]
+def _hll_cpu(regs, reg_rows, rows, bits, valid, p):  # type: ignore[no-untyped-def]
+    for a in range(reg_rows.shape[0]):
+        d = reg_rows[a]
         r = rows[a]
-        if s >= 0 and _take(valid, r):
+        if d >= 0 and _take(valid, r):
             idx, rank = _hll_position(bits[r], p)
-            row = reg_row[s]
-            if rank > regs[row, idx]:
-                regs[row, idx] = rank
+            if rank > regs[d, idx]:
+                regs[d, idx] = rank
 
 
-@cuda_kernel("void(int32[:, ::1], int64[::1], int64[::1], int64[::1], uint64[::1], boolean[::1], "
-             "int64)")
-def _hll_cuda(regs, reg_row, slots, rows, bits, valid, p):  # type: ignore[no-untyped-def]
+@cuda_kernel("void(uint32[::1], int64, int64[::1], int64[::1], uint64[::1], boolean[::1], int64)")
+def _hll_cuda(words, m, reg_rows, rows, bits, valid, p):  # type: ignore[no-untyped-def]
     a = cuda.grid(1)
-    if a < slots.shape[0]:
-        s = slots[a]
+    if a < reg_rows.shape[0]:
+        d = reg_rows[a]
         r = rows[a]
-        if s >= 0 and _take(valid, r):
+        if d >= 0 and _take(valid, r):
             idx, rank = _hll_position(bits[r], p)
-            cuda.atomic.max(regs, (reg_row[s], idx), np.int32(rank))
+            at = d * m + idx  # the register's byte; its word, and its bits in the word
+            w = at >> 2
+            shift = (at & 3) * 8
+            old = words[w]
+            while ((np.int64(old) >> shift) & 0xFF) < rank:
+                new = np.uint32((np.int64(old) & ~(np.int64(0xFF) << shift))
+                                | (np.int64(rank) << shift))
+                seen = cuda.atomic.cas(words, w, old, new)
+                if seen == old:
+                    break
+                old = seen
 
 
 # ---- dispatch ---------------------------------------------------------------------------
@@ -267,22 +278,25 @@ def update_moments(nn: Any, s1: Any, s2: Any, pivot: Any, slots: Any, rows: Any,
         _moments_cuda[launch_config(slots.shape[0])](nn, s1, s2, pivot, slots, rows, values, v)
 
 
-def hll_update(regs: Any, reg_row: Any, slots: Any, rows: Any, bits: Any, valid: Any, p: int,
+def hll_update(regs: Any, reg_rows: Any, rows: Any, bits: Any, valid: Any, p: int,
                on_device: bool) -> None:
-    """Raise HyperLogLog registers ``regs[reg_row[slot]]`` with each non-null value's rank.
+    """Raise the HyperLogLog registers of row ``reg_rows[a]`` of ``regs`` (``uint8[n, 2**p]``;
+    -1: skip) with the rank of the value ``bits[rows[a]]`` (a 64-bit pattern), for each
+    assignment ``a`` whose value is not null.
 
     Examples
     --------
     >>> import numpy as np
-    >>> regs = np.zeros((1, 16), np.int32)
-    >>> hll_update(regs, np.zeros(1, np.int64), np.zeros(100, np.int64), np.arange(100),
+    >>> regs = np.zeros((2, 16), np.uint8)
+    >>> hll_update(regs, np.array([1] * 99 + [-1]), np.arange(100),
     ...            np.arange(100, dtype=np.uint64), None, 4, on_device=False)
-    >>> int((regs > 0).sum()) > 10
-    True
+    >>> int((regs[1] > 0).sum()) > 10, int(regs[0].sum())
+    (True, 0)
     """
-    v = _empty_valid(valid, _xp(slots))
+    v = _empty_valid(valid, _xp(reg_rows))
     if not on_device:
-        _hll_cpu(regs, reg_row, slots, rows, bits, v, np.int64(p))
-    elif slots.shape[0]:
-        _hll_cuda[launch_config(slots.shape[0])](regs, reg_row, slots, rows, bits, v,
-                                                 np.int64(p))
+        _hll_cpu(regs, reg_rows, rows, bits, v, np.int64(p))
+    elif reg_rows.shape[0]:
+        words = regs.reshape(-1).view(np.uint32)
+        _hll_cuda[launch_config(reg_rows.shape[0])](words, np.int64(regs.shape[1]), reg_rows,
+                                                    rows, bits, v, np.int64(p))

@@ -21,8 +21,8 @@ class Operator:
     >>> import pyarrow as pa
     >>> op = Operator()
     >>> b = Batch.from_arrow(pa.record_batch({"x": [1]}))
-    >>> op.process(b) == [b], op.on_watermark(10), op.finish(), op.snapshot()
-    (True, [], [], {})
+    >>> op.process(b) == [b], op.on_watermark(10), op.finish(), op.snapshot(), op.state_bytes()
+    (True, [], [], {}, 0)
     """
 
     def process(self, batch: Batch) -> list[Batch]:
@@ -49,6 +49,12 @@ class Operator:
         """Load state written by :meth:`snapshot`."""
         if state:
             raise ValueError(f"{type(self).__name__} is stateless but got state {sorted(state)}")
+
+    def state_bytes(self) -> int:
+        """Bytes of the arrays holding this operator's state, on the host or the device
+        (0 for stateless operators). Stateful operators sum their stores'
+        ``state_bytes()`` (:mod:`gpustream.state`), at their capacity."""
+        return 0
 
 
 WATERMARK_END = 2**63 - 1  # a bounded source that ends advances its watermark to +infinity

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from gpustream.kernels.sessions import DEAD, LIVE
+from gpustream.state.table import array_bytes
 
 __all__ = ["DenseTable"]
 
@@ -50,6 +51,17 @@ class DenseTable:
         self.columns[name] = self.xp.full(self.capacity, fill, dtype=dtype)
         self._fill[name] = (dtype, fill)
 
+    def state_bytes(self) -> int:
+        """Bytes of the arrays this table holds (host or device), at its capacity.
+
+        Examples
+        --------
+        >>> t = DenseTable(np, on_device=False, meta={"state": (np.int8, 0)})
+        >>> t.add_column("n", np.int64, 0)
+        >>> t.state_bytes() == t.capacity * (1 + 8)
+        True
+        """
+        return array_bytes(*self.columns.values(), *self.meta.values())
 
     def live_slots(self) -> Any:
         """Ids of the live records, ascending."""

@@ -23,7 +23,7 @@ from gpustream.kernels.hashtable import (
     upsert_cpu_into,
 )
 
-__all__ = ["SlotTable", "StateTable"]
+__all__ = ["SlotTable", "StateTable", "array_bytes"]
 
 MAX_LOAD = 0.5
 MIN_CAPACITY = 1024
@@ -41,6 +41,31 @@ class StateTable(Protocol):
     def live_slots(self) -> Any: ...
 
     def held_slots(self) -> Any: ...
+
+    def state_bytes(self) -> int: ...
+
+
+def array_bytes(*arrays: Any) -> int:
+    """Bytes of the memory behind ``arrays`` (numpy or cupy; None skipped), each buffer
+    counted once however many views of it are given.
+
+    Examples
+    --------
+    >>> a = np.zeros(10, dtype=np.int64)
+    >>> array_bytes(a, a[2:], a.view(np.float64)[::2], None, np.zeros(3, dtype=np.int8))
+    83
+    >>> array_bytes(np.frombuffer(bytes(16), dtype=np.int32), memoryview(bytes(5)))
+    21
+    """
+    roots: dict[int, int] = {}
+    for a in arrays:
+        if a is None:
+            continue
+        # a view: count the array it views (not a buffer of another kind it may wrap)
+        while isinstance(getattr(a, "base", None), type(a)):
+            a = a.base
+        roots[id(a)] = int(a.nbytes)
+    return sum(roots.values())
 
 
 def _pow2_at_least(n: int) -> int:
@@ -184,6 +209,19 @@ class SlotTable:
                 col = self.columns[name]
                 out[name] = self.xp.full((capacity, *col.shape[1:]), fill, dtype=dtype)
         return self._link(out)
+
+    def state_bytes(self) -> int:
+        """Bytes of the arrays this table holds (host or device): keys and columns, at
+        its capacity.
+
+        Examples
+        --------
+        >>> t = SlotTable(2, np, on_device=False)
+        >>> t.add_column("n", np.int64, 0); t.add_column("ok", np.int8, 0)
+        >>> t.state_bytes() == t.capacity * (8 + 4 + 2 * 8 + 8 + 1)
+        True
+        """
+        return array_bytes(*self.arrays, *self.columns.values())
 
     # -- keys -----------------------------------------------------------------------------
     @property

@@ -5,12 +5,21 @@ window indexed by the key's slot. The rows have the layout of a packed
 :class:`~gpustream.state.table.SlotTable` (the ``template``: same columns, same fill
 values, same aliases), so the output loop and snapshots read them the same way.
 
-Memory is pages x key capacity x row width. The key table keeps only keys that some
-open window holds (a key's slot is freed when its last window fires), and pages are
-freed when their window fires, so both follow the open windows; :meth:`WindowPages.grow`
-reports when more pages would pass :data:`MAX_BYTES` (many windows open at once, e.g.
-events far ahead of the watermark), and the operator then moves to the (key, window)
-table layout.
+Memory is pages x key capacity x row width (:meth:`WindowPages.state_bytes`). The key
+table keeps only keys that some open window holds (a key's slot is freed when its last
+window fires), and pages are freed when their window fires, so both follow the open
+windows. The key table is filled up to :data:`LOAD` (a page has a row per key slot, so
+this is also how full pages get), and a state starts with one page and adds half as many
+again each time a window finds none free: one open window costs one page.
+:meth:`WindowPages.grow` reports when more pages would pass :data:`MAX_BYTES` (many
+windows open at once, e.g. events far ahead of the watermark), and the operator then
+moves to the (key, window) table layout.
+
+With one key column and count + sum (rows of 8 words), a key slot costs 28 bytes of key
+table and 68 per page (its 64-byte row, a byte of ``present``, its entry in the page's
+list); a key takes 4/3 to 10/3 slots (the capacity is a power of two, filled to at most
+:data:`LOAD`): 130-320 bytes per key in one open window (201 with 1M keys), and 90-230
+more per further open window.
 """
 
 from __future__ import annotations
@@ -22,12 +31,18 @@ import numpy as np
 from gpustream.kernels.fused_dense import pop_pages
 from gpustream.kernels.fused_window import fused_hash_rows
 from gpustream.kernels.hashtable import EMPTY, TOMBSTONE, new_table, release_tombstones, upsert
-from gpustream.state.table import MAX_LOAD, MIN_CAPACITY, SlotTable
+from gpustream.state.table import MIN_CAPACITY, SlotTable, array_bytes
 
-__all__ = ["MAX_BYTES", "WindowPages"]
+__all__ = ["FIRST_PAGES", "LOAD", "MAX_BYTES", "WindowPages"]
 
 #: the most bytes of pages a dense state grows to before the operator changes layout
+#: (a state may always have 4 pages)
 MAX_BYTES = 1 << 29
+#: the share of the key table's slots (live or freed) that may be in use: probes stay
+#: short, and a page (a row per key slot) stays at least ~40 % used after a growth
+LOAD = 0.75
+#: pages a new state starts with
+FIRST_PAGES = 1
 
 
 def _pow2(n: int) -> int:
@@ -44,7 +59,9 @@ class WindowPages:
     >>> t.add_column("n", np.int64, 0)
     >>> st = WindowPages(t, n_keys=1)
     >>> st.capacity, st.pages, sorted(st.columns)
-    (1024, 4, ['__ontime', '__wend', 'n'])
+    (1024, 1, ['__ontime', '__wend', 'n'])
+    >>> st.state_bytes()   # 1,024 key slots x (28 B of key table + 68 B of one page) + 81
+    98385
     """
 
     def __init__(self, template: SlotTable, n_keys: int) -> None:
@@ -58,13 +75,13 @@ class WindowPages:
         self.live_keys = 0  # key slots in use
         self.used = 0  # key slots not empty (in use or tombstones)
         self.relayouts = 0  # times the key table or the pages grew
-        self._allocate(MIN_CAPACITY, 4)
+        self._allocate(MIN_CAPACITY, FIRST_PAGES)
 
     # -- layout ---------------------------------------------------------------------------
     def _allocate(self, capacity: int, pages: int) -> None:
         self.capacity, self.pages = capacity, pages
         self.d_hash, _, self.d_keys = new_table(capacity, self.n_keys + 1, np)
-        self.refs = np.zeros(capacity, dtype=np.int64)
+        self.refs = np.zeros(capacity, dtype=np.int32)  # pages holding a row of the key
         raw = np.empty(pages * capacity * self.width + 8, dtype=np.int64)
         at = (-(raw.ctypes.data // 8)) % 8  # rows start on cache lines
         self.block = raw[at : at + pages * capacity * self.width].reshape(-1, self.width)
@@ -72,7 +89,8 @@ class WindowPages:
         self.p_start = np.zeros(pages, dtype=np.int64)
         self.p_live = np.zeros(pages, dtype=np.int8)
         self.p_count = np.zeros(pages, dtype=np.int64)
-        self.p_touched = np.zeros((pages, capacity), dtype=np.int64)
+        # a page lists at most the live keys, which fill at most LOAD of the key slots
+        self.p_touched = np.zeros((pages, self.key_room(capacity)), dtype=np.int32)
         self.present = np.zeros(pages * capacity, dtype=np.int8)
         t = self.template
         self.columns = {name: self.block.view(t.columns[name].dtype)[:, j]
@@ -89,9 +107,30 @@ class WindowPages:
     def page_arrays(self) -> tuple[Any, Any, Any, Any, Any]:
         return self.p_start, self.p_live, self.p_count, self.p_touched, self.present
 
+    @staticmethod
+    def key_room(capacity: int) -> int:
+        """The most key slots in use (live or freed) in a key table of ``capacity``."""
+        return int(capacity * LOAD)
+
     def room(self) -> int:
         """Empty key slots the loop may still fill."""
-        return int(self.capacity * MAX_LOAD) - self.used
+        return self.key_room(self.capacity) - self.used
+
+    def state_bytes(self) -> int:
+        """Bytes of the arrays this state holds: the key table and the pages.
+
+        Examples
+        --------
+        >>> t = SlotTable(2, np, on_device=False, packed=True)
+        >>> t.add_column("__wend", np.int64, 0); t.add_column("__ontime", np.int8, 0)
+        >>> pages = WindowPages(t, n_keys=1)
+        >>> key_table = pages.capacity * (8 + 16 + 4)  # hash, key and null words, refs
+        >>> page = pages.capacity * (pages.width * 8 + 1 + 0.75 * 4)  # rows, present, list
+        >>> pages.state_bytes() - key_table - pages.pages * page  # row alignment, page info
+        81.0
+        """
+        return array_bytes(self.d_hash, self.d_keys, self.refs, self.block, self.p_start,
+                           self.p_live, self.p_count, self.p_touched, self.present)
 
     def short(self, remaining: int) -> bool:
         """Whether the key table should grow (or drop its tombstones) before the loop
@@ -99,17 +138,17 @@ class WindowPages:
         return self.room() < max(1, min(remaining, max(MIN_CAPACITY // 4, self.live_keys // 4)))
 
     def grow(self, remaining: int, need_page: bool) -> bool:
-        """Make room in the key table if it is :meth:`short` (rebuilt without tombstones, at
-        most half full, at least 1.5x its live keys in room for them: a page is as many
-        rows as the key table has slots, so it is kept tight) and, if ``need_page``, for
-        twice the pages. Returns False where the pages would pass :data:`MAX_BYTES`:
-        nothing is changed then."""
+        """Make room in the key table if it is :meth:`short` (rebuilt without tombstones,
+        room for 1.5x its live keys within :data:`LOAD`: a page is as many rows as the
+        key table has slots, so it is kept tight) and, if ``need_page``, for half as many
+        pages again (at least one more). Returns False where the pages would pass
+        :data:`MAX_BYTES`: nothing is changed then."""
         capacity, pages = self.capacity, self.pages
         if need_page:
-            pages *= 2
+            pages += max(1, pages // 2)
         if self.short(remaining):
             target = self.live_keys + max(self.live_keys // 2, MIN_CAPACITY // 2)
-            capacity = max(capacity, _pow2(int(target / MAX_LOAD) + 1))
+            capacity = max(capacity, _pow2(int(target / LOAD) + 1))
         if pages * capacity * self.width * 8 > MAX_BYTES and pages > 4:
             return False
         self._relayout(capacity, pages)
@@ -204,8 +243,8 @@ class WindowPages:
         starts, page_of = np.unique(keys[-1].view(np.int64), return_inverse=True)
         words = np.ascontiguousarray(keys[:-1])
         distinct = np.unique(words, axis=1) if n else words
-        capacity = max(MIN_CAPACITY, _pow2(int(distinct.shape[1] / MAX_LOAD) + 1))
-        self._allocate(capacity, max(4, _pow2(starts.shape[0] + 1)))
+        capacity = max(MIN_CAPACITY, _pow2(int(distinct.shape[1] / LOAD) + 1))
+        self._allocate(capacity, max(FIRST_PAGES, starts.shape[0] + 1))
         table = (self.d_hash, np.zeros(capacity, dtype=np.int32), self.d_keys)
         slots, _ = upsert(table, fused_hash_rows(words), words, np.arange(n, dtype=np.int64),
                           False)
