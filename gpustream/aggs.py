@@ -54,6 +54,8 @@ class Agg:
         if self.kind == "count":
             return "count()"
         name = "count" if self.kind == "count_valid" else self.kind
+        if self.kind == "approx_count_distinct" and self.precision != 12:
+            return f"{self.input!r}.{name}(precision={self.precision})"
         return f"{self.input!r}.{name}()"
 
 

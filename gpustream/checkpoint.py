@@ -24,7 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -316,14 +316,15 @@ class CheckpointStore:
         except ImportError:  # pragma: no cover - Windows
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.folder / ".lock", "a")  # noqa: SIM115 - held for the run
+        held = open(self.folder / ".lock", "a")  # noqa: SIM115 - held for the run
         try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._lock.close()
+            held.close()
             raise PlanError(f"checkpoint dir {self.folder} is in use by another run of "
                             f"pipeline {self.pipeline!r}; stop that one first, or give this "
                             "run its own checkpoint dir") from None
+        self._lock: IO[str] | None = held
 
     def unlock(self) -> None:
         """Let another run take the folder."""

@@ -229,8 +229,8 @@ class FileSink(Sink):
                 if self.mode == "append":  # the old content is the first segment
                     first = self._final(0, 0)
                     shutil.copyfile(self.path, first)
-                    with open(first, "rb+") as f:
-                        os.fsync(f.fileno())
+                    with open(first, "rb+") as copied:
+                        os.fsync(copied.fileno())
         mine = f".part-{self._lineage}-"
         for f in folder.iterdir():  # what runs of this lineage that died left in progress
             if f.name.startswith(mine) and f.name.endswith(_INPROGRESS):

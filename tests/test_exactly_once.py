@@ -510,3 +510,19 @@ def test_a_second_signal_stops_at_once() -> None:
             os.kill(os.getpid(), signal.SIGTERM)  # the second: at once
             for _ in range(500):  # the handler runs between bytecodes of this thread
                 time.sleep(0.01)
+
+
+def test_a_changed_approx_count_distinct_precision_is_a_changed_plan(tmp_path: Path) -> None:
+    def hll(precision: int) -> Build:
+        return lambda s: (s.key_by("k").window(gs.Tumbling(5_000), name="w")
+                          .agg(d=gs.col("user").approx_count_distinct(precision=precision)))
+
+    table = _events(1_000, seed=6)
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
+    with pytest.raises(OSError):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 5),
+                  gs.to_callback(lambda rb: None), hll(12)).run(checkpoint=ck)
+    with pytest.raises(PlanError, match="different plan") as err:
+        _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None),
+                  hll(6)).run(checkpoint=ck)
+    assert "precision=6" in str(err.value)

@@ -34,6 +34,7 @@ from gpustream.ingest.dictionary import StringDictionary
 from gpustream.kernels.hashing import hash_rows, widen_keys
 from gpustream.kernels.join import expand_pairs
 from gpustream.operators.base import TwoInputOperator
+from gpustream.state.table import array_bytes
 
 __all__ = ["IntervalJoinOp", "JoinSpec", "WindowJoinOp", "strings_from_state",
            "strings_state", "two_input_state"]
@@ -246,6 +247,13 @@ class _JoinBase(TwoInputOperator):
             n = len(schema) - len(self.spec.right_cols) - self.added_columns
             return [(schema.field(i), schema.field(i).name) for i in range(n)]
         return [(pa.field(r, schema.field(o).type), o) for r, o in self.spec.right_cols]
+
+    def state_bytes(self) -> int:
+        """Bytes of the rows buffered for both inputs."""
+        return sum(array_bytes(*s.batch.columns.values(),
+                               *(s.batch.validity(c) for c in s.batch.column_names),
+                               s.keys, s.hashes, s.ts)
+                   for s in self.state if s is not None) + array_bytes(*getattr(self, "starts", ()))
 
     def snapshot(self) -> dict[str, Any]:
         """Each input's buffered rows, the key dictionary, the watermarks and ended flags

@@ -35,7 +35,7 @@ from gpustream.kernels.hashing import widen_keys
 from gpustream.operators.base import TwoInputOperator
 from gpustream.operators.join import strings_from_state, strings_state, two_input_state
 from gpustream.plan import JoinTableNode, join_columns
-from gpustream.state.table import SlotTable
+from gpustream.state.table import SlotTable, array_bytes
 
 __all__ = ["LookupJoinOp"]
 
@@ -161,6 +161,10 @@ class LookupJoinOp(TwoInputOperator):
         return []
 
     # -- checkpoints (a table kept current by a changelog) ---------------------------------
+    def state_bytes(self) -> int:
+        """Bytes of the table: its keys and its columns' rows."""
+        return self.table.state_bytes() + array_bytes(*self.data.values(), *self.valid.values())
+
     def snapshot(self) -> dict[str, Any]:
         """The table's live keys and their rows, its dictionaries and the watermark
         (nothing for a table without a changelog: it is read again from its source)."""

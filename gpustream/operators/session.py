@@ -430,6 +430,10 @@ class SessionAggOp(KeyedAggBase):
         self.keys.free(key_live[idle])
 
     # -- checkpoints ----------------------------------------------------------------------
+    def state_bytes(self) -> int:
+        """Bytes of the arrays holding the state: sessions, their states, the key table."""
+        return super().state_bytes() + self.keys.state_bytes()
+
     def snapshot(self) -> dict[str, Any]:
         to_host = self.backend.to_host
         xp = self.xp

@@ -101,6 +101,10 @@ class KeyedAggBase(Operator):
         self.no_time_events = 0
 
     # -- inputs ---------------------------------------------------------------------------
+    def state_bytes(self) -> int:
+        """Bytes of the arrays holding the state: the key table and the states' storage."""
+        return self.table.state_bytes() + sum(st.state_bytes() for st in self.states)
+
     def _inputs(self, batch: Batch) -> dict[int, Any]:
         """Each aggregation's input column (values, validity), evaluated once per batch."""
         out: dict[int, Any] = {}

@@ -588,6 +588,11 @@ class FusedWindowAggOp(WindowAggOp):
                    else sh.table.live_count for sh in self.shards)
 
     # -- checkpoints ----------------------------------------------------------------------
+    def state_bytes(self) -> int:
+        """Bytes of the arrays holding the state, over every shard (pages or table)."""
+        return sum(sh.table.state_bytes() + (0 if sh.pages is None else sh.pages.state_bytes())
+                   + sum(st.state_bytes() for st in sh.states) for sh in self.shards)
+
     def snapshot(self) -> dict[str, Any]:
         """The separate kernels' format: the shards' live slots as one table."""
         parts = [s.table.snapshot(self.backend.to_host) if s.pages is None
