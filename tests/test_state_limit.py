@@ -20,6 +20,7 @@ def _run(table: pa.Table, limit: int | None, build: str) -> gs.RunStats:
     p = gs.Pipeline("limit", engine="cpu", max_state_bytes=limit)
     s = p.source(gs.from_arrow(table, batch_rows=10_000), event_time="ts",
                  watermark=gs.Watermark.bounded(0), name="e")
+    out: gs.Stream
     if build == "window":
         out = s.key_by("k").window(gs.Tumbling("1h"), name="w").agg(n=gs.count())
     elif build == "session":
