@@ -238,6 +238,65 @@ _JSON_SPACE = b" \t\r\n\xef\xbb\xbf"  # and the bytes of a UTF-8 byte order mark
 NEWLINE, OPEN = 10, ord("{")
 
 
+#: JSON nested deeper than this is a bad record (pyarrow's types that deep crash)
+MAX_JSON_DEPTH = 64
+_OPENERS = np.zeros(256, np.int8)
+_OPENERS[[ord("{"), ord("[")]] = 1
+_OPENERS[[ord("}"), ord("]")]] = -1
+
+
+def _string_aware_depth(line: bytes) -> int:
+    """The deepest nesting of ``line``, brackets inside strings not counted (called only
+    for the rare line whose brackets alone go deeper than ``MAX_JSON_DEPTH``)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == 92:  # backslash
+                escaped = True
+            elif ch == 34:  # quote
+                in_string = False
+        elif ch == 34:
+            in_string = True
+        elif ch in (123, 91):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in (125, 93):
+            depth -= 1
+    return deepest
+
+
+def _not_too_deep(data: bytes) -> None:
+    r"""Raise ``ValueError`` when a line of ``data`` nests deeper than ``MAX_JSON_DEPTH``.
+
+    Examples
+    --------
+    >>> _not_too_deep(b'{"a": [[1]], "s": "[[[["}\n')
+    >>> _not_too_deep(b'{"a": ' + b"[" * 100 + b"]" * 100 + b'}\n')
+    Traceback (most recent call last):
+    ...
+    ValueError: JSON nested 101 levels deep; at most 64 are read
+    """
+    a = np.frombuffer(data, dtype=np.uint8)
+    where = np.flatnonzero(_OPENERS[a])
+    if len(where) <= MAX_JSON_DEPTH:
+        return
+    level = np.cumsum(_OPENERS[a[where]], dtype=np.int64)
+    if int(level.max()) - min(int(level.min()), 0) <= MAX_JSON_DEPTH:
+        return  # no stretch of the chunk goes that deep
+    starts = split_lines(data, final=True)
+    for i in range(len(starts) - 1):  # rare: find the line, strings not counted
+        lo, hi = int(starts[i]), int(starts[i + 1])
+        inside = where[(where >= lo) & (where < hi)]
+        if len(inside) > MAX_JSON_DEPTH:
+            deepest = _string_aware_depth(data[lo:hi])
+            if deepest > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested {deepest} levels deep; at most "
+                                 f"{MAX_JSON_DEPTH} are read")
+
+
 def _objects_only(data: bytes) -> None:
     r"""Raise ``ValueError`` when a line of ``data`` holds something other than a JSON
     object (``null``, a number, an array ...): pyarrow would read ``null`` as a row of
@@ -251,6 +310,7 @@ def _objects_only(data: bytes) -> None:
     ...
     ValueError: not a JSON object: 'null'; every line must hold one JSON object ({...})
     """
+    _not_too_deep(data)
     a = np.frombuffer(data, dtype=np.uint8)
     after = np.flatnonzero(a[:-1] == NEWLINE) + 1
     if len(a) and a[0] == OPEN and bool((a[after] == OPEN).all()):

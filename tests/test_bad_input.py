@@ -380,3 +380,26 @@ def test_the_jsonl_sink_writes_valid_json_for_non_finite_floats(tmp_path: Path) 
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
             for line in out.read_text().splitlines()]
     assert [r["x"] for r in rows] == [1.5, None, None, None]
+
+
+@pytest.mark.parametrize("schema", [True, False])
+def test_deeply_nested_json_is_a_dead_letter_not_a_crash(tmp_path: Path, schema: bool) -> None:
+    deep = 30_000
+    (tmp_path / "in.jsonl").write_text(
+        '{"ts": 1, "v": 0.5}\n'
+        '{"ts": 2, "v": ' + "[" * deep + "]" * deep + '}\n'
+        '{"ts": 3, "v": 1.5, "s": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}\n')
+    code = (
+        "import gpustream as gs, json\n"
+        f"src = gs.read_jsonl('in.jsonl'{', schema={}'.format(repr({'ts': 'int64', 'v': 'float64', 's': 'string'})) if schema else ''})\n"
+        "rows, bad = 0, []\n"
+        "for b in src.open():\n"
+        "    rows += b.data.num_rows\n"
+        "    bad += [(d.offset, d.reason) for d in b.rejects]\n"
+        "print(json.dumps([rows, bad]))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows, bad = json.loads(done.stdout)
+    assert rows == 2  # the line with brackets inside a string is not too deep
+    assert len(bad) == 1 and bad[0][0]["line"] == 2 and "nested 30001 levels" in bad[0][1]
