@@ -479,7 +479,9 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
     threads: SourceThreads[_Ingested] = SourceThreads(
         [_ingest(n, n.source.open(o), st, d)
          for n, st, o, d in zip(nodes, stagers, offsets, dicts, strict=True)],
-        capacity=2 + 2 * len(nodes), names=[n.name for n in nodes], stop=stop.event)
+        capacity=2 + 2 * len(nodes), names=[n.name for n in nodes], stop=stop.event,
+        idle_ticks=ck is not None and checkpointing is not None
+        and checkpointing.every_s is not None)
     lag_next = 0.0  # sources' lag() is read on this thread, at most every _LAG_EVERY_S
     try:
         with stop:
@@ -489,6 +491,11 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                         lag_next = now + _LAG_EVERY_S
                         metrics.source_lag = _source_lag(nodes)
                     i = arrival.index
+                    if i < 0:  # the sources are quiet: a timed checkpoint may be due
+                        if ck is not None and ck.batches and ck.due():
+                            ck.take()
+                            stats.checkpoints += 1
+                        continue
                     pn = plan.sources[i]
                     if arrival.done:
                         live.discard(i)

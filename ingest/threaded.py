@@ -42,7 +42,9 @@ class SourceThreads(Generic[T]):
     A source's error is raised in the consumer, with the source's traceback. ``close()``
     (or leaving a ``with`` block) stops the threads. Setting ``stop`` (an event another
     thread or a signal handler owns) ends the iteration at the next item, even while no
-    source has anything to give.
+    source has anything to give. With ``idle_ticks``, a quiet spell yields
+    ``Arrival(-1, None)`` every 50 ms, so that the consumer can do timed work (a
+    checkpoint that is due) while it waits.
 
     Examples
     --------
@@ -53,11 +55,14 @@ class SourceThreads(Generic[T]):
     """
 
     def __init__(self, iterators: list[Iterator[T]], capacity: int = 4,
-                 names: list[str] | None = None, stop: threading.Event | None = None) -> None:
+                 names: list[str] | None = None, stop: threading.Event | None = None,
+                 idle_ticks: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         #: set by someone else (a signal handler): iteration ends at the next item boundary
         self.stop_request = stop if stop is not None else threading.Event()
+        #: while no source has anything, yield ``Arrival(-1, None)`` every poll interval
+        self.idle_ticks = idle_ticks
         self._queue: queue.Queue[Arrival[T] | _Failed] = queue.Queue(maxsize=capacity)
         self._stop = threading.Event()
         self._live = len(iterators)
@@ -96,6 +101,8 @@ class SourceThreads(Generic[T]):
             try:
                 got = self._queue.get(timeout=_POLL_S)
             except queue.Empty:
+                if self.idle_ticks:
+                    yield Arrival(-1, None)
                 continue
             if isinstance(got, _Failed):
                 self.close()

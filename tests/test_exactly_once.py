@@ -526,3 +526,33 @@ def test_a_changed_approx_count_distinct_precision_is_a_changed_plan(tmp_path: P
         _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None),
                   hll(6)).run(checkpoint=ck)
     assert "precision=6" in str(err.value)
+
+
+class _Quiet(Source):
+    """A batch, then a quiet spell during which it looks at the output, then another."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.name = out, "quiet"
+        self.seen_during_quiet: list[str] = []
+
+    def schema(self) -> pa.Schema:
+        return pa.schema([("x", pa.int64())])
+
+    def open(self, offset: Any = None) -> Iterator[SourceBatch]:
+        yield SourceBatch(pa.record_batch({"x": [1, 2, 3]}), 1)
+        time.sleep(1.0)  # nothing arrives: a timed checkpoint must still be taken
+        self.seen_during_quiet = sorted(p.name for p in self.out.glob("part-*"))
+        yield SourceBatch(pa.record_batch({"x": [4]}), 2)
+
+
+def test_a_timed_checkpoint_is_taken_while_the_sources_are_quiet(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    source = _Quiet(out)
+    p = gs.Pipeline("quiet", engine="cpu")
+    p.source(source).sink(gs.to_parquet(out))
+    stats = p.run(checkpoint=gs.Checkpointing(tmp_path / "ck", every_s=0.2))
+    assert source.seen_during_quiet, "the first batch's rows were committed while waiting"
+    # one in the quiet spell (once: nothing new after it), one when the second batch
+    # arrives (0.2 s are long past), one at the end
+    assert stats.checkpoints == 3
+    assert sorted(pq.read_table(out)["x"].to_pylist()) == [1, 2, 3, 4]
