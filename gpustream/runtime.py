@@ -432,9 +432,11 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
 
     The first Ctrl-C or SIGTERM stops the run at the next batch boundary: the sources
     stop, a final checkpoint is taken (when checkpointing), the sinks commit and close;
-    a second one stops at once. Without checkpoints, each source is told that a batch is
-    done with (``Source.commit``) once it went through to the sinks; with them, only
-    after the checkpoint that covers it.
+    a second one stops at once. Sources are told what input is done with
+    (``Source.commit``: a broker's offset commit) only once the output that depends on
+    it is durable: after the checkpoint that covers it, or, without checkpoints, when the
+    run ends or stops cleanly and the sinks have closed (a run that dies reads its input
+    again from where the last clean run ended: at-least-once).
     """
     backend = plan.backend
     stats = RunStats(pipeline, backend.name)
@@ -476,6 +478,10 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
             if pa.types.is_string(f.type):
                 ds.setdefault(f.name, StringDictionary())
     stop = GracefulStop()
+    #: without checkpoints: each source's offset after its last batch that went through,
+    #: told to the source (a broker commit) only when the run ends or stops cleanly
+    done_with: list[Any] = [None] * len(nodes)
+    clean = False
     threads: SourceThreads[_Ingested] = SourceThreads(
         [_ingest(n, n.source.open(o), st, d)
          for n, st, o, d in zip(nodes, stagers, offsets, dicts, strict=True)],
@@ -515,7 +521,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                         if ck is not None:
                             ck.done(i, got.offset)
                         else:
-                            nodes[i].source.commit(got.offset)
+                            done_with[i] = got.offset
                         continue
                     t0 = time.perf_counter()
                     batch = stagers[i].land(got.staged)
@@ -547,7 +553,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                             ck.take()
                             stats.checkpoints += 1
                     else:
-                        nodes[i].source.commit(got.offset)
+                        done_with[i] = got.offset
                 threads.close()
                 if stop.event.is_set():  # a signal: stop here, open windows stay open
                     stats.interrupted = True
@@ -560,6 +566,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                 if ck is not None:  # resume from here
                     ck.take()
                     stats.checkpoints += 1
+                clean = True
             except KeyboardInterrupt:  # a second signal: stop at once, nothing committed
                 stats.interrupted = True
                 stats.stopped_by = stop.signal_name
@@ -580,5 +587,9 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
             dead_letters.close()
         if ck is not None:
             ck.store.unlock()
+    if clean and ck is None:  # the sinks closed: what they wrote is where it goes
+        for n, offset in zip(nodes, done_with, strict=True):
+            if offset is not None:
+                n.source.commit(offset)
     log.info("%s", stats.summary())
     return stats

@@ -78,9 +78,9 @@ class Source(abc.ABC):
 
         Called on the pipeline thread, with an offset this source yielded: after the
         checkpoint that holds ``offset`` is on disk and the sinks committed the output
-        that depends on it (checkpointed runs), or once the batch ending at ``offset``
-        went through the pipeline to the sinks (runs without checkpoints). Never called
-        for input the run has not finished with.
+        that depends on it (checkpointed runs), or, without checkpoints, once the run
+        ended or stopped cleanly and its sinks closed. Never called for input the run has
+        not finished with.
 
         Examples
         --------

@@ -556,3 +556,44 @@ def test_a_timed_checkpoint_is_taken_while_the_sources_are_quiet(tmp_path: Path)
     # arrives (0.2 s are long past), one at the end
     assert stats.checkpoints == 3
     assert sorted(pq.read_table(out)["x"].to_pylist()) == [1, 2, 3, 4]
+
+
+class _Recording(Source):
+    """Batches of another source; remembers what the runtime says is done with."""
+
+    def __init__(self, inner: Source, crash_after: int | None = None) -> None:
+        self.inner, self.crash_after, self.name = inner, crash_after, inner.name
+        self.committed: list[Any] = []
+        self.yielded: list[Any] = []
+
+    def schema(self) -> pa.Schema:
+        return self.inner.schema()
+
+    def open(self, offset: Any = None) -> Iterator[SourceBatch]:
+        for i, b in enumerate(self.inner.open(offset)):
+            if i == self.crash_after:
+                raise OSError("the machine lost power")
+            self.yielded.append(b.offset)
+            yield b
+
+    def commit(self, offset: Any) -> None:
+        self.committed.append(offset)
+
+
+def test_without_checkpoints_input_is_done_with_only_after_a_clean_end(tmp_path: Path) -> None:
+    table = _events(1_000, seed=10)
+    dying = _Recording(gs.from_arrow(table, batch_rows=100), crash_after=6)
+    with pytest.raises(OSError):
+        _pipeline(dying, gs.to_parquet(tmp_path / "a")).run()
+    assert dying.committed == []  # its rows were never all durable: read them again
+    clean = _Recording(gs.from_arrow(table, batch_rows=100))
+    _pipeline(clean, gs.to_parquet(tmp_path / "b")).run()
+    assert clean.committed == [clean.yielded[-1]]
+
+
+def test_with_checkpoints_input_is_done_with_after_each_checkpoint(tmp_path: Path) -> None:
+    table = _events(1_000, seed=10)
+    src = _Recording(gs.from_arrow(table, batch_rows=100))
+    _pipeline(src, gs.to_parquet(tmp_path / "a")).run(
+        checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=4))
+    assert src.committed == [src.yielded[3], src.yielded[7], src.yielded[9]]
