@@ -202,7 +202,16 @@ class DeadLetterFile:
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                try:  # never through a symlink planted at the path
+                    fd = os.open(self.path, flags, 0o644)
+                except OSError as err:
+                    if not self.path.is_symlink():
+                        raise
+                    raise IngestError(f"dead letters: {self.path} is a symbolic link; "
+                                      "dead letters are not written through one: remove it "
+                                      "or give dead_letter= another path") from err
+                self._file = open(fd, "a", encoding="utf-8")  # noqa: SIM115
             now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             for d in letters:
                 self._file.write(json_line({**d.to_json(), "time": now}) + "\n")

@@ -403,3 +403,19 @@ def test_deeply_nested_json_is_a_dead_letter_not_a_crash(tmp_path: Path, schema:
     rows, bad = json.loads(done.stdout)
     assert rows == 2  # the line with brackets inside a string is not too deep
     assert len(bad) == 1 and bad[0][0]["line"] == 2 and "nested 30001 levels" in bad[0][1]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_dead_letters_are_never_written_through_a_symlink(tmp_path: Path) -> None:
+    from gpustream.errors import IngestError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "bad.jsonl").symlink_to(victim)
+    (tmp_path / "in.jsonl").write_text('{"x": 1}\n{broken\n')
+    p = gs.Pipeline("sym", engine="cpu", dead_letter=tmp_path / "bad.jsonl")
+    p.source(gs.read_jsonl(tmp_path / "in.jsonl", schema={"x": "int64"})).sink(
+        gs.to_callback(lambda rb: None))
+    with pytest.raises(IngestError, match="is a symbolic link"):
+        p.run()
+    assert victim.read_text() == "precious\n"
