@@ -20,7 +20,8 @@ With checkpoints (the sink two-phase commit of :class:`gpustream.sinks.Sink`):
   after the checkpoint would instead lose them in the mirror window: librdkafka cannot
   resume a dead producer's transaction. A broker without transactions (``InitProducerId``
   unsupported) falls back to the idempotent producer, at-least-once, with a warning.
-- Redis: rows are appended to a hidden staging stream (``<stream>:gpustream-staging:<key>``);
+- Redis: rows are appended to a hidden staging stream (``{<stream>}:gpustream-staging:<key>``,
+  in the stream's Redis Cluster hash slot);
   ``prepare`` records its last entry id, and ``commit`` (once the checkpoint is on disk)
   moves the entries up to it into the stream, a chunk at a time, each chunk added and
   deleted from staging in one Lua script (atomic). ``restore`` finishes the move its
@@ -46,6 +47,24 @@ __all__ = ["KafkaSink", "RedisStreamSink", "to_kafka", "to_redis_stream"]
 log = logging.getLogger("gpustream")
 #: seconds the Kafka sink waits for the broker (flush, transactions)
 _KAFKA_TIMEOUT_S = 30.0
+def _staging_key(stream: str, key: str) -> str:
+    """The staging stream of ``stream``, in the same Redis Cluster hash slot (a key's slot
+    comes from its first ``{...}`` tag, else from the whole name), so that one script can
+    move entries between them.
+
+    Examples
+    --------
+    >>> _staging_key("alerts", "p/sink0")
+    '{alerts}:gpustream-staging:p/sink0'
+    >>> _staging_key("user{42}:alerts", "p/sink0")  # its own tag already decides its slot
+    'user{42}:alerts:gpustream-staging:p/sink0'
+    """
+    lo = stream.find("{")
+    if lo >= 0 and stream.find("}", lo + 1) > lo + 1:
+        return f"{stream}:gpustream-staging:{key}"
+    return f"{{{stream}}}:gpustream-staging:{key}"
+
+
 #: entries moved from a Redis staging stream per (atomic) script call
 _MOVE_CHUNK = 2_000
 # Moves up to ARGV[2] entries with ids <= ARGV[1] from staging KEYS[1] to KEYS[2] (MAXLEN
@@ -76,6 +95,10 @@ def _plain(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 class KafkaSink(Sink):
     """Produces to a Kafka topic; see :func:`to_kafka` and the module docstring."""
+
+    #: its ``prepare`` commits a transaction: the runtime prepares it after the others,
+    #: so that a failing sink cannot leave its rows visible without a checkpoint
+    commits_in_prepare = True
 
     def __init__(self, topic: str, bootstrap: str, format: str, key: str | None,
                  config: dict[str, Any] | None) -> None:
@@ -245,7 +268,7 @@ class RedisStreamSink(Sink):
         """Write to the staging stream of ``key`` from now on; move what checkpoint ``seq``
         recorded into the stream (if its commit did not happen) and drop what a run that
         died staged after it."""
-        self.staging = f"{self.stream}:gpustream-staging:{key}"
+        self.staging = _staging_key(self.stream, key)
         self._move = self.client.register_script(_MOVE_LUA)
         upto = (state or {}).get("upto")
         if upto is not None:

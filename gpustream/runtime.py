@@ -268,8 +268,10 @@ def _schema_text(schema: pa.Schema) -> str:
 def plan_fingerprint(plan: PhysicalPlan) -> Fingerprint:
     """What a checkpoint of ``plan`` depends on: each operator's step, what it does and
     its output schema (a source: its name, event time, watermark and schema, not where it
-    reads from), and each sink (its kind and where it writes: a sink pointed elsewhere
-    would miss the rows committed before the checkpoint).
+    reads from; a lookup table: its schema, key and changelog), and each sink that commits
+    with checkpoints (its kind and where it writes: pointed elsewhere, it would miss the
+    rows committed before the checkpoint); sinks that do not (a callback, the console)
+    can be added or removed.
 
     Examples
     --------
@@ -282,7 +284,6 @@ def plan_fingerprint(plan: PhysicalPlan) -> Fingerprint:
     ...     print(line)
     0:step 0 (source) 'nums' event_time=None watermark=None [x: int64]
     1:step 1 (filter) (col('x') > 0) [x: int64]
-    sink 0: CallbackSink of 1:step 1 (filter)
     """
     lines = []
     ids = {}
@@ -296,13 +297,22 @@ def plan_fingerprint(plan: PhysicalPlan) -> Fingerprint:
         else:
             what = node.detail()
             if isinstance(node, JoinTableNode):
-                what += f" table [{_schema_text(node.table.schema())}] key={node.table.key}"
+                t = node.table
+                what += f" table [{_schema_text(t.schema())}] key={t.key}"
+                if t.changelog is not None:
+                    what += (f" changelog={t.changelog.name!r} delete_column={t.delete_column}"
+                             f" [{_schema_text(logical_schema(t.changelog.source.schema()))}]")
         lines.append(f"{opid} {what} [{_schema_text(pn.schema)}]")
-    for i, (pn, sink) in enumerate(plan.sinks):
-        # where a sink that commits with checkpoints writes is part of its state
-        where = f" {sink.describe()}" if type(sink).prepare is not Sink.prepare else ""
-        lines.append(f"sink {i}: {type(sink).__name__}{where} of {ids.get(id(pn), '?')}")
+    committing = [(pn, sink) for pn, sink in plan.sinks if _commits(sink)]
+    for i, (pn, sink) in enumerate(committing):  # a sink that commits with checkpoints:
+        lines.append(f"sink {i}: {type(sink).__name__} {sink.describe()} of "  # where it
+                     f"{ids.get(id(pn), '?')}")  # writes is part of the state
     return Fingerprint(tuple(lines))
+
+
+def _commits(sink: Sink) -> bool:
+    """True for a sink that takes part in checkpoints (its output is part of the state)."""
+    return type(sink).prepare is not Sink.prepare
 
 
 def _sink_key(pipeline: str, i: int, sink: Any) -> str:
@@ -325,8 +335,9 @@ class _Checkpointer:
         self.store = CheckpointStore(config.dir, pipeline)
         self.ops = _all_nodes(plan)
         self.fingerprint = plan_fingerprint(plan)
+        committing = [s for _, s in plan.sinks if _commits(s)]
         self.sinks: list[tuple[str, Any]] = [
-            (_sink_key(pipeline, i, s), s) for i, (_, s) in enumerate(plan.sinks)]
+            (_sink_key(pipeline, i, s), s) for i, s in enumerate(committing)]
         if isinstance(dead_letters, DeadLetterFile):  # cut back to the checkpoint's length
             self.sinks.append((f"{pipeline}/dead-letters", dead_letters))
         self.seq = 0
@@ -382,7 +393,8 @@ class _Checkpointer:
                  for n, ds in zip(self.nodes, self.dictionaries, strict=True)
                  for col, d in list(ds.items())}
         offsets = {n.name: o for n, o in zip(self.nodes, self.offsets, strict=True)}
-        pending = {key: sink.prepare(self.seq) for key, sink in self.sinks}
+        pending = {key: sink.prepare(self.seq) for key, sink in
+                   sorted(self.sinks, key=lambda ks: getattr(ks[1], "commits_in_prepare", False))}
         self.store.write(Checkpoint(self.seq, self.store.pipeline, offsets, arrays, dicts,
                                     self.fingerprint, pending))
         for _, sink in self.sinks:

@@ -597,3 +597,26 @@ def test_with_checkpoints_input_is_done_with_after_each_checkpoint(tmp_path: Pat
     _pipeline(src, gs.to_parquet(tmp_path / "a")).run(
         checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=4))
     assert src.committed == [src.yielded[3], src.yielded[7], src.yielded[9]]
+
+
+def _lookup(delete_column: str | None, console: bool = False) -> gs.Pipeline:
+    p = gs.Pipeline("lk", engine="cpu")
+    cards = gs.from_arrow({"card": [1, 2], "limit": [10, 20]})
+    changes = gs.from_arrow({"card": [2], "limit": [25], "gone": [False], "gone2": [True]})
+    t = p.table(cards, key="card", name="cards", changelog=changes, delete_column=delete_column)
+    out = p.source(gs.from_arrow({"card": [1, 2, 2]}, batch_rows=1), name="tx").join_table(
+        t, on="card", how="left")
+    out.sink(gs.to_callback(lambda rb: None))
+    if console:
+        out.sink(gs.to_console())
+    return p
+
+
+def test_a_changed_delete_column_is_a_changed_plan_and_a_console_sink_is_not(
+        tmp_path: Path) -> None:
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=1)
+    _lookup("gone").run(checkpoint=ck)
+    with pytest.raises(PlanError, match="delete_column=gone2"):
+        _lookup("gone2").run(checkpoint=ck)
+    stats = _lookup("gone", console=True).run(checkpoint=ck)  # no state: may come and go
+    assert stats.restored_checkpoint is not None

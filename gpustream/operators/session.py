@@ -431,8 +431,9 @@ class SessionAggOp(KeyedAggBase):
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_bytes(self) -> int:
-        """Bytes of the arrays holding the state: sessions, their states, the key table."""
-        return super().state_bytes() + self.keys.state_bytes()
+        """Bytes of the arrays holding the state: sessions, their states, the key table
+        and the retractions waiting for their session to fire."""
+        return super().state_bytes() + self.keys.state_bytes() + self.retired.state_bytes()
 
     def snapshot(self) -> dict[str, Any]:
         to_host = self.backend.to_host
