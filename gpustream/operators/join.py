@@ -97,7 +97,14 @@ def strings_state(prefix: str, values: pa.Array) -> dict[str, np.ndarray]:
 
 def strings_from_state(state: dict[str, Any], prefix: str) -> pa.Array:
     """The strings :func:`strings_state` saved under ``prefix``, as a ``large_string``
-    array (see the example there)."""
+    array.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> strings_from_state(strings_state("k", pa.array(["x", "yz"])), "k").to_pylist()
+    ['x', 'yz']
+    """
     offsets = np.ascontiguousarray(state[f"{prefix}.offsets"], dtype=np.int64)
     data = np.ascontiguousarray(state[f"{prefix}.data"], dtype=np.uint8)
     return pa.Array.from_buffers(pa.large_string(), len(offsets) - 1,
