@@ -122,8 +122,10 @@ def _checkpoints(ck: Path) -> set[str]:
 def _kill_at_a_checkpoint_write(proc: subprocess.Popen[str], ck: Path, limit: float) -> str:
     """SIGKILL as soon as a checkpoint is being written (its temporary folder exists)."""
     deadline = time.monotonic() + limit
+    left = {p.name for p in ck.glob("*.tmp")}  # by an earlier kill: not this run's
     while time.monotonic() < deadline and proc.poll() is None:
-        if ck.is_dir() and any(p.name.endswith(".tmp") for p in ck.iterdir()):
+        if ck.is_dir() and any(p.name.endswith(".tmp") and p.name not in left
+                               for p in ck.iterdir()):
             proc.kill()
             return "during a checkpoint write"
         time.sleep(0.0005)
