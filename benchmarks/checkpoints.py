@@ -73,7 +73,7 @@ def main() -> None:
     runtime._Checkpointer.restore = restore  # type: ignore[method-assign]
     ck = gs.Checkpointing(folder, every_batches=every)
     _pipeline(table, args.engine).run(checkpoint=ck)
-    ckpt = sorted(folder.iterdir())[0]
+    ckpt = sorted(folder.glob("ckpt-*"))[0]
     size = sum(f.stat().st_size for f in ckpt.iterdir())
     runtime._Checkpointer.take = real_take  # type: ignore[method-assign]
     t0 = time.perf_counter()

@@ -242,12 +242,14 @@ class WindowPages:
             rows.view(self.template.columns[name].dtype)[:, j] = state[f"col.{name}"]
         starts, page_of = np.unique(keys[-1].view(np.int64), return_inverse=True)
         words = np.ascontiguousarray(keys[:-1])
-        distinct = np.unique(words, axis=1) if n else words
-        capacity = max(MIN_CAPACITY, _pow2(int(distinct.shape[1] / LOAD) + 1))
+        hashes = fused_hash_rows(words)
+        # distinct keys by their 64-bit hashes (a 1-d sort, not a lexicographic one of the
+        # key words): only sizes the table, which keeps room to spare for a collision
+        distinct = int(np.unique(hashes).shape[0]) if n else 0
+        capacity = max(MIN_CAPACITY, _pow2(int(distinct / LOAD) + 1))
         self._allocate(capacity, max(FIRST_PAGES, starts.shape[0] + 1))
         table = (self.d_hash, np.zeros(capacity, dtype=np.int32), self.d_keys)
-        slots, _ = upsert(table, fused_hash_rows(words), words, np.arange(n, dtype=np.int64),
-                          False)
+        slots, _ = upsert(table, hashes, words, np.arange(n, dtype=np.int64), False)
         np.add.at(self.refs, slots, 1)
         for p, start in enumerate(starts.tolist()):
             mine = np.flatnonzero(page_of == p)
@@ -255,5 +257,4 @@ class WindowPages:
             self.p_touched[p, : mine.shape[0]] = slots[mine]
             self.block[p * capacity + slots[mine]] = rows[mine]
             self.present[p * capacity + slots[mine]] = 1
-        self.used = self.live_keys = int(distinct.shape[1])
-        assert int((self.d_hash == EMPTY).sum()) == capacity - self.used
+        self.used = self.live_keys = int((self.d_hash != EMPTY).sum())
