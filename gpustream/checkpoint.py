@@ -249,6 +249,9 @@ class CheckpointStore:
         dicts: dict[str, pa.Array] = {}
         shapes = json.loads((table.schema.metadata or {}).get(b"shapes", b"{}"))
         for name in table.column_names:
+            if not (pa.types.is_list(table[name].type)
+                    or pa.types.is_large_list(table[name].type)):
+                continue  # the placeholder column of a checkpoint without state arrays
             values = table[name].combine_chunks()[0].values
             if name in meta["dictionaries"]:
                 dicts[name] = values

@@ -36,6 +36,7 @@ from gpustream.plan import (
 from gpustream.planner import build_physical, render_plan
 from gpustream.runtime import RunStats, execute
 from gpustream.sinks import CollectSink, DeadLetterSink, Sink
+from gpustream.stopping import GracefulStop
 from gpustream.watermark import Watermark
 from gpustream.windows import WindowAssigner
 
@@ -256,6 +257,22 @@ class Pipeline:
         lines += ["  " + line for line in render_plan(self._sinks, dangling)]
         return "\n".join(lines)
 
+    def stop(self) -> None:
+        """Ask a running :meth:`run` (on another thread) to stop as Ctrl-C does: at the
+        next batch boundary, with a final checkpoint, the sinks committed and closed; the
+        statistics say ``stopped_by='stop()'``. Nothing happens when it is not running.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline("doc", engine="cpu")
+        >>> _ = p.source(gs.from_arrow({"x": [1]})).sink(gs.to_callback(lambda rb: None))
+        >>> p.stop()  # not running: nothing to stop
+        """
+        running = getattr(self, "_stop", None)
+        if running is not None:
+            running.request()
+
     def run(self, max_events: int | None = None, metrics: Metrics | None = None,
             checkpoint: Checkpointing | None = None, exit_on_sigterm: bool = True) -> RunStats:
         """Run until the bounded sources end (or after ``max_events`` input events).
@@ -292,8 +309,12 @@ class Pipeline:
         (3, 3)
         """
         plan = build_physical(self._sinks, self.backend)
-        stats = execute(plan, self.name, max_events, self._dead_letters(), metrics, checkpoint,
-                        self.max_state_bytes)
+        self._stop: GracefulStop | None = GracefulStop()
+        try:
+            stats = execute(plan, self.name, max_events, self._dead_letters(), metrics,
+                            checkpoint, self.max_state_bytes, self._stop)
+        finally:
+            self._stop = None
         if exit_on_sigterm and stats.stopped_by == "SIGTERM":
             raise SystemExit(143)  # what SIGTERM does to a process, after a clean stop
         return stats

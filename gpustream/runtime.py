@@ -432,7 +432,8 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
             dead_letters: DeadLetterFile | DeadLetterSink | None = None,
             metrics: Metrics | None = None,
             checkpointing: Checkpointing | None = None,
-            max_state_bytes: int | None = None) -> RunStats:
+            max_state_bytes: int | None = None,
+            stop: GracefulStop | None = None) -> RunStats:
     """Run a physical plan until its bounded sources end (or ``max_events`` inputs).
 
     Each source runs on its own thread into one bounded queue (backpressure), where its
@@ -489,7 +490,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
         for f in logical_schema(n.source.schema()):
             if pa.types.is_string(f.type):
                 ds.setdefault(f.name, StringDictionary())
-    stop = GracefulStop()
+    stop = stop if stop is not None else GracefulStop()
     #: without checkpoints: each source's offset after its last batch that went through,
     #: told to the source (a broker commit) only when the run ends or stops cleanly
     done_with: list[Any] = [None] * len(nodes)
@@ -569,7 +570,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                 threads.close()
                 if stop.event.is_set():  # a signal: stop here, open windows stay open
                     stats.interrupted = True
-                    stats.stopped_by = stop.signal_name
+                    stats.stopped_by = stop.signal_name or "stop()"
                 elif not (stats.stopped_early and ck is not None):
                     # without checkpoints, max_events fires what is open now; with them
                     # it stops like a signal, open windows kept for the restart

@@ -620,3 +620,42 @@ def test_a_changed_delete_column_is_a_changed_plan_and_a_console_sink_is_not(
         _lookup("gone2").run(checkpoint=ck)
     stats = _lookup("gone", console=True).run(checkpoint=ck)  # no state: may come and go
     assert stats.restored_checkpoint is not None
+
+
+class _Endless(Source):
+    """A batch every 20 ms until the run stops it."""
+
+    name = "endless"
+    bounded = False
+
+    def schema(self) -> pa.Schema:
+        return pa.schema([("x", pa.int64())])
+
+    def open(self, offset: Any = None) -> Iterator[SourceBatch]:
+        i = 0 if offset is None else int(offset)
+        while True:
+            time.sleep(0.02)
+            yield SourceBatch(pa.record_batch({"x": [i]}), i + 1)
+            i += 1
+
+
+def test_stop_from_another_thread_stops_a_run_cleanly_and_it_resumes(tmp_path: Path) -> None:
+    import threading
+
+    def pipeline() -> gs.Pipeline:
+        p = gs.Pipeline("endless", engine="cpu")
+        p.source(_Endless(), name="n").sink(gs.to_parquet(tmp_path / "out"))
+        return p
+
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=5)
+    for _ in range(2):
+        p = pipeline()
+        got: list[gs.RunStats] = []
+        t = threading.Thread(target=lambda: got.append(p.run(checkpoint=ck)))  # noqa: B023
+        t.start()
+        time.sleep(0.5)
+        p.stop()
+        t.join(10)
+        assert not t.is_alive() and got[0].interrupted and got[0].stopped_by == "stop()"
+    xs = pq.read_table(tmp_path / "out")["x"].to_pylist()
+    assert sorted(xs) == list(range(len(xs)))  # every row once, none skipped
