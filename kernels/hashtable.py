@@ -84,6 +84,17 @@ def _upsert_cpu(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new):  # 
     return created
 
 
+@register_jitable
+def _keys_equal_coherent(t_keys, s, keys, i):  # type: ignore[no-untyped-def]
+    """``_keys_equal`` for a slot another thread may have just filled: each key word is
+    read with an atomic (served by L2, which every SM sees), never by a plain load that
+    an SM's L1 could answer with the line as it was before the writer's stores."""
+    for c in range(keys.shape[0]):
+        if cuda.atomic.add(t_keys, (s, c), np.uint64(0)) != keys[c, i]:
+            return False
+    return True
+
+
 @cuda_kernel("void(uint64[::1], int32[::1], uint64[:, ::1], uint64[::1], uint64[:, ::1], "
              "int64[::1], int64[::1], int8[::1], int64[::1], int64[::1])")
 def _upsert_cuda(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new, retry, n_retry):  # type: ignore[no-untyped-def]
@@ -95,11 +106,16 @@ def _upsert_cuda(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new, ret
     h = _live_hash(hashes[i])
     s = h & mask
     while True:
-        old = cuda.atomic.cas(t_hash, s, EMPTY, h)
+        # load before CAS: a slot's hash goes from EMPTY to its final value once in a
+        # launch, so a plain load that sees another hash can move on; only an EMPTY
+        # (perhaps stale) slot is claimed with a CAS, whose answer is the truth
+        old = t_hash[s]
+        if old == EMPTY:
+            old = cuda.atomic.cas(t_hash, s, EMPTY, h)
         if old == EMPTY:
             for c in range(keys.shape[0]):
                 t_keys[s, c] = keys[c, i]
-            cuda.threadfence()
+            cuda.threadfence()  # release: the key words before the ready flag
             cuda.atomic.exch(t_ready, s, 1)
             slots[i] = s
             is_new[i] = 1
@@ -109,7 +125,10 @@ def _upsert_cuda(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new, ret
                 pos = cuda.atomic.add(n_retry, 0, 1)
                 retry[pos] = i
                 return
-            if _keys_equal(t_keys, s, keys, i):
+            # acquire: the flag was read by an atomic; the fence orders the key reads
+            # after it, and the key words are read coherently (not from a stale L1 line)
+            cuda.threadfence()
+            if _keys_equal_coherent(t_keys, s, keys, i):
                 slots[i] = s
                 is_new[i] = 0
                 return

@@ -135,3 +135,17 @@ def test_cpu_watermarks_equal_the_device_scan(device_backend: gs.Backend) -> Non
         got = op.process(batch.to_device(be) if be.is_device else batch)[0].watermarks
         outs.append((be.to_host(got), op.running))
     assert (outs[0][0] == outs[1][0]).all() and outs[0][1] == outs[1][1]
+
+
+@pytest.mark.ptx
+def test_the_upsert_kernel_fences_and_reads_claimed_keys_coherently() -> None:
+    """The hash table's reader side (memory-model defects never show in the simulator):
+    the writer fences between the key words and the ready flag (release), the reader
+    fences after reading the flag (acquire) and reads the key words with atomics, not
+    plain loads an SM's L1 could serve stale; the kernel CASes only where a slot looked
+    empty, so the PTX also has a plain load of the slot's hash."""
+    kernel = next(k for k in load_all_kernels() if k.name.endswith("hashtable._upsert_cuda"))
+    ptx = compile_kernel(kernel, kernel.signatures[0], (9, 0))
+    assert len(re.findall(r"\bmembar\.gl\b|\bfence\.", ptx)) >= 2
+    assert len(re.findall(r"atom\.global\.add\.u64", ptx)) >= 2  # n_retry and the key words
+    assert re.search(r"ld\.global\.u64", ptx) and "atom.global.cas" in ptx

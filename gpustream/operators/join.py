@@ -498,17 +498,14 @@ class WindowJoinOp(_JoinBase):
         new_sess = new_key.copy()
         new_sess[1:] |= (sts[1:] - sts[:-1]) >= self.gap
         sid_sorted = xp.cumsum(new_sess) - 1
-        nsess = int(sid_sorted[-1]) + 1
-        first = xp.full(nsess, np.iinfo(np.int64).max, dtype=np.int64)
-        last_t = xp.full(nsess, np.iinfo(np.int64).min, dtype=np.int64)
-        if isinstance(first, np.ndarray):
-            np.minimum.at(first, sid_sorted, sts)
-            np.maximum.at(last_t, sid_sorted, sts)
-        else:
-            import cupyx
-
-            cupyx.scatter_min(first, sid_sorted, sts)
-            cupyx.scatter_max(last_t, sid_sorted, sts)
+        # rows are in (key, time) order, so a session is a run of rows: its first and
+        # last times are those of its first and last rows (no scatter-min/max, which cupy
+        # has not for int64)
+        begins = xp.flatnonzero(new_sess)
+        ends = xp.empty_like(begins)
+        ends[:-1] = begins[1:] - 1
+        ends[-1] = order.shape[0] - 1
+        first, last_t = sts[begins], sts[ends]
         sid = xp.empty_like(sid_sorted)
         sid[order] = sid_sorted
         fired = last_t + self.gap <= watermark
