@@ -600,6 +600,11 @@ def event_time_of(node: Node) -> tuple[SourceNode, pa.DataType]:
         if len(n.inputs) != 1:
             raise PlanError(f"{where}: windows over the output of interval or window joins "
                             "are not supported yet")
+        if isinstance(n, WindowAggNode):  # even when an aggregate is named like the event
+            raise PlanError(                # time: the window's rows carry no watermark
+                f"{where}: windows over the output of {n.label} are not supported yet; "
+                "window the source's events once, with the coarser window, or aggregate the "
+                "window's output in batch (collect())")
         chain.append(n)
         n = n.inputs[0]
     src = n

@@ -406,3 +406,14 @@ def test_session_late_event_refires_and_extension_fires_again() -> None:
         "window_start": [0, 0, 0, 40, 100], "window_end": [15, 18, 22, 50, 110],
         "n": [2, 3, 4, 1, 1], "s": [3, 7, 12, 3, 6], "revision": [0, 1, 2, 0, 0]}
     assert late["ts"].to_pylist() == [3]
+
+
+def test_a_window_over_a_windows_output_is_refused_at_plan_time() -> None:
+    """Regression: an aggregate named like the event-time column let a window over a
+    window's output through planning; the run then died with a bare AssertionError."""
+    p = gs.Pipeline(engine="cpu")
+    s = p.source(gs.from_arrow({"k": [1, 2, 1], "ts": [1, 2, 3000]}), event_time="ts",
+                 name="e")
+    w = s.key_by("k").window(gs.Tumbling(1000), name="w").agg(ts=gs.col("ts").max())
+    with pytest.raises(gs.PlanError, match=r"windows over the output of step 1 \(window 'w'\)"):
+        w.key_by("k").window(gs.Tumbling(5000), name="w2").agg(n=gs.count())
