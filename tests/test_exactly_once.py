@@ -24,23 +24,7 @@ from gpustream.errors import PlanError
 from gpustream.filesinks import FileSink
 from gpustream.ingest.source import Source, SourceBatch
 from tests.conftest import cudasim_on
-
-
-class _Crash(Source):
-    """Another source's batches, then a crash after ``after`` of them."""
-
-    def __init__(self, inner: Source, after: int) -> None:
-        self.inner, self.after = inner, after
-        self.name = inner.name
-
-    def schema(self) -> pa.Schema:
-        return self.inner.schema()
-
-    def open(self, offset: Any = None) -> Iterator[SourceBatch]:
-        for i, b in enumerate(self.inner.open(offset)):
-            if i == self.after:
-                raise OSError("the machine lost power")
-            yield b
+from tests.test_checkpoints import _Crash
 
 
 def _events(n: int, seed: int) -> pa.Table:
@@ -64,6 +48,14 @@ def _pipeline(source: Source, sink: gs.Sink, build: Build = _tumbling,
     s = p.source(source, event_time="ts", watermark=gs.Watermark.bounded(500), name="events")
     build(s).sink(sink)
     return p
+
+
+def _crashed(table: pa.Table, after: int, sink: gs.Sink, ck: gs.Checkpointing,
+             build: Build = _tumbling) -> None:
+    """A checkpointed run of ``table`` that dies after ``after`` batches of 100 rows."""
+    with pytest.raises(OSError, match="lost power"):
+        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), after), sink, build).run(
+            checkpoint=ck)
 
 
 SINKS = {
@@ -103,9 +95,7 @@ def test_crashes_and_restarts_write_every_row_exactly_once(tmp_path: Path, kind:
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=4)
     d = tmp_path / "run"
     for after in crashes:
-        p = _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), after), make(d))
-        with pytest.raises(OSError, match="lost power"):
-            p.run(checkpoint=ck)
+        _crashed(table, after, make(d), ck)
     stats = _pipeline(gs.from_arrow(table, batch_rows=100), make(d)).run(checkpoint=ck)
     assert stats.restored_checkpoint is not None
     got = _rows(read(d))
@@ -122,10 +112,8 @@ def test_output_after_the_last_checkpoint_is_not_visible_until_committed(
     table = _events(2_000, seed=2)
     want = _reference(tmp_path, "parquet folder", table)
     d = tmp_path / "run"
-    p = _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 10),
-                  gs.to_parquet(d / "out", rows_per_file=10_000))
-    with pytest.raises(OSError):
-        p.run(checkpoint=gs.Checkpointing(tmp_path / "ck", every_batches=4))
+    _crashed(table, 10, gs.to_parquet(d / "out", rows_per_file=10_000),
+             gs.Checkpointing(tmp_path / "ck", every_batches=4))
     hidden = [f for f in (d / "out").iterdir() if f.name.endswith(".inprogress")]
     assert hidden, "rows after the last checkpoint stay in progress"
     visible = _rows(pq.read_table(d / "out"))  # readers skip the hidden files
@@ -168,8 +156,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
     make, read = SINKS["parquet folder"]
     d = tmp_path / "run"
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
-    with pytest.raises(OSError):
-        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 14), make(d)).run(checkpoint=ck)
+    _crashed(table, 14, make(d), ck)
     newest = sorted((tmp_path / "ck").glob("ckpt-*"))[-1]
     state, meta = newest / "state.arrow", newest / "meta.json"
     if damage == "truncated state":
@@ -223,9 +210,7 @@ CHANGES: dict[str, tuple[Build, str]] = {
 def test_a_changed_plan_is_refused_naming_what_changed(tmp_path: Path, change: str) -> None:
     table = _events(1_000, seed=6)
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
-    with pytest.raises(OSError):
-        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 5),
-                  gs.to_parquet(tmp_path / "out")).run(checkpoint=ck)
+    _crashed(table, 5, gs.to_parquet(tmp_path / "out"), ck)
     build, named = CHANGES[change]
     got: list[pa.RecordBatch] = []
     p = _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(got.append), build)
@@ -243,8 +228,7 @@ def test_a_checkpoint_taken_on_cpu_restores_under_cudasim_and_back(tmp_path: Pat
     make, read = SINKS["parquet folder"]
     d = tmp_path / "run"
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=2)
-    with pytest.raises(OSError):
-        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 3), make(d)).run(checkpoint=ck)
+    _crashed(table, 3, make(d), ck)
     with pytest.raises(OSError):
         _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 1), make(d),
                   engine="cudasim").run(checkpoint=ck)
@@ -285,9 +269,7 @@ def test_a_single_file_with_checkpoints_is_assembled_from_committed_segments(
     want = _reference(tmp_path, "jsonl file", table)
     path = tmp_path / "run" / "out.jsonl"
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
-    with pytest.raises(OSError):
-        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 9), gs.to_jsonl(path)).run(
-            checkpoint=ck)
+    _crashed(table, 9, gs.to_jsonl(path), ck)
     _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_jsonl(path)).run(checkpoint=ck)
     assert _rows(SINKS["jsonl file"][1](tmp_path / "run")) == want
     assert (tmp_path / "run" / ".out.jsonl.segments").is_dir()
@@ -379,8 +361,7 @@ def test_a_changed_offset_in_meta_json_is_caught_by_its_checksum(
     make, read = SINKS["parquet folder"]
     d = tmp_path / "run"
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
-    with pytest.raises(OSError):
-        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 14), make(d)).run(checkpoint=ck)
+    _crashed(table, 14, make(d), ck)
     newest = sorted((tmp_path / "ck").glob("ckpt-*"))[-1]
     meta = json.loads((newest / "meta.json").read_text())
     meta["offsets"]["events"] -= 300  # still valid JSON, wrong offset
@@ -406,9 +387,7 @@ def test_a_checkpoint_folder_that_lost_its_meta_is_damaged_not_ignored(tmp_path:
 def test_a_sink_pointed_elsewhere_is_a_changed_plan(tmp_path: Path) -> None:
     table = _events(2_000, seed=3)
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
-    with pytest.raises(OSError):
-        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 10),
-                  gs.to_parquet(tmp_path / "a")).run(checkpoint=ck)
+    _crashed(table, 10, gs.to_parquet(tmp_path / "a"), ck)
     with pytest.raises(PlanError, match="different plan") as err:
         _pipeline(gs.from_arrow(table, batch_rows=100),
                   gs.to_parquet(tmp_path / "b")).run(checkpoint=ck)
@@ -519,9 +498,7 @@ def test_a_changed_approx_count_distinct_precision_is_a_changed_plan(tmp_path: P
 
     table = _events(1_000, seed=6)
     ck = gs.Checkpointing(tmp_path / "ck", every_batches=3)
-    with pytest.raises(OSError):
-        _pipeline(_Crash(gs.from_arrow(table, batch_rows=100), 5),
-                  gs.to_callback(lambda rb: None), hll(12)).run(checkpoint=ck)
+    _crashed(table, 5, gs.to_callback(lambda rb: None), ck, hll(12))
     with pytest.raises(PlanError, match="different plan") as err:
         _pipeline(gs.from_arrow(table, batch_rows=100), gs.to_callback(lambda rb: None),
                   hll(6)).run(checkpoint=ck)
@@ -558,21 +535,17 @@ def test_a_timed_checkpoint_is_taken_while_the_sources_are_quiet(tmp_path: Path)
     assert sorted(pq.read_table(out)["x"].to_pylist()) == [1, 2, 3, 4]
 
 
-class _Recording(Source):
-    """Batches of another source; remembers what the runtime says is done with."""
+class _Recording(_Crash):
+    """``_Crash`` (never crashing without ``crash_after``) that remembers the offsets it
+    yielded and what the runtime says is done with."""
 
     def __init__(self, inner: Source, crash_after: int | None = None) -> None:
-        self.inner, self.crash_after, self.name = inner, crash_after, inner.name
+        super().__init__(inner, -1 if crash_after is None else crash_after)
         self.committed: list[Any] = []
         self.yielded: list[Any] = []
 
-    def schema(self) -> pa.Schema:
-        return self.inner.schema()
-
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
-        for i, b in enumerate(self.inner.open(offset)):
-            if i == self.crash_after:
-                raise OSError("the machine lost power")
+        for b in super().open(offset):
             self.yielded.append(b.offset)
             yield b
 
