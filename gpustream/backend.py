@@ -5,7 +5,8 @@ never silent: the chosen :class:`Backend` carries a one-line reason, and on fall
 ``auto`` to ``cpu`` the reason the GPU could not be used.
 
 - ``cpu``: numpy arrays and ``numba.njit`` kernels.
-- ``cuda``: cupy arrays and ``numba.cuda.jit`` kernels on an NVIDIA GPU.
+- ``cuda``: cupy arrays and ``numba.cuda.jit`` kernels on an NVIDIA GPU, both allocating
+  from one device pool (:mod:`gpustream.devicepool`, set up when ``cuda`` is selected).
 - ``cudasim``: the cuda backend's code with numpy standing in for cupy, under numba's CUDA
   simulator (``NUMBA_ENABLE_CUDASIM=1``), so CI without a GPU runs every CUDA kernel.
 
@@ -153,6 +154,7 @@ def _cuda_stack_problem() -> str | None:
     """Why the CUDA software stack (cupy, numba-cuda) cannot run, or None when it can.
 
     This is the guarded first allocation: it runs only after the driver probe found a GPU.
+    When the stack works, numba is pointed at cupy's (or RMM's) pool here, before any launch.
     """
     try:
         import cupy
@@ -168,6 +170,9 @@ def _cuda_stack_problem() -> str | None:
         return f"numba's CUDA target is missing ({exc}); pip install 'gpustream[gpu]'"
     if not cuda.is_available():
         return "numba.cuda.is_available() is False; check that numba-cuda matches the driver"
+    from gpustream.devicepool import use_one_pool
+
+    use_one_pool()  # one device pool for numba and cupy
     return None
 
 

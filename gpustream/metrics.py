@@ -211,13 +211,14 @@ class Metrics:
         return self.wall_clock() - self.watermark_ms / 1e3
 
     def gpu_memory(self) -> tuple[int, int] | None:
-        """(used, total) bytes of cupy's memory pool on the cuda backend."""
+        """(used, total) bytes of the device pool (cupy's or RMM's, which numba's
+        allocations share: :mod:`gpustream.devicepool`) on the cuda backend; None elsewhere
+        or where the pool cannot tell."""
         if self.backend != "cuda":
             return None
-        import cupy
+        from gpustream.devicepool import pool_usage
 
-        pool = cupy.get_default_memory_pool()
-        return int(pool.used_bytes()), int(pool.total_bytes())
+        return pool_usage()
 
     def event_time(self) -> str:
         """The live view's event-time row: the watermark as a UTC time and, while replaying
@@ -280,7 +281,8 @@ class Metrics:
         lag = self.lag_text()
         if lag is not None:
             yield "source lag", lag
-        yield "open windows", f"{g.get('open_windows', 0):,}"
+        yield "open windows", f"{g.get('open_windows', 0):,}" + (
+            f" ({_size(g['state_bytes'])} of state)" if "state_bytes" in g else "")
         yield "late events", f"{g.get('late_events', 0):,}" + (
             f" ({g['dropped_memberships']:,} (event, window) pairs dropped)"
             if g.get("dropped_memberships", 0) > g.get("late_events", 0) else "")
@@ -292,6 +294,17 @@ class Metrics:
     def line(self) -> str:
         """One log line."""
         return f"{self.pipeline}: " + "; ".join(f"{k} {v}" for k, v in self.rows())
+
+
+def _size(n: int) -> str:
+    """Bytes for people.
+
+    Examples
+    --------
+    >>> _size(512), _size(3 * 2**20 + 1)
+    ('0.5 KiB', '3.0 MiB')
+    """
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
 
 
 def _families(metrics: Metrics) -> Iterator[Any]:
@@ -341,10 +354,12 @@ def _families(metrics: Metrics) -> Iterator[Any]:
                            "is within a day of now).", "seconds", lag))
     mem = metrics.gpu_memory()
     if mem is not None:
-        gauges.append(("gpustream_gpu_memory_used_bytes", "Bytes in use in cupy's memory pool.",
+        gauges.append(("gpustream_gpu_memory_used_bytes",
+                       "Bytes in use in the device memory pool (cupy's or RMM's).",
                        "bytes", mem[0]))
         gauges.append(("gpustream_gpu_memory_pooled_bytes",
-                       "Bytes held by cupy's memory pool.", "bytes", mem[1]))
+                       "Bytes held by the device memory pool (cupy's or RMM's).", "bytes",
+                       mem[1]))
     for name, doc, unit, fv in gauges:
         gauge = GaugeMetricFamily(name, doc, labels=labels, unit=unit)
         gauge.add_metric(value, fv)

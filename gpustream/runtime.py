@@ -210,9 +210,9 @@ def _ingest(node: SourceNode, batches: Iterator[SourceBatch], stager: Stager,
 
 
 def _gauges(plan: PhysicalPlan) -> dict[str, int]:
-    """Late events and dropped (event, window) pairs so far and windows holding state,
-    read from the operators."""
-    late = dropped = open_windows = 0
+    """Late events and dropped (event, window) pairs so far, windows holding state and
+    the bytes of that state (device memory on a GPU), read from the operators."""
+    late = dropped = open_windows = state = 0
     seen: set[int] = set()
     todo = list(plan.sources)
     while todo:
@@ -225,8 +225,10 @@ def _gauges(plan: PhysicalPlan) -> dict[str, int]:
         rows = getattr(pn.op, "state_rows", None)  # operators whose state is not one table
         open_windows += rows if rows is not None else getattr(getattr(pn.op, "table", None),
                                                               "live_count", 0)
+        state += pn.op.state_bytes() if hasattr(pn.op, "state_bytes") else 0
         todo += [*pn.children, *(c for cs in pn.side.values() for c in cs)]
-    return {"late_events": late, "dropped_memberships": dropped, "open_windows": open_windows}
+    return {"late_events": late, "dropped_memberships": dropped, "open_windows": open_windows,
+            "state_bytes": state}
 
 
 def _source_lag(nodes: list[SourceNode]) -> dict[str, dict[str, int]]:

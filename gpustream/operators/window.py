@@ -34,7 +34,7 @@ from gpustream.kernels.hashing import hash_rows, widen_keys
 from gpustream.kernels.windows import DROPPED, LATE, ON_TIME, assign_windows
 from gpustream.operators.base import Operator
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
-from gpustream.state.table import SlotTable
+from gpustream.state.table import SlotTable, StateTable
 
 __all__ = ["AggSpec", "WindowAggOp", "WindowSpec"]
 
@@ -303,7 +303,8 @@ class WindowAggOp(KeyedAggBase):
     (1, 1)
     """
 
-    def __init__(self, spec: WindowSpec, backend: Backend, table: SlotTable | None = None) -> None:
+    def __init__(self, spec: WindowSpec, backend: Backend,
+                 table: StateTable | None = None) -> None:
         if table is None:
             table = SlotTable(len(spec.keys) + 2, backend.xp, backend.is_device)
             self.add_bookkeeping(table)

@@ -126,7 +126,9 @@ def fusable(spec: WindowSpec, backend: Backend) -> bool:
 
 
 def window_operator(spec: WindowSpec, backend: Backend) -> WindowAggOp:
-    """The operator for a tumbling or sliding window: fused where :func:`fusable`.
+    """The operator for a tumbling or sliding window: the CPU's fused loop where
+    :func:`fusable`, the GPU's pane kernel where
+    :func:`~gpustream.operators.window_panes.pane_fusable`, else the separate kernels.
 
     Examples
     --------
@@ -141,6 +143,10 @@ def window_operator(spec: WindowSpec, backend: Backend) -> WindowAggOp:
     """
     if fusable(spec, backend):
         return FusedWindowAggOp(spec, backend)
+    from gpustream.operators.window_panes import PaneWindowAggOp, pane_fusable
+
+    if pane_fusable(spec, backend):
+        return PaneWindowAggOp(spec, backend)
     return WindowAggOp(spec, backend)
 
 
