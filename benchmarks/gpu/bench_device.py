@@ -201,7 +201,8 @@ def check(a: Collect, b: Collect, what: str) -> None:
             f"{what}: sum({k}) {got} vs the cpu backend's {v}"
 
 
-def main() -> None:
+def main() -> int:
+    """Run the cases; 1 when one of them failed (its error is printed and kept in the JSON)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20_000_000)
     ap.add_argument("--repeat", type=int, default=3)
@@ -269,7 +270,8 @@ def main() -> None:
     if out:
         Path(out, "bench_device.json").write_text(json.dumps({"meta": meta, "results": results},
                                                              indent=1))
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
