@@ -85,7 +85,10 @@ MIN_I = 4
 MAX_I = 5
 MIN_F = 6
 MAX_F = 7
-MOMENTS = 8  # istate[c2] += 1; fstate[c1] += x; fstate[c3] += x * x (pivot 0)
+#: istate[c2] += 1; fstate[c1] += x - p; fstate[c3] += (x - p) ** 2, where p is the key's
+#: pivot (``pivots[prog[a, 5], d]``: its first finite value, set when the key is claimed,
+#: copied into the row's pivot column ``fstate[prog[a, 6]]`` when the row is created)
+MOMENTS = 8
 
 # ``counters`` slots
 N_RETRY = 0
@@ -134,7 +137,8 @@ def _retry(retry, counters, i, why):  # type: ignore[no-untyped-def]
 
 @register_jitable
 def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash, t_ready,  # type: ignore[no-untyped-def]
-           t_keys, refs, p_touched, present, late, retry, defer, meta):
+           t_keys, refs, p_touched, present, late, retry, defer, meta, prog, fvals, valid,
+           pivots, fstate):
     """Event ``i``'s row (page ``p`` * capacity + key id), or -1 where it is late (flagged
     and counted), must be retried (listed in ``retry``) or must wait for windows to fire
     (listed in ``defer``)."""
@@ -193,7 +197,12 @@ def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash, 
             if old == EMPTY:
                 for c in range(keys.shape[0]):
                     t_keys[s, c] = keys[c, i]
-                cuda.threadfence()  # release: the key words before the flag
+                for a in range(prog.shape[0]):  # the key's pivots: its first finite values
+                    if prog[a, 0] == MOMENTS:
+                        x = fvals[prog[a, 1], i]
+                        ok = valid[prog[a, 1], i] and x - x == 0.0
+                        pivots[prog[a, 5], s] = x if ok else 0.0
+                cuda.threadfence()  # release: the key words and pivots before the flag
                 cuda.atomic.exch(t_ready, s, 1)
                 d = np.int64(s)
                 break
@@ -217,15 +226,18 @@ def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash, 
         k = cuda.atomic.add(meta, META + pages + p, 1)
         p_touched[p, k] = np.int32(d)
         cuda.atomic.add(refs, d, 1)
+        for a in range(prog.shape[0]):  # the row's pivot column: its key's pivot
+            if prog[a, 0] == MOMENTS:
+                fstate[prog[a, 6], r] = cuda.atomic.add(pivots, (prog[a, 5], d), 0.0)
     if fired > 0:
         cuda.atomic.add(meta, N_DROPPED, fired)
     return r
 
 
 @register_jitable
-def _fold(prog, ivals, fvals, valid, i, ints, floats, at):  # type: ignore[no-untyped-def]
-    """Fold event ``i`` into column position ``at`` of ``ints``/``floats`` (a page row of
-    the state, or a block's shared-memory slot)."""
+def _fold(prog, ivals, fvals, valid, pivots, i, d, ints, floats, at):  # type: ignore[no-untyped-def]
+    """Fold event ``i`` of key ``d`` into column position ``at`` of ``ints``/``floats`` (a
+    page row of the state, or a block's shared-memory slot)."""
     for a in range(prog.shape[0]):
         kind = prog[a, 0]
         src = prog[a, 1]
@@ -251,8 +263,8 @@ def _fold(prog, ivals, fvals, valid, i, ints, floats, at):  # type: ignore[no-un
             cuda.atomic.nanmin(floats, (c1, at), fvals[src, i])
         elif kind == MAX_F:
             cuda.atomic.nanmax(floats, (c1, at), fvals[src, i])
-        else:  # MOMENTS
-            x = fvals[src, i]
+        else:  # MOMENTS, shifted by the key's pivot (read coherently: set by a claim)
+            x = fvals[src, i] - cuda.atomic.add(pivots, (prog[a, 5], d), 0.0)
             cuda.atomic.add(floats, (c1, at), x)
             cuda.atomic.add(floats, (prog[a, 4], at), x * x)
 
@@ -290,11 +302,11 @@ def _merge(state, c, r, value, how, fill):  # type: ignore[no-untyped-def]
     "uint64[:, ::1], int64[::1], uint64[::1], int32[::1], uint64[:, ::1], int32[::1], "
     "int32[:, ::1], int32[::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], "
     "boolean[:, ::1], int64[:, ::1], float64[:, ::1], int64[::1], int64[::1], float64[::1], "
-    "int64[::1], int64, int8[::1], int64[::1], int64[::1], int64[::1])"
+    "int64[::1], int64, int8[::1], int64[::1], int64[::1], int64[::1], float64[:, ::1])"
 )
 def fold_panes(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, rows, t_hash,  # type: ignore[no-untyped-def]
                t_ready, t_keys, refs, p_touched, present, prog, ivals, fvals, valid, istate,
-               fstate, ifill, fhow, ffill, ihow, preagg, late, retry, defer, meta):
+               fstate, ifill, fhow, ffill, ihow, preagg, late, retry, defer, meta, pivots):
     """Fold the events ``rows`` of a batch into their panes' pages (a pane is ``slide``
     long: a tumbling window, or the stride of sliding windows of ``nwin`` panes).
 
@@ -309,13 +321,15 @@ def fold_panes(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, rows, t
     atomics, not contended global ones. ``ifill``/``ffill`` are the columns' fill values
     and ``ihow``/``fhow`` how partials combine (:data:`ADD`, :data:`MIN`, :data:`MAX`);
     ``meta`` holds the counters, then each page's pane start, then its row count (one
-    array: the host reads it back in one copy).
+    array: the host reads it back in one copy). ``pivots[m, d]``: key ``d``'s pivot for
+    the ``m``-th mean/var/std (see :data:`MOMENTS`).
     """
     sh_rows = cuda.shared.array(SLOTS, int64)
     sh_i = cuda.shared.array((MAX_COLUMNS, SLOTS), int64)
     sh_f = cuda.shared.array((MAX_COLUMNS, SLOTS), float64)
     tid = cuda.threadIdx.x
     bdim = cuda.blockDim.x
+    cap = t_hash.shape[0]
     m = rows.shape[0]
     ni = ihow.shape[0]
     nf = fhow.shape[0]
@@ -332,13 +346,14 @@ def fold_panes(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, rows, t
         if j < m:
             i = rows[j]
             r = _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash,
-                       t_ready, t_keys, refs, p_touched, present, late, retry, defer, meta)
+                       t_ready, t_keys, refs, p_touched, present, late, retry, defer, meta,
+                       prog, fvals, valid, pivots, fstate)
             if r >= 0:
                 s = _shared_slot(sh_rows, r) if preagg else -1
                 if s >= 0:
-                    _fold(prog, ivals, fvals, valid, i, sh_i, sh_f, s)
+                    _fold(prog, ivals, fvals, valid, pivots, i, r % cap, sh_i, sh_f, s)
                 else:
-                    _fold(prog, ivals, fvals, valid, i, istate, fstate, r)
+                    _fold(prog, ivals, fvals, valid, pivots, i, r % cap, istate, fstate, r)
         if preagg:
             cuda.syncthreads()
             for s in range(tid, SLOTS, bdim):

@@ -17,7 +17,7 @@ through the pane they share with its later windows: the kernel defers it, the wi
 fire here (mid-batch), then it is folded.
 
 Snapshots are the window operators' table format, a row per (key, window) not fired
-(``mean``/``var``/``std`` kept with pivot 0), which the CPU restores; sliding windows add
+(``mean``/``var``/``std`` shifted by a pivot per key), which the CPU restores; sliding windows add
 their panes' rows, which this operator restores. A CPU checkpoint of tumbling windows
 restores here; one of sliding windows cannot (windows do not split into panes) and says
 so.
@@ -31,11 +31,10 @@ import numpy as np
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch
-from gpustream.errors import PlanError
 from gpustream.kernels import panes as K
 from gpustream.kernels.fused_window import FUSED_KINDS
 from gpustream.kernels.hashing import hash_rows
-from gpustream.operators.window import WindowAggOp, WindowSpec
+from gpustream.operators.window import I64_MAX, WindowAggOp, WindowSpec
 from gpustream.state.aggstate import make_state
 from gpustream.state.device_panes import DevicePanes
 
@@ -100,7 +99,7 @@ class PaneWindowAggOp(WindowAggOp):
     ...                              "window_end": pa.int64(), "n": pa.int64()}), False)
     >>> op = PaneWindowAggOp(spec, select_backend("cpu"))  # arrays only: nothing launched
     >>> op.store.capacity, op.store.pages, op.prog.tolist()   # COUNT into int column 0
-    (1024, 4, [[0, 0, 0, 0, 0]])
+    (1024, 4, [[0, 0, 0, 0, 0, 0, 0]])
     """
 
     def __init__(self, spec: WindowSpec, backend: Backend) -> None:
@@ -108,14 +107,17 @@ class PaneWindowAggOp(WindowAggOp):
             raise ValueError("the pane kernel runs windows without allowed lateness")
         store = DevicePanes(len(spec.keys), spec.size, spec.offset, backend.xp, spec.slide)
         super().__init__(spec, backend, table=store)
-        store.allocate()
         self.store = store
+        #: the separate kernels' operator, once the state moved there (see
+        #: :meth:`_to_separate_kernels`), else None
+        self.fallback: WindowAggOp | None = None
+        self._program()
+        store.allocate()
         #: the states again, over the combined rows of sliding windows' panes
         self.scratch = _Scratch(backend.xp)
         self.scratch_states = [make_state(a.name, a.agg, a.in_type, a.out_type, self.scratch)
                                for a in spec.aggs]
         self._no_bool = backend.xp.empty(0, dtype=np.bool_)
-        self._program()
 
     def _program(self) -> None:
         """The kernel's aggregation program: per state, its kind, input and columns."""
@@ -129,15 +131,17 @@ class PaneWindowAggOp(WindowAggOp):
             kind = st.agg.kind
             p = st.prefix
             if kind == "count":
-                prog.append((K.COUNT, 0, ints[p + "n"], 0, 0))
+                prog.append((K.COUNT, 0, ints[p + "n"], 0, 0, 0, 0))
                 continue
             src = len(self.slots)
             if kind == "count_valid":
                 self.slots.append((j, ""))
-                prog.append((K.COUNT_VALID, src, ints[p + "n"], 0, 0))
+                prog.append((K.COUNT_VALID, src, ints[p + "n"], 0, 0, 0, 0))
             elif kind in _MOMENTS:
                 self.slots.append((j, "f"))
-                prog.append((K.MOMENTS, src, floats[p + "s1"], ints[p + "nn"], floats[p + "s2"]))
+                prog.append((K.MOMENTS, src, floats[p + "s1"], ints[p + "nn"], floats[p + "s2"],
+                             len(self.store.pivot_columns), floats[p + "pivot"]))
+                self.store.pivot_columns.append(p + "pivot")
             else:
                 is_int = np.dtype(st.dtype).kind != "f"  # type: ignore[attr-defined]
                 self.slots.append((j, "i" if is_int else "f"))
@@ -145,18 +149,60 @@ class PaneWindowAggOp(WindowAggOp):
                         ("min", True): K.MIN_I, ("min", False): K.MIN_F,
                         ("max", True): K.MAX_I, ("max", False): K.MAX_F}[(kind, is_int)]
                 cols = ints if is_int else floats
-                prog.append((code, src, cols[p + "acc"], ints[p + "nn"], 0))
-        self.prog = self.backend.to_device(np.array(prog, dtype=np.int64).reshape(-1, 5))
+                prog.append((code, src, cols[p + "acc"], ints[p + "nn"], 0, 0, 0))
+        self.prog = self.backend.to_device(np.array(prog, dtype=np.int64).reshape(-1, 7))
 
     @property
     def state_rows(self) -> int:
-        """(key, window) pairs holding state (the open-windows gauge)."""
+        """(key, pane) pairs holding state (the open-windows gauge)."""
+        if self.fallback is not None:
+            return int(self.fallback.table.live_count)
         return self.store.live_count
 
     def state_bytes(self) -> int:
+        if self.fallback is not None:
+            return self.fallback.state_bytes()
         return self.store.state_bytes()
 
+    # -- the separate kernels, where the panes would pass their memory bound -------------
+    def _hand_over(self, fallback: WindowAggOp) -> None:
+        """From now on ``fallback`` (restored already) runs this window."""
+        fallback.late_events = self.late_events
+        fallback.dropped_memberships = self.dropped_memberships
+        fallback.no_time_events = self.no_time_events
+        fallback.dictionaries = dict(self.dictionaries)
+        fallback.late_out, self.late_out = self.late_out, []
+        self.fallback = fallback
+        self.store.allocate(16, 1)  # give the panes' device memory back
+
+    def _synced(self, out: list[Batch]) -> list[Batch]:
+        fb = self.fallback
+        assert fb is not None
+        self.late_events = fb.late_events
+        self.dropped_memberships = fb.dropped_memberships
+        self.no_time_events = fb.no_time_events
+        return out
+
+    def _to_separate_kernels(self, batch: Batch, remaining: Any) -> list[Batch]:
+        """Move the state to the separate kernels' (key, window) table (through a
+        snapshot, as a restart would) and fold the ``remaining`` events of ``batch`` there
+        (the panes would pass :data:`~gpustream.state.device_panes.MAX_BYTES`: far more
+        panes open at once, or keys, than pages of rows hold in that much memory)."""
+        fallback = WindowAggOp(self.spec, self.backend)
+        fallback.restore(self.snapshot())
+        self._hand_over(fallback)
+        mask = self.xp.zeros(batch.num_rows, dtype=np.bool_)
+        mask[remaining] = True
+        return self._synced(fallback.process(batch.filter(mask)))
+
+    def side_outputs(self) -> dict[str, list[Batch]]:
+        if self.fallback is not None:
+            return self.fallback.side_outputs()
+        return super().side_outputs()
+
     def process(self, batch: Batch) -> list[Batch]:
+        if self.fallback is not None:
+            return self._synced(self.fallback.process(batch))
         n = batch.num_rows
         if n == 0:
             return []
@@ -169,7 +215,7 @@ class PaneWindowAggOp(WindowAggOp):
         late, n_late, n_dropped, deferred = store.fold(ts, ts_ok, wm, keys, self.prog, iv, fv,
                                                        va)
         out: list[Batch] = []
-        while deferred.shape[0]:
+        while store.stuck is None and deferred.shape[0]:
             # events some of whose windows had fired when they came: fire the next window
             # here, then fold them (those still waiting come back)
             out += self._fire(self._next_end(ts, deferred))
@@ -181,6 +227,9 @@ class PaneWindowAggOp(WindowAggOp):
         if n_late:
             self.late_out.append(batch.filter(late.view(np.bool_)))
             self.late_events += n_late
+        if store.stuck is not None:
+            out += self._to_separate_kernels(batch,
+                                             self.xp.concatenate([store.stuck, deferred]))
         return out
 
     def _matrices(self, n: int, inputs: dict[int, Any]) -> tuple[Any, Any, Any]:
@@ -198,6 +247,8 @@ class PaneWindowAggOp(WindowAggOp):
         return iv, fv, va
 
     def on_watermark(self, watermark: int) -> list[Batch]:
+        if self.fallback is not None:
+            return self._synced(self.fallback.on_watermark(watermark))
         return self._fire(watermark)
 
     def _next_end(self, ts: Any, deferred: Any) -> int:
@@ -242,7 +293,8 @@ class PaneWindowAggOp(WindowAggOp):
             scratch = self.scratch
             scratch.columns = cols
             m = int(ids.shape[0])
-            out = self._emit_rows(store.t_keys[ids].T, starts, starts + size,
+            ends = self.xp.where(starts <= I64_MAX - size, starts + size, I64_MAX)
+            out = self._emit_rows(store.t_keys[ids].T, starts, ends,
                                   self.xp.arange(m, dtype=np.int64), None, states=self.scratch_states)
         store.release([p for p in panes if p + size <= watermark])  # its last window fired
         return [out] if windows and out.num_rows else []
@@ -252,6 +304,8 @@ class PaneWindowAggOp(WindowAggOp):
         """The window operators' table format (see :meth:`WindowAggOp.snapshot`): a row
         per (key, window) not fired yet, which the CPU restores; sliding windows add their
         panes' rows (``panes.*``), which this operator restores."""
+        if self.fallback is not None:
+            return self.fallback.snapshot()
         store = self.store
         to_host = self.backend.to_host
         panes, rows = store.snapshot(to_host)
@@ -275,8 +329,10 @@ class PaneWindowAggOp(WindowAggOp):
             rows = self.xp.arange(int(ids.shape[0]), dtype=np.int64)
         keys = table["keys"]
         n = keys.shape[1]
-        ends = np.array([store.end_of(int(s)) for s in keys[-1].view(np.int64)],
-                        dtype=np.int64)
+        starts = keys[-1].view(np.int64)
+        size = self.spec.size
+        with np.errstate(over="ignore"):  # the saturated ends take I64_MAX
+            ends = np.where(starts <= I64_MAX - size, starts + size, I64_MAX)
         table["hashes"] = hash_rows(keys, on_device=False)
         table["col.__wend"] = ends
         table["col.__rev"] = np.zeros(n, dtype=np.int32)
@@ -292,23 +348,28 @@ class PaneWindowAggOp(WindowAggOp):
         store = self.store
         prefix = "table." if store.nwin == 1 else "panes."
         if f"{prefix}keys" not in state:
-            raise PlanError(
-                f"{self.spec.name}: this checkpoint holds sliding windows as the CPU keeps "
-                "them, (key, window) rows; the GPU keeps their panes and cannot split "
-                "windows into panes. Resume it with engine='cpu' (GPUSTREAM_ENGINE=cpu), or "
-                "start the GPU run from a checkpoint taken on a GPU.")
+            # sliding windows as the CPU (or the separate kernels) keep them, (key, window)
+            # rows, which do not split into panes: the separate kernels run them on
+            fallback = WindowAggOp(self.spec, self.backend)
+            fallback.restore(state)
+            self._hand_over(fallback)
+            return
         keys = np.ascontiguousarray(state[f"{prefix}keys"], dtype=np.uint64)
         cols = {name: np.asarray(state[f"{prefix}col.{name}"]) for name, _, _ in store.specs}
-        for st in self.states:
-            if st.agg.kind in _MOMENTS:  # shift to pivot 0: the kernel adds raw values
-                p = st.prefix
-                piv = cols[p + "pivot"].astype(np.float64)
+        if store.pivot_columns and keys.shape[1]:
+            # rows of one key shift to one pivot (the key's, kept once): its first row's
+            _, first, which = np.unique(keys[:-1], axis=1, return_index=True,
+                                        return_inverse=True)
+            for name in store.pivot_columns:
+                p = name[: -len("pivot")]
+                piv = cols[name].astype(np.float64)
+                target = piv[first][which.reshape(-1)]
+                d = piv - target
                 nn = cols[p + "nn"].astype(np.float64)
                 s1 = cols[p + "s1"].astype(np.float64)
-                s2 = cols[p + "s2"].astype(np.float64)
-                cols[p + "s2"] = s2 + 2.0 * piv * s1 + nn * piv * piv
-                cols[p + "s1"] = s1 + nn * piv
-                cols[p + "pivot"] = np.zeros_like(piv)
+                cols[p + "s2"] = cols[p + "s2"] + 2.0 * d * s1 + nn * d * d
+                cols[p + "s1"] = s1 + nn * d
+                cols[name] = target
         rows = store.restore(keys, cols, self.backend.to_device)
         if "panes.fired_to" in state:
             store.fired_to = int(state["panes.fired_to"][0])

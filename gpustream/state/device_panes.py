@@ -22,6 +22,7 @@ the pages follow the open panes.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from gpustream.kernels.hashtable import new_table, upsert
 from gpustream.kernels.registry import launch_config
 from gpustream.state.table import MIN_CAPACITY, array_bytes
 
-__all__ = ["FIRST_CAPACITY", "FIRST_PAGES", "LOAD", "DevicePanes"]
+__all__ = ["FIRST_CAPACITY", "FIRST_PAGES", "LOAD", "MAX_BYTES", "DevicePanes", "StateTooLarge"]
 
 #: the share of the map's slots (keys of open panes, and idle keys) in use before a rebuild
 LOAD = 0.5
@@ -39,11 +40,18 @@ LOAD = 0.5
 FIRST_PAGES = 4
 #: key slots a new state starts with (doubled as the keys of the open panes grow)
 FIRST_CAPACITY = MIN_CAPACITY
+#: the most bytes the map and the pages may grow to; past it, :class:`StateTooLarge` and the operator moves the state
+#: to the separate kernels' (key, window) table, whose rows follow the state held
+MAX_BYTES = 1 << 32
 #: pre-aggregate in shared memory: None to decide per batch (when the rows holding state
-#: are few beside the batch's events: hot keys), True or False to force it (tests)
+#: are few: hot keys), True or False to force it (tests)
 PREAGG: bool | None = None
 _META = K.META  # counters before the pages' starts and counts in ``meta``
 I64_MAX = np.iinfo(np.int64).max
+
+
+class StateTooLarge(Exception):
+    """Growing the map or the pages would pass :data:`MAX_BYTES`."""
 
 
 def _how(fill: Any) -> int:
@@ -91,9 +99,14 @@ class DevicePanes:
         self.fired_to = int(np.iinfo(np.int64).min)
         self.columns: dict[str, Any] = {}
         self.specs: list[tuple[str, Any, Any]] = []  # (name, dtype, fill) in order
+        #: the rows' pivot columns of mean/var/std, in the order of ``pivots``' rows: a
+        #: key's pivot is the same in every pane (set when it is claimed)
+        self.pivot_columns: list[str] = []
         self.live_count = 0  # rows holding state, as of the last read
         self.rebuilds = 0  # times the map or the pages were re-laid out
         self._buffers: dict[str, Any] = {}
+        #: events :meth:`fold` did not fold because the state would pass MAX_BYTES
+        self.stuck: Any = None
 
     # -- layout ---------------------------------------------------------------------------
     def add_column(self, name: str, dtype: Any, fill: Any) -> None:
@@ -116,6 +129,7 @@ class DevicePanes:
         self.capacity, self.pages = capacity, pages
         self.t_hash, self.t_ready, self.t_keys = new_table(capacity, self.key_words, xp)
         self.refs = xp.zeros(capacity, dtype=np.int32)
+        self.pivots = xp.zeros((max(1, len(self.pivot_columns)), capacity), dtype=np.float64)
         self.istate, self.fstate = self._fresh_state(pages * capacity)
         self.present = xp.zeros(pages * capacity, dtype=np.int32)
         self.p_touched = xp.zeros((pages, capacity), dtype=np.int32)
@@ -160,9 +174,29 @@ class DevicePanes:
         for k, name in enumerate(self.float_names):
             self.columns[name] = self.fstate[k]
 
+    def bytes_for(self, capacity: int, pages: int) -> int:
+        """Bytes of a map of ``capacity`` slots with ``pages`` pages (as allocated).
+
+        Examples
+        --------
+        >>> st = DevicePanes(n_keys=1, size=10, offset=0, xp=np)
+        >>> st.add_column("n.n", np.int64, 0); st.allocate()
+        >>> st.bytes_for(st.capacity, st.pages) == st.state_bytes() - st.meta.nbytes
+        True
+        """
+        columns = max(1, len(self.int_names)) + max(1, len(self.float_names))
+        per_slot = (self.key_words * 8 + 8 + 4 + 4 + 8 * max(1, len(self.pivot_columns)))
+        return capacity * per_slot + pages * capacity * (8 * columns + 4 + 4)
+
+    def _check_bytes(self, capacity: int, pages: int) -> None:
+        if self.bytes_for(capacity, pages) > MAX_BYTES:
+            raise StateTooLarge(f"{pages} pages of {capacity:,} rows would pass "
+                                f"{MAX_BYTES:,} bytes")
+
     def state_bytes(self) -> int:
         """Bytes of the map and the pages."""
-        return array_bytes(self.t_hash, self.t_ready, self.t_keys, self.refs, self.istate,
+        return array_bytes(self.t_hash, self.t_ready, self.t_keys, self.refs, self.pivots,
+                           self.istate,
                            self.fstate, self.present, self.p_touched, self.meta)
 
     def live_slots(self) -> Any:
@@ -195,10 +229,14 @@ class DevicePanes:
         if rows is None:
             late[:] = 0
             rows = self._arange(n)
+        self.stuck = None
         self.meta[: K.USED] = 0
         self.meta[K.PAGE_SHORT:_META] = 0
         n_late = n_dropped = 0
-        preagg = self.can_preagg and (PREAGG if PREAGG is not None else self.live_count * 4 < n)
+        # hot keys: the rows holding state would fit one block's shared slots, so a tile
+        # of events shares rows (with many keys, a tile's rows are all distinct)
+        preagg = self.can_preagg and (PREAGG if PREAGG is not None
+                                      else self.live_count <= K.SLOTS)
         while rows.shape[0]:
             self.meta[K.N_RETRY] = 0
             self.meta[K.PAGE_SHORT:K.N_DEFER] = 0
@@ -206,7 +244,8 @@ class DevicePanes:
                 ts, ts_ok, wm, self.size, self.slide, self.nwin, self.offset, self.fired_to,
                 keys, rows, self.t_hash, self.t_ready, self.t_keys, self.refs, self.p_touched,
                 self.present, prog, iv, fv, va, self.istate, self.fstate, self.ifill,
-                self.fhow, self.ffill, self.ihow, int(preagg), late, retry, defer, self.meta)
+                self.fhow, self.ffill, self.ihow, int(preagg), late, retry, defer, self.meta,
+                self.pivots)
             self.host = self._read()  # the one small read of a launch
             h = self.host
             n_late, n_dropped = int(h[K.N_LATE]), int(h[K.N_DROPPED])
@@ -214,14 +253,19 @@ class DevicePanes:
             if not k:
                 break
             rows = retry[:k].copy()
-            if h[K.PAGE_SHORT]:
-                self._grow_pages(self.pages * 2)
-            if h[K.KEY_SHORT]:
-                self._rebuild()
+            try:
+                if h[K.PAGE_SHORT]:
+                    self._grow_pages(self.pages * 2)
+                if h[K.KEY_SHORT]:
+                    self._rebuild()
+            except StateTooLarge:
+                self.stuck = rows  # not folded: the caller moves the state elsewhere
+                break
         self.live_count = int(self.host[_META + self.pages:].sum())
         deferred = defer[: int(self.host[K.N_DEFER])].copy()
-        if self.host[K.USED] > 0.9 * self.host[K.LIMIT]:
-            self._rebuild()  # between batches: the next one finds room
+        if self.stuck is None and self.host[K.USED] > 0.9 * self.host[K.LIMIT]:
+            with contextlib.suppress(StateTooLarge):  # the next batch finds it short
+                self._rebuild()  # between batches: the next one finds room
         return late, n_late, n_dropped, deferred
 
     def _arange(self, n: int) -> Any:
@@ -238,6 +282,7 @@ class DevicePanes:
     # -- growth ---------------------------------------------------------------------------
     def _grow_pages(self, pages: int) -> None:
         """More pages (the same map): the rows of the pages kept do not move."""
+        self._check_bytes(self.capacity, pages)
         xp = self.xp
         old = self.pages * self.capacity
         istate, fstate = self._fresh_state(pages * self.capacity)
@@ -247,7 +292,7 @@ class DevicePanes:
         present[:old] = self.present
         touched = xp.zeros((pages, self.capacity), dtype=np.int32)
         touched[: self.pages] = self.p_touched
-        h = self._read()
+        h = self.host  # read by the fold that found the state short
         starts = np.full(pages, K.FREE, dtype=np.int64)
         counts = np.zeros(pages, dtype=np.int64)
         starts[: self.pages] = h[_META:_META + self.pages]
@@ -270,6 +315,8 @@ class DevicePanes:
         capacity = self.capacity
         while m > capacity * LOAD / 2:
             capacity *= 2
+        if capacity > self.capacity:
+            self._check_bytes(capacity, self.pages)
         table = new_table(capacity, self.key_words, xp)
         keys = xp.ascontiguousarray(self.t_keys[live].T)
         ids, _ = upsert(table, self.t_hash[live], keys, xp.arange(m, dtype=np.int64), True)
@@ -287,10 +334,12 @@ class DevicePanes:
         touched[:, : self.capacity] = remap[self.p_touched]
         refs = xp.zeros(capacity, dtype=np.int32)
         refs[ids] = self.refs[live]
-        h = self._read()
+        pivots = xp.zeros((self.pivots.shape[0], capacity), dtype=np.float64)
+        pivots[:, ids] = self.pivots[:, live]
+        h = self.host  # read by the fold that found the state short
         counters = h[:_META].copy()
         self.t_hash, self.t_ready, self.t_keys = table
-        self.refs, self.istate, self.fstate = refs, istate, fstate
+        self.refs, self.pivots, self.istate, self.fstate = refs, pivots, istate, fstate
         self.present, self.p_touched = present, touched
         self.capacity = capacity
         self._set_meta(h[_META:_META + self.pages].copy(), h[_META + self.pages:].copy(), m)
@@ -346,6 +395,9 @@ class DevicePanes:
             if not ids.shape[0]:
                 continue
             for name, _, fill in self.specs:
+                if name in self.pivot_columns:  # the key's, the same in every pane
+                    parts[name].append(self.pivots[self.pivot_columns.index(name), ids])
+                    continue
                 col = self.columns[name]
                 how = _how(fill)
                 acc = col[pages[0] * self.capacity + ids]
@@ -434,6 +486,8 @@ class DevicePanes:
         rows = d_page * self.capacity + ids
         for name, _, _ in self.specs:
             self.columns[name][rows] = to_device(cols[name])
+        for m, name in enumerate(self.pivot_columns):  # rows of a key share its pivot
+            self.pivots[m, ids] = to_device(cols[name])
         self.present[rows] = 1
         counts = np.bincount(page, minlength=pages).astype(np.int64)
         h_ids = np.asarray(ids.get() if hasattr(ids, "get") else ids)
