@@ -163,8 +163,12 @@ def _sync(engine: str) -> Callable[[], None]:
 
 
 def run_device(query: Any, tables: list[pa.Table], rows: int, engine: str = "cuda",
-               ) -> tuple[float, Collect]:
-    """Stage every source batch first; time only the operators (and the output copy)."""
+               latencies: list[float] | None = None) -> tuple[float, Collect]:
+    """Stage every source batch first; time only the operators (and the output copy).
+
+    With ``latencies``, each batch's time (its operators, watermark and output, up to a
+    device synchronize) is appended there: the synchronize after each batch makes that
+    run's total slower, so it is a separate run."""
     p, out = pipeline(query, engine, tables, rows)
     sync = _sync(engine)
     plan = build_physical(p._sinks, p.backend)
@@ -181,12 +185,16 @@ def run_device(query: Any, tables: list[pa.Table], rows: int, engine: str = "cud
     sync()
     t0 = time.perf_counter()
     for i in range(max(len(bs) for bs in landed)):  # sources interleaved batch by batch
+        t_batch = time.perf_counter()
         for pn, bs in zip(plan.sources, landed, strict=True):
             if i < len(bs):
                 runner.push(pn, bs[i])
                 wm = getattr(pn.op, "current", None)
                 if wm is not None:
                     runner.advance(pn, wm)
+        if latencies is not None:
+            sync()
+            latencies.append(time.perf_counter() - t_batch)
     for pn in plan.sources:
         runner.end(pn)
     sync()
@@ -249,28 +257,40 @@ def main() -> int:
             if ref is not None:
                 check(dev[0][1], ref[1], f"{name} (device)")
                 check(host[0][1], ref[1], f"{name} (host)")
+            lat: list[float] = []
+            run_device(query, tables, args.batch_rows, args.engine, lat)
+            lat_ms = np.array(lat) * 1e3
             t_dev = statistics.median(t for t, _ in dev[1:])
             t_host = statistics.median(t for t, _ in host[1:])
             row = {"case": name, "events": events_in, "device_s": t_dev, "host_s": t_host,
                    "device_Mev_s": events_in / t_dev / 1e6,
                    "host_Mev_s": events_in / t_host / 1e6,
-                   "cpu_s": ref[0] if ref else None, "rows_out": dev[0][1].rows}
+                   "cpu_s": ref[0] if ref else None, "rows_out": dev[0][1].rows,
+                   "batches": len(lat), "batch_p50_ms": float(np.percentile(lat_ms, 50)),
+                   "batch_p99_ms": float(np.percentile(lat_ms, 99))}
             results.append(row)
             print(f"{name:18s} on device {row['device_Mev_s']:8.1f} M ev/s ({t_dev:.3f} s) | "
                   f"from host {row['host_Mev_s']:8.1f} M ev/s ({t_host:.3f} s) | "
-                  f"cpu backend {ref[0] if ref else float('nan'):.3f} s (1 run, incl. JIT)",
-                  flush=True)
+                  f"cpu backend {ref[0] if ref else float('nan'):.3f} s (1 run, incl. JIT) | "
+                  f"batch p50 {row['batch_p50_ms']:.2f} ms, p99 {row['batch_p99_ms']:.2f} ms "
+                  f"({len(lat)} batches, synchronized each)", flush=True)
         except Exception:  # one case failing must not hide the others' figures
             traceback.print_exc()
             results.append({"case": name, "error": traceback.format_exc(limit=3)})
             print(f"{name}: FAILED", flush=True)
+        _save(args, results)  # after each case: a run cut short keeps what it measured
+    _save(args, results)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _save(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """``$OUT/bench_device.json``, where ``OUT`` is set."""
     meta = {"node": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "events": n, "batch_rows": args.batch_rows, "repeat": args.repeat}
+            "events": args.events, "batch_rows": args.batch_rows, "repeat": args.repeat}
     out = os.environ.get("OUT")
     if out:
         Path(out, "bench_device.json").write_text(json.dumps({"meta": meta, "results": results},
                                                              indent=1))
-    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
