@@ -164,15 +164,21 @@ def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash, 
         defer[pos] = i
         return -1
     # the pane's page: a page's start goes from FREE to a pane once in a launch, so a
-    # plain load that shows a start is the truth; a FREE one is claimed by CAS, in page
-    # order by every thread, so one pane never gets two pages
+    # plain load that shows a start is the truth; a FREE one is claimed by CAS, in the
+    # same order by every thread of the pane, so one pane never gets two pages (a page
+    # freed between launches is why the search scans every page before any claim)
+    # Both scans start at the pane's own page of a direct-mapped directory (its index
+    # modulo the pages), where it is found at once unless two open panes share one.
+    home = ((lo - offset) // slide) % pages
     p = -1
-    for q in range(pages):
+    for step in range(pages):
+        q = (home + step) % pages
         if meta[META + q] == lo:
             p = q
             break
     if p < 0:
-        for q in range(pages):
+        for step in range(pages):
+            q = (home + step) % pages
             old = meta[META + q]
             if old == FREE:
                 old = cuda.atomic.cas(meta, META + q, FREE, lo)
