@@ -45,7 +45,7 @@ from numba import float64, int64
 from numba.extending import register_jitable
 
 from gpustream.kernels.hashing import _fmix32, hash_row
-from gpustream.kernels.hashtable import EMPTY, _live_hash
+from gpustream.kernels.hashtable import EMPTY, _keys_equal, _live_hash
 from gpustream.kernels.registry import cuda_kernel
 from gpustream.kernels.windows import window_end, window_start
 
@@ -136,33 +136,33 @@ def _retry(retry, counters, i, why):  # type: ignore[no-untyped-def]
 
 
 @register_jitable
-def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash, t_ready,  # type: ignore[no-untyped-def]
-           t_keys, refs, p_touched, present, late, retry, defer, meta, prog, fvals, valid,
-           pivots, fstate):
-    """Event ``i``'s row (page ``p`` * capacity + key id), or -1 where it is late (flagged
-    and counted), must be retried (listed in ``retry``) or must wait for windows to fire
-    (listed in ``defer``)."""
+def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, epoch, keys, i, t_hash,  # type: ignore[no-untyped-def]
+           t_ready, t_keys, refs, p_touched, present, late, retry, defer, meta, prog, fvals,
+           valid, pivots, fstate):
+    """Event ``i``'s row (page ``p`` * capacity + key id) and whether its key was published
+    in this launch; row -1 where it is late (flagged and counted), must be retried (listed
+    in ``retry``) or must wait for windows to fire (listed in ``defer``)."""
     cap = t_hash.shape[0]
     mask = np.uint64(cap - 1)
     pages = p_touched.shape[0]
     if ts_ok.shape[0] != 0 and not ts_ok[i]:
         late[i] = 1
         cuda.atomic.add(meta, N_LATE, 1)
-        return -1
+        return -1, False
     w = wm[i]
     lo = window_start(ts[i], slide, offset)  # its pane, and its newest window's start
     if window_end(lo, size) <= w:  # its newest window has fired, so have all: late
         late[i] = 1
         cuda.atomic.add(meta, N_LATE, 1)
         cuda.atomic.add(meta, N_DROPPED, nwin)
-        return -1
+        return -1, False
     # its windows that had fired when it came (ends lo + k * slide <= w, k >= 1) must not
     # take it; the pane is shared with them, so it waits until they have fired here too
     fired = (w - lo) // slide if w >= lo else 0
     if fired > 0 and lo + fired * slide > fired_to:
         pos = cuda.atomic.add(meta, N_DEFER, 1)
         defer[pos] = i
-        return -1
+        return -1, False
     # the pane's page: a page's start goes from FREE to a pane once in a launch, so a
     # plain load that shows a start is the truth; a FREE one is claimed by CAS, in the
     # same order by every thread of the pane, so one pane never gets two pages (a page
@@ -187,12 +187,13 @@ def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash, 
                 break
     if p < 0:
         _retry(retry, meta, i, PAGE_SHORT)
-        return -1
+        return -1, False
     # the key's id: find, or claim an empty slot (load before CAS)
     h = _live_hash(hash_row(keys, i))
     s = h & mask
     d = -1
     wait = False
+    fresh = False  # published in this launch: its key words and pivots read coherently
     while True:
         old = t_hash[s]
         if old == EMPTY:
@@ -209,24 +210,34 @@ def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash, 
                         ok = valid[prog[a, 1], i] and x - x == 0.0
                         pivots[prog[a, 5], s] = x if ok else 0.0
                 cuda.threadfence()  # release: the key words and pivots before the flag
-                cuda.atomic.exch(t_ready, s, 1)
+                cuda.atomic.exch(t_ready, s, np.int32(epoch))
                 d = np.int64(s)
+                fresh = True
                 break
             cuda.atomic.add(meta, USED, -1)  # another thread took the slot
         if old == h:
-            if cuda.atomic.add(t_ready, s, 0) == 0:
-                wait = True  # claimed, key words not yet published
-                break
-            # acquire: the flag was read by an atomic; the fence orders the key reads
-            # after it, and they are coherent (never a stale L1 line)
-            cuda.threadfence()
-            if _same_key(t_keys, s, keys, i):
-                d = np.int64(s)
-                break
+            ready = t_ready[s]
+            if ready != 0 and ready != epoch:
+                # published by an earlier launch (a slot is published once): what it wrote
+                # is visible to plain loads here, kernels being ordered
+                if _keys_equal(t_keys, s, keys, i):
+                    d = np.int64(s)
+                    break
+            else:
+                if cuda.atomic.add(t_ready, s, 0) == 0:
+                    wait = True  # claimed, key words not yet published
+                    break
+                # acquire: the flag was read by an atomic; the fence orders the key reads
+                # after it, and they are coherent (never a stale L1 line)
+                cuda.threadfence()
+                if _same_key(t_keys, s, keys, i):
+                    d = np.int64(s)
+                    fresh = True
+                    break
         s = (s + np.uint64(1)) & mask
     if d < 0:
         _retry(retry, meta, i, -1 if wait else KEY_SHORT)
-        return -1
+        return -1, False
     r = p * cap + d
     if present[r] == 0 and cuda.atomic.cas(present, r, np.int32(0), np.int32(1)) == 0:
         k = cuda.atomic.add(meta, META + pages + p, 1)
@@ -234,14 +245,23 @@ def _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash, 
         cuda.atomic.add(refs, d, 1)
         for a in range(prog.shape[0]):  # the row's pivot column: its key's pivot
             if prog[a, 0] == MOMENTS:
-                fstate[prog[a, 6], r] = cuda.atomic.add(pivots, (prog[a, 5], d), 0.0)
+                fstate[prog[a, 6], r] = _pivot(pivots, prog[a, 5], d, fresh)
     if fired > 0:
         cuda.atomic.add(meta, N_DROPPED, fired)
-    return r
+    return r, fresh
 
 
 @register_jitable
-def _fold(prog, ivals, fvals, valid, pivots, i, d, ints, floats, at):  # type: ignore[no-untyped-def]
+def _pivot(pivots, m, d, fresh):  # type: ignore[no-untyped-def]
+    """Key ``d``'s ``m``-th pivot: read coherently where the key was published in this
+    launch (another SM's L1 may hold the line as it was), plainly otherwise."""
+    if fresh:
+        return cuda.atomic.add(pivots, (m, d), 0.0)
+    return pivots[m, d]
+
+
+@register_jitable
+def _fold(prog, ivals, fvals, valid, pivots, i, d, fresh, ints, floats, at):  # type: ignore[no-untyped-def]
     """Fold event ``i`` of key ``d`` into column position ``at`` of ``ints``/``floats`` (a
     page row of the state, or a block's shared-memory slot)."""
     for a in range(prog.shape[0]):
@@ -270,7 +290,7 @@ def _fold(prog, ivals, fvals, valid, pivots, i, d, ints, floats, at):  # type: i
         elif kind == MAX_F:
             cuda.atomic.nanmax(floats, (c1, at), fvals[src, i])
         else:  # MOMENTS, shifted by the key's pivot (read coherently: set by a claim)
-            x = fvals[src, i] - cuda.atomic.add(pivots, (prog[a, 5], d), 0.0)
+            x = fvals[src, i] - _pivot(pivots, prog[a, 5], d, fresh)
             cuda.atomic.add(floats, (c1, at), x)
             cuda.atomic.add(floats, (prog[a, 4], at), x * x)
 
@@ -304,19 +324,21 @@ def _merge(state, c, r, value, how, fill):  # type: ignore[no-untyped-def]
 
 
 @cuda_kernel(
-    "void(int64[::1], boolean[::1], int64[::1], int64, int64, int64, int64, int64, "
+    "void(int64[::1], boolean[::1], int64[::1], int64, int64, int64, int64, int64, int64, "
     "uint64[:, ::1], int64[::1], uint64[::1], int32[::1], uint64[:, ::1], int32[::1], "
     "int32[:, ::1], int32[::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], "
     "boolean[:, ::1], int64[:, ::1], float64[:, ::1], int64[::1], int64[::1], float64[::1], "
     "int64[::1], int64, int8[::1], int64[::1], int64[::1], int64[::1], float64[:, ::1])"
 )
-def fold_panes(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, rows, t_hash,  # type: ignore[no-untyped-def]
+def fold_panes(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, epoch, keys, rows, t_hash,  # type: ignore[no-untyped-def]
                t_ready, t_keys, refs, p_touched, present, prog, ivals, fvals, valid, istate,
                fstate, ifill, fhow, ffill, ihow, preagg, late, retry, defer, meta, pivots):
     """Fold the events ``rows`` of a batch into their panes' pages (a pane is ``slide``
     long: a tumbling window, or the stride of sliding windows of ``nwin`` panes).
 
-    ``fired_to``: the windows ending at or before it have fired here. An event some of
+    ``epoch`` numbers the launch (>= 2): a key slot's ``t_ready`` holds the launch that
+    published it (1: the host's upsert), so a key published by an earlier launch is read
+    with plain loads. ``fired_to``: the windows ending at or before it have fired here. An event some of
     whose windows had fired when it came (its own watermark) but have not yet fired here
     goes to ``defer``: the host fires them, then folds it.
 
@@ -351,15 +373,16 @@ def fold_panes(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, rows, t
         j = tile * bdim + tid
         if j < m:
             i = rows[j]
-            r = _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, keys, i, t_hash,
-                       t_ready, t_keys, refs, p_touched, present, late, retry, defer, meta,
-                       prog, fvals, valid, pivots, fstate)
+            r, fresh = _place(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, epoch, keys,
+                              i, t_hash, t_ready, t_keys, refs, p_touched, present, late,
+                              retry, defer, meta, prog, fvals, valid, pivots, fstate)
             if r >= 0:
                 s = _shared_slot(sh_rows, r) if preagg else -1
                 if s >= 0:
-                    _fold(prog, ivals, fvals, valid, pivots, i, r % cap, sh_i, sh_f, s)
+                    _fold(prog, ivals, fvals, valid, pivots, i, r % cap, fresh, sh_i, sh_f, s)
                 else:
-                    _fold(prog, ivals, fvals, valid, pivots, i, r % cap, istate, fstate, r)
+                    _fold(prog, ivals, fvals, valid, pivots, i, r % cap, fresh, istate, fstate,
+                          r)
         if preagg:
             cuda.syncthreads()
             for s in range(tid, SLOTS, bdim):

@@ -105,6 +105,7 @@ class DevicePanes:
         self.live_count = 0  # rows holding state, as of the last read
         self.rebuilds = 0  # times the map or the pages were re-laid out
         self._buffers: dict[str, Any] = {}
+        self.epoch = 1  # the last launch's number (see :meth:`_next_epoch`)
         #: events :meth:`fold` did not fold because the state would pass MAX_BYTES
         self.stuck: Any = None
 
@@ -242,7 +243,7 @@ class DevicePanes:
             self.meta[K.PAGE_SHORT:K.N_DEFER] = 0
             K.fold_panes[launch_config(int(rows.shape[0]))](
                 ts, ts_ok, wm, self.size, self.slide, self.nwin, self.offset, self.fired_to,
-                keys, rows, self.t_hash, self.t_ready, self.t_keys, self.refs, self.p_touched,
+                self._next_epoch(), keys, rows, self.t_hash, self.t_ready, self.t_keys, self.refs, self.p_touched,
                 self.present, prog, iv, fv, va, self.istate, self.fstate, self.ifill,
                 self.fhow, self.ffill, self.ihow, int(preagg), late, retry, defer, self.meta,
                 self.pivots)
@@ -267,6 +268,11 @@ class DevicePanes:
             with contextlib.suppress(StateTooLarge):  # the next batch finds it short
                 self._rebuild()  # between batches: the next one finds room
         return late, n_late, n_dropped, deferred
+
+    def _next_epoch(self) -> int:
+        """The next launch's number: 2, 3, ... (1 marks slots the host's upsert published)."""
+        self.epoch = 2 if self.epoch >= np.iinfo(np.int32).max else self.epoch + 1
+        return self.epoch
 
     def _arange(self, n: int) -> Any:
         a = self._buffers.get("arange")
