@@ -6,7 +6,10 @@
 
 gpustream runs them as streams (events in batches, watermarks, state evicted as windows
 fire) from in-memory Arrow tables; DuckDB runs the same join in batch over the same
-tables. Each answer (row count and a checksum) is checked against DuckDB's.
+tables. Each answer (row count and a checksum) is checked against DuckDB's. Both run
+side by side in one process (best of ``--repeat``), so a shared machine's load weighs on
+both; the header and footer print the load average (``GPUSTREAM_CPU_THREADS`` sets the
+threads of gpustream's join kernels, as of its windows).
 
     python benchmarks/joins.py --events 10000000 --engine cpu
 """
@@ -108,7 +111,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} {platform.machine()}, {os.cpu_count()} cores, "
-          f"engine {args.engine}, best of {args.repeat}")
+          f"engine {args.engine}, best of {args.repeat}, "
+          f"GPUSTREAM_CPU_THREADS={os.environ.get('GPUSTREAM_CPU_THREADS', 'unset')}, "
+          f"load average {_load()}")
     ev, table = lookup_data(args.events, args.events // 10)
     a, b = window_data(args.events // 2, 100_000)
     for name, ours, theirs, data, n_in in [
@@ -122,6 +127,12 @@ def main() -> None:
         print(f"{name:<12} gpustream {g[0]:7.3f} s ({n_in / g[0] / 1e6:6.2f} M events/s)   "
               f"duckdb {d[0]:7.3f} s ({n_in / d[0] / 1e6:6.2f} M events/s)   "
               f"gpustream/duckdb = {d[0] / g[0]:.2f}x   ({want[0]:,} rows out)")
+    print(f"# load average {_load()}")
+
+
+def _load() -> str:
+    """The 1-, 5- and 15-minute load averages, where the system tells them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
 
 
 if __name__ == "__main__":

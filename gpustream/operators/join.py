@@ -1,11 +1,19 @@
 """Joins of two streams: ``interval_join`` and ``window_join`` (DESIGN.md section 3).
 
-Both buffer each input's rows on the device and pair them by key with a hash join: rows
-are grouped by the 64-bit hash of their key words (:func:`gpustream.kernels.hashing.
-hash_rows`), the buffer sorted by it, each probe row's candidates found by binary search,
-expanded by the count-then-write kernel (:func:`gpustream.kernels.join.expand_pairs`,
-skew-balanced on the GPU) in chunks of bounded size, and kept when their key words are
-equal and their times fit. No per-row Python.
+On the CPU, candidates come from a key -> dense id map
+(:mod:`gpustream.kernels.join_index`): each input's rows are appended, in arrival order,
+to row stores, and chained per key (interval joins), per (key, window) (tumbling and
+sliding window joins) or per session of a key (session window joins). A new row's
+candidates, or a firing window's pairs, are read off those chains: nothing buffered is
+sorted again. Rows that leave (their windows fired, the watermark passed their range)
+are dropped in one compacting pass once they outnumber the rows held.
+
+On the GPU, each input's rows are buffered on the device and paired by a hash join:
+rows are grouped by the 64-bit hash of their key words (:func:`gpustream.kernels.
+hashing.hash_rows`), the buffer sorted by it, each probe row's candidates found by binary
+search, expanded by the count-then-write kernel (:func:`gpustream.kernels.join.
+expand_pairs`, skew-balanced) in chunks of bounded size, and kept when their key words
+are equal and their times fit. No per-row Python on either backend.
 
 Lateness is decided per event from the row's own stream (its watermark as of its
 arrival), and state is evicted by the join's watermark (the smaller of its inputs'),
@@ -13,11 +21,12 @@ so the pairs found never depend on how the streams are cut into batches or inter
 String keys are compared through one dictionary owned by the join.
 
 Checkpoints (:meth:`_JoinBase.snapshot`) hold each input's buffered rows (the columns the
-output needs, their validity, key words and times; a window join's window starts too),
-the inputs' watermarks and ended flags, and as flat numeric arrays the strings of the
-join's key dictionary and of the buffered rows' string columns: the runtime restores
-source dictionaries by column name, which cannot tell two inputs' same-named columns
-apart, so the join carries its own. A snapshot restores on any backend.
+output needs, their validity, key words and times; a window join's window starts too,
+one row per assignment), the inputs' watermarks and ended flags, and as flat numeric
+arrays the strings of the join's key dictionary and of the buffered rows' string
+columns: the runtime restores source dictionaries by column name, which cannot tell two
+inputs' same-named columns apart, so the join carries its own. A snapshot restores on
+any backend.
 """
 
 from __future__ import annotations
@@ -29,14 +38,23 @@ import numpy as np
 import pyarrow as pa
 
 from gpustream.backend import Backend
-from gpustream.batch import Batch
+from gpustream.batch import Batch, physical_dtype
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.kernels.hashing import hash_rows, widen_keys
 from gpustream.kernels.join import expand_pairs
+from gpustream.kernels.join_index import (
+    COMPACT_AFTER,
+    IntervalIndex,
+    SessionIndex,
+    WindowShards,
+    cpu_threads,
+    grown,
+    window_on_time,
+)
 from gpustream.operators.base import TwoInputOperator
 from gpustream.state.table import array_bytes
 
-__all__ = ["IntervalJoinOp", "JoinSpec", "WindowJoinOp", "strings_from_state",
+__all__ = ["IntervalJoinOp", "JoinSpec", "WindowJoinOp", "key_words", "strings_from_state",
            "strings_state", "two_input_state"]
 
 #: candidates expanded at once (bounds the memory of a skewed key's pairs)
@@ -63,8 +81,109 @@ class _Rows:
 
     batch: Batch
     keys: Any   # uint64[K, n]
-    hashes: Any  # uint64[n]
+    hashes: Any  # uint64[n] (device buffers; None on the CPU)
     ts: Any     # int64[n]
+
+
+class _Store:
+    """One input's rows on the host, in arrival order: the columns the join keeps (with
+    their validity) and the event times (the event-time column itself where it is
+    kept), in arrays that grow geometrically and are compacted by the keep masks of
+    the join's index.
+
+    Examples
+    --------
+    >>> b = Batch.from_arrow(pa.record_batch({"x": [1, None, 3], "y": [4, 5, 6]}))
+    >>> st = _Store(["x"], "y")
+    >>> st.append(b, b["y"]), st.append(b, b["y"] - 3)
+    (0, 3)
+    >>> st.compact(np.array([True, True, False, False, True, True]))
+    >>> st.view(pa.schema([("x", pa.int64())])).to_arrow().to_pydict(), st.times().tolist()
+    ({'x': [1, None, None, 3]}, [4, 5, 2, 3])
+    """
+
+    def __init__(self, names: list[str], ts_name: str) -> None:
+        self.names = names
+        #: the column holding the event times: a kept one, or a column of its own
+        self.ts_name = ts_name if ts_name in names else ""
+        self.n = 0
+        self.cols: dict[str, np.ndarray] = {}
+        self.valid: dict[str, np.ndarray] = {}
+
+    def times(self, rows: Any = None) -> np.ndarray:
+        """The stored rows' event times (or those of ``rows``)."""
+        ts = self.cols.get(self.ts_name, np.empty(0, dtype=np.int64))
+        return ts[: self.n] if rows is None else ts[rows]
+
+    def append(self, batch: Batch, ts: Any) -> int:
+        """Append the rows of ``batch`` (its kept columns) with their times; returns the
+        number of the first."""
+        base, m = self.n, batch.num_rows
+        need = base + m
+        values: dict[str, Any] = {name: batch[name] for name in self.names}
+        if not self.ts_name:
+            values[""] = ts
+        for name, v in values.items():
+            col = self.cols.get(name)
+            col = grown(np.empty(0, dtype=v.dtype) if col is None else col, need)
+            col[base:need] = v
+            self.cols[name] = col
+            valid = batch.validity(name) if name else None
+            held = self.valid.get(name)
+            if valid is not None and held is None:
+                held = np.ones(base, dtype=bool)
+            if held is not None:
+                held = grown(held, need)
+                held[base:need] = True if valid is None else valid
+                self.valid[name] = held
+        self.n = need
+        return base
+
+    def compact(self, keep: np.ndarray) -> None:
+        """Keep the rows where ``keep`` (one flag per stored row), in order; give back
+        memory once the arrays are four times what the rows stored since the last
+        compaction needed."""
+        n = int(np.count_nonzero(keep))
+        for group in (self.cols, self.valid):
+            for name, a in group.items():
+                kept = a[: self.n][keep]
+                if a.shape[0] > 4 * max(self.n, COMPACT_AFTER):
+                    a = grown(kept, self.n)
+                else:
+                    a[:n] = kept
+                group[name] = a
+        self.n = n
+
+    def view(self, schema: pa.Schema, rows: Any = None) -> Batch:
+        """The rows held (or the stored ``rows`` given) as a batch of ``schema``."""
+        n = self.n
+        cols = {f.name: np.empty(0, dtype=physical_dtype(f.type, column=f.name))
+                if f.name not in self.cols else self.cols[f.name][:n] if rows is None
+                else self.cols[f.name][rows] for f in schema}
+        valid = {name: v[:n] if rows is None else v[rows] for name, v in self.valid.items()
+                 if name}
+        return Batch(cols, schema, valid)
+
+    def state_bytes(self) -> int:
+        """Bytes of its arrays."""
+        return array_bytes(*self.cols.values(), *self.valid.values())
+
+
+def key_words(columns: list[Any], xp: Any) -> Any:
+    """:func:`~gpustream.kernels.hashing.widen_keys`, without a copy for one contiguous
+    64-bit integer column on the host (a view of it).
+
+    Examples
+    --------
+    >>> col = np.array([5, -1])
+    >>> words = key_words([col], np)
+    >>> words.tolist(), np.shares_memory(words, col)
+    ([[5, 18446744073709551615]], True)
+    """
+    if (len(columns) == 1 and isinstance(columns[0], np.ndarray)
+            and columns[0].dtype in (np.int64, np.uint64) and columns[0].flags.c_contiguous):
+        return columns[0].view(np.uint64)[None, :]
+    return widen_keys(columns, xp)
 
 
 def strings_state(prefix: str, values: pa.Array) -> dict[str, np.ndarray]:
@@ -136,7 +255,7 @@ def two_input_state(op: TwoInputOperator, state: dict[str, Any] | None = None) -
 class _JoinBase(TwoInputOperator):
     #: columns the operator adds after the inputs' (a window join's window bounds)
     added_columns = 0
-    #: each input's buffered rows (left, right)
+    #: each input's buffered rows (left, right) on the GPU
     state: list[_Rows | None]
 
     def __init__(self, spec: JoinSpec, backend: Backend) -> None:
@@ -149,6 +268,11 @@ class _JoinBase(TwoInputOperator):
         self._maps: dict[tuple[int, int], tuple[int, Any]] = {}
         self.late_events = 0
         self.out_dicts: dict[str, StringDictionary] = {}
+        self.state = [None, None]
+        #: each input's rows on the CPU (the join's index holds their row numbers)
+        self.stores = [_Store([f.name for f, _ in self._kept(port)],
+                              spec.left_ts if port == 0 else spec.right_ts) for port in (0, 1)]
+        self._schemas = [pa.schema([f for f, _ in self._kept(port)]) for port in (0, 1)]
 
     # -- keys -----------------------------------------------------------------------------
     def _codes(self, c: int, stream: StringDictionary, codes: Any) -> Any:
@@ -165,7 +289,8 @@ class _JoinBase(TwoInputOperator):
         return mapping[codes]
 
     def _rows(self, port: int, batch: Batch) -> _Rows | None:
-        """The batch's on-time rows with a full key, ready to buffer or probe."""
+        """The batch's on-time rows with a full key, ready to buffer or probe (their key
+        hashes only on the GPU, whose buffers are grouped by them)."""
         xp = self.xp
         names = self.spec.left_on if port == 0 else self.spec.right_on
         ts_name = self.spec.left_ts if port == 0 else self.spec.right_ts
@@ -187,17 +312,18 @@ class _JoinBase(TwoInputOperator):
             if self.spec.string_keys[c]:
                 values = self._codes(c, batch.dictionaries[name], values)
             cols.append(values)
-        keys = widen_keys(cols, xp)
+        keys = widen_keys(cols, xp) if self.on_device else key_words(cols, xp)
         for name, d in batch.dictionaries.items():
             out = name if port == 0 else dict(self.spec.right_cols).get(name)
             if out is not None:
                 self.out_dicts[out] = d
-        return _Rows(batch, keys, hash_rows(keys, self.on_device), batch[ts_name])
+        hashes = hash_rows(keys, True) if self.on_device else None
+        return _Rows(batch, keys, hashes, batch[ts_name])
 
     def _on_time(self, batch: Batch, ts: Any) -> Any:
         raise NotImplementedError
 
-    # -- pairing --------------------------------------------------------------------------
+    # -- pairing (GPU) ----------------------------------------------------------------------
     def _pairs(self, probe: _Rows, build: _Rows, fits: Any) -> list[tuple[Any, Any]]:
         """(probe row, build row) index pairs with equal keys for which ``fits(p, b)``."""
         xp = self.xp
@@ -245,6 +371,22 @@ class _JoinBase(TwoInputOperator):
         dicts = {k: v for k, v in self.out_dicts.items() if k in columns}
         return Batch(columns, self.spec.schema, validity, dicts)
 
+    def _stored(self, port: int) -> Batch:
+        """Input ``port``'s stored rows (CPU) as a batch."""
+        return self.stores[port].view(self._schemas[port])
+
+    def _due_compaction(self, side: int) -> bool:
+        """Whether input ``side``'s stored rows have doubled since they were last
+        compacted (so that compacting costs O(1) per row, amortised)."""
+        return self.stores[side].n >= 2 * self._compacted[side] + COMPACT_AFTER
+
+    def _compact(self, keeps: list[np.ndarray | None]) -> None:
+        """Keep the stored rows of each input where its mask (if any) says."""
+        for side, keep in enumerate(keeps):
+            if keep is not None:
+                self.stores[side].compact(keep)
+                self._compacted[side] = self.stores[side].n
+
     # -- checkpoints ----------------------------------------------------------------------
     def _kept(self, port: int) -> list[tuple[pa.Field, str]]:
         """The buffered columns a checkpoint keeps, as (input field, output name): every
@@ -255,12 +397,23 @@ class _JoinBase(TwoInputOperator):
             return [(schema.field(i), schema.field(i).name) for i in range(n)]
         return [(pa.field(r, schema.field(o).type), o) for r, o in self.spec.right_cols]
 
+    def _index_bytes(self) -> int:
+        raise NotImplementedError
+
     def state_bytes(self) -> int:
-        """Bytes of the rows buffered for both inputs."""
+        """Bytes of the rows buffered for both inputs (and, on the CPU, of the index)."""
+        if not self.on_device:
+            return sum(s.state_bytes() for s in self.stores) + self._index_bytes()
         return sum(array_bytes(*s.batch.columns.values(),
                                *(s.batch.validity(c) for c in s.batch.column_names),
                                s.keys, s.hashes, s.ts)
                    for s in self.state if s is not None) + array_bytes(*getattr(self, "starts", ()))
+
+    def _held(self, port: int) -> tuple[Batch, Any, Any, Any] | None:
+        """Input ``port``'s rows in state: (rows, key words, times, window starts or
+        None), one row per window assignment; None when it holds none."""
+        rows = self.state[port]
+        return None if rows is None else (rows.batch, rows.keys, rows.ts, None)
 
     def snapshot(self) -> dict[str, Any]:
         """Each input's buffered rows, the key dictionary, the watermarks and ended flags
@@ -269,21 +422,29 @@ class _JoinBase(TwoInputOperator):
         for c, d in enumerate(self.dicts):
             if self.spec.string_keys[c]:
                 state.update(strings_state(f"keys.dictionary.{c}", d.values))
-        for port, rows in enumerate(self.state):
-            if rows is None:
+        for port in (0, 1):
+            held = self._held(port)
+            if held is None:
                 continue
+            batch, keys, ts, starts = held
             side = _SIDES[port]
-            state[f"{side}.keys"] = rows.keys
-            state[f"{side}.ts"] = rows.ts
+            state[f"{side}.keys"] = keys
+            state[f"{side}.ts"] = ts
+            if starts is not None:
+                state[f"{side}.starts"] = starts
             for f, out in self._kept(port):
-                state[f"{side}.col.{f.name}"] = rows.batch[f.name]
-                valid = rows.batch.validity(f.name)
+                state[f"{side}.col.{f.name}"] = batch[f.name]
+                valid = batch.validity(f.name)
                 if valid is not None:
                     state[f"{side}.valid.{f.name}"] = valid
                 if out in self.out_dicts:
                     state.update(strings_state(f"{side}.dictionary.{f.name}",
                                                self.out_dicts[out].values))
         return state
+
+    def _load(self, port: int, batch: Batch, keys: Any, ts: Any, starts: Any) -> None:
+        """Take restored rows of input ``port`` into state."""
+        raise NotImplementedError
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (taken on any backend)."""
@@ -293,9 +454,9 @@ class _JoinBase(TwoInputOperator):
                       if is_str else StringDictionary()
                       for c, is_str in enumerate(self.spec.string_keys)]
         self._maps = {}  # stream codes -> the join's: rebuilt from the restored dictionary
+        self._reset()
         for port, side in enumerate(_SIDES):
             if f"{side}.ts" not in state:
-                self.state[port] = None
                 continue
             fields, columns, validity, dicts = [], {}, {}, {}
             for f, out in self._kept(port):
@@ -309,9 +470,16 @@ class _JoinBase(TwoInputOperator):
                     d = StringDictionary(strings_from_state(state, f"{side}.dictionary.{f.name}"))
                     dicts[f.name] = self.out_dicts[out] = d
             keys = self.xp.ascontiguousarray(to_device(state[f"{side}.keys"]))
-            self.state[port] = _Rows(Batch(columns, pa.schema(fields), validity, dicts), keys,
-                                     hash_rows(keys, self.on_device),
-                                     to_device(state[f"{side}.ts"]))
+            starts = state.get(f"{side}.starts")
+            self._load(port, Batch(columns, pa.schema(fields), validity, dicts), keys,
+                       to_device(state[f"{side}.ts"]),
+                       None if starts is None else to_device(starts))
+
+    def _reset(self) -> None:
+        """Empty state (before a restore)."""
+        self.state = [None, None]
+        self.stores = [_Store(s.names, s.ts_name or "") for s in self.stores]
+        self._compacted = [0, 0]  # each input's rows stored after its last compaction
 
 
 _SIDES = ("left", "right")
@@ -341,7 +509,11 @@ class IntervalJoinOp(_JoinBase):
     def __init__(self, spec: JoinSpec, lower: int, upper: int, backend: Backend) -> None:
         super().__init__(spec, backend)
         self.lower, self.upper = lower, upper
-        self.state: list[_Rows | None] = [None, None]
+        self._reset()
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.index = IntervalIndex(len(self.spec.left_on), self.lower, self.upper)
 
     def _on_time(self, batch: Batch, ts: Any) -> Any:
         wm = batch.watermarks
@@ -354,6 +526,23 @@ class IntervalJoinOp(_JoinBase):
         rows = self._rows(port, batch)
         if rows is None:
             return []
+        if self.on_device:
+            return self._process_sorted(port, rows)
+        # this input's rows join their keys' chains; their candidates are the other
+        # input's chains of those keys (appending first changes no candidate)
+        self.stores[port].append(rows.batch, rows.ts)
+        kids = self.index.append(port, rows.keys, rows.ts)
+        out = []
+        other = self._stored(1 - port)
+        for p, b in self.index.probe(port, kids, rows.ts, CHUNK_PAIRS):
+            if p.shape[0]:
+                if port == 0:
+                    out.append(self._emit(rows.batch, p, other, b))
+                else:
+                    out.append(self._emit(other, b, rows.batch, p))
+        return out
+
+    def _process_sorted(self, port: int, rows: _Rows) -> list[Batch]:
         other = self.state[1 - port]
         out = []
         if other is not None:
@@ -375,6 +564,11 @@ class IntervalJoinOp(_JoinBase):
         return out
 
     def on_watermark(self, watermark: int) -> list[Batch]:
+        if not self.on_device:
+            self.index.evict(watermark)
+            if self._due_compaction(0) or self._due_compaction(1):
+                self._compact(list(self.index.compact()))
+            return []
         left, right = self.state
         if left is not None:  # future right rows have ts >= watermark
             self.state[0] = _take(left, left.ts + self.upper >= watermark)
@@ -382,9 +576,31 @@ class IntervalJoinOp(_JoinBase):
             self.state[1] = _take(right, right.ts - self.lower >= watermark)
         return []
 
+    def _index_bytes(self) -> int:
+        return self.index.state_bytes()
+
+    def _held(self, port: int) -> tuple[Batch, Any, Any, Any] | None:
+        if self.on_device:
+            return super()._held(port)
+        keep = self.index.held_rows(port)
+        if not bool(keep.any()):
+            return None
+        rows = np.flatnonzero(keep)
+        return (self.stores[port].view(self._schemas[port], rows),
+                self.index.held_keys(port, keep), self.stores[port].times(rows), None)
+
+    def _load(self, port: int, batch: Batch, keys: Any, ts: Any, starts: Any) -> None:
+        if self.on_device:
+            self.state[port] = _Rows(batch, keys, hash_rows(keys, True), ts)
+            return
+        self.stores[port].append(batch, ts)
+        self.index.append(port, keys, ts)
+
     @property
     def buffered(self) -> int:
         """Rows held in state, both inputs."""
+        if not self.on_device:
+            return self.index.held
         return sum(0 if s is None else s.batch.num_rows for s in self.state)
 
 
@@ -399,8 +615,14 @@ class WindowJoinOp(_JoinBase):
                  backend: Backend) -> None:
         super().__init__(spec, backend)
         self.size, self.slide, self.offset, self.gap = size, slide, offset, gap
-        self.state: list[_Rows | None] = [None, None]
-        self.starts: list[Any] = [None, None]  # per buffered assignment: its window start
+        self._reset()
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.starts: list[Any] = [None, None]  # GPU: per buffered assignment, its window start
+        k = len(self.spec.left_on)
+        self.index: WindowShards | SessionIndex = SessionIndex(k, self.gap) if self.gap else \
+            WindowShards(k, self.size, self.slide, self.offset, cpu_threads())
 
     def _on_time(self, batch: Batch, ts: Any) -> Any:
         xp = self.xp
@@ -409,6 +631,10 @@ class WindowJoinOp(_JoinBase):
             return xp.ones(batch.num_rows, dtype=bool)
         if self.gap:  # sessions: a row below its stream's watermark (it could otherwise
             late = ts < wm  # join a session that has already fired)
+        elif not self.on_device:  # the last window of the row has fired: one pass
+            keep, n_late = window_on_time(ts, wm, self.size, self.slide, self.offset)
+            self.late_events += n_late
+            return keep
         else:  # the last window of the row has fired
             last = ts - (ts - self.offset) % self.slide
             late = last + self.size <= wm
@@ -419,6 +645,13 @@ class WindowJoinOp(_JoinBase):
         self.seen(port)
         rows = self._rows(port, batch)
         if rows is None:
+            return []
+        if not self.on_device:
+            base = self.stores[port].append(rows.batch, rows.ts)
+            if isinstance(self.index, SessionIndex):
+                self.index.insert(port, rows.keys, rows.ts, base)
+            else:
+                self.index.insert(port, rows.keys, rows.ts, rows.batch.watermarks, base)
             return []
         xp = self.xp
         if self.gap:
@@ -439,6 +672,8 @@ class WindowJoinOp(_JoinBase):
         return []
 
     def on_watermark(self, watermark: int) -> list[Batch]:
+        if not self.on_device:
+            return self._fire_index(watermark)
         if self.gap:
             return self._fire_sessions(watermark)
         left, right = self.state
@@ -467,6 +702,24 @@ class WindowJoinOp(_JoinBase):
                     out.append(self._emit(lt.batch, p, rt.batch, b, {
                         "window_start": lst[p], "window_end": lst[p] + self.size}))
         self._drop_fired(watermark)
+        return out
+
+    def _fire_index(self, watermark: int) -> list[Batch]:
+        """CPU: the pairs of every window (session) the watermark closes, off the index's
+        chains; then the rows no window holds any more leave, once they are many."""
+        out = []
+        left, right = self._stored(0), self._stored(1)
+        if isinstance(self.index, SessionIndex):
+            for li, ri, first, end in self.index.fire(watermark, CHUNK_PAIRS):
+                out.append(self._emit(left, li, right, ri,
+                                      {"window_start": first, "window_end": end}))
+        else:
+            def emit(li: Any, ri: Any, start: Any) -> Batch:
+                return self._emit(left, li, right, ri,
+                                  {"window_start": start, "window_end": start + self.size})
+            out = self.index.fire(watermark, CHUNK_PAIRS, emit)
+        self._compact([self.index.compact(side) if self._due_compaction(side) else None
+                       for side in (0, 1)])
         return out
 
     def _drop_fired(self, watermark: int) -> None:
@@ -534,21 +787,40 @@ class WindowJoinOp(_JoinBase):
             self.state[1] = _take(right, ~row_fired[n_left:])
         return out
 
-    def snapshot(self) -> dict[str, Any]:
-        state = super().snapshot()
-        for side, starts in zip(_SIDES, self.starts, strict=True):
-            if starts is not None:
-                state[f"{side}.starts"] = starts
-        return state
+    def _index_bytes(self) -> int:
+        return self.index.state_bytes()
 
-    def restore(self, state: dict[str, Any]) -> None:
-        super().restore(state)
-        self.starts = [None if state.get(f"{side}.starts") is None
-                       else self.backend.to_device(state[f"{side}.starts"]) for side in _SIDES]
+    def _held(self, port: int) -> tuple[Batch, Any, Any, Any] | None:
+        if self.on_device:
+            held = super()._held(port)
+            return None if held is None else (*held[:3], self.starts[port] if not self.gap
+                                              else None)
+        store = self.stores[port]
+        if isinstance(self.index, SessionIndex):
+            rows, keys = self.index.held_rows(port)
+            starts = None
+        else:
+            rows, keys, starts = self.index.held_entries(port)
+        if not rows.shape[0]:
+            return None
+        return store.view(self._schemas[port], rows), keys, store.times(rows), starts
+
+    def _load(self, port: int, batch: Batch, keys: Any, ts: Any, starts: Any) -> None:
+        if self.on_device:
+            self.state[port] = _Rows(batch, keys, hash_rows(keys, True), ts)
+            self.starts[port] = starts
+            return
+        base = self.stores[port].append(batch, ts)
+        if isinstance(self.index, SessionIndex):
+            self.index.insert(port, keys, ts, base)
+        else:  # one assignment per restored row: its window start as saved
+            self.index.insert(port, keys, starts, None, base, nwin=1)
 
     @property
     def buffered(self) -> int:
         """Row assignments held in state, both inputs."""
+        if not self.on_device:
+            return self.index.held
         return sum(0 if s is None else s.batch.num_rows for s in self.state)
 
 

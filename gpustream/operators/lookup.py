@@ -1,11 +1,14 @@
 """Stream-table (lookup) joins: ``Stream.join_table(table, on=..., how=...)``.
 
-The table is read whole from its bounded source when the pipeline starts, built into a
-hash table (:class:`gpustream.state.table.SlotTable`, the same layout on every backend)
-keyed by its key columns, and moved to the device once. Rows later in the source replace
-earlier rows of the same key (upsert order). Each batch of the stream then probes it with
-one kernel (:func:`gpustream.kernels.hashtable.lookup`) and gathers the table's columns
-for the matches: no per-row Python, nothing copied back to the host.
+The table is read whole from its bounded source when the pipeline starts and keyed by
+its key columns. Rows later in the source replace earlier rows of the same key (upsert
+order). On the CPU each key gets a dense id (:class:`gpustream.kernels.join_index.
+KeyIndex`) and the table's columns are held by id: a batch of the stream is one probe
+of the map (prefetching ahead, the key's id is the row to gather) and one gather per
+column. On the GPU the table is a hash table (:class:`gpustream.state.table.SlotTable`)
+moved to the device once, probed by one kernel (:func:`gpustream.kernels.hashtable.
+lookup`); the matches' columns are gathered there: no per-row Python, nothing copied
+back to the host.
 
 String keys are compared by the table's dictionary codes: the stream's codes are mapped
 onto them through an array that grows only when the stream's dictionary does. A row with
@@ -32,8 +35,9 @@ from gpustream.errors import PlanError
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.schema import is_string_type as _is_string
 from gpustream.kernels.hashing import widen_keys
+from gpustream.kernels.join_index import KeyIndex, grown, last_of_each
 from gpustream.operators.base import TwoInputOperator
-from gpustream.operators.join import strings_from_state, strings_state, two_input_state
+from gpustream.operators.join import key_words, strings_from_state, strings_state, two_input_state
 from gpustream.plan import JoinTableNode, join_columns
 from gpustream.state.table import SlotTable, array_bytes
 
@@ -74,18 +78,27 @@ class LookupJoinOp(TwoInputOperator):
         """Read the table and apply its rows as upserts (the last row of a key wins)."""
         self.names = right.names
         self.key_words = len(self.node.right_on)
-        self.table = SlotTable(self.key_words, self.xp, on_device=self.backend.is_device)
-        self.table.add_column("row", np.int64, -1)  # slot -> row of the table's columns
+        self.table = self._new_table()
         empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in right], schema=right)
         first = Batch.from_arrow(empty, self.dicts)
         self.data = {r: self.backend.to_device(first[r]) for r, _ in self.columns}
         self.valid = {r: self.backend.to_device(np.ones(0, dtype=bool)) for r, _ in self.columns}
         #: right columns with a null somewhere (the others need no validity gathered)
         self.has_nulls = {r: False for r, _ in self.columns}
+        #: rows the columns hold (GPU: every row applied; CPU: one per key id)
         self.rows = 0
         for sb in self.node.table.source.open():
             if sb.data.num_rows:
                 self._apply(sb.data)
+
+    def _new_table(self) -> Any:
+        """An empty table: CPU, keys -> dense ids (the ids index the columns); GPU, a
+        slot table whose ``row`` column points into the columns."""
+        if not self.backend.is_device:
+            return _IdTable(self.key_words)
+        table = SlotTable(self.key_words, self.xp, on_device=True)
+        table.add_column("row", np.int64, -1)  # slot -> row of the table's columns
+        return table
 
     def _apply(self, rb: pa.RecordBatch, deletes: Any = None) -> None:
         """Upsert (or, where ``deletes``, delete) the rows of ``rb`` by key, in order."""
@@ -96,6 +109,19 @@ class LookupJoinOp(TwoInputOperator):
         for k in self.node.right_on:
             ok &= _valid(b, k)
         keys = widen_keys([np.asarray(b[k]) for k in self.node.right_on], np)
+        gone = np.zeros(n, dtype=bool) if deletes is None else np.asarray(deletes, dtype=bool)
+        if isinstance(self.table, _IdTable):
+            ids = self.table.upsert(keys, ok)
+            final = np.flatnonzero(last_of_each(ids, self.table.keys.ids_used))
+            at = ids[final]
+            self._fit(self.table.keys.id_capacity)
+            for r, _ in self.columns:
+                self.data[r][at] = np.asarray(b[r])[final]
+                self.valid[r][at] = _valid(b, r)[final]
+                self.has_nulls[r] = self.has_nulls[r] or b.validity(r) is not None
+            self.table.alive[at] = ~gone[final]
+            self.rows = self.table.keys.ids_used
+            return
         rows = np.flatnonzero(ok).astype(np.int64)
         to_device = self.backend.to_device
         slots = self.backend.to_host(self.table.upsert(to_device(keys), to_device(rows))[0])
@@ -104,7 +130,6 @@ class LookupJoinOp(TwoInputOperator):
         last = np.ones(order.shape[0], dtype=bool)
         last[:-1] = slots[order][:-1] != slots[order][1:]
         final = order[last]
-        gone = np.zeros(n, dtype=bool) if deletes is None else np.asarray(deletes, dtype=bool)
         row_ids = np.where(gone[final], -1, self.rows + final)
         self.table.columns["row"][to_device(slots[final])] = to_device(row_ids)
         for r, _ in self.columns:
@@ -112,6 +137,13 @@ class LookupJoinOp(TwoInputOperator):
             self.valid[r] = xp.concatenate([self.valid[r], to_device(_valid(b, r))])
             self.has_nulls[r] = self.has_nulls[r] or b.validity(r) is not None
         self.rows += n
+
+    def _fit(self, n: int) -> None:
+        """CPU: room in the columns (held by key id) for ids below ``n``."""
+        for r, _ in self.columns:
+            self.data[r] = grown(self.data[r], n)
+            self.valid[r] = grown(self.valid[r], n)
+        self.table.alive = grown(self.table.alive, n, False)
 
     def _codes(self, stream: StringDictionary, table: StringDictionary | None, codes: Any) -> Any:
         """The stream's codes of a string key as the table's codes (-1: not in the table).
@@ -171,11 +203,15 @@ class LookupJoinOp(TwoInputOperator):
         if self.node.table.changelog is None:
             return {}
         state = two_input_state(self)
-        slots = self.table.live_slots()
-        rows = self.table.columns["row"][slots]
-        held = rows >= 0  # a deleted key keeps its slot, pointing at no row
-        slots, rows = slots[held], rows[held]
-        state["table.keys"] = self.table.t_keys[:, slots]
+        if isinstance(self.table, _IdTable):
+            rows = self.table.held()
+            state["table.keys"] = self.table.keys.keys_of(rows)
+        else:
+            slots = self.table.live_slots()
+            rows = self.table.columns["row"][slots]
+            held = rows >= 0  # a deleted key keeps its slot, pointing at no row
+            slots, rows = slots[held], rows[held]
+            state["table.keys"] = self.table.t_keys[:, slots]
         for r, _ in self.columns:
             state[f"table.col.{r}"] = self.data[r][rows]
             state[f"table.valid.{r}"] = self.valid[r][rows]
@@ -198,9 +234,11 @@ class LookupJoinOp(TwoInputOperator):
             d.restore(strings_from_state(state, f"table.dictionary.{name}"))
         keys = xp.ascontiguousarray(to_device(state["table.keys"]))
         n = int(keys.shape[1])
-        self.table = SlotTable(self.key_words, xp, on_device=self.backend.is_device)
-        self.table.add_column("row", np.int64, -1)
-        if n:
+        self.table = self._new_table()
+        if isinstance(self.table, _IdTable):
+            self.table.upsert(keys, None)  # a new map: the keys get ids 0 .. n-1
+            self.table.alive = np.ones(n, dtype=bool)
+        elif n:
             ids = to_device(np.arange(n, dtype=np.int64))
             slots, _ = self.table.upsert(keys, ids)
             self.table.columns["row"][slots] = ids
@@ -228,11 +266,15 @@ class LookupJoinOp(TwoInputOperator):
                 values = xp.where(valid, values, xp.zeros((), dtype=values.dtype))
                 missing = ~valid if missing is None else missing | ~valid
             cols.append(values)
-        slots = self.table.find(widen_keys(cols, xp))
-        if missing is not None:
-            slots = xp.where(missing, -1, slots)
-        # slot -1 reads the last slot's row, overwritten by the where
-        rows = xp.where(slots >= 0, self.table.columns["row"][slots], -1)
+        keys = widen_keys(cols, xp) if self.backend.is_device else key_words(cols, xp)
+        if isinstance(self.table, _IdTable):  # the key's id is its row of the columns
+            rows = self.table.find(keys, None if missing is None else ~missing)
+        else:
+            slots = self.table.find(keys)
+            if missing is not None:
+                slots = xp.where(missing, -1, slots)
+            # slot -1 reads the last slot's row, overwritten by the where
+            rows = xp.where(slots >= 0, self.table.columns["row"][slots], -1)
         matched: Any = rows >= 0
         if self.inner:  # every kept row matched: no validity from the match
             if not bool(matched.all()):
@@ -265,3 +307,36 @@ class LookupJoinOp(TwoInputOperator):
 def _valid(b: Batch, name: str) -> np.ndarray:
     v = b.validity(name)
     return np.ones(b.num_rows, dtype=bool) if v is None else np.asarray(v)
+
+
+class _IdTable:
+    """The CPU's table: keys -> dense ids (the ids index the table's columns), and which
+    ids hold a row (a deleted key keeps its id, holding none)."""
+
+    def __init__(self, key_words: int) -> None:
+        self.keys = KeyIndex(key_words)
+        self.alive = np.zeros(0, dtype=bool)
+
+    @property
+    def live_count(self) -> int:
+        """Keys held (deleted ones too)."""
+        return self.keys.count
+
+    def upsert(self, keys: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Ids of the keys (new ones for new keys; -1 where ``valid`` is False). A
+        table's rows are mostly distinct keys: the map grows once for them all."""
+        self.keys.reserve(keys.shape[1])
+        return self.keys.upsert(keys, valid)[0]
+
+    def find(self, keys: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Ids of the keys that hold a row, else -1 (and where ``valid`` is False)."""
+        return self.keys.find(keys, valid, self.alive)
+
+    def held(self) -> np.ndarray:
+        """The ids holding a row, ascending."""
+        ids = self.keys.alive()
+        return ids[self.alive[ids]]
+
+    def state_bytes(self) -> int:
+        """Bytes of the map and the flags."""
+        return self.keys.state_bytes() + int(self.alive.nbytes)
