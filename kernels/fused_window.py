@@ -197,24 +197,25 @@ class FusedAgg:
     source: int | None = None
 
 
-def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str], list[str],
+def _update_lines(j: int, agg: FusedAgg, ref: dict[str, str]) -> tuple[list[str], list[str],
                                                                    list[str], list[str]]:
     """Lines of aggregation ``j``: run when a slot is created; loading the slot's fields
-    into locals; folding event ``i`` into them; storing them back.
+    into locals; folding event ``i`` into them; storing them back. ``ref`` gives each
+    column's element of the slot as source text (``C3[s]``).
 
     Every aggregation loads before any stores: the columns may share memory (a packed
     table's rows), so a store between loads would make the compiler reload the fields
     after it.
     """
     names = list(agg.columns) + ([agg.counts] if agg.counts else [])
-    c = [col[name] for name in names]
+    c = [ref[name] for name in names]
     f = [f"f{j}_{k}" for k in range(len(c))]
     v = j if agg.source is None else agg.source
     ok, x = f"ok{v}", f"x{v}"  # loaded once per event by _input_lines
     kind = agg.kind
     init: list[str] = []
-    loads = [f"{f[k]} = {c[k]}[s]" for k in range(len(c))]
-    stores = [f"{c[k]}[s] = {f[k]}" for k in range(len(c))]
+    loads = [f"{f[k]} = {c[k]}" for k in range(len(c))]
+    stores = [f"{c[k]} = {f[k]}" for k in range(len(c))]
     if kind == "count":
         fold = [f"{f[0]} += 1"]
     elif kind in ("count_valid", "sum", "min", "max", "moments"):
@@ -225,7 +226,7 @@ def _update_lines(j: int, agg: FusedAgg, col: dict[str, str]) -> tuple[list[str]
             cmp = "<" if kind == "min" else ">"
             fold += [f"    if {x} {cmp} {f[0]}:", f"        {f[0]} = {x}"]
         elif kind == "moments":
-            init = [f"{c[2]}[s] = {x} if {ok} and np.isfinite({x}) else 0.0"]
+            init = [f"{c[2]} = {x} if {ok} and np.isfinite({x}) else 0.0"]
             fold += [f"    d{j} = {x} - {f[2]}", f"    {f[0]} += d{j}",
                      f"    {f[1]} += d{j} * d{j}"]
             del stores[2]  # the pivot is only read
@@ -248,28 +249,35 @@ def _input_lines(aggs: tuple[FusedAgg, ...]) -> list[str]:
     return lines
 
 
-def _key_lines(n_keys: int, var: str) -> list[str]:
-    """Event ``i``'s key words ``w{c}`` (0 where null) and null bits ``nb``, then ``var``
-    as the hash over them (not finished: the window start may follow)."""
+def _word_lines(n_keys: int) -> list[str]:
+    """Event ``i``'s key words ``w{c}`` (0 where null) and null bits ``nb``."""
     lines = ["nb = ZERO"]
     for c in range(n_keys):
         lines += [f"w{c} = K{c}[i]",
                   f"if K{c}ok.shape[0] != 0 and not K{c}ok[i]:",
                   f"    w{c} = ZERO",
                   f"    nb |= np.uint64({1 << c})"]
+    return lines
+
+
+def _key_lines(n_keys: int, var: str) -> list[str]:
+    """Event ``i``'s key words ``w{c}`` (0 where null) and null bits ``nb``, then ``var``
+    as the hash over them (not finished: the window start may follow)."""
+    lines = _word_lines(n_keys)
     lines.append(f"{var} = SEED64")
     lines += [f"{var} = _mix_word({var}, {wd})" for wd in [*(f"w{c}" for c in range(n_keys)), "nb"]]
     return lines
 
 
-def _probe_lines(slot: str, hashes: str, same: str) -> list[str]:
-    """Linear probing from ``slot`` for hash ``h`` whose key words satisfy ``same``: sets
-    ``found`` (``slot`` then holds the key) or stops at an empty slot, remembering the
-    first freed one met in ``tomb`` (-1: none) for an insert to reuse."""
+def _probe_lines(slot: str, stored: str, same: str) -> list[str]:
+    """Linear probing from ``slot`` for hash ``h`` (``stored``: the hash held by ``slot``,
+    as source text) whose key words satisfy ``same``: sets ``found`` (``slot`` then holds
+    the key) or stops at an empty slot, remembering the first freed one met in ``tomb``
+    (-1: none) for an insert to reuse."""
     return ["tomb = np.int64(-1)",
             "found = False",
             "while True:",
-            f"    th = {hashes}[{slot}]",
+            f"    th = {stored}",
             "    if th == EMPTY:",
             "        break",
             f"    if th == h and {same}:",
@@ -280,15 +288,16 @@ def _probe_lines(slot: str, hashes: str, same: str) -> list[str]:
             f"    {slot} = ({slot} + ONE) & mask"]
 
 
-def _agg_blocks(aggs: tuple[FusedAgg, ...], col: dict[str, str]) -> tuple[list[str], list[str]]:
-    """Every aggregation's lines for a new slot ``s``, and its loads, folds and stores of
-    event ``i`` into slot ``s`` (all loads before any store: see :func:`_update_lines`)."""
+def _agg_blocks(aggs: tuple[FusedAgg, ...], ref: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Every aggregation's lines for a new slot, and its loads, folds and stores of event
+    ``i`` into the slot (all loads before any store: see :func:`_update_lines`); ``ref``
+    gives each column's element of the slot as source text."""
     init: list[str] = []
     loads: list[str] = []
     folds: list[str] = []
     stores: list[str] = []
     for j, agg in enumerate(aggs):
-        new, load, fold, store = _update_lines(j, agg, col)
+        new, load, fold, store = _update_lines(j, agg, ref)
         init += new
         loads += load
         folds += fold
@@ -362,7 +371,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "            ws = np.uint64(st)",
           "            h = _finish(_mix_word(hk, ws))",
           "            s = h & mask"]
-    L += ["            " + line for line in _probe_lines("s", "t_hash", same)]
+    L += ["            " + line for line in _probe_lines("s", "t_hash[s]", same)]
     L += ["            if not found:",
           "                if tomb >= 0:",
           "                    s = np.uint64(tomb)"]
@@ -377,7 +386,7 @@ def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
           "                created += 1",
           f"                {col['__wend']}[s] = end",
           f"                {col['__ontime']}[s] = 1"]
-    init, body = _agg_blocks(aggs, col)
+    init, body = _agg_blocks(aggs, {name: f"{c}[s]" for name, c in col.items()})
     L += ["                " + line for line in init]
     L += ["            " + line for line in body]
     L += ["        if not any_open:",

@@ -109,7 +109,8 @@ def test_a_second_process_loads_every_kernel_from_the_cache(tmp_path: Path) -> N
     first = _run(tmp_path)
     assert first["cache"] is True
     hits, misses = _totals(first)
-    assert hits == 0 and misses >= 8, first["stats"]  # fused loops, emit, hashes, pops, scans
+    # the fused loop, its hash-and-shard pass, emit, pops, scans (the loop hashes no more)
+    assert hits == 0 and misses >= 7, first["stats"]
     assert _totals(first, generated=True)[1] >= 2  # the query's generated loops compiled
     assert first["first"]["phases"][0] == NOTICE
     # still said while the first batch fires its windows (the emit loop compiles then)
@@ -160,7 +161,7 @@ def test_an_unwritable_cache_folder_compiles_in_memory(tmp_path: Path) -> None:
     report = _run(blocker / "cache")  # cannot be created, not even by root
     assert report["cache"] is False
     hits, misses = _totals(report)
-    assert hits == 0 and misses >= 8
+    assert hits == 0 and misses >= 7  # as in the test above
     assert report["first"]["phases"][0] == NOTICE_NO_CACHE
     assert report["first"]["rows"] == report["again"]["rows"]
     assert len(report["first"]["rows"]) == 37 * 40  # 37 keys, 40 s of 1 s windows

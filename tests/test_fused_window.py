@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gpustream as gs
 import gpustream.kernels.fused_dense as fused_dense
@@ -348,3 +350,71 @@ def test_a_packed_table_snapshots_its_declared_dtypes() -> None:
     assert snap["table.col.__rev"].dtype == np.int32
     assert snap["table.col.__ontime"].dtype == np.int8
     assert sorted(snap["table.col.n.n"].tolist()) == [1, 2]
+
+
+def _keyed_events(seed: int, n: int, keys: int, null_keys: float, span: int,
+                  disorder: int) -> pa.Table:
+    """``n`` events of ``keys`` int64 keys (a share ``null_keys`` of them null) and a
+    second key column, ``disorder`` ms out of order for 30 % of them, 10 % null values."""
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.integers(disorder, disorder + span, n)) - rng.integers(
+        0, disorder + 1, n) * (rng.random(n) < 0.3)  # >= 0: see the test below
+    return pa.table({
+        "k": pa.array(rng.integers(-keys, keys, n), mask=rng.random(n) < null_keys),
+        "g": pa.array(rng.integers(0, 3, n).astype(np.int16)),
+        "ts": ts.astype(np.int64),
+        "v": pa.array(rng.normal(100, 20, n), mask=rng.random(n) < 0.1),
+        "q": pa.array(rng.integers(-50, 50, n).astype(np.int32), mask=rng.random(n) < 0.1)})
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 1500), keys=st.sampled_from([1, 7, 400]),
+       null_keys=st.sampled_from([0.0, 0.2]), disorder=st.sampled_from([0, 300, 5000]),
+       batch_rows=st.integers(1, 1600), chunk=st.sampled_from([16, 100, 1 << 16]),
+       threads=st.sampled_from(["1", "2", "4"]), sliding=st.booleans(),
+       two_keys=st.booleans())
+def test_any_batching_and_chunking_gives_the_separate_kernels_rows(
+        seed: int, n: int, keys: int, null_keys: float, disorder: int, batch_rows: int,
+        chunk: int, threads: str, sliding: bool, two_keys: bool) -> None:
+    """Whatever the batches, the chunks the loop fires between and the shards: the same
+    rows, in the same order (but for null keys, which may come before or after the key 0),
+    with the same bits, and the same late events, as the separate kernels (which
+    test_windows.py checks against pandas).
+
+    Event times are not negative: a firing emits its windows by their ends compared
+    unsigned, so a window ending before 0 comes after the others of its firing, and the
+    fused loop (which fires inside batches) and the separate kernels (after each batch)
+    then order it differently."""
+    table = _keyed_events(seed, n, keys, null_keys, span=20_000, disorder=disorder)
+    assigner = gs.Sliding(3000, 1000) if sliding else gs.Tumbling(2000, offset=500)
+    key_cols = ("k", "g") if two_keys else ("k",)
+    aggs = {"n": count(), "sv": gs.col("v").sum(), "lo": gs.col("q").min(),
+            "hi": gs.col("v").max(), "m": gs.col("v").mean(), "sd": gs.col("q").std()}
+
+    def run(fused: bool) -> tuple[pd.DataFrame, pa.Table]:
+        with pytest.MonkeyPatch.context() as m:
+            m.setenv("GPUSTREAM_CPU_THREADS", threads)
+            m.setattr(fused_mod, "FUSED_CHUNK", chunk)
+            if not fused:
+                m.setattr(fused_mod, "fusable", lambda spec, backend: False)
+            p = gs.Pipeline(engine="cpu")
+            s = p.source(gs.from_arrow(table, batch_rows=batch_rows), event_time="ts",
+                         watermark=gs.Watermark.bounded(700))
+            w = s.key_by(*key_cols).window(assigner, name="w").agg(**aggs)
+            out: list[pa.RecordBatch] = []
+            late: list[pa.RecordBatch] = []
+            w.sink(gs.to_callback(out.append))
+            w.late.sink(gs.to_callback(late.append))
+            p.run()
+        rows = (pa.Table.from_batches(out) if out else w.schema.empty_table()).to_pandas()
+        return rows, (pa.Table.from_batches(late) if late
+                      else table.schema.empty_table()).combine_chunks()
+
+    (got, late), (want, want_late) = run(True), run(False)
+    if not null_keys:  # the emitted order too (a null key and the key 0 in either order)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    by = ["window_end", "window_start", *key_cols]
+    pd.testing.assert_frame_equal(got.sort_values(by).reset_index(drop=True),
+                                  want.sort_values(by).reset_index(drop=True), check_exact=True)
+    assert late.equals(want_late)
+

@@ -5,18 +5,22 @@ per-batch work done by the generated one-pass loop of
 :mod:`gpustream.kernels.fused_window` (window assignment, hashing, find-or-insert and
 every aggregate in one pass over the events), for windows without allowed lateness whose
 aggregations that loop folds. The state is split into shards by the top bits of a hash
-of the key (without the window), one state table per shard; each batch's events are
-listed per shard, and each shard's loop runs on its own thread over its events in
-arrival order (numba releases the GIL), so a key always lives in one shard and is
-updated in arrival order: results are exactly the separate kernels' (tested), whatever
-the number of shards.
+of the key (without the window), one state table per shard; each chunk of a batch's
+events is hashed and listed per shard in one pass
+(:class:`~gpustream.kernels.fused_dense.EventShards`, the hashes kept for the loops),
+and each shard's loop runs on its own thread over its events in arrival order (numba
+releases the GIL), so a key always lives in one shard and is updated in arrival order:
+results are exactly the separate kernels' (tested), whatever the number of shards.
 
 Tumbling and sliding windows keep each shard's state in pages
 (:mod:`gpustream.state.window_pages`: a key table shared by all windows, one page of rows
 per open window), read by the loop of :mod:`gpustream.kernels.fused_dense` (a sliding
 window's event finds its key once, then folds into a row in each of its windows' pages);
 where too many windows are open at once the state moves to the (key, window) table
-(:meth:`FusedWindowAggOp._unpage`).
+(:meth:`FusedWindowAggOp._unpage`). Sliding windows are not kept as panes (one row per
+gcd(size, slide) that windows combine when they fire): a window's float sums and moments
+would then add its panes' partial sums, not its events one by one, and differ in the
+last bits from the separate kernels' (and the checkpoints they restore).
 
 Windows fire inside a batch as soon as a chunk of events has moved the watermark past
 their end, which keeps the tables (and their cache footprint) small. Each shard logs the
@@ -35,7 +39,7 @@ import numpy as np
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
-from gpustream.kernels.fused_dense import dense_window_kernel
+from gpustream.kernels.fused_dense import EventShards, dense_window_kernel
 from gpustream.kernels.fused_emit import EmitAgg, emit_kernel, run_order
 from gpustream.kernels.fused_window import (
     FUSED_KINDS,
@@ -186,7 +190,7 @@ class _Shard:
         self.log: dict[int, list[Any]] = {}  # window end -> slots created for it
         self.new_ends: list[Any] = []  # ends of windows given slots since last noted
         #: the state in pages (windows of ``size``), else in ``table``
-        self.pages = None if size is None else WindowPages(table, n_keys)
+        self.pages = None if size is None else WindowPages(table, n_keys, size)
         self.size = size
         self.stopped_at: int | None = None  # where a paged fold stopped for want of pages
         self.dropped = 0  # (event, window) pairs dropped by this shard's folds, to collect
@@ -218,8 +222,7 @@ class _Shard:
         words (``uint64[n, K]``) and output order (:func:`run_order`; the row's window
         end at position ``end_field``), or None where none is due."""
         if self.pages is not None:
-            assert self.size is not None
-            popped = self.pages.pop_due(watermark, self.size)
+            popped = self.pages.pop_due(watermark)
             if popped is None:
                 return None
             rows, keys = popped  # already in output order
@@ -282,8 +285,10 @@ class FusedWindowAggOp(WindowAggOp):
         self.column_names = tuple(self.table.columns)
         columns = tuple((name, _fill_source(*fills[name])) for name in self.column_names)
         self.kernel = fused_window_kernel(len(spec.keys), tuple(aggs), columns, self.nwin == 1)
-        self.paged_kernel = (dense_window_kernel(len(spec.keys), tuple(aggs), columns,
-                                                 self.nwin == 1) if self.paged else None)
+        pages = self.shards[0].pages
+        self.paged_kernel = (None if pages is None else dense_window_kernel(
+            len(spec.keys), tuple(aggs), pages.fields(), pages.width, self.nwin == 1))
+        self._hashes: Any = None  # the key hash of each event of the batch in process
         self.shard_bits = len(self.shards).bit_length() - 1  # shards: a power of 2
         self._setup_emit()
 
@@ -348,31 +353,31 @@ class FusedWindowAggOp(WindowAggOp):
                                 tuple(p for p, _ in pos), tuple(f for _, f in pos)))
             self.out_dtypes.append(dtype)
         self.end_field = field("__wend")[0]
-        self.emit = emit_kernel(tuple(aggs), self.end_field)
+        self.emit_aggs = tuple(aggs)
 
     # -- folding --------------------------------------------------------------------------
-    def _arguments(self, batch: Batch) -> tuple[list[Any], list[Any], Any, Any]:
-        """The loop's leading and trailing arguments, the watermarks, and the key words
-        (``uint64[K + 1, n]``: key columns, null bits) that place events in shards."""
+    def _arguments(self, batch: Batch) -> tuple[list[Any], list[Any], Any, tuple[Any, ...],
+                                                tuple[Any, ...]]:
+        """The loop's leading and trailing arguments, the watermarks, and the key columns
+        as uint64 words with their validity (empty: no nulls), which place events in
+        shards."""
         spec = self.spec
-        n = batch.num_rows
         ts, ts_valid, wm = self._event_times(batch)
         head: list[Any] = [ts, _NO_BOOL if ts_valid is None else ts_valid, wm, spec.size,
                            spec.slide, spec.offset, self.nwin]
         tail: list[Any] = []
-        words = np.empty((len(spec.keys) + 1, n), dtype=np.uint64)  # keys, null bits
-        words[-1] = 0
-        for c, name in enumerate(spec.keys):
+        keys: list[Any] = []
+        valids: list[Any] = []
+        for name in spec.keys:
             valid = batch.validity(name)
             values = batch[name]
             if values.dtype.kind in "iu" and values.dtype.itemsize == 8:
-                words[c] = values.view(np.uint64)
+                word = np.ascontiguousarray(values).view(np.uint64)  # no copy
             else:
-                words[c] = widen_keys([values], np)[0]
-            if valid is not None:
-                words[c][~valid] = 0
-                words[-1] |= (~valid).astype(np.uint64) << np.uint64(c)
-            tail += [words[c], _NO_BOOL if valid is None else valid]
+                word = np.ascontiguousarray(widen_keys([values], np)[0], dtype=np.uint64)
+            keys.append(word)  # a null's word is ignored: the loops read the validity
+            valids.append(_NO_BOOL if valid is None else np.ascontiguousarray(valid))
+            tail += [word, valids[-1]]
         inputs = self._inputs(batch)
         for i, st in enumerate(self.states):
             col = inputs[i]
@@ -382,14 +387,13 @@ class FusedWindowAggOp(WindowAggOp):
             dtype = getattr(st, "dtype", np.float64)
             tail += [np.ascontiguousarray(col.values.astype(dtype, copy=False)),
                      _NO_BOOL if col.valid is None else col.valid]
-        return head, tail, wm, words
+        return head, tail, wm, tuple(keys), tuple(valids)
 
-    def _events(self, shard: Any, pos: int, stop: int) -> list[Any]:
-        """Each shard's events among ``pos:stop`` (ascending), from each event's shard."""
-        if not self.shard_bits:
-            return [np.arange(pos, stop, dtype=np.int64)]
-        part = shard[pos:stop]
-        return [np.flatnonzero(part == k) + pos for k in range(len(self.shards))]
+    @staticmethod
+    def _events(shards: EventShards, pos: int, n: int) -> list[Any]:
+        """Each shard's events of the chunk from ``pos`` (ascending), their key hashes
+        computed."""
+        return shards.take(min(pos, n), min(n, pos + FUSED_CHUNK))
 
     def _fold(self, k: int, head: list[Any], tail: list[Any], events: Any, late: Any,
               fire_at: int | None) -> tuple[Any, Any, Any] | None:
@@ -428,7 +432,6 @@ class FusedWindowAggOp(WindowAggOp):
         their memory bound it stops, noting where in ``stopped_at`` (see :meth:`_unpage`)."""
         pages = shard.pages
         assert pages is not None and self.paged_kernel is not None
-        size = head[3]
         pos, stop = 0, int(events.shape[0])
         counts = np.zeros(5, dtype=np.int64)
         need_page = False
@@ -439,15 +442,14 @@ class FusedWindowAggOp(WindowAggOp):
                     return None
                 need_page = False
                 continue
-            pos = self.paged_kernel(*head, events, pos, stop, pages.room(),
+            pos = self.paged_kernel(*head, events, pos, stop, pages.room(), self._hashes,
                                     *tail, *pages.key_table, *pages.page_arrays,
-                                    *[pages.columns[name] for name in self.column_names],
-                                    late, counts)
+                                    *pages.words, late, counts)
             pages.used += int(counts[1])
             pages.live_keys += int(counts[2])
             need_page = bool(counts[3])
             shard.dropped += int(counts[4])
-        shard.new_ends.append(pages.open_ends(size))
+        shard.new_ends.append(pages.open_ends())
         return None if fire_at is None else shard.pop_due(fire_at, self.end_field)
 
     def _fold_then_emit(self, head: list[Any], tail: list[Any], events: Any, late: Any,
@@ -469,14 +471,15 @@ class FusedWindowAggOp(WindowAggOp):
         n = batch.num_rows
         if n == 0:
             return []
-        head, tail, wm, words = self._arguments(batch)
-        shard = key_shards(words, self.shard_bits)
+        head, tail, wm, keys, valid = self._arguments(batch)
+        shards = EventShards(keys, valid, self.shard_bits, n)
+        self._hashes = shards.hashes
         late = np.zeros(n, dtype=np.int8)  # each shard sets its own events' flags
         pool = _pool() if len(self.shards) > 1 else None
         out: list[Batch] = []
         ready: list[tuple[Any, Any, Any] | None] | None = None  # popped, to build
         pos = 0
-        events = self._events(shard, 0, min(n, FUSED_CHUNK))
+        events = self._events(shards, 0, n)
         while pos < n:
             stop = min(n, pos + FUSED_CHUNK)
             # wm[stop] is the watermark after every event before ``stop``: the windows it
@@ -486,7 +489,7 @@ class FusedWindowAggOp(WindowAggOp):
             chunk = events
             if pool is None:
                 popped = [self._fold(0, head, tail, events[0], late, fire_at)]
-                events = self._events(shard, stop, min(n, stop + FUSED_CHUNK))
+                events = self._events(shards, stop, n)
             else:
                 # the last shard's thread then builds the rows the last chunk fired, while
                 # this thread lists the next chunk's events: the load stays even
@@ -495,7 +498,7 @@ class FusedWindowAggOp(WindowAggOp):
                 last = pool.submit(self._fold_then_emit, head, tail, events[-1], late, fire_at,
                                    ready)
                 first = self._fold(0, head, tail, events[0], late, fire_at)
-                events = self._events(shard, stop, min(n, stop + FUSED_CHUNK))
+                events = self._events(shards, stop, n)
                 popped_last, emitted = last.result()
                 out.extend(emitted)
                 ready = None
@@ -511,6 +514,7 @@ class FusedWindowAggOp(WindowAggOp):
                     ready = popped
         if ready is not None:
             out.extend(self._emit_popped(ready))
+        self._hashes = None
         self.seq += n
         self._late_rows(batch, late.view(np.bool_), self._collect_dropped())
         return out
@@ -564,8 +568,9 @@ class FusedWindowAggOp(WindowAggOp):
             outs.append(np.empty(m, dtype=dtype))
             if st.agg.kind not in ("count", "count_valid"):
                 outs.append(np.empty(m, dtype=np.bool_))
-        self.emit(tuple(p[0] for p in parts), tuple(p[0].view(np.float64) for p in parts),
-                  tuple(p[1] for p in parts), tuple(p[2] for p in parts), k, words, ends, *outs)
+        runs = [a for rows, keys, order in parts
+                for a in (rows, rows.view(np.float64), keys, order)]
+        emit_kernel(self.emit_aggs, self.end_field, len(parts))(*runs, k, words, ends, *outs)
         columns: dict[str, Any] = {}
         validity: dict[str, Any] = {}
         nulls = words[k].view(np.int64)
