@@ -31,7 +31,6 @@ live slots together), so a checkpoint restores on either path and on the GPU.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +48,7 @@ from gpustream.kernels.fused_window import (
     key_shards,
 )
 from gpustream.kernels.hashing import widen_keys
+from gpustream.kernels.join_index import cpu_threads
 from gpustream.operators.window import I64_MAX, I64_MIN, WindowAggOp, WindowSpec
 from gpustream.state.aggstate import AggState, make_state
 from gpustream.state.table import SlotTable
@@ -100,14 +100,7 @@ def shard_count() -> int:
     >>> shard_count() in (1, 2, 4)
     True
     """
-    env = os.environ.get("GPUSTREAM_CPU_THREADS")
-    if env:
-        n = int(env)
-        if n not in (1, 2, 4):
-            raise ValueError(f"GPUSTREAM_CPU_THREADS must be 1, 2 or 4, got {env!r}")
-        return n
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 2 if (cores or 1) >= 2 else 1
+    return cpu_threads()  # one setting for the window and join kernels
 
 
 def fusable(spec: WindowSpec, backend: Backend) -> bool:
