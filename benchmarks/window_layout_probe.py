@@ -4,8 +4,8 @@ An experiment, not the engine: on the data of ``window_agg.py`` (1 s tumbling wi
 count/sum/min/max/mean per key), one thread folds every event and pops the windows the
 watermark passed every 65,536 events, two ways:
 
-- ``fused loop``: the engine's fused CPU loop (:mod:`gpustream.kernels.fused_window`),
-  one shard, through :class:`~gpustream.operators.window_fused.FusedWindowAggOp`; the
+- ``fused loop``: the engine's fused CPU loop (:mod:`gpustream.kernels.fused_dense`),
+  one shard, through :class:`~gpustream.state.store_cpu_panes.CpuPaneStore`; the
   time of its folds and pops only (no output rows);
 - ``dense probe``: a sketch of the layout the next step would build: a key -> id hash
   table shared by all windows (it stays in cache), and per open window a dense block of
@@ -132,10 +132,10 @@ def dense_probe(key: Any, ts: Any, v: Any, wm: Any, keys: int) -> tuple[float, i
 def fused_loop(table: Any) -> float:
     """Seconds the engine's fused loop spends folding and popping, on one thread."""
     import gpustream as gs
-    import gpustream.operators.window_fused as wf
+    import gpustream.state.store_cpu_panes as wf
 
     spent = [0.0]
-    fold = wf.FusedWindowAggOp._fold
+    fold = wf.CpuPaneStore._fold
 
     def timed(self: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def fused_loop(table: Any) -> float:
         spent[0] += time.perf_counter() - t0
         return out
 
-    wf.FusedWindowAggOp._fold = timed  # type: ignore[method-assign]
+    wf.CpuPaneStore._fold = timed  # type: ignore[method-assign]
     os.environ["GPUSTREAM_CPU_THREADS"] = "1"
     try:
         p = gs.Pipeline("probe", engine="cpu")
@@ -154,7 +154,7 @@ def fused_loop(table: Any) -> float:
             hi=gs.col("v").max(), avg=gs.col("v").mean()).sink(gs.to_callback(lambda b: None))
         p.run()
     finally:
-        wf.FusedWindowAggOp._fold = fold  # type: ignore[method-assign]
+        wf.CpuPaneStore._fold = fold  # type: ignore[method-assign]
     return spent[0]
 
 

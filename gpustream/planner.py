@@ -92,7 +92,7 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
               memo: dict[int, pa.Schema]) -> Operator:
     # operators with kernels load numba only now, when a plan is built
     from gpustream.operators.watermark import WatermarkOp
-    from gpustream.operators.window_fused import window_operator
+    from gpustream.operators.window import WindowAggOp
 
     xp = backend.xp
     if isinstance(node, SourceNode):
@@ -108,7 +108,7 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
             from gpustream.operators.session import SessionAggOp
 
             return SessionAggOp(spec, backend)
-        return window_operator(spec, backend)
+        return WindowAggOp(spec, backend)
     if isinstance(node, LateNode):
         return Operator()
     if isinstance(node, JoinTableNode):

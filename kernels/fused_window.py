@@ -1,50 +1,36 @@
-"""One CPU pass for tumbling and sliding windows: assign, hash, find-or-insert, fold.
+"""What the CPU's fused window loop is built from: its key hash, shards and code blocks.
 
 The separate kernels (:mod:`~gpustream.kernels.windows`, ``hashing``, ``hashtable``,
 ``aggregate``) suit the GPU, where each is one thread per assignment. On a CPU core
-every extra pass re-reads the batch and re-touches the state table at random, so for
-the common aggregations (``count``, ``sum``, ``min``, ``max``, ``mean``, ``var``, ``std``)
-this module generates, per query shape, a single ``numba.njit`` loop over the events
-that does all of it on a state table's arrays (``t_hash``, ``t_ready``, slot-major
-``t_keys`` and the state columns, which the CPU packs in one row per slot), writing the
-values the separate kernels would write, so snapshots keep their format. The loop's
-body is straight-line code: no per-aggregate dispatch. The generated text is cached on
-disk with its compiled code (:func:`~gpustream.kernels.cache.generated_kernel`).
-
-Differences from the separate CPU kernels, both invisible in results:
-
-- a freed slot (tombstone) met while probing is reused for a new key, its columns reset
-  to their fill values; so a table whose windows come and go keeps its size instead of
-  filling with tombstones and being rebuilt;
-- only ``allowed_lateness=0`` is handled (an assignment is on time or its window has
-  fired); with lateness the operator uses the separate kernels.
-
-The loop stops early (returning the next event) when the table has no room left for
-another event's new keys or its log of created slots is full; the caller grows the
-table and calls again.
+every extra pass re-reads the batch and re-touches the state at random, so for the
+common aggregations (``count``, ``sum``, ``min``, ``max``, ``mean``, ``var``, ``std``:
+:data:`FUSED_KINDS`) :mod:`gpustream.kernels.fused_dense` generates, per query shape, a
+single ``numba.njit`` loop over the events that does all of it on pages of packed rows.
+This module holds the pieces of that loop's text (:class:`FusedAgg`: one aggregation's
+columns; the lines that read an event's key words and inputs, probe a key table and fold
+every aggregate with all loads before any store), its key hash and the shard of a key.
 
 The hash is a 64-bit multiply-xorshift (:func:`fused_hash_rows`), cheaper than the
 32-bit-lane :func:`~gpustream.kernels.hashing.hash_row` that the GPU kernels share with
-the simulator. A table filled by this loop is only probed by this loop and rebuilt from
-its own stored hashes; a snapshot restored here gets its hashes recomputed.
+the simulator. A key table filled by the loop is only probed by the loop and rebuilt from
+its own stored hashes; a snapshot restored there gets its hashes recomputed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numba
 import numpy as np
 from numba.extending import register_jitable
 
-from gpustream.kernels.cache import CACHE, generated_kernel
+from gpustream.kernels.cache import CACHE
 from gpustream.kernels.hashtable import EMPTY, TOMBSTONE
 from gpustream.kernels.prefetch import PREFETCH_DISTANCE, _prefetch
 from gpustream.kernels.windows import window_start
 
-__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "fused_window_kernel", "key_shards",
+__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "key_shards",
            "pop_rows"]
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -260,15 +246,6 @@ def _word_lines(n_keys: int) -> list[str]:
     return lines
 
 
-def _key_lines(n_keys: int, var: str) -> list[str]:
-    """Event ``i``'s key words ``w{c}`` (0 where null) and null bits ``nb``, then ``var``
-    as the hash over them (not finished: the window start may follow)."""
-    lines = _word_lines(n_keys)
-    lines.append(f"{var} = SEED64")
-    lines += [f"{var} = _mix_word({var}, {wd})" for wd in [*(f"w{c}" for c in range(n_keys)), "nb"]]
-    return lines
-
-
 def _probe_lines(slot: str, stored: str, same: str) -> list[str]:
     """Linear probing from ``slot`` for hash ``h`` (``stored``: the hash held by ``slot``,
     as source text) whose key words satisfy ``same``: sets ``found`` (``slot`` then holds
@@ -305,100 +282,6 @@ def _agg_blocks(aggs: tuple[FusedAgg, ...], ref: dict[str, str]) -> tuple[list[s
     return init, [*loads, *folds, *stores]
 
 
-def _source(n_keys: int, aggs: tuple[FusedAgg, ...],
-            columns: tuple[tuple[str, str], ...], tumbling: bool) -> str:
-    col = {name: f"C{j}" for j, (name, _) in enumerate(columns)}
-    words = [f"w{c}" for c in range(n_keys)] + ["nb"]
-    args = (["ts", "ts_ok", "wm", "size", "slide", "offset", "nwin", "idx", "j0", "j1", "room"]
-            + [f"K{c}, K{c}ok" for c in range(n_keys)]
-            + [f"V{j}, V{j}ok" for j in range(len(aggs))]
-            + ["t_hash", "t_ready", "t_keys"] + [col[name] for name, _ in columns]
-            + ["late", "log_slots", "log_ends", "out"])
-    L = [f"def fused({', '.join(args)}):",
-         "    mask = np.uint64(t_hash.shape[0] - 1)",
-         "    KW = np.uint64(t_keys.shape[1])",
-         "    t_keys_flat = t_keys.reshape(t_keys.shape[0] * t_keys.shape[1])",
-         "    lo = np.int64(1)",
-         "    hi = np.int64(0)",
-         "    top = I64_MAX - slide",
-         "    created = 0",
-         "    empties = 0",
-         "    dropped = 0",
-         "    j = j0",
-         "    while j < j1:",
-         "        i = np.uint64(idx[j])",  # unsigned indices: no wraparound checks
-         "        if room - empties < nwin or created + nwin > log_slots.shape[0]:",
-         "            break",
-         "        if ts_ok.shape[0] != 0 and not ts_ok[i]:",
-         "            late[i] = 1",
-         "            j += 1",
-         "            continue",
-         "        t = ts[i]",
-         "        if t >= lo and t < hi:",
-         "            last = lo",
-         "        else:",
-         "            last = window_start(t, slide, offset)",
-         "            lo = last",
-         "            hi = last + slide if last <= top else last",
-         "        w = wm[i]"]
-    # the hash over the key words and the null bits; the window start comes last
-    L += ["        " + line for line in _key_lines(n_keys, "hk")]
-    # the slot of the event PREFETCH_DISTANCE ahead, if it falls in the same last window
-    # and has no null key: start loading its lines now, so that the random accesses of
-    # several events overlap instead of waiting one after the other
-    hot = [col[name] for agg in aggs for name in agg.columns]
-    L += ["        ia = np.uint64(idx[j + PF]) if j + PF < j1 else i",
-          "        if ia != i and ts[ia] >= lo and ts[ia] < hi:",
-          "            ha = SEED64"]
-    L += [f"            ha = _mix_word(ha, K{c}[ia])" for c in range(n_keys)]
-    L += ["            ha = _mix_word(ha, ZERO)",
-          "            ha = _finish(_mix_word(ha, np.uint64(lo)))",
-          "            sa = ha & mask",
-          "            _prefetch(t_hash, sa)",
-          "            _prefetch(t_keys_flat, sa * KW)"]
-    L += [f"            _prefetch({c}, sa)"
-          for c in dict.fromkeys([hot[0], hot[-1]] if hot else [])]
-    same = " and ".join(f"t_keys[s, {c}] == {wd}" for c, wd in enumerate([*words, "ws"]))
-    L += ["        " + line for line in _input_lines(aggs)]
-    L += ["        any_open = False",
-          f"        for jw in range({'1' if tumbling else 'nwin'}):",
-          "            st = last - jw * slide",
-          "            end = st + size",
-          "            if end <= w:",
-          "                dropped += 1",
-          "                continue",
-          "            any_open = True",
-          "            ws = np.uint64(st)",
-          "            h = _finish(_mix_word(hk, ws))",
-          "            s = h & mask"]
-    L += ["            " + line for line in _probe_lines("s", "t_hash[s]", same)]
-    L += ["            if not found:",
-          "                if tomb >= 0:",
-          "                    s = np.uint64(tomb)"]
-    L += [f"                    {col[name]}[s] = {fill}" for name, fill in columns]
-    L += ["                else:",
-          "                    empties += 1",
-          "                t_hash[s] = h"]
-    L += [f"                t_keys[s, {c}] = {wd}" for c, wd in enumerate([*words, "ws"])]
-    L += ["                t_ready[s] = 1",
-          "                log_slots[created] = s",
-          "                log_ends[created] = end",
-          "                created += 1",
-          f"                {col['__wend']}[s] = end",
-          f"                {col['__ontime']}[s] = 1"]
-    init, body = _agg_blocks(aggs, {name: f"{c}[s]" for name, c in col.items()})
-    L += ["                " + line for line in init]
-    L += ["            " + line for line in body]
-    L += ["        if not any_open:",
-          "            late[i] = 1",
-          "        j += 1",
-          "    out[0] = created",
-          "    out[1] = empties",
-          "    out[2] = dropped",
-          "    return j"]
-    return "\n".join(L) + "\n"
-
-
 #: the generated loops' module header: the names their text uses
 _PRELUDE = ('"""A loop generated by gpustream.kernels.fused_window: the hash of this text names '
             'this file."""\n\n'
@@ -410,46 +293,3 @@ _NAMESPACE = {
     "EMPTY": EMPTY, "TOMBSTONE": TOMBSTONE, "ZERO": np.uint64(0), "ONE": np.uint64(1),
     "SEED64": _SEED64, "_prefetch": _prefetch, "PF": PREFETCH_DISTANCE, "I64_MAX": np.int64(np.iinfo(np.int64).max), "I64_MIN": np.int64(np.iinfo(np.int64).min),
 }
-
-
-@lru_cache(maxsize=64)
-def fused_window_kernel(n_keys: int, aggs: tuple[FusedAgg, ...],
-                        columns: tuple[tuple[str, str], ...], tumbling: bool) -> Any:
-    """The compiled fused loop for ``n_keys`` key columns and ``aggs``.
-
-    ``columns`` lists every column of the table as ``(name, fill)`` (``fill`` as Python
-    source), in the order their arrays are passed; it must hold ``__wend`` and
-    ``__ontime``; ``tumbling`` compiles the loop for one window per event (``nwin`` 1).
-    Arguments: event times, their validity (empty: none), per-event
-    watermarks, ``size``, ``slide``, ``offset``, ``nwin``, ``idx`` and ``j0``, ``j1``
-    (fold the events ``idx[j0:j1]``, ascending), ``room`` (empty slots it may fill),
-    each key column as
-    uint64 with its validity,
-    each aggregation's input values with their validity, ``t_hash``, ``t_ready``,
-    ``t_keys``, the columns, then ``late`` (int8 per event, set for events all of whose
-    windows have fired), ``log_slots`` and ``log_ends`` (buffers receiving each created
-    slot and its window's end) and ``out`` (int64[3]: slots created, empty slots filled,
-    (event, window) pairs dropped because the window had fired: see
-    :attr:`~gpustream.operators.window.KeyedAggBase.dropped_memberships`).
-    Returns the position in ``idx`` of the next event to fold.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from gpustream.kernels.hashtable import new_table
-    >>> t_hash, t_ready, t_keys = new_table(16, 3, np)
-    >>> wend, ontime, n = np.zeros(16, np.int64), np.zeros(16, np.int8), np.zeros(16, np.int64)
-    >>> k = fused_window_kernel(1, (FusedAgg("count", ("n",)),),
-    ...                         (("__wend", "I64_MAX"), ("__ontime", "0"), ("n", "0")), True)
-    >>> none = np.empty(0, np.bool_)
-    >>> late, out = np.zeros(3, np.int8), np.zeros(3, np.int64)
-    >>> log_slots, log_ends = np.zeros(8, np.int64), np.zeros(8, np.int64)
-    >>> k(np.array([5, 7, 12]), none, np.array([-99, 5, 7]), 10, 10, 0, 1, np.arange(3), 0, 3, 8,
-    ...   np.array([4, 4, 4], np.uint64), none, np.zeros(1), none, t_hash, t_ready, t_keys,
-    ...   wend, ontime, n, late, log_slots, log_ends, out)
-    3
-    >>> n[log_slots[:2]].tolist(), log_ends[:2].tolist(), out.tolist()
-    ([2, 1], [10, 20], [2, 2, 0])
-    """
-    return generated_kernel(_PRELUDE + _source(n_keys, aggs, columns, tumbling), "fused",
-                            "fused_window", nogil=True)

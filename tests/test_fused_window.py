@@ -1,4 +1,5 @@
-"""The fused CPU loop for tumbling and sliding windows against the separate kernels.
+"""The fused CPU loop (the CPU pane store) for tumbling and sliding windows against the
+separate kernels (the table store).
 
 The separate kernels are themselves checked against pandas in test_windows.py; here the
 fused loop must give exactly their answers (same rows, same bits), whatever the batching,
@@ -20,12 +21,15 @@ from hypothesis import strategies as st
 
 import gpustream as gs
 import gpustream.kernels.fused_dense as fused_dense
-import gpustream.operators.window_fused as fused_mod
+import gpustream.operators.window as window_mod
+import gpustream.state.store_cpu_panes as fused_mod
 import gpustream.state.window_pages as pages_mod
 from gpustream.aggs import count
 from gpustream.backend import select_backend
 from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
-from gpustream.operators.window_fused import FusedWindowAggOp, window_operator
+from gpustream.state.store_cpu_panes import CpuPaneStore
+from gpustream.state.store_table import TableStore
+from gpustream.state.window_store import make_store
 from tests.test_checkpoints import _Crash, _rows
 from tests.test_windows import events, run_windows
 
@@ -38,7 +42,7 @@ def _both(monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple[tuple[pd.DataF
                                                                   tuple[pd.DataFrame, pa.Table]]:
     fused = run_windows(**kw)  # type: ignore[arg-type]
     with monkeypatch.context() as m:
-        m.setattr(fused_mod, "fusable", lambda spec, backend: False)  # separate kernels
+        m.setattr(window_mod, "make_store", TableStore)  # separate kernels
         sep = run_windows(**kw)  # type: ignore[arg-type]
     return fused, sep
 
@@ -54,12 +58,12 @@ def _spec(lateness: int = 0, kind: str = "count") -> WindowSpec:
 
 def test_the_fused_loop_is_used_where_it_applies_and_only_there() -> None:
     cpu = select_backend("cpu")
-    assert type(window_operator(_spec(), cpu)) is FusedWindowAggOp
+    assert type(WindowAggOp(_spec(), cpu).store) is CpuPaneStore
     # revisions, and aggregations the loop does not fold: the separate kernels
-    assert type(window_operator(_spec(lateness=5), cpu)) is WindowAggOp
-    assert type(window_operator(_spec(kind="first"), cpu)) is WindowAggOp
+    assert type(make_store(_spec(lateness=5), cpu)) is TableStore
+    assert type(make_store(_spec(kind="first"), cpu)) is TableStore
     with pytest.raises(ValueError, match="no allowed lateness"):
-        FusedWindowAggOp(_spec(lateness=5), cpu)
+        CpuPaneStore(_spec(lateness=5), cpu)
 
 
 @pytest.mark.parametrize("assigner", [gs.Tumbling(5000), gs.Tumbling(4000, offset=1500),
@@ -80,22 +84,6 @@ def test_fused_equals_separate_kernels(monkeypatch: pytest.MonkeyPatch,
     assert late.equals(want_late)
 
 
-@pytest.mark.parametrize("keys", [("k",), ("k", "g")])
-def test_tumbling_windows_on_the_table_layout_too(monkeypatch: pytest.MonkeyPatch,
-                                                  keys: tuple[str, ...]) -> None:
-    """Tumbling windows keep their state in pages; the (key, window) table they move to
-    when too many windows are open gives the same rows."""
-    monkeypatch.setattr(fused_mod, "PAGED", False)
-    monkeypatch.setenv("GPUSTREAM_CPU_THREADS", "2")
-    table = events(seed=21, n=3000, disorder=12_000)
-    (got, late), (want, want_late) = _both(
-        monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(4000, offset=1500),
-        keys=keys, aggs=AGGS, batch_rows=500)
-    assert len(got) > 10 and late.num_rows > 0
-    pd.testing.assert_frame_equal(got, want, check_exact=True)
-    assert late.equals(want_late)
-
-
 @pytest.mark.parametrize("assigner", [gs.Tumbling(200), gs.Sliding(400, 200)],
                          ids=lambda a: a.describe())
 @pytest.mark.parametrize("threads", ["1", "2"])
@@ -107,14 +95,14 @@ def test_too_many_open_windows_move_the_state_from_pages_to_the_table(
     monkeypatch.setenv("GPUSTREAM_CPU_THREADS", threads)
     monkeypatch.setattr(pages_mod, "MAX_BYTES", 1)
     moved: list[bool] = []
-    real = FusedWindowAggOp._unpage
+    real = WindowAggOp._move_to_table
 
-    def spy(self: FusedWindowAggOp) -> None:
-        assert self.paged
-        real(self)
-        moved.append(all(sh.pages is None for sh in self.shards) and not self.paged)
+    def spy(self: WindowAggOp, state: dict[str, Any]) -> None:
+        assert isinstance(self.store, CpuPaneStore)
+        real(self, state)
+        moved.append(isinstance(self.store, TableStore))
 
-    monkeypatch.setattr(FusedWindowAggOp, "_unpage", spy)
+    monkeypatch.setattr(WindowAggOp, "_move_to_table", spy)
     table = events(seed=8, n=4000, disorder=4500)
     (got, late), (want, want_late) = _both(
         monkeypatch, table=table, engine="cpu", assigner=assigner, keys=("k",),
@@ -125,24 +113,22 @@ def test_too_many_open_windows_move_the_state_from_pages_to_the_table(
     assert late.equals(want_late)
 
 
-@pytest.mark.parametrize("paged", [True, False], ids=["pages", "table"])
-def test_state_rows_count_every_shard(monkeypatch: pytest.MonkeyPatch, paged: bool) -> None:
+def test_state_rows_count_every_shard() -> None:
     """The open-windows gauge reads ``state_rows``: the (key, window) pairs with state in
     all shards, until the watermark fires them."""
-    monkeypatch.setattr(fused_mod, "PAGED", paged)
     spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
                       (AggSpec("n", count(), None, pa.int64()),),
                       pa.schema({"k": pa.int64(), "window_start": pa.int64(),
                                  "window_end": pa.int64(), "n": pa.int64()}), False)
-    op = FusedWindowAggOp(spec, select_backend("cpu"), shards=4)
+    cpu = select_backend("cpu")
+    op = WindowAggOp(spec, cpu, store=CpuPaneStore(spec, cpu, shards=4))
     k = np.arange(200) % 50
     ts = np.arange(200) // 10  # windows [0, 10) and [10, 20), every key in both
     b = gs.Batch.from_arrow(pa.record_batch({"k": k, "ts": ts}))
     b.watermarks = np.full(200, np.iinfo(np.int64).min)
     assert op.process(b) == [] and op.state_rows == 100
-    per_shard = [sh.table.live_count if sh.pages is None
-                 else int(sh.pages.p_count[sh.pages.p_live != 0].sum()) for sh in op.shards]
-    assert all((sh.pages is not None) == paged for sh in op.shards)
+    assert isinstance(op.store, CpuPaneStore)
+    per_shard = [int(sh.pages.p_count[sh.pages.p_live != 0].sum()) for sh in op.store.shards]
     assert min(per_shard) > 0 and sum(per_shard) == 100  # not the first shard's alone
     fired = op.on_watermark(10)
     assert sum(x.num_rows for x in fired) == 50 and op.state_rows == 50
@@ -181,7 +167,7 @@ def test_fused_rows_come_out_in_window_then_key_order(monkeypatch: pytest.Monkey
                       "v": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.1)})
     got = _raw_rows(table, assigner, keys, batch_rows=2500)
     with monkeypatch.context() as m:
-        m.setattr(fused_mod, "fusable", lambda spec, backend: False)
+        m.setattr(window_mod, "make_store", TableStore)
         want = _raw_rows(table, assigner, keys, batch_rows=2500)
     assert len(got) > 500
     pd.testing.assert_frame_equal(got, want, check_exact=True)
@@ -201,29 +187,25 @@ def _one_batch(n: int, span: int, disorder: int, late_share: float, keys: int,
                      "q": rng.integers(0, 9, n).astype(np.int32)})
 
 
-@pytest.mark.parametrize("paged", [True, False], ids=["pages", "table"])
 def test_windows_fire_inside_a_batch_and_the_table_grows_mid_batch(
-        monkeypatch: pytest.MonkeyPatch, paged: bool) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """One batch of 20,000 events over 2,000 keys and 20 windows: firing windows as soon as
-    a chunk of 64 events moved the watermark past them, and growing the state (the
-    (key, window) table with its log of created slots; or the key table and pages, rows
-    moved to new key slots) changes nothing."""
-    monkeypatch.setattr(fused_mod, "PAGED", paged)
+    a chunk of 64 events moved the watermark past them, and growing the state (the key
+    table and pages, rows moved to new key slots) changes nothing."""
     monkeypatch.setattr(fused_mod, "FUSED_CHUNK", 64)
     monkeypatch.setenv("GPUSTREAM_CPU_THREADS", "2")
     n = 20_000
     table = _one_batch(n, span=20_000, disorder=800, late_share=0.2, keys=2000, seed=5)
     aggs = {"n": ("count", None), "sv": ("sum", "v"), "hq": ("max", "q"), "sd": ("std", "v")}
     rebuilds: list[int] = []
-    real = FusedWindowAggOp._emit_popped
+    real = CpuPaneStore._emit_popped
 
-    def spy(self: FusedWindowAggOp, popped: list[object]) -> list[gs.Batch]:
-        assert len(self.shards) == 2 and all((s.pages is not None) == paged for s in self.shards)
-        rebuilds.append(sum(s.table.rebuilds if s.pages is None else s.pages.relayouts
-                            for s in self.shards))
-        return real(self, popped)  # type: ignore[arg-type]
+    def spy(self: CpuPaneStore, popped: list[Any]) -> list[Any]:
+        assert len(self.shards) == 2
+        rebuilds.append(sum(s.pages.relayouts for s in self.shards))
+        return real(self, popped)
 
-    monkeypatch.setattr(FusedWindowAggOp, "_emit_popped", spy)
+    monkeypatch.setattr(CpuPaneStore, "_emit_popped", spy)
     (got, late), (want, want_late) = _both(
         monkeypatch, table=table, engine="cpu", assigner=gs.Tumbling(1000), keys=("k",),
         aggs=aggs, delay=500, batch_rows=n)
@@ -300,14 +282,14 @@ def test_checkpoints_pass_between_the_fused_loop_and_the_separate_kernels(
     with monkeypatch.context() as m:
         m.setenv("GPUSTREAM_CPU_THREADS", "4")  # a 4-shard fused state, split and merged
         if not fused_first:
-            m.setattr(fused_mod, "fusable", lambda spec, backend: False)
+            m.setattr(window_mod, "make_store", TableStore)
         first, out1 = _pipeline(_Crash(gs.from_arrow(table, batch_rows=200), 11), sliding)
         with pytest.raises(OSError, match="lost power"):
             first.run(checkpoint=ck)
     with monkeypatch.context() as m:
         m.setenv("GPUSTREAM_CPU_THREADS", "2")
         if fused_first:
-            m.setattr(fused_mod, "fusable", lambda spec, backend: False)
+            m.setattr(window_mod, "make_store", TableStore)
         second, out2 = _pipeline(gs.from_arrow(table, batch_rows=200), sliding)
         stats = second.run(checkpoint=ck)
     assert stats.restored_checkpoint is not None and stats.events_in < n
@@ -325,8 +307,10 @@ def test_shared_non_null_counts() -> None:
                       (AggSpec("s", v.sum(), f, f), AggSpec("h", v.max(), f, f),
                        AggSpec("m", v.mean(), f, f), AggSpec("c", gs.col("u").count(), f,
                                                               pa.int64())), schema, False)
-    op = FusedWindowAggOp(spec, select_backend("cpu"), shards=1)
-    assert op.table.aliases == {"h.nn": "s.nn", "m.nn": "s.nn"}
+    cpu = select_backend("cpu")
+    store = CpuPaneStore(spec, cpu, shards=1)
+    op = WindowAggOp(spec, cpu, store=store)
+    assert store.shards[0].table.aliases == {"h.nn": "s.nn", "m.nn": "s.nn"}
     b = gs.Batch.from_arrow(pa.record_batch({"k": [1, 1, 2], "ts": [3, 4, 5],
                                              "v": pa.array([1.0, None, 2.0]),
                                              "u": pa.array([1.0, 2.0, None])}))
@@ -335,14 +319,15 @@ def test_shared_non_null_counts() -> None:
     snap = op.snapshot()
     assert [sorted(snap[f"table.col.{c}"].tolist()) for c in ("s.nn", "h.nn", "m.nn", "c.n")] \
         == [[1, 1], [1, 1], [1, 1], [0, 2]]
-    other = WindowAggOp(spec, select_backend("cpu"))
+    other = WindowAggOp(spec, cpu, store=TableStore(spec, cpu))
     other.restore(snap)
     rows = other.on_watermark(100)[0].to_arrow().to_pydict()
     assert rows["s"] == [1.0, 2.0] and rows["h"] == [1.0, 2.0] and rows["c"] == [2, 0]
 
 
 def test_a_packed_table_snapshots_its_declared_dtypes() -> None:
-    op = FusedWindowAggOp(_spec(), select_backend("cpu"))
+    op = WindowAggOp(_spec(), select_backend("cpu"))
+    assert isinstance(op.store, CpuPaneStore)
     b = gs.Batch.from_arrow(pa.record_batch({"k": [1, 2, 1], "ts": [3, 4, 5]}))
     b.watermarks = np.array([np.iinfo(np.int64).min, 3, 4])
     op.process(b)
@@ -396,7 +381,7 @@ def test_any_batching_and_chunking_gives_the_separate_kernels_rows(
             m.setenv("GPUSTREAM_CPU_THREADS", threads)
             m.setattr(fused_mod, "FUSED_CHUNK", chunk)
             if not fused:
-                m.setattr(fused_mod, "fusable", lambda spec, backend: False)
+                m.setattr(window_mod, "make_store", TableStore)
             p = gs.Pipeline(engine="cpu")
             s = p.source(gs.from_arrow(table, batch_rows=batch_rows), event_time="ts",
                          watermark=gs.Watermark.bounded(700))

@@ -6,13 +6,12 @@ ones, and each fired one loses it. Every such (event, window) membership is coun
 the operator's ``dropped_memberships``, as are those of the events that are late for
 every window (which go to ``.late`` and are counted in ``late_events`` too). Here the
 count must equal a pandas reference over the exploded (event, window) memberships, on
-every implementation: the fused CPU loop (pages and table, 1 and 2 shards), the separate
+every store: the fused CPU loop (1 and 2 shards, and moved to the table), the separate
 kernels (with and without allowed lateness), the CUDA simulator, and session windows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,10 +19,12 @@ import pyarrow as pa
 import pytest
 
 import gpustream as gs
-import gpustream.operators.window_fused as fused_mod
+import gpustream.operators.window as window_mod
+import gpustream.state.store_cpu_panes as fused_mod
 from gpustream.operators.session import SessionAggOp
-from gpustream.operators.window import KeyedAggBase
-from gpustream.operators.window_fused import FusedWindowAggOp
+from gpustream.operators.window import AggOpBase, WindowAggOp
+from gpustream.state.store_cpu_panes import CpuPaneStore
+from gpustream.state.store_table import TableStore
 
 DELAY = 500
 
@@ -55,12 +56,12 @@ def reference_dropped(table: pa.Table, size: int, slide: int, offset: int, delay
 
 
 def _run(table: pa.Table, engine: str, assigner: gs.WindowAssigner, batch_rows: int,
-         lateness: int = 0, agg: gs.Agg | None = None) -> tuple[KeyedAggBase, gs.RunStats]:
+         lateness: int = 0, agg: gs.Agg | None = None) -> tuple[AggOpBase, gs.RunStats]:
     """Run a keyed window over ``table``; the window operator and the run's stats."""
-    ops: list[KeyedAggBase] = []
-    real = KeyedAggBase.__init__
+    ops: list[AggOpBase] = []
+    real = AggOpBase.__init__
 
-    def spy(self: KeyedAggBase, *args: Any, **kw: Any) -> None:
+    def spy(self: AggOpBase, *args: Any, **kw: Any) -> None:
         real(self, *args, **kw)
         ops.append(self)
 
@@ -72,7 +73,7 @@ def _run(table: pa.Table, engine: str, assigner: gs.WindowAssigner, batch_rows: 
     w.sink(gs.to_callback(lambda rb: None))
     w.late.sink(gs.to_callback(lambda rb: None))
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(KeyedAggBase, "__init__", spy)
+        m.setattr(AggOpBase, "__init__", spy)
         stats = p.run()
     assert len(ops) == 1
     return ops[0], stats
@@ -85,7 +86,7 @@ def _windows(assigner: gs.WindowAssigner) -> tuple[int, int, int]:
     return assigner.size_ms, assigner.slide_ms, assigner.offset_ms % assigner.slide_ms
 
 
-def _check(op: KeyedAggBase, stats: gs.RunStats, table: pa.Table,
+def _check(op: AggOpBase, stats: gs.RunStats, table: pa.Table,
            assigner: gs.WindowAssigner, lateness: int = 0) -> None:
     size, slide, offset = _windows(assigner)
     dropped, late = reference_dropped(table, size, slide, offset, DELAY, lateness)
@@ -96,12 +97,6 @@ def _check(op: KeyedAggBase, stats: gs.RunStats, table: pa.Table,
         assert dropped > late * (size // slide)
 
 
-@pytest.fixture(params=[True, False], ids=["pages", "table"])
-def paged(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
-    monkeypatch.setattr(fused_mod, "PAGED", request.param)
-    yield request.param
-
-
 SLIDING = gs.Sliding(10_000, 2_000)
 
 
@@ -110,13 +105,13 @@ SLIDING = gs.Sliding(10_000, 2_000)
                          ids=lambda a: a.describe())
 @pytest.mark.parametrize(("batch_rows", "threads"), [(7, "1"), (333, "2"), (20_000, "2")])
 def test_the_fused_loop_counts_dropped_memberships(
-        monkeypatch: pytest.MonkeyPatch, paged: bool, assigner: gs.WindowAssigner,
+        monkeypatch: pytest.MonkeyPatch, assigner: gs.WindowAssigner,
         batch_rows: int, threads: str) -> None:
     monkeypatch.setenv("GPUSTREAM_CPU_THREADS", threads)
     monkeypatch.setattr(fused_mod, "FUSED_CHUNK", 256)  # windows fire inside big batches
     table = _late_input(seed=batch_rows, n=6000 if batch_rows > 7 else 2000)
     op, stats = _run(table, "cpu", assigner, batch_rows)
-    assert isinstance(op, FusedWindowAggOp) and op.paged == paged
+    assert isinstance(op, WindowAggOp) and isinstance(op.store, CpuPaneStore)
     _check(op, stats, table, assigner)
 
 
@@ -130,7 +125,7 @@ def test_the_count_survives_moving_from_pages_to_the_table(
     table = _late_input(seed=3, n=5000)
     assigner = gs.Sliding(400, 200)
     op, stats = _run(table, "cpu", assigner, 700)
-    assert isinstance(op, FusedWindowAggOp) and not op.paged  # it moved
+    assert isinstance(op, WindowAggOp) and isinstance(op.store, TableStore)  # it moved
     _check(op, stats, table, assigner)
 
 
@@ -141,7 +136,7 @@ def test_the_separate_kernels_count_dropped_memberships(lateness: int, batch_row
     # where there is allowed lateness (a membership late within it is not dropped)
     table = _late_input(seed=40 + batch_rows, n=3000)
     op, stats = _run(table, "cpu", SLIDING, batch_rows, lateness, gs.col("v").first())
-    assert not isinstance(op, FusedWindowAggOp)
+    assert isinstance(op, WindowAggOp) and isinstance(op.store, TableStore)
     _check(op, stats, table, SLIDING, lateness)
 
 
@@ -170,12 +165,12 @@ def test_a_partly_late_event(monkeypatch: pytest.MonkeyPatch, fused: bool) -> No
     # 12_000 - 500 the first window has fired, the other four are open; 1_000 arrives
     # after every window it is in has fired
     if not fused:
-        monkeypatch.setattr(fused_mod, "fusable", lambda spec, backend: False)
+        monkeypatch.setattr(window_mod, "make_store", TableStore)
     table = pa.table({"k": [1, 1, 1], "ts": [12_000, 9_000, 1_000], "v": [1.0, 2.0, 3.0]})
     assert reference_dropped(table, 10_000, 2_000, 0, DELAY, 0) == (1 + 5, 1)
     assert reference_dropped(table, 10_000, 2_000, 0, DELAY, 2_000) == (4, 0)
     op, _ = _run(table, "cpu", SLIDING, 1)
-    assert isinstance(op, FusedWindowAggOp) == fused
+    assert isinstance(op, WindowAggOp) and isinstance(op.store, CpuPaneStore) == fused
     assert (op.dropped_memberships, op.late_events) == (6, 1)
 
 

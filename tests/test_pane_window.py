@@ -1,7 +1,7 @@
 """The GPU's fused pane kernel for tumbling windows against the CPU's fused loop.
 
 The CPU loop is itself checked against pandas (test_windows.py, test_fused_window.py);
-here the device operator (:class:`PaneWindowAggOp`, under the simulator or on a GPU) must
+here the device store (:class:`GpuPaneStore`, under the simulator or on a GPU) must
 give its answers: the same rows (integers exactly, floats to 1e-9: atomics add in any
 order), the same late events and dropped memberships, whatever the batching, with the
 key map and the pages grown mid-batch, and checkpoints handed from one to the other.
@@ -24,8 +24,10 @@ import gpustream.state.device_panes as panes_mod
 from gpustream.aggs import count
 from gpustream.backend import Backend, select_backend
 from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
-from gpustream.operators.window_fused import FusedWindowAggOp, window_operator
-from gpustream.operators.window_panes import PaneWindowAggOp
+from gpustream.state.store_cpu_panes import CpuPaneStore
+from gpustream.state.store_gpu_panes import GpuPaneStore
+from gpustream.state.store_table import TableStore
+from gpustream.state.window_store import make_store
 from tests.conftest import cudasim_on
 from tests.test_checkpoints import _Crash
 from tests.test_windows import events, run_windows, to_agg
@@ -59,15 +61,15 @@ def _same(got: pd.DataFrame, want: pd.DataFrame) -> None:
 
 def test_the_pane_kernel_runs_tumbling_windows_on_the_device_only(
         device_backend: Backend) -> None:
-    assert type(window_operator(_spec(), device_backend)) is PaneWindowAggOp
-    assert type(window_operator(_spec(slide=5), device_backend)) is PaneWindowAggOp
+    assert type(WindowAggOp(_spec(), device_backend).store) is GpuPaneStore
+    assert type(make_store(_spec(slide=5), device_backend)) is GpuPaneStore
     # revisions, and aggregations the kernel does not fold: the separate kernels; the
     # CPU keeps its own fused loop
-    assert type(window_operator(_spec(lateness=5), device_backend)) is WindowAggOp
-    assert type(window_operator(_spec(kind="first"), device_backend)) is WindowAggOp
-    assert type(window_operator(_spec(), select_backend("cpu"))) is FusedWindowAggOp
+    assert type(make_store(_spec(lateness=5), device_backend)) is TableStore
+    assert type(make_store(_spec(kind="first"), device_backend)) is TableStore
+    assert type(make_store(_spec(), select_backend("cpu"))) is CpuPaneStore
     with pytest.raises(ValueError, match="windows without allowed lateness"):
-        PaneWindowAggOp(_spec(lateness=5), device_backend)
+        GpuPaneStore(_spec(lateness=5), device_backend)
 
 
 @pytest.mark.parametrize("preagg", [True, False], ids=["shared-memory", "global-atomics"])
@@ -207,13 +209,16 @@ def test_past_its_memory_bound_the_state_moves_to_the_separate_kernels(
     state moves (through a snapshot) to the (key, window) table of the separate kernels,
     which fold the rest; the answer is the CPU's."""
     moved = []
-    switch = PaneWindowAggOp._to_separate_kernels
+    switch = WindowAggOp._to_table
 
-    def spy(self: PaneWindowAggOp, batch: Any, remaining: Any) -> Any:
+    def spy(self: WindowAggOp, batch: Any, remaining: Any) -> Any:
+        assert isinstance(self.store, GpuPaneStore)
         moved.append(int(remaining.shape[0]))
-        return switch(self, batch, remaining)
+        out = switch(self, batch, remaining)
+        assert isinstance(self.store, TableStore)
+        return out
 
-    monkeypatch.setattr(PaneWindowAggOp, "_to_separate_kernels", spy)
+    monkeypatch.setattr(WindowAggOp, "_to_table", spy)
     monkeypatch.setattr(panes_mod, "MAX_BYTES", 600_000)  # 4 pages of 1,024 rows, not 8
     rng = np.random.default_rng(12)
     n = 400
@@ -314,5 +319,5 @@ def test_aggregation_names_map_to_the_kernel_program() -> None:
         spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
                           (AggSpec("x", agg, in_type, pa.float64()),),
                           pa.schema({"k": pa.int64()}), False)
-        op = PaneWindowAggOp(spec, backend)
-        assert op.prog.shape == (1, 7)
+        store = GpuPaneStore(spec, backend)
+        assert store.prog.shape == (1, 7)

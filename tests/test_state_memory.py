@@ -16,26 +16,27 @@ import gpustream as gs
 from gpustream.aggs import Agg, count
 from gpustream.backend import Backend, select_backend
 from gpustream.kernels.aggregate import hll_update
-from gpustream.operators.window import AggSpec, WindowSpec
-from gpustream.operators.window_fused import FusedWindowAggOp
+from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
 from gpustream.state.aggstate import HllState, UpdateContext, make_state, sparse_limit
 from gpustream.state.dense import DenseTable
+from gpustream.state.store_cpu_panes import CpuPaneStore
 from gpustream.state.table import SlotTable
 from tests.conftest import cudasim_on
 
 # -- paged windows: bytes per (key, window) ----------------------------------------------
 
 
-def _count_sum_op(shards: int = 1) -> FusedWindowAggOp:
+def _count_sum_op(shards: int = 1) -> WindowAggOp:
     schema = pa.schema({"k": pa.int64(), "window_start": pa.int64(), "window_end": pa.int64(),
                         "n": pa.int64(), "s": pa.int64()})
     spec = WindowSpec("w", ("k",), "ts", 1000, 1000, 0, 0, 0,
                       (AggSpec("n", count(), None, pa.int64()),
                        AggSpec("s", gs.col("v").sum(), pa.int64(), pa.int64())), schema, False)
-    return FusedWindowAggOp(spec, select_backend("cpu"), shards=shards)
+    cpu = select_backend("cpu")
+    return WindowAggOp(spec, cpu, store=CpuPaneStore(spec, cpu, shards=shards))
 
 
-def _feed(op: FusedWindowAggOp, keys: np.ndarray, window: int) -> None:
+def _feed(op: WindowAggOp, keys: np.ndarray, window: int) -> None:
     """Events of ``keys`` in window ``window``, then the watermark 1 ms before it (which
     fires the windows two or more before)."""
     b = gs.Batch.from_arrow(pa.record_batch({"k": keys, "ts": np.full(keys.shape[0],
@@ -46,10 +47,15 @@ def _feed(op: FusedWindowAggOp, keys: np.ndarray, window: int) -> None:
     op.on_watermark(window * 1000 - 1)
 
 
-def _op_bytes(op: FusedWindowAggOp) -> int:
-    """The operator's state bytes, summed from its stores (what its state_bytes sums)."""
-    return sum(sh.table.state_bytes() + (0 if sh.pages is None else sh.pages.state_bytes())
-               + sum(st.state_bytes() for st in sh.states) for sh in op.shards)
+def _shards(op: WindowAggOp) -> list[Any]:
+    assert isinstance(op.store, CpuPaneStore)
+    return op.store.shards
+
+
+def _op_bytes(op: WindowAggOp) -> int:
+    """The operator's state bytes, summed from its shards (what its state_bytes sums)."""
+    return sum(sh.table.state_bytes() + sh.pages.state_bytes()
+               + sum(st.state_bytes() for st in sh.states) for sh in _shards(op))
 
 
 def test_one_open_window_takes_one_page_and_a_key_table_at_most_three_quarters_full() -> None:
@@ -61,7 +67,7 @@ def test_one_open_window_takes_one_page_and_a_key_table_at_most_three_quarters_f
     keys = np.random.default_rng(1).permutation(n).astype(np.int64)
     for part in np.array_split(keys, 7):
         _feed(op, part, 0)
-    (shard,) = op.shards
+    (shard,) = _shards(op)
     pages = shard.pages
     assert pages is not None and pages.live_keys == n and op.state_rows == n
     assert pages.pages == 1
@@ -72,7 +78,7 @@ def test_one_open_window_takes_one_page_and_a_key_table_at_most_three_quarters_f
 def test_pages_are_added_as_windows_open() -> None:
     """One page per open window (a page has a row per key slot), one key table for all."""
     op = _count_sum_op()
-    pages = op.shards[0].pages
+    pages = _shards(op)[0].pages
     assert pages is not None
 
     def expected() -> int:

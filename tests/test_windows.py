@@ -317,24 +317,36 @@ def test_approx_count_distinct_error_is_as_documented() -> None:
             assert abs(est - true) / true <= 3 * 1.04 / np.sqrt(2**p_), (name, true, est)
 
 
-def test_state_is_freed_after_windows_fire() -> None:
+@pytest.mark.parametrize("distinct", [False, True], ids=["pane-store", "table-store"])
+def test_state_is_freed_after_windows_fire(distinct: bool) -> None:
     from gpustream.operators.window import WindowAggOp
     from gpustream.planner import build_physical
     from gpustream.runtime import execute
     from gpustream.sinks import CollectSink
+    from gpustream.state.store_cpu_panes import CpuPaneStore
+    from gpustream.state.store_table import TableStore
 
     n = 50_000
     table = pa.table({"k": np.arange(n) % 100, "ts": np.arange(n, dtype=np.int64)})
     p = gs.Pipeline(engine="cpu")
     s = p.source(gs.from_arrow(table, batch_rows=1000), event_time="ts")
-    w = s.key_by("k").window(gs.Tumbling(1000), name="w").agg(n=gs.count())
+    agg = gs.col("k").count_distinct() if distinct else gs.count()
+    w = s.key_by("k").window(gs.Tumbling(1000), name="w").agg(n=agg)
     plan = build_physical([(w._node, CollectSink())], p.backend)
     execute(plan, "freed")
     (op,) = [pn.op for src in plan.sources for pn in src.children]
     assert isinstance(op, WindowAggOp)
     # 50 windows x 100 keys were opened; every one fired and was freed
-    assert op.table.live_count == 0
-    assert op.table.capacity <= 4096, "capacity must track open windows, not all windows ever"
+    assert op.state_rows == 0
+    store = op.store
+    if distinct:
+        assert isinstance(store, TableStore)
+        capacities = [store.table.capacity]
+    else:
+        assert isinstance(store, CpuPaneStore)
+        capacities = [sh.pages.capacity for sh in store.shards]
+        assert all(sh.pages.pages <= 4 for sh in store.shards)
+    assert max(capacities) <= 4096, "capacity must track open windows, not all windows ever"
 
 
 @pytest.mark.parametrize("gap", [700, 2500])

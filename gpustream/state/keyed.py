@@ -1,0 +1,163 @@
+"""Rows of keyed aggregation state: what the window stores and the session operator share.
+
+A keyed state is a table of slots (one per key, or per (key, window)) and one
+:class:`~gpustream.state.aggstate.AggState` per output aggregate over it. These
+functions build the key words of a batch's events, initialise and fold slots, read
+slots' final values, and snapshot/restore the states' extra arrays, the same way for
+every operator that keeps such a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gpustream.batch import Batch
+from gpustream.kernels.hashing import widen_keys
+from gpustream.state.aggstate import AggState, UpdateContext
+
+__all__ = ["finalized", "init_new", "key_words", "restore_aggs", "snapshot_aggs",
+           "update_states"]
+
+
+def key_words(keys: Sequence[str], batch: Batch, rows: Any, extra: Any | None, xp: Any) -> Any:
+    """``uint64[K, len(rows)]``: the ``keys`` columns of ``batch`` at ``rows``, one word
+    per key column, a word of their null bits (bit ``c``: column ``c`` is null; a null's
+    value word is 0), then ``extra`` (e.g. window starts) if given.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> b = Batch.from_arrow(pa.record_batch({"k": [7, None, 7]}))
+    >>> key_words(("k",), b, np.array([0, 1, 2]), None, np).tolist()
+    [[7, 0, 7], [0, 1, 0]]
+    """
+    identity = rows.shape[0] == batch.num_rows  # one row per event, in order
+    cols = []
+    nulls = None
+    for c, name in enumerate(keys):
+        values = batch[name]
+        valid = batch.validity(name)
+        if valid is not None:
+            values = xp.where(valid, values, xp.zeros((), dtype=values.dtype))
+            bits = (~valid).astype(np.int64) << c
+            nulls = bits if nulls is None else nulls | bits
+        cols.append(values if identity else values[rows])
+    if nulls is None:
+        cols.append(xp.zeros(rows.shape[0], dtype=np.int64))
+    else:
+        cols.append(nulls if identity else nulls[rows])
+    if extra is not None:
+        cols.append(extra)
+    return widen_keys(cols, xp)
+
+
+def init_new(states: Sequence[AggState], slots: Any, is_new: Any, rows: Any,
+             inputs: dict[int, Any], xp: Any) -> None:
+    """Initialise the slots ``is_new`` marks (their columns hold fill values: never used
+    before) from the rows that created them.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.aggs import count
+    >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.state.table import SlotTable
+    >>> t = SlotTable(1, np, on_device=False)
+    >>> st = make_state("n", count(), None, pa.int64(), t)
+    >>> init_new([st], np.array([0]), np.array([True]), np.array([0]), {0: None}, np)
+    """
+    idx = xp.nonzero(is_new)[0]
+    if idx.shape[0] == 0:
+        return
+    new_slots = slots[idx]
+    for i, st in enumerate(states):
+        col = inputs[i]
+        if col is not None:
+            st.init(new_slots, rows[idx], col.values, col.valid)
+        else:
+            st.init(new_slots, rows[idx], xp.zeros(1), None)
+
+
+def update_states(states: Sequence[AggState], slots: Any, rows: Any, inputs: dict[int, Any],
+                  ctx: UpdateContext, xp: Any) -> None:
+    """Fold row ``rows[a]`` into slot ``slots[a]`` (skipped where -1) for every state.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.aggs import count
+    >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.state.table import SlotTable
+    >>> t = SlotTable(1, np, on_device=False)
+    >>> _ = t.upsert(np.zeros((1, 2), dtype=np.uint64), np.arange(2))
+    >>> st = make_state("n", count(), None, pa.int64(), t)
+    >>> ctx = UpdateContext(np.zeros(2, dtype=np.int64), np.arange(2))
+    >>> update_states([st], np.array([0, -1]), np.arange(2), {0: None}, ctx, np)
+    >>> int(st.finalize(np.array([0]))[0][0])
+    1
+    """
+    for i, st in enumerate(states):
+        col = inputs[i]
+        if col is None:
+            st.update(slots, rows, xp.zeros(1, dtype=np.int64), None, ctx)
+        else:
+            st.update(slots, rows, col.values, col.valid, ctx)
+
+
+def finalized(states: Sequence[Any], slots: Any) -> list[tuple[Any, Any | None]]:
+    """Each state's output values and validity at ``slots``.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.aggs import count
+    >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.state.table import SlotTable
+    >>> st = make_state("n", count(), None, pa.int64(), SlotTable(1, np, on_device=False))
+    >>> [v.tolist() for v, _ in finalized([st], np.empty(0, dtype=np.int64))]
+    [[]]
+    """
+    return [st.finalize(slots) for st in states]
+
+
+def snapshot_aggs(states: Sequence[AggState], live: Any, to_host: Any) -> dict[str, Any]:
+    """The states' arrays beyond their table columns (``agg.<name>.<field>``) for the
+    ``live`` slots, on the host.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.aggs import count
+    >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.state.table import SlotTable
+    >>> st = make_state("n", count(), None, pa.int64(), SlotTable(1, np, on_device=False))
+    >>> snapshot_aggs([st], np.empty(0, dtype=np.int64), np.asarray)   # all in the table
+    {}
+    """
+    state: dict[str, Any] = {}
+    for st in states:
+        for k, v in st.snapshot_extra(live, to_host).items():
+            state[f"agg.{st.name}.{k}"] = v
+    return state
+
+
+def restore_aggs(states: Sequence[AggState], state: dict[str, Any], slots: Any,
+                 to_device: Any) -> None:
+    """Put back what :func:`snapshot_aggs` took, the rows now at ``slots``.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.aggs import count
+    >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.state.table import SlotTable
+    >>> st = make_state("n", count(), None, pa.int64(), SlotTable(1, np, on_device=False))
+    >>> restore_aggs([st], {}, np.empty(0, dtype=np.int64), np.asarray)
+    """
+    for st in states:
+        prefix = f"agg.{st.name}."
+        extra = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        st.restore_extra(extra, slots, to_device)
