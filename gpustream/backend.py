@@ -11,6 +11,10 @@ never silent: the chosen :class:`Backend` carries a one-line reason, and on fall
   simulator (``NUMBA_ENABLE_CUDASIM=1``), so CI without a GPU runs every CUDA kernel.
 
 ``GPUSTREAM_ENGINE`` (``auto|cpu|cuda|cudasim``) overrides the engine a pipeline asks for.
+
+Kernels run through the backend: :meth:`Backend.launch` takes a
+:class:`~gpustream.kernels.registry.KernelPair` (a CPU twin and a CUDA kernel) and runs
+the side this backend runs.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from gpustream.errors import BackendError
 from gpustream.probe import GpuInfo, probe_gpu
 
-__all__ = ["ENGINES", "Backend", "BackendName", "resolve_engine", "select_backend"]
+if TYPE_CHECKING:
+    from gpustream.kernels.registry import KernelPair
+
+__all__ = ["ENGINES", "Backend", "BackendName", "resolve_engine",
+           "select_backend"]
 
 BackendName = Literal["cpu", "cuda", "cudasim"]
 ENGINES = ("auto", "cpu", "cuda", "cudasim")
@@ -107,6 +115,34 @@ class Backend:
         if get is not None:  # cupy.ndarray
             return get()
         return np.asarray(array)
+
+    def launch(self, kernel: KernelPair, n: int, *args: Any) -> Any:
+        """Run ``kernel`` over ``n`` items with ``args``, on this backend.
+
+        On ``cpu`` it calls the kernel's CPU twin with ``args`` and returns what the twin
+        returns. On ``cuda`` and ``cudasim`` it launches the CUDA kernel over
+        ``kernel.config(n)`` (``args`` as they are: cupy arrays on ``cuda``, numpy under
+        the simulator) and returns None; with ``n == 0`` nothing is launched.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from gpustream.kernels.hashing import HASH_ROWS
+        >>> keys = np.array([[7, 8, 7]], dtype=np.uint64)
+        >>> out = np.zeros(3, dtype=np.uint64)
+        >>> select_backend("cpu").launch(HASH_ROWS, 3, keys, out)
+        >>> bool(out[0] == out[2]), bool(out[0] != out[1])
+        (True, True)
+        """
+        if self.name == "cpu":
+            if kernel.cpu is None:
+                raise BackendError(
+                    f"kernel {kernel.name} has no CPU twin: its wrapper must run the CPU "
+                    "algorithm itself on the cpu backend, not launch it")
+            return kernel.cpu(*args)
+        if n > 0:
+            kernel.cuda[kernel.config(n)](*args)
+        return None
 
     def describe(self) -> str:
         """Backend name and reason, plus the fallback reason where there is one.

@@ -15,11 +15,13 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.backend import Backend
 from gpustream.kernels.cache import CACHE
 from gpustream.kernels.hashing import hash_u64
-from gpustream.kernels.registry import cuda_kernel, launch_config
+from gpustream.kernels.registry import KernelPair, cuda_kernel
 
-__all__ = ["hll_update", "update_count", "update_minmax", "update_moments", "update_sum"]
+__all__ = ["COUNT", "HLL", "MINMAX", "MOMENTS", "SUM", "hll_update", "update_count",
+           "update_minmax", "update_moments", "update_sum"]
 
 cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
 
@@ -51,6 +53,10 @@ def _count_cuda(cnt, slots, rows, valid):  # type: ignore[no-untyped-def]
             cuda.atomic.add(cnt, s, 1)
 
 
+#: ``(cnt, slots, rows, valid)``: one thread per assignment
+COUNT = KernelPair(_count_cpu, _count_cuda)
+
+
 # ---- sum (int64 or float64 accumulators) -----------------------------------------------
 
 @numba.njit(nogil=True, cache=CACHE)
@@ -75,6 +81,10 @@ def _sum_cuda(acc, nn, slots, rows, values, valid):  # type: ignore[no-untyped-d
         if s >= 0 and _take(valid, r):
             cuda.atomic.add(acc, s, values[r])
             cuda.atomic.add(nn, s, 1)
+
+
+#: ``(acc, nn, slots, rows, values, valid)``
+SUM = KernelPair(_sum_cpu, _sum_cuda)
 
 
 # ---- min / max --------------------------------------------------------------------------
@@ -108,6 +118,10 @@ def _minmax_cuda(acc, nn, slots, rows, values, valid, is_max):  # type: ignore[n
             cuda.atomic.add(nn, s, 1)
 
 
+#: ``(acc, nn, slots, rows, values, valid, is_max)``
+MINMAX = KernelPair(_minmax_cpu, _minmax_cuda)
+
+
 # ---- moments for mean / var / std (shifted by a per-slot pivot) ------------------------
 
 @numba.njit(nogil=True, cache=CACHE)
@@ -136,10 +150,16 @@ def _moments_cuda(nn, s1, s2, pivot, slots, rows, values, valid):  # type: ignor
             cuda.atomic.add(s2, s, d * d)
 
 
+#: ``(nn, s1, s2, pivot, slots, rows, values, valid)``
+MOMENTS = KernelPair(_moments_cpu, _moments_cuda)
+
+
 # ---- HyperLogLog registers -------------------------------------------------------------
 # One byte per register (ranks are at most 61), ``uint8[rows, m]``. The GPU kernel raises a
 # register with a compare-and-swap of the 32-bit word holding it (a view of the same
-# bytes: a row of m >= 16 registers is whole words), so both twins share one layout.
+# bytes: a row of m >= 16 registers is whole words), so both twins share one layout. The
+# twins take ``(registers, m, ...)``: the GPU kernel the words, the CPU twin the bytes
+# (``uint8[rows, m]``; indexing them directly is ~10% faster than through a byte view).
 
 @register_jitable
 def _hll_position(bits, p):  # type: ignore[no-untyped-def]
@@ -156,7 +176,7 @@ def _hll_position(bits, p):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def _hll_cpu(regs, reg_rows, rows, bits, valid, p):  # type: ignore[no-untyped-def]
+def _hll_cpu(regs, m, reg_rows, rows, bits, valid, p):  # type: ignore[no-untyped-def]
     for a in range(reg_rows.shape[0]):
         d = reg_rows[a]
         r = rows[a]
@@ -187,76 +207,70 @@ def _hll_cuda(words, m, reg_rows, rows, bits, valid, p):  # type: ignore[no-unty
                 old = seen
 
 
+#: ``(registers, m, reg_rows, rows, bits, valid, p)``: the registers as ``uint8[n, m]`` on
+#: the CPU, as the ``uint32[n * m / 4]`` words over them on the GPU
+HLL = KernelPair(_hll_cpu, _hll_cuda)
+
+
 # ---- dispatch ---------------------------------------------------------------------------
 
 def _empty_valid(valid: Any, xp: Any) -> Any:
     return xp.empty(0, dtype=np.bool_) if valid is None else valid
 
 
-def _xp(a: Any) -> Any:
-    return np if isinstance(a, np.ndarray) else __import__("cupy")
-
-
-def update_count(cnt: Any, slots: Any, rows: Any, valid: Any, on_device: bool) -> None:
+def update_count(cnt: Any, slots: Any, rows: Any, valid: Any, backend: Backend) -> None:
     """``cnt[slot] += 1`` per assignment (only non-null rows when ``valid`` is given).
 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> cnt = np.zeros(3, np.int64)
-    >>> update_count(cnt, np.array([0, 2, 2, -1]), np.arange(4), None, on_device=False)
+    >>> update_count(cnt, np.array([0, 2, 2, -1]), np.arange(4), None, select_backend("cpu"))
     >>> cnt.tolist()
     [1, 0, 2]
     """
-    v = _empty_valid(valid, _xp(slots))
-    if not on_device:
-        _count_cpu(cnt, slots, rows, v)
-    elif slots.shape[0]:
-        _count_cuda[launch_config(slots.shape[0])](cnt, slots, rows, v)
+    backend.launch(COUNT, slots.shape[0], cnt, slots, rows, _empty_valid(valid, backend.xp))
 
 
 def update_sum(acc: Any, nn: Any, slots: Any, rows: Any, values: Any, valid: Any,
-               on_device: bool) -> None:
+               backend: Backend) -> None:
     """``acc[slot] += value`` and ``nn[slot] += 1`` for non-null values (int64 or float64).
 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> acc, nn = np.zeros(2, np.int64), np.zeros(2, np.int64)
     >>> update_sum(acc, nn, np.array([1, 1, 0]), np.arange(3), np.array([5, 6, 7]),
-    ...            np.array([True, True, False]), on_device=False)
+    ...            np.array([True, True, False]), select_backend("cpu"))
     >>> acc.tolist(), nn.tolist()
     ([0, 11], [0, 2])
     """
-    v = _empty_valid(valid, _xp(slots))
-    if not on_device:
-        _sum_cpu(acc, nn, slots, rows, values, v)
-    elif slots.shape[0]:
-        _sum_cuda[launch_config(slots.shape[0])](acc, nn, slots, rows, values, v)
+    backend.launch(SUM, slots.shape[0], acc, nn, slots, rows, values,
+                   _empty_valid(valid, backend.xp))
 
 
 def update_minmax(acc: Any, nn: Any, slots: Any, rows: Any, values: Any, valid: Any,
-                  is_max: bool, on_device: bool) -> None:
+                  is_max: bool, backend: Backend) -> None:
     """Running min or max of non-null values (``acc`` starts at +/- the type's extreme).
 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> acc, nn = np.full(1, -np.inf), np.zeros(1, np.int64)
     >>> update_minmax(acc, nn, np.array([0, 0]), np.arange(2), np.array([3.0, 9.0]), None,
-    ...               True, on_device=False)
+    ...               True, select_backend("cpu"))
     >>> acc.tolist()
     [9.0]
     """
-    v = _empty_valid(valid, _xp(slots))
-    if not on_device:
-        _minmax_cpu(acc, nn, slots, rows, values, v, is_max)
-    elif slots.shape[0]:
-        _minmax_cuda[launch_config(slots.shape[0])](acc, nn, slots, rows, values, v, is_max)
+    backend.launch(MINMAX, slots.shape[0], acc, nn, slots, rows, values,
+                   _empty_valid(valid, backend.xp), is_max)
 
 
 def update_moments(nn: Any, s1: Any, s2: Any, pivot: Any, slots: Any, rows: Any, values: Any,
-                   valid: Any, on_device: bool) -> None:
+                   valid: Any, backend: Backend) -> None:
     """Count, sum and sum of squares of ``value - pivot[slot]`` (float64), for mean/var/std.
 
     Shifting by a per-slot pivot (a value of the group) keeps the variance accurate when
@@ -265,38 +279,39 @@ def update_moments(nn: Any, s1: Any, s2: Any, pivot: Any, slots: Any, rows: Any,
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> nn, s1, s2, piv = np.zeros(1, np.int64), np.zeros(1), np.zeros(1), np.array([10.0])
     >>> update_moments(nn, s1, s2, piv, np.zeros(3, np.int64), np.arange(3),
-    ...                np.array([9.0, 10.0, 11.0]), None, on_device=False)
+    ...                np.array([9.0, 10.0, 11.0]), None, select_backend("cpu"))
     >>> nn.tolist(), s1.tolist(), s2.tolist()
     ([3], [0.0], [2.0])
     """
-    v = _empty_valid(valid, _xp(slots))
-    if not on_device:
-        _moments_cpu(nn, s1, s2, pivot, slots, rows, values, v)
-    elif slots.shape[0]:
-        _moments_cuda[launch_config(slots.shape[0])](nn, s1, s2, pivot, slots, rows, values, v)
+    backend.launch(MOMENTS, slots.shape[0], nn, s1, s2, pivot, slots, rows, values,
+                   _empty_valid(valid, backend.xp))
 
 
 def hll_update(regs: Any, reg_rows: Any, rows: Any, bits: Any, valid: Any, p: int,
-               on_device: bool) -> None:
-    """Raise the HyperLogLog registers of row ``reg_rows[a]`` of ``regs`` (``uint8[n, 2**p]``;
-    -1: skip) with the rank of the value ``bits[rows[a]]`` (a 64-bit pattern), for each
-    assignment ``a`` whose value is not null.
+               backend: Backend) -> None:
+    """Raise the HyperLogLog registers of row ``reg_rows[a]`` of ``regs`` (``uint8[n, 2**p]``,
+    C-contiguous; -1: skip) with the rank of the value ``bits[rows[a]]`` (a 64-bit
+    pattern), for each assignment ``a`` whose value is not null.
 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> regs = np.zeros((2, 16), np.uint8)
     >>> hll_update(regs, np.array([1] * 99 + [-1]), np.arange(100),
-    ...            np.arange(100, dtype=np.uint64), None, 4, on_device=False)
+    ...            np.arange(100, dtype=np.uint64), None, 4, select_backend("cpu"))
     >>> int((regs[1] > 0).sum()) > 10, int(regs[0].sum())
     (True, 0)
     """
-    v = _empty_valid(valid, _xp(reg_rows))
-    if not on_device:
-        _hll_cpu(regs, reg_rows, rows, bits, v, np.int64(p))
-    elif reg_rows.shape[0]:
-        words = regs.reshape(-1).view(np.uint32)
-        _hll_cuda[launch_config(reg_rows.shape[0])](words, np.int64(regs.shape[1]), reg_rows,
-                                                    rows, bits, v, np.int64(p))
+    m = int(regs.shape[1])
+    if backend.is_device:  # the CUDA kernel takes the 32-bit words over the registers' bytes
+        if not regs.flags.c_contiguous:  # a reshape would copy: the registers would not change
+            raise ValueError("hll_update: regs must be C-contiguous on the device; allocate it "
+                             "with xp.zeros((n, 2**p), np.uint8)")
+        regs = regs.reshape(-1).view(np.uint32)
+    # Python ints, not numpy scalars: numba types them faster (int64 either way)
+    backend.launch(HLL, reg_rows.shape[0], regs, m, reg_rows, rows, bits,
+                   _empty_valid(valid, backend.xp), int(p))

@@ -15,10 +15,11 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.backend import Backend
 from gpustream.kernels.cache import CACHE
-from gpustream.kernels.registry import cuda_kernel, launch_config
+from gpustream.kernels.registry import KernelPair, cuda_kernel
 
-__all__ = ["hash_row", "hash_rows", "hash_u64", "widen_keys"]
+__all__ = ["HASH_ROWS", "hash_row", "hash_rows", "hash_u64", "widen_keys"]
 
 _M32 = np.uint64(0xFFFFFFFF)
 _C1 = np.uint64(0x85EBCA6B)
@@ -93,6 +94,10 @@ def _hash_rows_cuda(keys, out):  # type: ignore[no-untyped-def]
         out[i] = hash_row(keys, i)
 
 
+#: ``(keys uint64[k, n], out uint64[n])``: one thread per row
+HASH_ROWS = KernelPair(_hash_rows_cpu, _hash_rows_cuda)
+
+
 def widen_keys(columns: list[Any], xp: Any) -> Any:
     """Stack key columns as a C-contiguous ``uint64[k, n]`` array (bit patterns kept).
 
@@ -113,34 +118,26 @@ def widen_keys(columns: list[Any], xp: Any) -> Any:
     return out
 
 
-def hash_rows(keys: Any, on_device: bool) -> Any:
+def hash_rows(keys: Any, backend: Backend) -> Any:
     """64-bit hashes of the rows of ``keys`` (``uint64[k, n]``, from :func:`widen_keys`).
 
     Parameters
     ----------
     keys
-        numpy (CPU, simulator) or cupy (GPU) array.
-    on_device
-        True to launch the CUDA kernel (cupy arrays, or numpy under the simulator), False
-        for the CPU twin.
+        numpy (``cpu``, ``cudasim``) or cupy (``cuda``) array.
+    backend
+        The backend that hashes them; the hashes are an array of its ``xp``.
 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> keys = widen_keys([np.array([1, 2, 1]), np.array([5, 5, 5])], np)
-    >>> h = hash_rows(keys, on_device=False)
+    >>> h = hash_rows(keys, select_backend("cpu"))
     >>> bool(h[0] == h[2]), bool(h[0] != h[1]), h.dtype
     (True, True, dtype('uint64'))
     """
     n = keys.shape[1]
-    if on_device:
-        import numpy
-
-        xp: Any = numpy if isinstance(keys, numpy.ndarray) else __import__("cupy")
-        out = xp.empty(n, dtype=np.uint64)
-        if n:
-            _hash_rows_cuda[launch_config(n)](keys, out)
-        return out
-    out_h = np.empty(n, dtype=np.uint64)
-    _hash_rows_cpu(keys, out_h)
-    return out_h
+    out = backend.xp.empty(n, dtype=np.uint64)
+    backend.launch(HASH_ROWS, n, keys, out)
+    return out

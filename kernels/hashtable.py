@@ -27,12 +27,13 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.backend import Backend
 from gpustream.kernels.cache import CACHE
 from gpustream.kernels.prefetch import PREFETCH_DISTANCE, _prefetch
-from gpustream.kernels.registry import cuda_kernel, launch_config
+from gpustream.kernels.registry import KernelPair, cuda_kernel
 
-__all__ = ["EMPTY", "TOMBSTONE", "lookup", "new_table", "release_tombstones", "upsert",
-           "upsert_cpu_into"]
+__all__ = ["EMPTY", "LOOKUP", "TOMBSTONE", "UPSERT", "lookup", "new_table",
+           "release_tombstones", "upsert", "upsert_cpu_into"]
 
 EMPTY = np.uint64(0)
 TOMBSTONE = np.uint64(1)
@@ -135,6 +136,11 @@ def _upsert_cuda(t_hash, t_ready, t_keys, hashes, keys, rows, slots, is_new, ret
         s = (s + np.uint64(1)) & mask
 
 
+#: the GPU's insert with its retry list; the CPU inserts in arrival order through
+#: :func:`upsert_cpu_into` (another contract: no retries, a count of the keys created)
+UPSERT = KernelPair(None, _upsert_cuda)
+
+
 @register_jitable
 def _find(t_hash, t_keys, hashes, keys, i):  # type: ignore[no-untyped-def]
     """The slot holding row ``i``'s key, or -1 (probing stops at an empty slot)."""
@@ -174,32 +180,33 @@ def _lookup_cuda(t_hash, t_keys, hashes, keys, out):  # type: ignore[no-untyped-
         out[i] = _find(t_hash, t_keys, hashes, keys, i)
 
 
-def lookup(table: tuple[Any, Any, Any], hashes: Any, keys: Any, on_device: bool) -> Any:
+#: ``(t_hash, t_keys, hashes, keys, out)``: one thread per probe row
+LOOKUP = KernelPair(_lookup_cpu, _lookup_cuda)
+
+
+def lookup(table: tuple[Any, Any, Any], hashes: Any, keys: Any,
+           backend: Backend) -> Any:
     """The slot of every row's key, -1 where the table does not hold it (read only: the
-    probe side of a hash join).
+    probe side of a hash join), on ``backend``.
 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.kernels.hashing import hash_rows
+    >>> cpu = select_backend("cpu")
     >>> table = new_table(16, 1, np)
     >>> build = np.array([[7, 8]], dtype=np.uint64)
-    >>> slots, _ = upsert(table, hash_rows(build, False), build, np.arange(2), False)
+    >>> slots, _ = upsert(table, hash_rows(build, cpu), build, np.arange(2), cpu)
     >>> probe = np.array([[8, 5, 7]], dtype=np.uint64)
-    >>> found = lookup(table, hash_rows(probe, False), probe, False)
+    >>> found = lookup(table, hash_rows(probe, cpu), probe, cpu)
     >>> found.tolist() == [slots[1], -1, slots[0]]
     True
     """
     t_hash, _, t_keys = table
     n = hashes.shape[0]
-    if not on_device:
-        out_h = np.empty(n, dtype=np.int64)
-        _lookup_cpu(t_hash, t_keys, hashes, keys, out_h)
-        return out_h
-    xp: Any = np if isinstance(hashes, np.ndarray) else __import__("cupy")
-    out = xp.empty(n, dtype=np.int64)
-    if n:
-        _lookup_cuda[launch_config(n)](t_hash, t_keys, hashes, keys, out)
+    out = backend.xp.empty(n, dtype=np.int64)
+    backend.launch(LOOKUP, n, t_hash, t_keys, hashes, keys, out)
     return out
 
 
@@ -272,31 +279,33 @@ def upsert_cpu_into(table: tuple[Any, Any, Any], hashes: Any, keys: Any, rows: A
 
 
 def upsert(
-    table: tuple[Any, Any, Any], hashes: Any, keys: Any, rows: Any, on_device: bool,
+    table: tuple[Any, Any, Any], hashes: Any, keys: Any, rows: Any, backend: Backend,
 ) -> tuple[Any, Any]:
     """Find or insert the keys of ``rows``; returns ``(slots, is_new)`` indexed by row.
 
     Rows not listed in ``rows`` get slot -1. The caller keeps the load factor below 1
-    (the table must have a free slot for every new key).
+    (the table must have a free slot for every new key). ``backend`` runs it.
 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.kernels.hashing import hash_rows
+    >>> cpu = select_backend("cpu")
     >>> table = new_table(16, 1, np)
     >>> keys = np.array([[7, 8, 7, 9]], dtype=np.uint64)
-    >>> slots, new = upsert(table, hash_rows(keys, False), keys, np.arange(4), False)
+    >>> slots, new = upsert(table, hash_rows(keys, cpu), keys, np.arange(4), cpu)
     >>> bool(slots[0] == slots[2]), new.tolist()
     (True, [1, 1, 0, 1])
     """
     t_hash, t_ready, t_keys = table
     n = hashes.shape[0]
-    if not on_device:
+    if not backend.is_device:
         slots_h = np.full(n, -1, dtype=np.int64)
         new_h = np.zeros(n, dtype=np.int8)
         _upsert_cpu(t_hash, t_ready, t_keys, hashes, keys, rows, slots_h, new_h)
         return slots_h, new_h
-    xp: Any = np if isinstance(hashes, np.ndarray) else __import__("cupy")
+    xp = backend.xp
     slots = xp.full(n, -1, dtype=np.int64)
     is_new = xp.zeros(n, dtype=np.int8)
     retry = xp.empty(max(1, rows.shape[0]), dtype=np.int64)
@@ -304,8 +313,8 @@ def upsert(
     todo = rows
     while todo.shape[0]:
         n_retry[0] = 0
-        _upsert_cuda[launch_config(todo.shape[0])](t_hash, t_ready, t_keys, hashes, keys,
-                                                     todo, slots, is_new, retry, n_retry)
+        backend.launch(UPSERT, todo.shape[0], t_hash, t_ready, t_keys, hashes, keys, todo, slots,
+                  is_new, retry, n_retry)
         k = int(n_retry[0])
         todo = retry[:k].copy()
     return slots, is_new

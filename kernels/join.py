@@ -19,10 +19,11 @@ from typing import Any
 import numba
 import numpy as np
 
+from gpustream.backend import Backend
 from gpustream.kernels.cache import CACHE
-from gpustream.kernels.registry import cuda_kernel, launch_config
+from gpustream.kernels.registry import KernelPair, cuda_kernel
 
-__all__ = ["expand_pairs"]
+__all__ = ["EXPAND", "expand_pairs"]
 
 cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
 
@@ -56,7 +57,12 @@ def _expand_cuda(first, counts, starts, out_probe, out_build):  # type: ignore[n
     out_build[t] = starts[lo] + (t - first[lo])
 
 
-def expand_pairs(counts: Any, starts: Any, on_device: bool) -> tuple[Any, Any]:
+#: ``(first, counts, starts, out_probe, out_build)``: one CUDA thread per output pair
+#: (the CPU twin loops over the probe rows)
+EXPAND = KernelPair(_expand_cpu, _expand_cuda)
+
+
+def expand_pairs(counts: Any, starts: Any, backend: Backend) -> tuple[Any, Any]:
     """``(probe row, build position)`` of every candidate pair, probe rows in order.
 
     ``counts[i]`` candidates of probe row ``i`` sit at build positions
@@ -65,11 +71,12 @@ def expand_pairs(counts: Any, starts: Any, on_device: bool) -> tuple[Any, Any]:
     Examples
     --------
     >>> import numpy as np
-    >>> p, b = expand_pairs(np.array([2, 0, 1]), np.array([5, 0, 9]), on_device=False)
+    >>> from gpustream.backend import select_backend
+    >>> p, b = expand_pairs(np.array([2, 0, 1]), np.array([5, 0, 9]), select_backend("cpu"))
     >>> p.tolist(), b.tolist()
     ([0, 0, 2], [5, 6, 9])
     """
-    xp: Any = np if (not on_device or isinstance(counts, np.ndarray)) else __import__("cupy")
+    xp = backend.xp
     counts = counts.astype(np.int64)
     first = xp.cumsum(counts) - counts  # exclusive prefix sum: the count pass
     total = int(counts.sum())
@@ -78,8 +85,5 @@ def expand_pairs(counts: Any, starts: Any, on_device: bool) -> tuple[Any, Any]:
     if total == 0:
         return out_probe, out_build
     starts = starts.astype(np.int64)
-    if on_device:
-        _expand_cuda[launch_config(total)](first, counts, starts, out_probe, out_build)
-    else:
-        _expand_cpu(first, counts, starts, out_probe, out_build)
+    backend.launch(EXPAND, total, first, counts, starts, out_probe, out_build)
     return out_probe, out_build

@@ -46,12 +46,13 @@ from numba.extending import register_jitable
 
 from gpustream.kernels.hashing import _fmix32, hash_row
 from gpustream.kernels.hashtable import EMPTY, _keys_equal, _live_hash
-from gpustream.kernels.registry import cuda_kernel
+from gpustream.kernels.registry import KernelPair, cuda_kernel
 from gpustream.kernels.windows import window_end, window_start
 
 __all__ = [
     "COUNT",
     "COUNT_VALID",
+    "FOLD_PANES",
     "FREE",
     "KEY_SHORT",
     "LIMIT",
@@ -393,3 +394,8 @@ def fold_panes(ts, ts_ok, wm, size, slide, nwin, offset, fired_to, epoch, keys, 
                     for c in range(nf):
                         _merge(fstate, c, r, sh_f[c, s], fhow[c], ffill[c])
             cuda.syncthreads()  # the slots are read before the next tile resets them
+
+
+#: the pane kernel, launched through :meth:`Backend.launch <gpustream.backend.Backend.launch>`
+#: on the device backends (the CPU folds its panes with :mod:`gpustream.kernels.fused_dense`)
+FOLD_PANES = KernelPair(None, fold_panes)

@@ -6,6 +6,12 @@ launched (``kernel[blocks, threads](*args)``) or compiled to PTX by
 :mod:`gpustream.kernels.ptx`. The signatures are the argument types the engine launches
 it with; CI compiles each of them for sm_80 and sm_90. Compiled kernels are cached on
 disk, once per machine and compute capability (:mod:`~gpustream.kernels.cache`).
+
+A :class:`KernelPair` registers a CUDA kernel with its CPU twin (an ``njit`` function
+taking the same arguments) as one kernel, which
+:meth:`Backend.launch <gpustream.backend.Backend.launch>` runs on whichever backend a
+pipeline runs on: kernel wrappers and operators hold the backend, never an
+``is this the device`` flag.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["KERNELS", "CudaKernel", "cuda_kernel", "launch_config"]
+__all__ = ["KERNELS", "PAIRS", "CudaKernel", "KernelPair", "cuda_kernel", "launch_config"]
 
 THREADS_PER_BLOCK = 256
 
@@ -99,3 +105,61 @@ def launch_config(n: int, threads: int = THREADS_PER_BLOCK) -> tuple[int, int]:
     ((4, 256), (1, 256))
     """
     return max(1, -(-n // threads)), threads
+
+
+class KernelPair:
+    """One kernel on every backend: a CPU twin and a CUDA kernel with the same arguments.
+
+    :meth:`Backend.launch <gpustream.backend.Backend.launch>` calls ``cpu(*args)`` on the
+    ``cpu`` backend and launches ``cuda`` over ``n`` items on ``cuda`` and ``cudasim``.
+
+    Parameters
+    ----------
+    cpu
+        The CPU twin (``numba.njit``), or None for a CUDA kernel whose CPU side is a
+        different algorithm the wrapper calls itself (a one-pass CPU scan against a
+        two-launch GPU scan): launching it on the CPU is then an error.
+    cuda
+        The CUDA kernel (:func:`cuda_kernel`), one thread per ``items`` items.
+    items
+        Items each CUDA thread covers: the grid is ``launch_config(ceil(n / items),
+        threads)``.
+    threads
+        Threads per block.
+    register
+        Add it to :data:`PAIRS` (False for examples).
+
+    Examples
+    --------
+    >>> def _twice_cpu(out, x):
+    ...     out[:] = 2 * x
+    >>> def _twice_cuda(out, x):
+    ...     pass
+    >>> k = KernelPair(_twice_cpu, CudaKernel(_twice_cuda, ("void(int64[::1], int64[::1])",),
+    ...                                       register=False), items=4, register=False)
+    >>> k.name, k.config(1000)
+    ('_twice_cuda', (1, 256))
+    """
+
+    __slots__ = ("cpu", "cuda", "items", "name", "threads")
+
+    def __init__(self, cpu: Callable[..., Any] | None, cuda: CudaKernel, *, items: int = 1,
+                 threads: int = THREADS_PER_BLOCK, register: bool = True) -> None:
+        self.cpu = cpu
+        self.cuda = cuda
+        self.items = items
+        self.threads = threads
+        self.name = cuda.name
+        if register:
+            PAIRS.append(self)
+
+    def config(self, n: int) -> tuple[int, int]:
+        """(blocks, threads) of the CUDA launch over ``n`` items."""
+        return launch_config(-(-n // self.items), self.threads)
+
+    def __repr__(self) -> str:
+        return f"KernelPair({self.name})"
+
+
+#: Every kernel pair of gpustream, in import order (their CUDA sides are in KERNELS).
+PAIRS: list[KernelPair] = []

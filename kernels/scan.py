@@ -6,7 +6,9 @@ with the maximum of all earlier batches. Rows whose event time is null do not ra
 
 CPU: one sequential njit pass. CUDA: two launches; each block of ``THREADS`` threads
 covers ``THREADS * ITEMS`` rows: first every block's maximum, then every block scans its
-rows in shared memory with the maximum of the blocks before it as carry-in.
+rows in shared memory with the maximum of the blocks before it as carry-in. The two
+algorithms differ, so the CUDA kernels are pairs without a CPU twin
+(:class:`~gpustream.kernels.registry.KernelPair`): the wrapper runs the CPU pass itself.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import numpy as np
 from numba import types as nt
 from numba.extending import register_jitable
 
+from gpustream.backend import Backend
 from gpustream.kernels.cache import CACHE
-from gpustream.kernels.registry import cuda_kernel
+from gpustream.kernels.registry import KernelPair, cuda_kernel
 
-__all__ = ["INT64_MIN", "exclusive_prefix_max", "watermarks_cpu"]
+__all__ = ["BLOCK_MAX", "BLOCK_SCAN", "INT64_MIN", "exclusive_prefix_max", "watermarks_cpu"]
 
 INT64_MIN = np.int64(-(2**63))
 THREADS = 256
@@ -134,7 +137,13 @@ def _block_scan_cuda(ts, valid, block_max, carry, out):  # type: ignore[no-untyp
                 running = ts[i]
 
 
-def exclusive_prefix_max(ts: Any, valid: Any, carry: int, on_device: bool) -> tuple[Any, int]:
+#: ``(ts, valid, block_max)`` and ``(ts, valid, block_max, carry, out)``: one block per
+#: ``CHUNK`` rows
+BLOCK_MAX = KernelPair(None, _block_max_cuda, items=ITEMS, threads=THREADS)
+BLOCK_SCAN = KernelPair(None, _block_scan_cuda, items=ITEMS, threads=THREADS)
+
+
+def exclusive_prefix_max(ts: Any, valid: Any, carry: int, backend: Backend) -> tuple[Any, int]:
     """``out[i] = max(carry, ts[0..i-1])`` over valid rows, and the maximum after the batch.
 
     Parameters
@@ -145,29 +154,30 @@ def exclusive_prefix_max(ts: Any, valid: Any, carry: int, on_device: bool) -> tu
         Boolean validity of ``ts``, or None when none is null.
     carry
         The maximum of earlier batches (``INT64_MIN`` at the start).
-    on_device
-        Launch the CUDA kernels (cupy arrays, or numpy under the simulator).
+    backend
+        The backend that runs it: the CPU pass, or the CUDA kernels.
 
     Examples
     --------
     >>> import numpy as np
-    >>> out, running = exclusive_prefix_max(np.array([5, 3, 9, 1]), None, 4, on_device=False)
+    >>> from gpustream.backend import select_backend
+    >>> out, running = exclusive_prefix_max(np.array([5, 3, 9, 1]), None, 4,
+    ...                                     select_backend("cpu"))
     >>> out.tolist(), running
     ([4, 5, 5, 9], 9)
     """
     n = ts.shape[0]
-    if not on_device:
+    if not backend.is_device:
         out_h = np.empty(n, dtype=np.int64)
         v = np.empty(0, dtype=np.bool_) if valid is None else valid
         running = _scan_cpu(ts, v, np.int64(carry), out_h)
         return out_h, int(running)
-    xp: Any = np if isinstance(ts, np.ndarray) else __import__("cupy")
+    xp = backend.xp
     out = xp.empty(n, dtype=np.int64)
     if n == 0:
         return out, int(carry)
     v = xp.empty(0, dtype=np.bool_) if valid is None else valid
-    blocks = -(-n // CHUNK)
-    block_max = xp.empty(blocks, dtype=np.int64)
-    _block_max_cuda[blocks, THREADS](ts, v, block_max)
-    _block_scan_cuda[blocks, THREADS](ts, v, block_max, np.int64(carry), out)
+    block_max = xp.empty(-(-n // CHUNK), dtype=np.int64)
+    backend.launch(BLOCK_MAX, n, ts, v, block_max)
+    backend.launch(BLOCK_SCAN, n, ts, v, block_max, np.int64(carry), out)
     return out, max(int(carry), int(block_max.max()))

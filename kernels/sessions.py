@@ -36,10 +36,11 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.backend import Backend
 from gpustream.kernels.cache import CACHE
-from gpustream.kernels.registry import cuda_kernel, launch_config
+from gpustream.kernels.registry import KernelPair, cuda_kernel
 
-__all__ = ["DEAD", "FREE", "LIVE", "sessionize"]
+__all__ = ["DEAD", "FREE", "LIVE", "SESSIONIZE", "sessionize"]
 
 FREE = np.int8(0)
 LIVE = np.int8(1)
@@ -177,9 +178,14 @@ def _sessionize_cuda(seg_pos, seg_end, order, ts, wm, kslot, gap, lateness, spli
                  s_rev, s_emit, s_floor, ev_sess, ev_round)
 
 
+#: one thread (CPU: one loop iteration) per key segment
+SESSIONIZE = KernelPair(_sessionize_cpu, _sessionize_cuda)
+
+
 def sessionize(seg_pos: Any, seg_end: Any, order: Any, ts: Any, wm: Any, kslot: Any, gap: int,
                lateness: int, split: bool, rnd: int, base: int, head: Any, store: dict[str, Any],
-               ev_sess: Any, ev_round: Any, on_device: bool, gone_end: Any | None = None) -> None:
+               ev_sess: Any, ev_round: Any, backend: Backend,
+               gone_end: Any | None = None) -> None:
     """One round of session assignment over every key's remaining events.
 
     Parameters
@@ -210,6 +216,8 @@ def sessionize(seg_pos: Any, seg_end: Any, order: Any, ts: Any, wm: Any, kslot: 
         ``floor`` (optional: none).
     ev_sess
         Out: each handled event's session record (-1: late for every window).
+    backend
+        The backend that runs it.
     gone_end
         Per key slot: the largest end of its sessions whose state is gone (updated in
         place; optional: none known).
@@ -217,6 +225,7 @@ def sessionize(seg_pos: Any, seg_end: Any, order: Any, ts: Any, wm: Any, kslot: 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> store = {k: np.full(8, -1, np.int64) for k in ("start", "end", "next", "into", "kslot",
     ...                                                 "rev")}
     >>> store.update({k: np.zeros(8, np.int8) for k in ("state", "dirty", "emit")})
@@ -224,13 +233,13 @@ def sessionize(seg_pos: Any, seg_end: Any, order: Any, ts: Any, wm: Any, kslot: 
     >>> ts = np.array([10, 30, 20]); wm = np.array([-99, 10, 15])
     >>> sess, rounds = np.full(3, -1), np.full(3, -1)
     >>> sessionize(np.array([0]), np.array([3]), np.arange(3), ts, wm, np.zeros(3, np.int64),
-    ...            12, 0, False, 0, 0, head, store, sess, rounds, on_device=False)
+    ...            12, 0, False, 0, 0, head, store, sess, rounds, select_backend("cpu"))
     >>> sess.tolist(), store["state"][:3].tolist(), store["into"][:2].tolist()
     ([0, 1, 0], [1, 2, 0], [-1, 0])
     >>> int(store["start"][0]), int(store["end"][0])    # 20 bridged [10, 22) and [30, 42)
     (10, 42)
     """
-    xp: Any = np if isinstance(head, np.ndarray) else __import__("cupy")
+    xp = backend.xp
     if gone_end is None:  # no gone sessions known
         gone_end = xp.full(head.shape[0], _I64_MIN, dtype=np.int64)
     floor = store.get("floor")
@@ -240,7 +249,4 @@ def sessionize(seg_pos: Any, seg_end: Any, order: Any, ts: Any, wm: Any, kslot: 
             np.bool_(split), np.int64(rnd), np.int64(base), head, gone_end, store["start"],
             store["end"], store["next"], store["state"], store["into"], store["kslot"],
             store["dirty"], store["rev"], store["emit"], floor, ev_sess, ev_round)
-    if not on_device:
-        _sessionize_cpu(*args)
-    elif seg_pos.shape[0]:
-        _sessionize_cuda[launch_config(seg_pos.shape[0])](*args)
+    backend.launch(SESSIONIZE, seg_pos.shape[0], *args)

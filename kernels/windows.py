@@ -24,10 +24,11 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from gpustream.backend import Backend
 from gpustream.kernels.cache import CACHE
-from gpustream.kernels.registry import cuda_kernel, launch_config
+from gpustream.kernels.registry import KernelPair, cuda_kernel
 
-__all__ = ["DROPPED", "LATE", "NO_TIME", "ON_TIME", "assign_windows", "window_end",
+__all__ = ["ASSIGN", "DROPPED", "LATE", "NO_TIME", "ON_TIME", "assign_windows", "window_end",
            "window_start"]
 
 ON_TIME = np.int8(0)
@@ -117,37 +118,37 @@ def _assign_cuda(ts, valid, wm, size, slide, offset, lateness, nwin, starts, sta
         _assign_event(i, ts, valid, wm, size, slide, offset, lateness, nwin, starts, status)
 
 
+#: ``(ts, valid, wm, size, slide, offset, lateness, nwin, starts, status)``: one thread
+#: per event
+ASSIGN = KernelPair(_assign_cpu, _assign_cuda)
+
+
 def assign_windows(
     ts: Any, valid: Any, wm: Any, size: int, slide: int, offset: int, lateness: int,
-    on_device: bool,
+    backend: Backend,
 ) -> tuple[Any, Any]:
-    """Window starts and statuses of every (event, window) pair, event-major.
+    """Window starts and statuses of every (event, window) pair, event-major, on
+    ``backend``.
 
     Assignment ``a`` belongs to event ``a // nwin`` with ``nwin = size // slide``.
 
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> ts = np.array([1500, 200])
     >>> wm = np.array([-10**18, 2000])     # the second event arrives after the first
-    >>> starts, status = assign_windows(ts, None, wm, 1000, 500, 0, 0, on_device=False)
+    >>> starts, status = assign_windows(ts, None, wm, 1000, 500, 0, 0, select_backend("cpu"))
     >>> starts.tolist(), status.tolist()
     ([1500, 1000, 0, -500], [0, 0, 2, 2])
     """
+    xp = backend.xp
+    # Python ints, not numpy scalars: numba types them faster (int64 either way)
+    size, slide, offset, lateness = int(size), int(slide), int(offset), int(lateness)
     nwin = size // slide
     n = ts.shape[0]
-    if not on_device:
-        starts_h = np.empty(n * nwin, dtype=np.int64)
-        status_h = np.empty(n * nwin, dtype=np.int8)
-        v = np.empty(0, dtype=np.bool_) if valid is None else valid
-        _assign_cpu(ts, v, wm, size, slide, offset, lateness, nwin, starts_h, status_h)
-        return starts_h, status_h
-    xp: Any = np if isinstance(ts, np.ndarray) else __import__("cupy")
     starts = xp.empty(n * nwin, dtype=np.int64)
     status = xp.empty(n * nwin, dtype=np.int8)
-    if n:
-        v = xp.empty(0, dtype=np.bool_) if valid is None else valid
-        _assign_cuda[launch_config(n)](ts, v, wm, np.int64(size), np.int64(slide),
-                                       np.int64(offset), np.int64(lateness), np.int64(nwin),
-                                       starts, status)
+    v = xp.empty(0, dtype=np.bool_) if valid is None else valid
+    backend.launch(ASSIGN, n, ts, v, wm, size, slide, offset, lateness, nwin, starts, status)
     return starts, status

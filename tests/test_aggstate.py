@@ -29,7 +29,7 @@ values_st = st.lists(st.tuples(st.one_of(st.none(), st.integers(-1000, 1000)),
 
 def _fold(kind: str, parts: list[list[tuple[int | None, int]]], merge: bool) -> tuple[Any, Any]:
     """Fold ``parts`` into slots; with ``merge`` each part has its own slot, merged at the end."""
-    table = SlotTable(1, np, on_device=False)
+    table = SlotTable(1, np, select_backend("cpu"))
     agg = Agg(kind, None if kind == "count" else gs.col("v"))
     state = make_state("a", agg, pa.int64(), OUT_TYPES[kind], table)
     keys = np.arange(len(parts), dtype=np.uint64).reshape(1, -1) if merge else \
@@ -167,7 +167,7 @@ def test_cpu_equals_cudasim_for_windows(assigner: gs.WindowAssigner) -> None:
 def test_slot_table_grows_while_inserting_and_keeps_earlier_slots() -> None:
     rng = np.random.default_rng(4)
     keys = rng.integers(0, 50_000, (2, 120_000)).astype(np.uint64)
-    table = SlotTable(2, np, on_device=False)
+    table = SlotTable(2, np, select_backend("cpu"))
     table.add_column("first_row", np.int64, -1)
     slots, is_new = table.upsert(keys, np.arange(keys.shape[1]))
     assert table.rebuilds > 0, "the insert should have grown the table several times"

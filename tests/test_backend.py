@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import numpy as np
 import pytest
 
 import gpustream as gs
@@ -131,9 +133,70 @@ def test_choice_is_made_once_and_logged(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_backend_fixture_arrays_round_trip(backend: gs.Backend) -> None:
-    import numpy as np
-
     a = np.arange(10, dtype=np.int64)
     dev = backend.to_device(a)
     assert backend.to_host(dev).tolist() == a.tolist()
     assert type(dev).__module__.split(".")[0] == ("cupy" if backend.name == "cuda" else "numpy")
+
+
+def _launch_cases(xp: Any) -> list[tuple[Any, int, tuple[Any, ...], list[int]]]:
+    """(kernel pair, n, args, which args are outputs): inputs over several blocks, one
+    kernel with atomics, one that returns a value on the CPU."""
+    from gpustream.kernels.aggregate import COUNT
+    from gpustream.kernels.hashing import HASH_ROWS
+    from gpustream.kernels.windows import ASSIGN
+
+    rng = np.random.default_rng(11)
+    n = 700  # three blocks of 256
+    keys = xp.asarray(rng.integers(0, 2**63, (2, n)).astype(np.uint64))
+    slots = xp.asarray(rng.integers(-1, 9, n))
+    ts = xp.asarray(rng.integers(-10_000, 10_000, n))
+    wm = xp.asarray(rng.integers(-10_000, 10_000, n))
+    i64 = np.int64
+    return [
+        (HASH_ROWS, n, (keys, xp.zeros(n, dtype=np.uint64)), [1]),
+        (COUNT, n, (xp.zeros(9, dtype=np.int64), slots, xp.arange(n, dtype=np.int64),
+                    xp.asarray(rng.random(n) < 0.8)), [0]),
+        (ASSIGN, n, (ts, xp.empty(0, dtype=np.bool_), wm, i64(1000), i64(250), i64(7), i64(300),
+                     i64(4), xp.zeros(4 * n, dtype=np.int64), xp.zeros(4 * n, dtype=np.int8)),
+         [8, 9]),
+    ]
+
+
+def test_launch_runs_the_cpu_twin_and_returns_its_result() -> None:
+    from gpustream.kernels.hashtable import UPSERT
+    from gpustream.kernels.registry import CudaKernel, KernelPair
+    from gpustream.kernels.scan import BLOCK_MAX
+
+    cpu = select_backend("cpu")
+    for kernel, n, args, outs in _launch_cases(np):
+        assert cpu.launch(kernel, n, *args) is None
+        assert all(int(np.count_nonzero(args[i])) for i in outs), kernel.name
+
+    def total(a: Any, out: Any) -> int:
+        return int(a.sum())
+
+    def total_cuda(a: Any, out: Any) -> None:  # never launched here
+        pass
+
+    pair = KernelPair(total, CudaKernel(total_cuda, ("void(int64[::1], int64[::1])",),
+                                        register=False), register=False)
+    assert cpu.launch(pair, 4, np.arange(4), None) == 6
+    for device_only in (UPSERT, BLOCK_MAX):  # no CPU twin: the wrapper runs the CPU pass
+        with pytest.raises(BackendError, match=f"{device_only.name} has no CPU twin"):
+            cpu.launch(device_only, 1)
+
+
+def test_launch_gives_the_same_result_on_every_backend(device_backend: gs.Backend) -> None:
+    cpu = select_backend("cpu")
+    xp = device_backend.xp
+    for (kernel, n, want, outs), (_, _, got, _) in zip(_launch_cases(np), _launch_cases(xp),
+                                                        strict=True):
+        cpu.launch(kernel, n, *want)
+        assert device_backend.launch(kernel, n, *got) is None
+        for i in outs:
+            assert np.array_equal(device_backend.to_host(got[i]), want[i]), (kernel.name, i)
+    empty = xp.zeros((1, 0), dtype=np.uint64)  # n == 0: nothing is launched
+    from gpustream.kernels.hashing import HASH_ROWS
+
+    assert device_backend.launch(HASH_ROWS, 0, empty, xp.zeros(0, dtype=np.uint64)) is None

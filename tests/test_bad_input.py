@@ -323,10 +323,9 @@ def test_event_times_at_int64_limits_are_dead_letters_not_overflows(
 
 def test_assign_windows_saturates_window_ends_and_never_overflows(backend: gs.Backend) -> None:
     xp = backend.xp
-    on_device = backend.name != "cpu"
     ts = xp.asarray(np.array([I64_MAX - 3, 100], dtype=np.int64))
     wm = xp.asarray(np.array([I64_MAX - 20, I64_MAX - 20], dtype=np.int64))
-    starts, status = assign_windows(ts, None, wm, 10, 5, 0, 0, on_device=on_device)
+    starts, status = assign_windows(ts, None, wm, 10, 5, 0, 0, backend)
     last = (I64_MAX - 3) - (I64_MAX - 3) % 5
     assert np.asarray(starts).tolist() == [last, last - 5, 100, 95]
     # [last, last + 10) ends past int64: its end saturates, so it is open, not long past
@@ -334,7 +333,7 @@ def test_assign_windows_saturates_window_ends_and_never_overflows(backend: gs.Ba
     # lateness near both limits: end - watermark would overflow
     ts = xp.asarray(np.array([EVENT_TIME_MIN, EVENT_TIME_MAX - 50], dtype=np.int64))
     wm = xp.asarray(np.array([EVENT_TIME_MAX, EVENT_TIME_MAX], dtype=np.int64))
-    _, status = assign_windows(ts, None, wm, 10, 10, 0, 100, on_device=on_device)
+    _, status = assign_windows(ts, None, wm, 10, 10, 0, 100, backend)
     assert np.asarray(status).tolist() == [DROPPED, LATE]
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import gpustream as gs
+from gpustream.backend import select_backend
 from gpustream.kernels.hashing import hash_rows, widen_keys
 from gpustream.kernels.ptx import compile_kernel, load_all_kernels
 from gpustream.kernels.registry import CudaKernel
 
 ALL_KERNELS = load_all_kernels()
+CPU = select_backend("cpu")
 INTEGER_ONLY = {"_hash_rows_cuda", "_upsert_cuda", "_block_max_cuda", "_block_scan_cuda",
                 "_assign_cuda", "_sessionize_cuda", "_count_cuda", "_hll_cuda", "_lookup_cuda"}
 
@@ -34,31 +37,31 @@ def _keys(n: int, seed: int = 0) -> list[np.ndarray]:
 
 def test_hash_is_deterministic_and_spreads() -> None:
     cols = [np.arange(200_000, dtype=np.int64)]
-    h = hash_rows(widen_keys(cols, np), on_device=False)
+    h = hash_rows(widen_keys(cols, np), CPU)
     assert len(np.unique(h)) == len(h)  # 64-bit hashes of distinct keys: no collisions
-    assert np.array_equal(h, hash_rows(widen_keys(cols, np), on_device=False))
+    assert np.array_equal(h, hash_rows(widen_keys(cols, np), CPU))
     # low bits (used to pick hash-table slots) are close to uniform
     counts = np.bincount((h & np.uint64(1023)).astype(np.int64), minlength=1024)
     assert counts.min() > 100 and counts.max() < 300
     # keys that differ only in their high 32 bits spread over the low bits too
     high = [(np.arange(100_000, dtype=np.int64) << 32) + 7, np.zeros(100_000, np.int64)]
-    hh = hash_rows(widen_keys(high, np), on_device=False)
+    hh = hash_rows(widen_keys(high, np), CPU)
     counts = np.bincount((hh & np.uint64(1023)).astype(np.int64), minlength=1024)
     assert counts.min() > 40 and counts.max() < 170
     # the order of key columns matters
     a, b = np.arange(50), np.arange(50)[::-1].copy()
-    assert not np.array_equal(hash_rows(widen_keys([a, b], np), False),
-                              hash_rows(widen_keys([b, a], np), False))
+    assert not np.array_equal(hash_rows(widen_keys([a, b], np), CPU),
+                              hash_rows(widen_keys([b, a], np), CPU))
 
 
 def test_hash_kernel_matches_cpu_twin(device_backend: gs.Backend) -> None:
     backend = device_backend
     n = 700 if backend.name == "cudasim" else 100_000
     cols = _keys(n)
-    want = hash_rows(widen_keys(cols, np), on_device=False)
+    want = hash_rows(widen_keys(cols, np), CPU)
     xp = backend.xp
     dev_cols = [xp.asarray(c) for c in cols]
-    got = backend.to_host(hash_rows(widen_keys(dev_cols, xp), on_device=True))
+    got = backend.to_host(hash_rows(widen_keys(dev_cols, xp), backend))
     assert np.array_equal(got, want)
 
 
@@ -93,7 +96,7 @@ def test_sessions_before_the_first_watermark_merge() -> None:
     wm = np.full(2, np.iinfo(np.int64).min)
     sess, rounds = np.full(2, -1), np.full(2, -1)
     sessionize(np.array([0]), np.array([2]), np.arange(2), ts, wm, np.zeros(2, np.int64), 10,
-               5, True, 0, 0, head, store, sess, rounds, on_device=False)
+               5, True, 0, 0, head, store, sess, rounds, CPU)
     assert sess.tolist() == [0, 0]
     assert (int(store["start"][0]), int(store["end"][0])) == (100, 115)
 
@@ -124,7 +127,6 @@ def test_cpu_watermarks_equal_the_device_scan(device_backend: gs.Backend) -> Non
     from gpustream.operators.watermark import WatermarkOp
 
     ts, valid = _watermark_data(5)
-    import pyarrow as pa
 
     batch = gs.Batch.from_arrow(pa.record_batch({"ts": pa.array(ts, mask=~valid)}))
     outs = []
@@ -149,3 +151,32 @@ def test_the_upsert_kernel_fences_and_reads_claimed_keys_coherently() -> None:
     assert len(re.findall(r"\bmembar\.gl\b|\bfence\.", ptx)) >= 2
     assert len(re.findall(r"atom\.global\.add\.u64", ptx)) >= 2  # n_retry and the key words
     assert re.search(r"ld\.global\.u64", ptx) and "atom.global.cas" in ptx
+
+
+#: the kernel modules whose CUDA kernels launch only through Backend.launch (issue 15)
+LAUNCHED = ("aggregate", "hashing", "hashtable", "join", "panes", "scan", "sessions", "windows")
+
+
+def test_every_cuda_kernel_of_the_launched_modules_is_a_registered_pair() -> None:
+    """Each CUDA kernel of these modules runs through a KernelPair (so Backend.launch
+    reaches it), and each pair's CUDA side is registered (so the PTX step compiles it)."""
+    import importlib
+    import inspect
+
+    from gpustream.kernels.registry import KERNELS, PAIRS
+
+    paired = {id(p.cuda) for p in PAIRS}
+    registered = {id(k) for k in KERNELS}
+    assert all(id(p.cuda) in registered for p in PAIRS)
+    assert len(paired) == len(PAIRS)  # one pair per kernel
+    for name in LAUNCHED:
+        module = importlib.import_module(f"gpustream.kernels.{name}")
+        kernels = [v for v in vars(module).values() if isinstance(v, CudaKernel)]
+        assert kernels, name
+        assert all(id(k) in paired for k in kernels), name
+        source = inspect.getsource(module)
+        # launches and array modules come from the backend, not from the wrapper
+        assert not re.search(r"_cuda\[|launch_config\(|__import__\(", source), name
+    for p in PAIRS:
+        if p.cpu is not None:  # a CPU twin is an njit function
+            assert hasattr(p.cpu, "py_func"), p.name

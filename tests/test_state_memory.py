@@ -123,13 +123,13 @@ def test_state_bytes_is_what_the_state_holds() -> None:
 
 
 def test_slot_and_dense_tables_report_their_arrays_after_growing() -> None:
-    t = SlotTable(2, np, on_device=False)
+    t = SlotTable(2, np, select_backend("cpu"))
     t.add_column("n", np.int64, 0)
     keys = np.random.default_rng(3).integers(0, 2**60, (2, 50_000)).astype(np.uint64)
     t.upsert(keys, np.arange(50_000))
     assert t.capacity >= 100_000
     assert t.state_bytes() == t.capacity * (8 + 4 + 16 + 8)
-    d = DenseTable(np, on_device=False, meta={"state": (np.int8, 0)})
+    d = DenseTable(select_backend("cpu"), meta={"state": (np.int8, 0)})
     d.add_column("n", np.int64, 0)
     d.reserve(5000)
     assert d.state_bytes() == d.capacity * 9 and d.capacity >= 5000
@@ -141,7 +141,7 @@ def test_slot_and_dense_tables_report_their_arrays_after_growing() -> None:
 def _hll(backend: Backend, p: int = 12, groups: int = 4) -> tuple[HllState, Any]:
     """An approx_count_distinct state over ``groups`` new slots of a table."""
     xp = backend.xp
-    table = SlotTable(1, xp, backend.is_device)
+    table = SlotTable(1, xp, backend)
     st = make_state("a", Agg("approx_count_distinct", gs.col("v"), precision=p), pa.int64(),
                     pa.int64(), table)
     assert isinstance(st, HllState)
@@ -282,7 +282,7 @@ def test_snapshots_restore_sparse_and_dense_groups() -> None:
     _update(st, cpu, slots, np.zeros(100, dtype=np.int64), more)  # group 0 turns dense
     want = st.finalize(slots)[0].tolist()
 
-    table2 = SlotTable(1, np, on_device=False)
+    table2 = SlotTable(1, np, select_backend("cpu"))
     st2 = make_state("a", st.agg, pa.int64(), pa.int64(), table2)
     assert isinstance(st2, HllState)
     new = table2.restore(snap_table, cpu.to_device)
@@ -299,9 +299,9 @@ def test_snapshots_from_before_sparse_groups_restore() -> None:
     m = 1 << 12
     regs = np.zeros((3, m), dtype=np.uint8)
     hll_update(regs, np.repeat([0, 1, 2], [10, 1000, 50_000]), np.arange(51_010),
-               np.arange(51_010, dtype=np.uint64) * np.uint64(7919), None, 12, on_device=False)
+               np.arange(51_010, dtype=np.uint64) * np.uint64(7919), None, 12, cpu)
     old = {"regs": regs.astype(np.int32)}
-    table = SlotTable(1, np, on_device=False)
+    table = SlotTable(1, np, select_backend("cpu"))
     st = make_state("a", Agg("approx_count_distinct", gs.col("v")), pa.int64(), pa.int64(),
                     table)
     assert isinstance(st, HllState)
@@ -348,8 +348,8 @@ def test_hll_kernel_cpu_equals_cudasim() -> None:
     valid = rng.random(n) < 0.9
     cpu = np.zeros((5, 64), dtype=np.uint8)
     sim = np.zeros((5, 64), dtype=np.uint8)
-    hll_update(cpu, rows, np.arange(n), bits, valid, 6, on_device=False)
-    hll_update(sim, rows, np.arange(n), bits, valid, 6, on_device=True)
+    hll_update(cpu, rows, np.arange(n), bits, valid, 6, select_backend("cpu"))
+    hll_update(sim, rows, np.arange(n), bits, valid, 6, select_backend("cudasim"))
     assert (cpu > 0).sum() > 200
     assert np.array_equal(cpu, sim)
 

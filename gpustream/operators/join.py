@@ -263,7 +263,6 @@ class _JoinBase(TwoInputOperator):
         self.spec = spec
         self.backend = backend
         self.xp = backend.xp
-        self.on_device = backend.is_device
         self.dicts = [StringDictionary() for _ in spec.left_on]
         self._maps: dict[tuple[int, int], tuple[int, Any]] = {}
         self.late_events = 0
@@ -312,12 +311,12 @@ class _JoinBase(TwoInputOperator):
             if self.spec.string_keys[c]:
                 values = self._codes(c, batch.dictionaries[name], values)
             cols.append(values)
-        keys = widen_keys(cols, xp) if self.on_device else key_words(cols, xp)
+        keys = widen_keys(cols, xp) if self.backend.is_device else key_words(cols, xp)
         for name, d in batch.dictionaries.items():
             out = name if port == 0 else dict(self.spec.right_cols).get(name)
             if out is not None:
                 self.out_dicts[out] = d
-        hashes = hash_rows(keys, True) if self.on_device else None
+        hashes = hash_rows(keys, self.backend) if self.backend.is_device else None
         return _Rows(batch, keys, hashes, batch[ts_name])
 
     def _on_time(self, batch: Batch, ts: Any) -> Any:
@@ -345,7 +344,7 @@ class _JoinBase(TwoInputOperator):
             base = int(total_before[start - 1]) if start else 0
             stop = int(xp.searchsorted(total_before, base + CHUNK_PAIRS, side="right"))
             stop = max(stop, start + 1)
-            p, pos = expand_pairs(counts[start:stop], lo[start:stop], self.on_device)
+            p, pos = expand_pairs(counts[start:stop], lo[start:stop], self.backend)
             p = p + start
             b = order[pos]
             same = xp.all(probe.keys[:, p] == build.keys[:, b], axis=0)
@@ -402,7 +401,7 @@ class _JoinBase(TwoInputOperator):
 
     def state_bytes(self) -> int:
         """Bytes of the rows buffered for both inputs (and, on the CPU, of the index)."""
-        if not self.on_device:
+        if not self.backend.is_device:
             return sum(s.state_bytes() for s in self.stores) + self._index_bytes()
         return sum(array_bytes(*s.batch.columns.values(),
                                *(s.batch.validity(c) for c in s.batch.column_names),
@@ -526,7 +525,7 @@ class IntervalJoinOp(_JoinBase):
         rows = self._rows(port, batch)
         if rows is None:
             return []
-        if self.on_device:
+        if self.backend.is_device:
             return self._process_sorted(port, rows)
         # this input's rows join their keys' chains; their candidates are the other
         # input's chains of those keys (appending first changes no candidate)
@@ -564,7 +563,7 @@ class IntervalJoinOp(_JoinBase):
         return out
 
     def on_watermark(self, watermark: int) -> list[Batch]:
-        if not self.on_device:
+        if not self.backend.is_device:
             self.index.evict(watermark)
             if self._due_compaction(0) or self._due_compaction(1):
                 self._compact(list(self.index.compact()))
@@ -580,7 +579,7 @@ class IntervalJoinOp(_JoinBase):
         return self.index.state_bytes()
 
     def _held(self, port: int) -> tuple[Batch, Any, Any, Any] | None:
-        if self.on_device:
+        if self.backend.is_device:
             return super()._held(port)
         keep = self.index.held_rows(port)
         if not bool(keep.any()):
@@ -590,8 +589,8 @@ class IntervalJoinOp(_JoinBase):
                 self.index.held_keys(port, keep), self.stores[port].times(rows), None)
 
     def _load(self, port: int, batch: Batch, keys: Any, ts: Any, starts: Any) -> None:
-        if self.on_device:
-            self.state[port] = _Rows(batch, keys, hash_rows(keys, True), ts)
+        if self.backend.is_device:
+            self.state[port] = _Rows(batch, keys, hash_rows(keys, self.backend), ts)
             return
         self.stores[port].append(batch, ts)
         self.index.append(port, keys, ts)
@@ -599,7 +598,7 @@ class IntervalJoinOp(_JoinBase):
     @property
     def buffered(self) -> int:
         """Rows held in state, both inputs."""
-        if not self.on_device:
+        if not self.backend.is_device:
             return self.index.held
         return sum(0 if s is None else s.batch.num_rows for s in self.state)
 
@@ -631,7 +630,7 @@ class WindowJoinOp(_JoinBase):
             return xp.ones(batch.num_rows, dtype=bool)
         if self.gap:  # sessions: a row below its stream's watermark (it could otherwise
             late = ts < wm  # join a session that has already fired)
-        elif not self.on_device:  # the last window of the row has fired: one pass
+        elif not self.backend.is_device:  # the last window of the row has fired: one pass
             keep, n_late = window_on_time(ts, wm, self.size, self.slide, self.offset)
             self.late_events += n_late
             return keep
@@ -646,7 +645,7 @@ class WindowJoinOp(_JoinBase):
         rows = self._rows(port, batch)
         if rows is None:
             return []
-        if not self.on_device:
+        if not self.backend.is_device:
             base = self.stores[port].append(rows.batch, rows.ts)
             if isinstance(self.index, SessionIndex):
                 self.index.insert(port, rows.keys, rows.ts, base)
@@ -672,7 +671,7 @@ class WindowJoinOp(_JoinBase):
         return []
 
     def on_watermark(self, watermark: int) -> list[Batch]:
-        if not self.on_device:
+        if not self.backend.is_device:
             return self._fire_index(watermark)
         if self.gap:
             return self._fire_sessions(watermark)
@@ -693,10 +692,10 @@ class WindowJoinOp(_JoinBase):
             # the window start is part of the key: hash it in
             lk = _Rows(lt.batch, xp.concatenate([lt.keys, lst.view(np.uint64)[None, :]]),
                        hash_rows(xp.concatenate([lt.keys, lst.view(np.uint64)[None, :]]),
-                                 self.on_device), lt.ts)
+                                 self.backend), lt.ts)
             rk = _Rows(rt.batch, xp.concatenate([rt.keys, rst.view(np.uint64)[None, :]]),
                        hash_rows(xp.concatenate([rt.keys, rst.view(np.uint64)[None, :]]),
-                                 self.on_device), rt.ts)
+                                 self.backend), rt.ts)
             for p, b in self._pairs(lk, rk, lambda p, b: xp.ones(p.shape[0], dtype=bool)):
                 if p.shape[0]:
                     out.append(self._emit(lt.batch, p, rt.batch, b, {
@@ -773,9 +772,9 @@ class WindowJoinOp(_JoinBase):
                 lsv = lsid[lf].astype(np.int64)
                 rsv = rsid[rf].astype(np.int64)
                 lk = _Rows(lt.batch, lsv.view(np.uint64)[None, :],
-                           hash_rows(lsv.view(np.uint64)[None, :], self.on_device), lt.ts)
+                           hash_rows(lsv.view(np.uint64)[None, :], self.backend), lt.ts)
                 rk = _Rows(rt.batch, rsv.view(np.uint64)[None, :],
-                           hash_rows(rsv.view(np.uint64)[None, :], self.on_device), rt.ts)
+                           hash_rows(rsv.view(np.uint64)[None, :], self.backend), rt.ts)
                 for p, b in self._pairs(lk, rk, lambda p, b: xp.ones(p.shape[0], dtype=bool)):
                     if p.shape[0]:
                         s = lsv[p]
@@ -791,7 +790,7 @@ class WindowJoinOp(_JoinBase):
         return self.index.state_bytes()
 
     def _held(self, port: int) -> tuple[Batch, Any, Any, Any] | None:
-        if self.on_device:
+        if self.backend.is_device:
             held = super()._held(port)
             return None if held is None else (*held[:3], self.starts[port] if not self.gap
                                               else None)
@@ -806,8 +805,8 @@ class WindowJoinOp(_JoinBase):
         return store.view(self._schemas[port], rows), keys, store.times(rows), starts
 
     def _load(self, port: int, batch: Batch, keys: Any, ts: Any, starts: Any) -> None:
-        if self.on_device:
-            self.state[port] = _Rows(batch, keys, hash_rows(keys, True), ts)
+        if self.backend.is_device:
+            self.state[port] = _Rows(batch, keys, hash_rows(keys, self.backend), ts)
             self.starts[port] = starts
             return
         base = self.stores[port].append(batch, ts)
@@ -819,7 +818,7 @@ class WindowJoinOp(_JoinBase):
     @property
     def buffered(self) -> int:
         """Row assignments held in state, both inputs."""
-        if not self.on_device:
+        if not self.backend.is_device:
             return self.index.held
         return sum(0 if s is None else s.batch.num_rows for s in self.state)
 

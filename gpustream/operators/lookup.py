@@ -96,7 +96,7 @@ class LookupJoinOp(TwoInputOperator):
         slot table whose ``row`` column points into the columns."""
         if not self.backend.is_device:
             return _IdTable(self.key_words)
-        table = SlotTable(self.key_words, self.xp, on_device=True)
+        table = SlotTable(self.key_words, self.xp, self.backend)
         table.add_column("row", np.int64, -1)  # slot -> row of the table's columns
         return table
 

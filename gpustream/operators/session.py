@@ -126,10 +126,10 @@ class SessionAggOp(KeyedAggBase):
     """
 
     def __init__(self, spec: WindowSpec, backend: Backend) -> None:
-        store = DenseTable(backend.xp, backend.is_device, _META)
+        store = DenseTable(backend, _META)
         super().__init__(spec, backend, store)
         self.store = store
-        self.keys = SlotTable(len(spec.keys) + 1, backend.xp, backend.is_device)
+        self.keys = SlotTable(len(spec.keys) + 1, backend.xp, backend)
         self.keys.add_column("head", np.int64, -1)
         #: the largest end of the key's sessions whose state is gone (kernel docstring)
         self.keys.add_column("gone_end", np.int64, I64_MIN)
@@ -137,8 +137,7 @@ class SessionAggOp(KeyedAggBase):
         self.watermark = I64_MIN  # the last one seen: keys are freed by it
         #: with allowed lateness the output is a changelog (module docstring)
         self.changelog = spec.revision
-        self.retired = DenseTable(backend.xp, backend.is_device,
-                                  {"state": (np.int8, 0), "into": (np.int64, -1)})
+        self.retired = DenseTable(backend, {"state": (np.int8, 0), "into": (np.int64, -1)})
         if self.changelog:
             if "op" not in spec.schema.names:
                 raise ValueError(f"window {spec.name!r}: a session window with allowed "
@@ -206,7 +205,7 @@ class SessionAggOp(KeyedAggBase):
         while True:
             sessionize(seg_pos, seg_end, order, ts, wm, kslot, spec.gap, spec.lateness, split,
                        rnd, base, self.keys.columns["head"], self.store.meta, ev_sess, ev_round,
-                       self.on_device, self.keys.columns["gone_end"])
+                       self.backend, self.keys.columns["gone_end"])
             this = xp.nonzero(ev_round == rnd)[0]
             final = self._settle(ev_sess[this], base, rows, order, inputs)
             placed = final >= 0
@@ -386,6 +385,7 @@ class SessionAggOp(KeyedAggBase):
                     st.free(gone)
                 meta["state"][gone] = FREE
                 self._rebuild_lists()
+        self.forwarded = self.watermark  # the rows above go before it (windows downstream)
         return out
 
     def _note_gone(self, gone: Any) -> None:
@@ -469,8 +469,9 @@ class SessionAggOp(KeyedAggBase):
                                        "col.head": np.full(n_keys, -1), "col.gone_end": gone_end},
                                       to_device)
         self.watermark = int(state["watermark"][0]) if "watermark" in state else I64_MIN
+        self.forwarded = self.watermark
         n = int(state["sessions.start"].shape[0])
-        store = DenseTable(xp, self.on_device, _META)
+        store = DenseTable(self.backend, _META)
         for name, (dtype, fill) in self.store._fill.items():
             store.add_column(name, dtype, fill)
         self.store = self.table = store
@@ -489,7 +490,7 @@ class SessionAggOp(KeyedAggBase):
         store.meta["rev"][ids] = to_device(state["sessions.rev"])
         if "sessions.floor" in state:
             store.meta["floor"][ids] = to_device(state["sessions.floor"])
-        retired = DenseTable(xp, self.on_device, {"state": (np.int8, 0), "into": (np.int64, -1)})
+        retired = DenseTable(self.backend, {"state": (np.int8, 0), "into": (np.int64, -1)})
         for name, (dtype, fill) in self.retired._fill.items():
             retired.add_column(name, dtype, fill)
         self.retired = retired

@@ -54,7 +54,7 @@ class WatermarkOp(Operator):
                                               self.running, self.delay)
         else:
             prefix, self.running = exclusive_prefix_max(
-                ts, batch.validity(self.event_time), self.running, True)
+                ts, batch.validity(self.event_time), self.running, self.backend)
             wm = xp.where(prefix == NO_WATERMARK, NO_WATERMARK, prefix - self.delay)
         return [Batch(batch.columns, batch.schema,
                       {n: batch.validity(n) for n in batch.column_names},

@@ -69,6 +69,9 @@ class WindowSpec:
     aggs: tuple[AggSpec, ...]
     schema: pa.Schema  # the output schema
     revision: bool
+    #: added to the event-time column's values: -1 where that column is an upstream
+    #: window's ``window_end`` (the event time of a window's row is its end - 1)
+    time_shift: int = 0
 
 
 class AggOpBase(Operator):
@@ -89,6 +92,10 @@ class AggOpBase(Operator):
         #: in ``late_events`` and those of events still on time for another window
         self.dropped_memberships = 0
         self.no_time_events = 0
+        #: the last watermark this operator passed on (after firing what it reached): the
+        #: per-row watermark of the rows it emits, as a source's rows carry the watermark
+        #: as of their arrival, so that a window downstream sees them on time
+        self.forwarded = I64_MIN
 
     # -- inputs ---------------------------------------------------------------------------
     def _inputs(self, batch: Batch) -> dict[int, Any]:
@@ -106,7 +113,10 @@ class AggOpBase(Operator):
         assert wm is not None, "windowed operators need per-event watermarks from the source"
         if ts_valid is not None:
             self.no_time_events += int((~ts_valid).sum())
-        return batch[self.spec.event_time], ts_valid, wm
+        ts = batch[self.spec.event_time]
+        if self.spec.time_shift:  # an upstream window's ends: its rows' times are end - 1
+            ts = ts + self.spec.time_shift
+        return ts, ts_valid, wm
 
     def _remember_dictionaries(self, batch: Batch) -> None:
         for name, d in batch.dictionaries.items():
@@ -187,7 +197,8 @@ class AggOpBase(Operator):
             src = self._string_source(f.name)
             if src is not None and src in self.dictionaries:
                 dictionaries[f.name] = self.dictionaries[src]
-        return Batch(columns, spec.schema, validity, dictionaries)
+        watermarks = xp.full(starts.shape[0], self.forwarded, dtype=np.int64)
+        return Batch(columns, spec.schema, validity, dictionaries, watermarks)
 
     def _string_source(self, out_name: str) -> str | None:
         if out_name in self.spec.keys:
@@ -207,7 +218,6 @@ class KeyedAggBase(AggOpBase):
 
     def __init__(self, spec: WindowSpec, backend: Backend, table: Any) -> None:
         super().__init__(spec, backend)
-        self.on_device = backend.is_device
         self.table: Any = table
         self.states: list[AggState] = [
             make_state(a.name, a.agg, a.in_type, a.out_type, table) for a in spec.aggs
@@ -331,7 +341,9 @@ class WindowAggOp(AggOpBase):
         self.store = table
 
     def on_watermark(self, watermark: int) -> list[Batch]:
-        return [b for b in (self._emit(f) for f in self.store.fire(watermark)) if b.num_rows]
+        out = [b for b in (self._emit(f) for f in self.store.fire(watermark)) if b.num_rows]
+        self.forwarded = max(self.forwarded, watermark)  # the rows above go before it
+        return out
 
     def _emit(self, fired: Fired) -> Batch:
         return self._emit_values(fired.keys, fired.starts, fired.ends, fired.values,
@@ -339,12 +351,16 @@ class WindowAggOp(AggOpBase):
 
     # -- checkpoints ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """The store's state in the table format (every store restores it), and ``seq``."""
+        """The store's state in the table format (every store restores it), ``seq`` and
+        the watermark passed on last."""
         state = self.store.snapshot()
         state["seq"] = np.array([self.seq], dtype=np.int64)
+        state["forwarded"] = np.array([self.forwarded], dtype=np.int64)
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         if not self.store.restore(state):
             self._move_to_table(state)
         self.seq = int(state["seq"][0])
+        if "forwarded" in state:  # (checkpoints before windows over windows lack it)
+            self.forwarded = int(state["forwarded"][0])

@@ -16,9 +16,17 @@ import numpy as np
 import pyarrow as pa
 
 from gpustream.aggs import Agg
+from gpustream.backend import Backend
 from gpustream.batch import physical_dtype
 from gpustream.kernels import aggregate as K
-from gpustream.state.table import MAX_LOAD, MIN_CAPACITY, SlotTable, StateTable, array_bytes
+from gpustream.state.table import (
+    MAX_LOAD,
+    MIN_CAPACITY,
+    SlotTable,
+    StateTable,
+    array_bytes,
+    backend_of,
+)
 
 __all__ = ["AggState", "UpdateContext", "make_state"]
 
@@ -45,7 +53,7 @@ class AggState:
         self.out_type = out_type
         self.table = table
         self.xp = table.xp
-        self.on_device = table.on_device
+        self.backend = backend_of(table)
         self.prefix = f"{name}."
         self.setup()
 
@@ -109,7 +117,7 @@ class CountState(AggState):
 
     def update(self, slots: Any, rows: Any, values: Any, valid: Any, ctx: UpdateContext) -> None:
         use = valid if self.agg.kind == "count_valid" else None
-        K.update_count(self.col("n"), slots, rows, use, self.on_device)
+        K.update_count(self.col("n"), slots, rows, use, self.backend)
 
     def merge(self, dst: Any, src: Any) -> None:
         self.col("n")[dst] += self.col("n")[src]
@@ -128,7 +136,7 @@ class SumState(AggState):
 
     def update(self, slots: Any, rows: Any, values: Any, valid: Any, ctx: UpdateContext) -> None:
         K.update_sum(self.col("acc"), self.col("nn"), slots, rows,
-                     values.astype(self.dtype, copy=False), valid, self.on_device)
+                     values.astype(self.dtype, copy=False), valid, self.backend)
 
     def merge(self, dst: Any, src: Any) -> None:
         self.col("acc")[dst] += self.col("acc")[src]
@@ -154,7 +162,7 @@ class MinMaxState(AggState):
     def update(self, slots: Any, rows: Any, values: Any, valid: Any, ctx: UpdateContext) -> None:
         K.update_minmax(self.col("acc"), self.col("nn"), slots, rows,
                         values.astype(self.dtype, copy=False), valid, self.is_max,
-                        self.on_device)
+                        self.backend)
 
     def merge(self, dst: Any, src: Any) -> None:
         pick = self.xp.maximum if self.is_max else self.xp.minimum
@@ -187,7 +195,7 @@ class MomentsState(AggState):
     def update(self, slots: Any, rows: Any, values: Any, valid: Any, ctx: UpdateContext) -> None:
         K.update_moments(self.col("nn"), self.col("s1"), self.col("s2"), self.col("pivot"),
                          slots, rows, values.astype(np.float64, copy=False), valid,
-                         self.on_device)
+                         self.backend)
 
     def merge(self, dst: Any, src: Any) -> None:
         nn, s1, s2, piv = self.col("nn"), self.col("s1"), self.col("s2"), self.col("pivot")
@@ -276,9 +284,9 @@ class _PairSet:
     table is about to grow (:meth:`insert`).
     """
 
-    def __init__(self, xp: Any, on_device: bool) -> None:
-        self.xp = xp
-        self.table = SlotTable(2, xp, on_device)
+    def __init__(self, backend: Backend) -> None:
+        self.xp = backend.xp
+        self.table = SlotTable(2, backend.xp, backend)
         self.next_gid = 0
 
     def new_gids(self, n: int) -> Any:
@@ -355,7 +363,7 @@ class DistinctState(AggState):
     def setup(self) -> None:
         self.add("gid", np.int64, -1)
         self.add("n", np.int64, 0)
-        self.pairs = _PairSet(self.xp, self.on_device)
+        self.pairs = _PairSet(self.backend)
 
     def init(self, slots: Any, rows: Any, values: Any, valid: Any) -> None:
         self.col("gid")[slots] = self.pairs.new_gids(int(slots.shape[0]))
@@ -368,7 +376,7 @@ class DistinctState(AggState):
         xp = self.xp
         is_new = self.pairs.insert(self.col("gid")[slots], bits, self._held_gids)
         K.update_count(self.col("n"), xp.where(is_new, slots, -1),
-                       xp.arange(slots.shape[0], dtype=np.int64), None, self.on_device)
+                       xp.arange(slots.shape[0], dtype=np.int64), None, self.backend)
 
     def update(self, slots: Any, rows: Any, values: Any, valid: Any, ctx: UpdateContext) -> None:
         idx = self._folded(slots, rows, valid)
@@ -426,11 +434,12 @@ def hll_estimate(regs: Any, p: int, xp: Any) -> Any:
     Examples
     --------
     >>> import numpy as np
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.kernels.aggregate import hll_update
     >>> regs = np.zeros((2, 1 << 12), np.uint8)
     >>> n = 100_000
     >>> hll_update(regs, np.ones(n, np.int64), np.arange(n), np.arange(n, dtype=np.uint64),
-    ...            None, 12, on_device=False)
+    ...            None, 12, select_backend("cpu"))
     >>> est = hll_estimate(regs, 12, np)
     >>> int(est[0]), abs(int(est[1]) - n) / n < 3 * 1.04 / 64
     (0, True)
@@ -480,7 +489,7 @@ class HllState(AggState):
         self.m = 1 << self.p
         self.limit = sparse_limit(self.m)
         self.add("row", np.int64, -1)
-        self.pairs = _PairSet(self.xp, self.on_device)
+        self.pairs = _PairSet(self.backend)
         self._new_pools(0, 0)
 
     def _new_pools(self, records: int, dense: int) -> None:
@@ -567,7 +576,7 @@ class HllState(AggState):
         self.rec_dense[recs] = rows
         pairs, pos = self.pairs.of_groups(self.rec_gid[recs])
         K.hll_update(self.regs, rows[pos], xp.arange(pairs.shape[0], dtype=np.int64),
-                     self.pairs.values(pairs), None, self.p, self.on_device)
+                     self.pairs.values(pairs), None, self.p, self.backend)
         self.pairs.free(pairs)
 
     def _add(self, recs: Any, bits: Any) -> None:
@@ -575,7 +584,7 @@ class HllState(AggState):
         xp = self.xp
         is_new = self.pairs.insert(self.rec_gid[recs], bits, self._held_gids)
         K.update_count(self.rec_n, xp.where(is_new, recs, -1),
-                       xp.arange(recs.shape[0], dtype=np.int64), None, self.on_device)
+                       xp.arange(recs.shape[0], dtype=np.int64), None, self.backend)
         grown = xp.unique(recs[is_new])
         over = grown[self.rec_n[grown] > self.limit]
         if over.shape[0]:
@@ -586,7 +595,7 @@ class HllState(AggState):
         bits = _value_bits(values, xp)
         recs = self._records(slots)
         dense = xp.where(recs >= 0, self.rec_dense[recs], -1)
-        K.hll_update(self.regs, dense, rows, bits, valid, self.p, self.on_device)
+        K.hll_update(self.regs, dense, rows, bits, valid, self.p, self.backend)
         sparse = (recs >= 0) & (dense < 0)
         if valid is not None:
             sparse &= valid[rows]
@@ -617,7 +626,7 @@ class HllState(AggState):
         target = to[sparse][pos]
         reg_rows = self.rec_dense[target]
         K.hll_update(self.regs, reg_rows, xp.arange(bits.shape[0], dtype=np.int64), bits, None,
-                     self.p, self.on_device)
+                     self.p, self.backend)
         keep = reg_rows < 0
         if bool(keep.any()):
             self._add(target[keep], bits[keep])
@@ -688,7 +697,8 @@ def make_state(name: str, agg: Agg, in_type: pa.DataType | None, out_type: pa.Da
     --------
     >>> import numpy as np, pyarrow as pa
     >>> from gpustream.aggs import count
-    >>> t = SlotTable(1, np, on_device=False)
+    >>> from gpustream.backend import select_backend
+    >>> t = SlotTable(1, np, select_backend("cpu"))
     >>> type(make_state("n", count(), None, pa.int64(), t)).__name__, sorted(t.columns)
     ('CountState', ['n.n'])
     """

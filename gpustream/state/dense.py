@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from gpustream.backend import Backend
 from gpustream.kernels.sessions import DEAD, LIVE
 from gpustream.state.table import array_bytes
 
@@ -21,12 +22,14 @@ MIN_CAPACITY = 1024
 
 
 class DenseTable:
-    """Per-record columns (``columns``, reset by :meth:`init`) and metadata (``meta``).
+    """Per-record columns (``columns``, reset by :meth:`init`) and metadata (``meta``), in
+    arrays of ``backend``'s ``xp``; aggregation states run their kernels on ``backend``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> t = DenseTable(np, on_device=False, meta={"state": (np.int8, 0)})
+    >>> from gpustream.backend import select_backend
+    >>> t = DenseTable(select_backend("cpu"), meta={"state": (np.int8, 0)})
     >>> t.add_column("n", np.int64, 0)
     >>> base = t.reserve(3)
     >>> t.meta["state"][base:base + 2] = 1
@@ -34,10 +37,10 @@ class DenseTable:
     ([0, 1], [0, 1, -1])
     """
 
-    def __init__(self, xp: Any, on_device: bool, meta: dict[str, tuple[Any, Any]],
+    def __init__(self, backend: Backend, meta: dict[str, tuple[Any, Any]],
                  capacity: int = MIN_CAPACITY) -> None:
-        self.xp = xp
-        self.on_device = on_device
+        self.backend = backend
+        self.xp = xp = backend.xp
         self.capacity = capacity
         self.columns: dict[str, Any] = {}
         self._fill: dict[str, tuple[Any, Any]] = {}
@@ -56,7 +59,8 @@ class DenseTable:
 
         Examples
         --------
-        >>> t = DenseTable(np, on_device=False, meta={"state": (np.int8, 0)})
+        >>> from gpustream.backend import select_backend
+        >>> t = DenseTable(select_backend("cpu"), meta={"state": (np.int8, 0)})
         >>> t.add_column("n", np.int64, 0)
         >>> t.state_bytes() == t.capacity * (1 + 8)
         True

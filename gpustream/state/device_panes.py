@@ -23,14 +23,16 @@ the pages follow the open panes.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpustream.kernels import panes as K
 from gpustream.kernels.hashtable import new_table, upsert
-from gpustream.kernels.registry import launch_config
 from gpustream.state.table import MIN_CAPACITY, array_bytes
+
+if TYPE_CHECKING:
+    from gpustream.backend import Backend
 
 __all__ = ["FIRST_CAPACITY", "FIRST_PAGES", "LOAD", "MAX_BYTES", "DevicePanes", "StateTooLarge"]
 
@@ -79,17 +81,18 @@ class DevicePanes:
     Examples
     --------
     >>> import numpy as np
-    >>> st = DevicePanes(n_keys=1, size=10, offset=0, xp=np)   # tumbling 10
+    >>> from gpustream.backend import select_backend
+    >>> st = DevicePanes(1, 10, 0, select_backend("cpu"))   # tumbling 10 (arrays only)
     >>> st.add_column("n.n", np.int64, 0); st.allocate()
     >>> st.capacity, st.pages, st.columns["n.n"].shape
     (1024, 4, (4096,))
     """
 
-    on_device = True
-
-    def __init__(self, n_keys: int, size: int, offset: int, xp: Any,
+    def __init__(self, n_keys: int, size: int, offset: int, backend: Backend,
                  slide: int | None = None) -> None:
-        self.xp = xp
+        #: the backend its kernels run on (a device one: the arrays are ``backend.xp``'s)
+        self.backend = backend
+        self.xp = backend.xp
         self.key_words = n_keys + 1  # key columns, then their null bits
         self.size, self.offset = size, offset
         #: a pane's length: the windows' stride (tumbling: the window)
@@ -180,7 +183,8 @@ class DevicePanes:
 
         Examples
         --------
-        >>> st = DevicePanes(n_keys=1, size=10, offset=0, xp=np)
+        >>> from gpustream.backend import select_backend
+        >>> st = DevicePanes(1, 10, 0, select_backend("cpu"))
         >>> st.add_column("n.n", np.int64, 0); st.allocate()
         >>> st.bytes_for(st.capacity, st.pages) == st.state_bytes() - st.meta.nbytes
         True
@@ -241,8 +245,8 @@ class DevicePanes:
         while rows.shape[0]:
             self.meta[K.N_RETRY] = 0
             self.meta[K.PAGE_SHORT:K.N_DEFER] = 0
-            K.fold_panes[launch_config(int(rows.shape[0]))](
-                ts, ts_ok, wm, self.size, self.slide, self.nwin, self.offset, self.fired_to,
+            self.backend.launch(
+                K.FOLD_PANES, int(rows.shape[0]), ts, ts_ok, wm, self.size, self.slide, self.nwin, self.offset, self.fired_to,
                 self._next_epoch(), keys, rows, self.t_hash, self.t_ready, self.t_keys, self.refs, self.p_touched,
                 self.present, prog, iv, fv, va, self.istate, self.fstate, self.ifill,
                 self.fhow, self.ffill, self.ihow, int(preagg), late, retry, defer, self.meta,
@@ -325,7 +329,8 @@ class DevicePanes:
             self._check_bytes(capacity, self.pages)
         table = new_table(capacity, self.key_words, xp)
         keys = xp.ascontiguousarray(self.t_keys[live].T)
-        ids, _ = upsert(table, self.t_hash[live], keys, xp.arange(m, dtype=np.int64), True)
+        ids, _ = upsert(table, self.t_hash[live], keys, xp.arange(m, dtype=np.int64),
+                        self.backend)
         remap = xp.zeros(self.capacity, dtype=np.int32)
         remap[live] = ids.astype(np.int32)
         pages = xp.arange(self.pages, dtype=np.int64)[:, None]
@@ -485,8 +490,8 @@ class DevicePanes:
 
         d_words = xp.ascontiguousarray(to_device(words))
         ids, is_new = upsert((self.t_hash, self.t_ready, self.t_keys),
-                             hash_rows(d_words, True), d_words, xp.arange(n, dtype=np.int64),
-                             True)
+                             hash_rows(d_words, self.backend), d_words,
+                             xp.arange(n, dtype=np.int64), self.backend)
         page = np.searchsorted(distinct, starts)
         d_page = to_device(page.astype(np.int64))
         rows = d_page * self.capacity + ids

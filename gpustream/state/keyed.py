@@ -64,8 +64,9 @@ def init_new(states: Sequence[AggState], slots: Any, is_new: Any, rows: Any,
     >>> import pyarrow as pa
     >>> from gpustream.aggs import count
     >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
-    >>> t = SlotTable(1, np, on_device=False)
+    >>> t = SlotTable(1, np, select_backend("cpu"))
     >>> st = make_state("n", count(), None, pa.int64(), t)
     >>> init_new([st], np.array([0]), np.array([True]), np.array([0]), {0: None}, np)
     """
@@ -90,8 +91,9 @@ def update_states(states: Sequence[AggState], slots: Any, rows: Any, inputs: dic
     >>> import pyarrow as pa
     >>> from gpustream.aggs import count
     >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
-    >>> t = SlotTable(1, np, on_device=False)
+    >>> t = SlotTable(1, np, select_backend("cpu"))
     >>> _ = t.upsert(np.zeros((1, 2), dtype=np.uint64), np.arange(2))
     >>> st = make_state("n", count(), None, pa.int64(), t)
     >>> ctx = UpdateContext(np.zeros(2, dtype=np.int64), np.arange(2))
@@ -115,8 +117,10 @@ def finalized(states: Sequence[Any], slots: Any) -> list[tuple[Any, Any | None]]
     >>> import pyarrow as pa
     >>> from gpustream.aggs import count
     >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
-    >>> st = make_state("n", count(), None, pa.int64(), SlotTable(1, np, on_device=False))
+    >>> t = SlotTable(1, np, select_backend("cpu"))
+    >>> st = make_state("n", count(), None, pa.int64(), t)
     >>> [v.tolist() for v, _ in finalized([st], np.empty(0, dtype=np.int64))]
     [[]]
     """
@@ -132,8 +136,10 @@ def snapshot_aggs(states: Sequence[AggState], live: Any, to_host: Any) -> dict[s
     >>> import pyarrow as pa
     >>> from gpustream.aggs import count
     >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
-    >>> st = make_state("n", count(), None, pa.int64(), SlotTable(1, np, on_device=False))
+    >>> t = SlotTable(1, np, select_backend("cpu"))
+    >>> st = make_state("n", count(), None, pa.int64(), t)
     >>> snapshot_aggs([st], np.empty(0, dtype=np.int64), np.asarray)   # all in the table
     {}
     """
@@ -153,8 +159,10 @@ def restore_aggs(states: Sequence[AggState], state: dict[str, Any], slots: Any,
     >>> import pyarrow as pa
     >>> from gpustream.aggs import count
     >>> from gpustream.state.aggstate import make_state
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
-    >>> st = make_state("n", count(), None, pa.int64(), SlotTable(1, np, on_device=False))
+    >>> t = SlotTable(1, np, select_backend("cpu"))
+    >>> st = make_state("n", count(), None, pa.int64(), t)
     >>> restore_aggs([st], {}, np.empty(0, dtype=np.int64), np.asarray)
     """
     for st in states:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gpustream.backend import select_backend
 from gpustream.batch import physical_dtype
 from gpustream.kernels.fused_dense import EventShards, dense_window_kernel
 from gpustream.kernels.fused_emit import EmitAgg, emit_kernel
@@ -111,7 +112,7 @@ def _shared_counts(spec: WindowSpec) -> dict[str, str]:
 
 def _new_table(spec: WindowSpec) -> SlotTable:
     """The packed row layout of a shard's pages (the table holds no rows itself)."""
-    table = SlotTable(len(spec.keys) + 2, np, False, packed=True)
+    table = SlotTable(len(spec.keys) + 2, np, select_backend("cpu"), packed=True)
     table.aliases = _shared_counts(spec)
     add_bookkeeping(table)
     return table

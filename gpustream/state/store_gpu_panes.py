@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gpustream.backend import Backend, select_backend
 from gpustream.kernels import panes as K
 from gpustream.kernels.fused_window import FUSED_KINDS
 from gpustream.kernels.hashing import hash_rows
@@ -39,7 +40,6 @@ from gpustream.state.keyed import finalized, key_words, restore_aggs, snapshot_a
 from gpustream.state.window_store import Events, Fired, Folded, WindowStore
 
 if TYPE_CHECKING:
-    from gpustream.backend import Backend
     from gpustream.operators.window import WindowSpec
 
 __all__ = ["GpuPaneStore"]
@@ -51,10 +51,9 @@ _MOMENTS = ("mean", "var", "std")
 class _Scratch:
     """Columns of combined rows, read by a second set of aggregation states."""
 
-    on_device = True
-
-    def __init__(self, xp: Any) -> None:
-        self.xp = xp
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.xp = backend.xp
         self.columns: dict[str, Any] = {}
 
     def add_column(self, name: str, dtype: Any, fill: Any) -> None:
@@ -94,7 +93,7 @@ class GpuPaneStore(WindowStore):
         self.spec = spec
         self.backend = backend
         self.xp = backend.xp
-        panes = DevicePanes(len(spec.keys), spec.size, spec.offset, backend.xp, spec.slide)
+        panes = DevicePanes(len(spec.keys), spec.size, spec.offset, backend, spec.slide)
         self.panes = panes
         self.states: list[AggState] = [
             make_state(a.name, a.agg, a.in_type, a.out_type, panes) for a in spec.aggs
@@ -102,7 +101,7 @@ class GpuPaneStore(WindowStore):
         self._program()
         panes.allocate()
         #: the states again, over the combined rows of sliding windows' panes
-        self.scratch = _Scratch(backend.xp)
+        self.scratch = _Scratch(backend)
         self.scratch_states = [make_state(a.name, a.agg, a.in_type, a.out_type, self.scratch)
                                for a in spec.aggs]
         self._no_bool = backend.xp.empty(0, dtype=np.bool_)
@@ -272,7 +271,7 @@ class GpuPaneStore(WindowStore):
         size = self.spec.size
         with np.errstate(over="ignore"):  # the saturated ends take I64_MAX
             ends = np.where(starts <= I64_MAX - size, starts + size, I64_MAX)
-        table["hashes"] = hash_rows(keys, on_device=False)
+        table["hashes"] = hash_rows(keys, select_backend("cpu"))
         table["col.__wend"] = ends
         table["col.__rev"] = np.zeros(n, dtype=np.int32)
         table["col.__ontime"] = np.ones(n, dtype=np.int8)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gpustream.backend import select_backend
 from gpustream.kernels.hashing import hash_rows
 from gpustream.kernels.windows import DROPPED, LATE, ON_TIME, assign_windows
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
@@ -51,7 +52,8 @@ def add_bookkeeping(table: SlotTable) -> None:
 
     Examples
     --------
-    >>> t = SlotTable(3, np, on_device=False)
+    >>> from gpustream.backend import select_backend
+    >>> t = SlotTable(3, np, select_backend("cpu"))
     >>> add_bookkeeping(t)
     >>> sorted(t.columns)
     ['__ontime', '__rev', '__wend']
@@ -96,7 +98,7 @@ class TableStore(WindowStore):
         self.spec = spec
         self.backend = backend
         self.xp = backend.xp
-        self.table = SlotTable(len(spec.keys) + 2, backend.xp, backend.is_device)
+        self.table = SlotTable(len(spec.keys) + 2, backend.xp, backend)
         add_bookkeeping(self.table)
         self.states: list[AggState] = [
             make_state(a.name, a.agg, a.in_type, a.out_type, self.table) for a in spec.aggs
@@ -119,7 +121,7 @@ class TableStore(WindowStore):
         xp = self.xp
         spec = self.spec
         starts, status = assign_windows(ev.ts, ev.ts_valid, ev.wm, spec.size, spec.slide,
-                                        spec.offset, spec.lateness, self.backend.is_device)
+                                        spec.offset, spec.lateness, self.backend)
         late = xp.all(status.reshape(n, self.nwin) >= DROPPED, axis=1)
         folded = Folded(late, (status == DROPPED).sum())
         rows = xp.arange(n * self.nwin, dtype=np.int64) // self.nwin
@@ -217,7 +219,7 @@ class TableStore(WindowStore):
         table_state = {k[len("table."):]: v for k, v in state.items() if k.startswith("table.")}
         # this table's hashes (a fused CPU loop's snapshot holds its own)
         keys = np.ascontiguousarray(table_state["keys"], dtype=np.uint64)
-        table_state["hashes"] = hash_rows(keys, on_device=False)
+        table_state["hashes"] = hash_rows(keys, select_backend("cpu"))
         slots = self.table.restore(table_state, self.backend.to_device)
         restore_aggs(self.states, state, slots, self.backend.to_device)
         self.pending_ends = {int(e) for e in state["pending_ends"]}

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gpustream.backend import Backend
 from gpustream.kernels.fused_window import pop_rows
 from gpustream.kernels.hashing import hash_rows
 from gpustream.kernels.hashtable import (
@@ -23,17 +24,17 @@ from gpustream.kernels.hashtable import (
     upsert_cpu_into,
 )
 
-__all__ = ["SlotTable", "StateTable", "array_bytes"]
+__all__ = ["SlotTable", "StateTable", "array_bytes", "backend_of"]
 
 MAX_LOAD = 0.5
 MIN_CAPACITY = 1024
 
 
 class StateTable(Protocol):
-    """What aggregation states need of the table that holds them (slot or dense)."""
+    """What aggregation states need of the table that holds them (slot or dense); they
+    launch their kernels on its backend (:func:`backend_of`)."""
 
     xp: Any
-    on_device: bool
     columns: dict[str, Any]
 
     def add_column(self, name: str, dtype: Any, fill: Any) -> None: ...
@@ -68,6 +69,19 @@ def array_bytes(*arrays: Any) -> int:
     return sum(roots.values())
 
 
+def backend_of(table: Any) -> Backend:
+    """The backend whose kernels update ``table``'s columns: its ``backend``.
+
+    Examples
+    --------
+    >>> from gpustream.backend import select_backend
+    >>> backend_of(SlotTable(1, np, select_backend("cpu"))).name
+    'cpu'
+    """
+    backend: Backend = table.backend
+    return backend
+
+
 def _pow2_at_least(n: int) -> int:
     c = MIN_CAPACITY
     while c < n:
@@ -83,9 +97,10 @@ class SlotTable:
     key_words
         Number of uint64 words per key.
     xp
-        numpy or cupy.
-    on_device
-        Run the CUDA kernels (cupy, or numpy under the simulator) instead of the CPU twins.
+        numpy or cupy: the backend's ``xp``.
+    backend
+        The backend whose kernels run it (the CUDA kernels on ``cuda``/``cudasim``, the
+        CPU twins on ``cpu``).
     packed
         On the host (``xp`` numpy), keep the numeric columns side by side, one row of
         64-bit words per slot aligned to a cache line (integer columns widened to int64),
@@ -95,7 +110,8 @@ class SlotTable:
     Examples
     --------
     >>> import numpy as np
-    >>> t = SlotTable(1, np, on_device=False)
+    >>> from gpustream.backend import select_backend
+    >>> t = SlotTable(1, np, select_backend("cpu"))
     >>> t.add_column("total", np.int64, 0)
     >>> keys = np.array([[5, 6, 5]], dtype=np.uint64)
     >>> slots, new = t.upsert(keys, np.arange(3))
@@ -104,11 +120,11 @@ class SlotTable:
     (2, 4)
     """
 
-    def __init__(self, key_words: int, xp: Any, on_device: bool,
+    def __init__(self, key_words: int, xp: Any, backend: Backend,
                  capacity: int = MIN_CAPACITY, packed: bool = False) -> None:
         self.key_words = key_words
         self.xp = xp
-        self.on_device = on_device
+        self.backend = backend
         self.packed = packed and xp is np
         self._packed_names: list[str] = []
         self._block: Any = None  # the packed columns' rows (int64 words)
@@ -179,7 +195,8 @@ class SlotTable:
 
         Examples
         --------
-        >>> t = SlotTable(1, np, on_device=False, packed=True)
+        >>> from gpustream.backend import select_backend
+        >>> t = SlotTable(1, np, select_backend("cpu"), packed=True)
         >>> t.add_column("n", np.int64, 0)
         >>> slots, _ = t.upsert(np.array([[4, 9]], dtype=np.uint64), np.arange(2))
         >>> t.columns["n"][slots] = [3, 5]
@@ -216,7 +233,8 @@ class SlotTable:
 
         Examples
         --------
-        >>> t = SlotTable(2, np, on_device=False)
+        >>> from gpustream.backend import select_backend
+        >>> t = SlotTable(2, np, select_backend("cpu"))
         >>> t.add_column("n", np.int64, 0); t.add_column("ok", np.int8, 0)
         >>> t.state_bytes() == t.capacity * (8 + 4 + 2 * 8 + 8 + 1)
         True
@@ -251,11 +269,11 @@ class SlotTable:
         pause to grow it). The CPU inserts in chunks no larger than the room left and grows
         between chunks, so the table tracks the keys actually seen.
         """
-        hashes = hash_rows(keys, self.on_device)
+        hashes = hash_rows(keys, self.backend)
         m = int(rows.shape[0])
-        if self.on_device:
+        if self.backend.is_device:
             self.ensure_room(m)
-            slots, is_new = upsert(self.arrays, hashes, keys, rows, self.on_device)
+            slots, is_new = upsert(self.arrays, hashes, keys, rows, self.backend)
             created = int(is_new.sum())
             self.live_count += created
             self.used += created
@@ -281,12 +299,13 @@ class SlotTable:
 
         Examples
         --------
-        >>> t = SlotTable(1, np, on_device=False)
+        >>> from gpustream.backend import select_backend
+        >>> t = SlotTable(1, np, select_backend("cpu"))
         >>> slots, _ = t.upsert(np.array([[5, 6]], dtype=np.uint64), np.arange(2))
         >>> t.find(np.array([[6, 9]], dtype=np.uint64)).tolist() == [slots[1], -1]
         True
         """
-        return lookup(self.arrays, hash_rows(keys, self.on_device), keys, self.on_device)
+        return lookup(self.arrays, hash_rows(keys, self.backend), keys, self.backend)
 
     def room(self) -> int:
         """How many new keys fit before the table must be rebuilt."""
@@ -338,7 +357,7 @@ class SlotTable:
         keys = xp.ascontiguousarray(self.t_keys[:, old])
         arrays = new_table(capacity, self.key_words, xp)
         new_slots, _ = upsert(arrays, self.arrays[0][old], keys,
-                              xp.arange(old.shape[0], dtype=np.int64), self.on_device)
+                              xp.arange(old.shape[0], dtype=np.int64), self.backend)
         fresh = self._fresh_columns(capacity)
         for name, col in fresh.items():
             col[new_slots] = self.columns[name][old]
@@ -367,7 +386,7 @@ class SlotTable:
         self.arrays = new_table(capacity, self.key_words, self.xp)
         keys = self.xp.ascontiguousarray(to_device(state["keys"]))
         slots, _ = upsert(self.arrays, to_device(state["hashes"]), keys,
-                          self.xp.arange(n, dtype=np.int64), self.on_device)
+                          self.xp.arange(n, dtype=np.int64), self.backend)
         fresh = self._fresh_columns(capacity)
         for name, col in fresh.items():
             col[slots] = to_device(state[f"col.{name}"])

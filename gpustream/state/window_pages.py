@@ -59,7 +59,8 @@ class WindowPages:
 
     Examples
     --------
-    >>> t = SlotTable(3, np, on_device=False, packed=True)
+    >>> from gpustream.backend import select_backend
+    >>> t = SlotTable(3, np, select_backend("cpu"), packed=True)
     >>> t.add_column("__wend", np.int64, 2**63 - 1); t.add_column("__ontime", np.int8, 0)
     >>> t.add_column("n", np.int64, 0)
     >>> st = WindowPages(t, n_keys=1, size=10)
@@ -142,7 +143,8 @@ class WindowPages:
 
         Examples
         --------
-        >>> t = SlotTable(2, np, on_device=False, packed=True)
+        >>> from gpustream.backend import select_backend
+        >>> t = SlotTable(2, np, select_backend("cpu"), packed=True)
         >>> t.add_column("__wend", np.int64, 0); t.add_column("n", np.int64, 0)
         >>> t.add_column("s", np.float64, 0.0)
         >>> WindowPages(t, n_keys=1, size=5).fields()
@@ -176,7 +178,8 @@ class WindowPages:
 
         Examples
         --------
-        >>> t = SlotTable(2, np, on_device=False, packed=True)
+        >>> from gpustream.backend import select_backend
+        >>> t = SlotTable(2, np, select_backend("cpu"), packed=True)
         >>> t.add_column("__wend", np.int64, 0); t.add_column("__ontime", np.int8, 0)
         >>> t.add_column("n", np.int64, 0); t.add_column("s", np.float64, 0.0)
         >>> pages = WindowPages(t, n_keys=1, size=5)
