@@ -17,6 +17,7 @@ from gpustream.brokersinks import to_kafka, to_redis_stream
 from gpustream.checkpoint import Checkpointing
 from gpustream.errors import BackendError, GpustreamError, IngestError, PlanError
 from gpustream.expr import Expr, col, lit
+from gpustream.expr_when import when
 from gpustream.filesinks import to_csv, to_jsonl, to_parquet
 from gpustream.ingest.arrow import from_arrow
 from gpustream.ingest.files import read_arrow_ipc, read_parquet
@@ -79,4 +80,5 @@ __all__ = [
     "to_kafka",
     "to_parquet",
     "to_redis_stream",
+    "when",
 ]

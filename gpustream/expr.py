@@ -9,6 +9,12 @@ Null semantics follow SQL: arithmetic and comparisons with a null give null; ``&
 ``|`` use three-valued (Kleene) logic; a filter keeps only rows whose predicate is true.
 Division and modulo by zero give null, as in DuckDB. Integer arithmetic wraps on
 overflow, as in numpy. Python literals are "weak": ``col_int32 + 1`` stays int32.
+
+Families live beside this module, one each: string functions on dictionary codes
+(:mod:`gpustream.expr_strings`, ``col("s").str``), date/time parts
+(:mod:`gpustream.expr_time`, ``col("ts").dt``) and ``when/then/otherwise`` and ``is_in``
+(:mod:`gpustream.expr_when`). Their nodes type and evaluate themselves through
+:meth:`Expr._type` and :meth:`Expr._evaluate`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from gpustream.ingest.schema import is_string_type as _is_string
 if TYPE_CHECKING:
     from gpustream.aggs import Agg
     from gpustream.batch import Batch
+    from gpustream.expr_strings import StrNamespace
+    from gpustream.expr_time import DtNamespace
     from gpustream.ingest.dictionary import StringDictionary
 
 __all__ = ["MAX_EXPR_DEPTH", "MAX_EXPR_PARTS", "Expr", "check_expr_size", "col", "evaluate",
@@ -206,6 +214,21 @@ class Expr:
         """
         return Cast(self, _to_arrow_type(dtype))
 
+    def is_in(self, values: Sequence[Scalar | None]) -> Expr:
+        """True where the value is one of ``values`` (numbers or strings), as SQL's ``IN``.
+
+        A null value gives null; a value not in the list gives null when the list holds
+        a ``None``, else false.
+
+        Examples
+        --------
+        >>> col("channel").is_in(["apple", "google"])
+        col('channel').is_in(['apple', 'google'])
+        """
+        from gpustream.expr_when import IsIn
+
+        return IsIn.build(self, values)
+
     # aggregations (for windows)
     def _agg(self, kind: str, precision: int = 12) -> Agg:
         from gpustream.aggs import Agg
@@ -346,6 +369,41 @@ class Expr:
 
     def _children(self) -> Sequence[Expr]:
         return ()
+
+    def _type(self, schema: pa.Schema, where: str) -> pa.DataType:
+        """The node's type on ``schema`` (nodes of the other expression modules)."""
+        raise PlanError(f"{where}: {self!r} is not a column expression")
+
+    def _evaluate(self, batch: Batch, xp: ModuleType) -> Column:
+        """The node's values on ``batch`` (nodes of the other expression modules)."""
+        raise TypeError(f"cannot evaluate {self!r}")
+
+    # namespaces last: a method named ``str`` hides the type ``str`` from annotations below it
+    @property
+    def str(self) -> StrNamespace:
+        """String functions (Polars' ``.str``), computed once per dictionary entry.
+
+        Examples
+        --------
+        >>> col("name").str.to_lowercase()
+        col('name').str.to_lowercase()
+        """
+        from gpustream.expr_strings import StrNamespace
+
+        return StrNamespace(self)
+
+    @property
+    def dt(self) -> DtNamespace:
+        """Date/time parts of a timestamp (or integer epoch milliseconds) column.
+
+        Examples
+        --------
+        >>> col("ts").dt.hour()
+        col('ts').dt.hour()
+        """
+        from gpustream.expr_time import DtNamespace
+
+        return DtNamespace(self)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -671,7 +729,7 @@ def _expr_type(expr: Expr, schema: pa.Schema, where: str) -> pa.DataType:
         except TypeError as exc:
             raise PlanError(f"{where}: {exc}") from exc
         return to
-    raise PlanError(f"{where}: {expr!r} is not a column expression")
+    return expr._type(schema, where)
 
 
 def _binop_type(expr: BinOp, schema: pa.Schema, where: str) -> pa.DataType:
@@ -699,8 +757,9 @@ def _binop_type(expr: BinOp, schema: pa.Schema, where: str) -> pa.DataType:
                                     "yet; compare each with a string literal")
                 raise PlanError(f"{where}: cannot compare {_describe(str_side[0], pa.string())} "
                                 f"with {_describe(other, other_t)}")
-            if not isinstance(str_side[0], Col):
-                raise PlanError(f"{where}: compare string columns directly with a literal")
+            if isinstance(str_side[0], Lit):
+                raise PlanError(f"{where}: compare a string column with a literal, not two "
+                                "literals")
             return pa.bool_()
         if pa.types.is_boolean(lt) or pa.types.is_boolean(rt):
             if not (pa.types.is_boolean(lt) and pa.types.is_boolean(rt)) or op not in ("==", "!="):
@@ -712,6 +771,10 @@ def _binop_type(expr: BinOp, schema: pa.Schema, where: str) -> pa.DataType:
         _numpy_result(op, _operand_for_numpy(expr.left, lt), _operand_for_numpy(expr.right, rt),
                       where, what)
         return pa.bool_()
+    if op == "+" and _is_string(lt) and _is_string(rt):  # Polars: strings concatenate
+        if isinstance(expr.left, Lit) and isinstance(expr.right, Lit):
+            raise PlanError(f"{where}: {expr!r} joins two literals; write the one string")
+        return pa.string()
     if op in _ARITH:
         _check_numeric(op, ((expr.left, lt), (expr.right, rt)), where)
         lt2 = pa.int64() if pa.types.is_timestamp(lt) else lt
@@ -803,7 +866,7 @@ def _eval(expr: Expr, batch: Batch, xp: ModuleType) -> Column:
         if not hasattr(c.values, "astype"):
             return Column(np.asarray(c.values).astype(dtype)[()], None)
         return Column(c.values.astype(dtype, copy=False), c.valid)
-    raise TypeError(f"cannot evaluate {expr!r}")
+    return expr._evaluate(batch, xp)
 
 
 def _eval_binop(expr: BinOp, batch: Batch, xp: ModuleType) -> Column:
@@ -817,6 +880,10 @@ def _eval_binop(expr: BinOp, batch: Batch, xp: ModuleType) -> Column:
         code = c.dictionary.lookup(str(s.values))
         fn = xp.equal if op == "==" else xp.not_equal
         return Column(fn(c.values, np.int32(code)), c.valid)
+    if op == "+" and (left.dictionary is not None or right.dictionary is not None):
+        from gpustream.expr_strings import concat_columns  # strings (plan-checked)
+
+        return concat_columns(expr, [left, right], "", xp)
     valid = _and_valid(xp, left.valid, right.valid)
     if op in _LOGIC:
         lv, rv = left.values, right.values

@@ -3,13 +3,25 @@
 The text is parsed with Python's own expression grammar (``ast.parse(mode="eval")``) and
 the tree is then *walked*, accepting only a small set of node kinds: column names,
 numbers, strings, ``true``/``false``/``null``, arithmetic, comparisons, ``and``/``or``/
-``not``, and calls of known functions. Nothing is ever evaluated; anything else is an
-error that says where it is in the text and what is allowed.
+``not``, ``x in (...)``, ``a if cond else b``, and calls of known functions
+(:data:`FUNCTIONS`). Nothing is ever evaluated; anything else is an error that says where
+it is in the text and what is allowed.
+
+Functions take SQL's names and conventions (DuckDB's), each the text of a Python method:
+``lower(s)`` is ``col("s").str.to_lowercase()``, ``substring(s, 1, 3)`` (1-based) is
+``.str.slice(0, 3)``, ``contains(s, 'x')`` matches plain text and ``regexp_match(s, p)``
+a regular expression, ``replace(s, a, b)`` replaces every ``a``, ``regexp_extract(s, p,
+group=0)`` is ``.str.extract(p, group)``, ``day_of_week(ts)`` is ``.dt.weekday()``,
+``when(c1, v1, c2, v2, ..., else)`` is ``gs.when(c1).then(v1)...otherwise(else)``.
 
 Examples
 --------
 >>> parse_expr("price * 0.908 > 100 and channel != 'apple'")
 (((col('price') * 0.908) > 100) & (col('channel') != 'apple'))
+>>> parse_expr("'high' if price > 100 else 'low' if price > 10 else null")
+when((col('price') > 100)).then('high').when((col('price') > 10)).then('low').otherwise(None)
+>>> parse_expr("lower(channel) in ('apple', 'google') and hour(ts) >= 9")
+(col('channel').str.to_lowercase().is_in(['apple', 'google']) & (col('ts').dt.hour() >= 9))
 >>> parse_agg("sum(usd)")
 col('usd').sum()
 """
@@ -23,6 +35,8 @@ from typing import Any
 from gpustream.aggs import Agg, count
 from gpustream.errors import PlanError
 from gpustream.expr import MAX_EXPR_DEPTH, Expr, check_expr_size, col, lit
+from gpustream.expr_strings import concat_str
+from gpustream.expr_when import Case, when
 
 __all__ = ["AGGREGATIONS", "FUNCTIONS", "MAX_EXPR_CHARS", "parse_agg", "parse_expr"]
 
@@ -37,8 +51,25 @@ AGGREGATIONS = {
     "avg": "mean", "var": "var", "std": "std", "first": "first", "last": "last",
     "count_distinct": "count_distinct", "approx_count_distinct": "approx_count_distinct",
 }
-#: scalar functions by name -> number of arguments
-FUNCTIONS = {"is_null": 1, "is_not_null": 1, "fill_null": 2, "cast": 2, "abs": 1}
+#: scalar functions by name -> (fewest, most) arguments (most None: any number)
+FUNCTIONS: dict[str, tuple[int, int | None]] = {
+    "is_null": (1, 1), "is_not_null": (1, 1), "fill_null": (2, 2), "cast": (2, 2),
+    "abs": (1, 1), "when": (2, None),
+    # strings
+    "lower": (1, 1), "upper": (1, 1), "len": (1, 1), "length": (1, 1), "contains": (2, 2),
+    "regexp_match": (2, 2), "starts_with": (2, 2), "ends_with": (2, 2), "replace": (3, 3),
+    "regexp_extract": (2, 3), "split_part": (3, 3), "substring": (2, 3), "concat": (2, None),
+    # dates and times
+    "year": (1, 1), "month": (1, 1), "day": (1, 1), "hour": (1, 1), "minute": (1, 1),
+    "second": (1, 1), "millisecond": (1, 1), "day_of_week": (1, 1), "truncate": (2, 2),
+    "strftime": (2, 2),
+}
+#: functions that are a method of ``expr.str`` or ``expr.dt`` without arguments
+_STR_METHODS = {"lower": "to_lowercase", "upper": "to_uppercase", "len": "len_chars",
+                "length": "len_chars"}
+_DT_METHODS = {"year": "year", "month": "month", "day": "day", "hour": "hour",
+               "minute": "minute", "second": "second", "millisecond": "millisecond",
+               "day_of_week": "weekday"}
 _CONSTANTS = {"true": True, "false": False, "True": True, "False": False}
 _NULL = ("null", "None")
 _BINARY = {ast.Add: "__add__", ast.Sub: "__sub__", ast.Mult: "__mul__", ast.Div: "__truediv__",
@@ -99,12 +130,42 @@ class _Walker:
                 return left.is_null() if isinstance(op, ast.Is) else left.is_not_null()
             if type(op) in _COMPARE:
                 return getattr(left, _COMPARE[type(op)])(self.expr(other))
+            if isinstance(op, ast.In | ast.NotIn):
+                if not isinstance(other, ast.Tuple | ast.List | ast.Set):
+                    raise self.fail(other, "'in' takes a list of values, e.g. x in (1, 2) or "
+                                           "s in ('a', 'b')")
+                listed = [None if self.is_null(v) else self.constant(v) for v in other.elts]
+                found = self.build(node, lambda: left.is_in(listed))
+                return found if isinstance(op, ast.In) else ~found
             raise self.fail(node, f"the operator {type(op).__name__} is not supported")
+        if isinstance(node, ast.IfExp):  # a if c else b: when(c).then(a).otherwise(b)
+            case: Any = when(self.expr(node.test)).then(self.value(node.body))
+            rest = node.orelse
+            while isinstance(rest, ast.IfExp):
+                case = case.when(self.expr(rest.test)).then(self.value(rest.body))
+                rest = rest.orelse
+            return case.otherwise(self.value(rest))
         if isinstance(node, ast.Call):
             return self.call(node)
         raise self.fail(node, f"{type(node).__name__} is not allowed (use column names, "
                               "numbers, 'strings', arithmetic, comparisons, and, or, not, "
-                              f"and the functions {', '.join(FUNCTIONS)})")
+                              "in (...), a if c else b, and the functions "
+                              f"{', '.join(FUNCTIONS)})")
+
+    def is_null(self, node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id in _NULL) or (
+            isinstance(node, ast.Constant) and node.value is None)
+
+    def value(self, node: ast.AST) -> Expr | None:
+        """A branch's value: an expression, or None for ``null``."""
+        return None if self.is_null(node) else self.expr(node)
+
+    def build(self, node: ast.AST, make: Any) -> Any:
+        """``make()``, its PlanError (a wrong argument) placed in the text."""
+        try:
+            return make()
+        except PlanError as exc:
+            raise self.fail(node, str(exc)) from None
 
     def name_of(self, node: ast.Call) -> str:
         if not isinstance(node.func, ast.Name):
@@ -117,14 +178,62 @@ class _Walker:
             raise self.fail(node, f"the aggregation {name}() belongs in an agg step, not here")
         if name not in FUNCTIONS:
             raise self.fail(node, f"unknown function {name!r}{_did_you_mean(name, FUNCTIONS)}")
-        if len(node.args) != FUNCTIONS[name] or node.keywords:
-            raise self.fail(node, f"{name}() takes {FUNCTIONS[name]} argument(s)")
+        fewest, most = FUNCTIONS[name]
+        if not fewest <= len(node.args) <= (most or len(node.args)) or node.keywords:
+            counted = (f"{fewest}" if fewest == most else f"{fewest} or more" if most is None
+                       else f"{fewest} to {most}")
+            raise self.fail(node, f"{name}() takes {counted} argument(s)")
+        if name == "when":
+            return self.when(node)
+        if name == "concat":
+            parts = [self.expr(a) for a in node.args]
+            return self.build(node, lambda: concat_str(parts))
         x = self.expr(node.args[0])
+        consts = [self.constant(a) for a in node.args[1:]]
+        return self.build(node, lambda: self.method(name, x, consts))
+
+    def method(self, name: str, x: Expr, args: list[Any]) -> Expr:
+        """The Python method a function of the text stands for."""
+        if name in _STR_METHODS:
+            return getattr(x.str, _STR_METHODS[name])()
+        if name in _DT_METHODS:
+            return getattr(x.dt, _DT_METHODS[name])()
         if name == "fill_null":
-            return x.fill_null(self.constant(node.args[1]))
+            return x.fill_null(args[0])
         if name == "cast":
-            return x.cast(str(self.constant(node.args[1])))
+            return x.cast(str(args[0]))
+        if name == "contains":
+            return x.str.contains(args[0], literal=True)
+        if name == "regexp_match":
+            return x.str.contains(args[0])
+        if name == "starts_with":
+            return x.str.starts_with(args[0])
+        if name == "ends_with":
+            return x.str.ends_with(args[0])
+        if name == "replace":
+            return x.str.replace_all(args[0], args[1], literal=True)
+        if name == "regexp_extract":
+            return x.str.extract(args[0], *(args[1:] or [0]))
+        if name == "split_part":
+            return x.str.split_part(args[0], args[1])
+        if name == "substring":
+            start = args[0]
+            if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+                raise PlanError(f"substring(): the start counts from 1, got {start!r}")
+            return x.str.slice(start - 1, *args[1:])
+        if name == "truncate":
+            return x.dt.truncate(args[0])
+        if name == "strftime":
+            return x.dt.strftime(args[0])
         return getattr(x, name)()
+
+    def when(self, node: ast.Call) -> Expr:
+        """``when(c1, v1, c2, v2, ..., [else])``: CASE WHEN c1 THEN v1 ... ELSE else END."""
+        args = node.args
+        case: Case = when(self.expr(args[0])).then(self.value(args[1]))
+        for i in range(2, len(args) - 1, 2):
+            case = case.when(self.expr(args[i])).then(self.value(args[i + 1]))
+        return case.otherwise(self.value(args[-1])) if len(args) % 2 else case
 
     def constant(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Constant):
@@ -207,7 +316,7 @@ def parse_expr(text: str, where: str = "expression") -> Expr:
     >>> parse_expr("__import__('os')", "steps[0].filter")
     Traceback (most recent call last):
     ...
-    gpustream.errors.PlanError: steps[0].filter: unknown function '__import__'; known: is_null, is_not_null, fill_null, cast, abs in "__import__('os')" at column 1
+    gpustream.errors.PlanError: steps[0].filter: unknown function '__import__'; known: is_null, is_not_null, fill_null, cast, abs, when, lower, ..., strftime in "__import__('os')" at column 1
     >>> parse_expr(" + ".join(["v"] * 5000), "steps[1].with_columns.x")
     Traceback (most recent call last):
     ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,11 @@ from gpustream.aggs import Agg
 from gpustream.backend import ENGINES, Backend, select_backend
 from gpustream.checkpoint import Checkpointing
 from gpustream.durations import Duration, to_millis
-from gpustream.errors import PlanError
+from gpustream.errors import IngestError, PlanError
 from gpustream.expr import Col, Expr, lit
 from gpustream.ingest.arrow import from_arrow
 from gpustream.ingest.deadletter import DeadLetterFile
+from gpustream.ingest.schema import SchemaLike, as_schema
 from gpustream.ingest.source import Source
 from gpustream.metrics import Metrics
 from gpustream.plan import (
@@ -24,10 +25,12 @@ from gpustream.plan import (
     IntervalJoinNode,
     JoinTableNode,
     LateNode,
+    MapBatchesNode,
     Node,
     SelectNode,
     SourceNode,
     TableNode,
+    UnionNode,
     WindowAggNode,
     WindowJoinNode,
     WithColumnsNode,
@@ -477,6 +480,91 @@ class Stream:
                             f"got {window!r}")
         left_on, right_on = join_on(on, where)
         return self._then(WindowJoinNode(self._node, other._node, left_on, right_on, window))
+
+    def union(self, *others: Stream) -> Stream:
+        """The rows of this stream and of ``others``, as they arrive (SQL's UNION ALL:
+        duplicates kept, no order between the streams).
+
+        The streams need the same columns with the same types (in any order: the output
+        has this stream's order) and the same event-time column, or none. The union's
+        watermark is the smallest of the streams' (idle ones aside, as
+        ``Watermark.with_idleness`` says), and each row's watermark the smaller of its
+        own and the other streams' when it arrives: a row on time on its own stream is
+        on time after the union, so windows after it do not depend on how the streams
+        are cut into batches or interleave.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> web = p.source(gs.from_arrow({"user": ["a", "b"], "ts": [1, 12]}),
+        ...                event_time="ts", name="web")
+        >>> app = p.source(gs.from_arrow({"ts": [3], "user": ["a"]}), event_time="ts",
+        ...                name="app")
+        >>> out = web.union(app).key_by("user").window(gs.Tumbling(10)).agg(n=gs.count())
+        >>> sorted(out.collect().to_pylist(), key=lambda r: (r["window_start"], r["user"]))
+        [{'user': 'a', 'window_start': 0, 'window_end': 10, 'n': 2}, {'user': 'b', 'window_start': 10, 'window_end': 20, 'n': 1}]
+        """
+        where = f"step {self._node.step + 1} (union)"
+        if not others:
+            raise PlanError(f"{where}: name the stream(s) to add, e.g. a.union(b)")
+        for other in others:
+            self._other(other, "union")
+        node = UnionNode((self._node, *(o._node for o in others)))
+        schemas = {id(self._node): self._schema, **{id(o._node): o._schema for o in others}}
+        return self._pipeline._stream(node, output_schema(node, schemas))
+
+    def map_batches(self, fn: Callable[[pa.RecordBatch], pa.RecordBatch],
+                    schema: SchemaLike, name: str | None = None) -> Stream:
+        """Run a Python function on each batch: a ``pyarrow.RecordBatch`` in, one out,
+        for what expressions cannot say (a library call, a model, a lookup).
+
+        Parameters
+        ----------
+        fn
+            Takes a batch of this stream's rows, returns a ``pyarrow.RecordBatch`` (or
+            ``Table``) with the columns of ``schema``. It may drop rows, add rows and
+            change columns, but must keep the event-time column (with its type) when
+            the stream has one. Exceptions stop the run, named with the step.
+        schema
+            The columns ``fn`` returns: a ``pyarrow.Schema`` or a dict of column ->
+            Arrow type (``"int64"``, ``"string"``, ``"timestamp[ms]"`` …). Steps after
+            this one are planned (typed) against it.
+        name
+            Names the step in errors and plans (default: the function's name).
+
+        The output's per-event watermarks are recomputed from its event times, as the
+        source computes them (the largest event time among the rows ``fn`` returned
+        before a row, minus the source's watermark delay), and the step's watermark is
+        its output's: rows ``fn`` moves later in time hold windows back no longer than
+        the delay, rows it drops hold them back until a later row passes. For results
+        that do not depend on batching ``fn`` should be row-wise: each row's output from
+        that row alone.
+
+        It runs on the host, one batch at a time, on every backend: on a GPU each batch
+        is copied to the host as Arrow and the result back (every column twice, strings
+        decoded and encoded again), the one step of a pipeline that leaves the device.
+        A YAML spec cannot hold a Python function: ``map_batches`` is Python only.
+
+        Examples
+        --------
+        >>> import gpustream as gs, pyarrow as pa, pyarrow.compute as pc
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"ts": [1, 2, 3], "name": ["Ann", "bo", "Cy"]}),
+        ...              event_time="ts")
+        >>> def shout(rb: pa.RecordBatch) -> pa.RecordBatch:
+        ...     upper = pc.utf8_upper(rb["name"])
+        ...     return pa.record_batch([rb["ts"], upper], names=["ts", "loud"])
+        >>> s.map_batches(shout, schema={"ts": "int64", "loud": "string"}).collect().to_pydict()
+        {'ts': [1, 2, 3], 'loud': ['ANN', 'BO', 'CY']}
+        """
+        where = f"step {self._node.step + 1} (map_batches)"
+        try:
+            declared = as_schema(schema, where)
+        except IngestError as exc:
+            raise PlanError(str(exc)) from None
+        label = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
+        return self._then(MapBatchesNode(self._node, fn, declared, str(label)))
 
     def with_columns(
         self, exprs: Mapping[str, Expr | Any] | None = None, **named: Expr | Any

@@ -8,6 +8,7 @@ runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -15,7 +16,7 @@ import pyarrow as pa
 from gpustream.aggs import Agg, agg_type
 from gpustream.batch import physical_dtype
 from gpustream.errors import PlanError
-from gpustream.expr import Cast, Col, Expr, expr_type
+from gpustream.expr import Cast, Col, Expr, Lit, expr_type
 from gpustream.ingest.schema import logical_schema
 from gpustream.ingest.source import Source
 from gpustream.watermark import Watermark
@@ -25,15 +26,20 @@ __all__ = [
     "FilterNode",
     "JoinTableNode",
     "LateNode",
+    "MapBatchesNode",
     "Node",
     "SelectNode",
     "SourceNode",
     "TableNode",
+    "UnionNode",
     "WindowAggNode",
     "WithColumnsNode",
     "event_time_of",
     "lineage",
+    "map_time",
     "output_schema",
+    "stream_time",
+    "time_shift",
 ]
 
 
@@ -331,11 +337,84 @@ class WindowJoinNode(Node):
         return f"on {on}, {self.assigner.describe()}"
 
 
+@dataclass(frozen=True, eq=False)
+class UnionNode(Node):
+    """The rows of several streams with the same columns, in arrival order; its
+    watermark is the smallest of theirs."""
+
+    streams: tuple[Node, ...]
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "union"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return self.streams
+
+    def detail(self) -> str:
+        return "of " + ", ".join(describe_stream(n) for n in self.streams)
+
+
+@dataclass(frozen=True, eq=False)
+class MapBatchesNode(Node):
+    """A Python function of each batch (Arrow in, Arrow out, on the host) whose output
+    has the declared ``schema``."""
+
+    input: Node
+    fn: Callable[[pa.RecordBatch], pa.RecordBatch]
+    schema: pa.Schema
+    name: str
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "map_batches"
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step} (map_batches {self.name!r})"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.input,)
+
+    def detail(self) -> str:
+        fn = getattr(self.fn, "__qualname__", None) or type(self.fn).__name__
+        return f"{getattr(self.fn, '__module__', None) or '?'}.{fn}"
+
+
+def describe_stream(node: Node) -> str:
+    """How errors name a stream: its step, and the source it comes from.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.expr import col
+    >>> s = SourceNode(from_arrow(pa.table({"x": [1]})), name="bids")
+    >>> describe_stream(s), describe_stream(FilterNode(s, col("x") > 0))
+    ("step 0 (source) 'bids'", "step 1 (filter) of source 'bids'")
+    """
+    if isinstance(node, SourceNode):
+        return f"{node.label} {node.name!r}"
+    names = [n.name for n in lineage(node) if isinstance(n, SourceNode)]
+    return f"{node.label} of source{'s' if len(names) > 1 else ''} " + ", ".join(
+        repr(n) for n in names)
+
+
 def stream_event_time(node: Node, where: str) -> tuple[SourceNode, str, pa.DataType]:
     """The source, event-time column and type of the stream ``node`` produces (a chain
     of one-input steps down to a source that has an event time)."""
     n = node
     while not isinstance(n, SourceNode):
+        if isinstance(n, UnionNode):
+            raise PlanError(f"{where}: joining the output of a union is not supported yet")
         if len(n.inputs) != 1:
             raise PlanError(f"{where}: joining the output of another join is not supported yet")
         if isinstance(n, WindowAggNode):
@@ -511,12 +590,77 @@ def _computed_fields(
         t = expr_type(e, schema, where)
         while isinstance(e, Cast):  # a string column cast to string is that column
             e = e.operand
-        if (pa.types.is_string(t) or pa.types.is_large_string(t)) and not isinstance(e, Col):
+        if (pa.types.is_string(t) or pa.types.is_large_string(t)) and isinstance(e, Lit):
             raise PlanError(
                 f"{where}: a string literal can only be compared with a string column"
             )
         out.append((name, t))
     return out
+
+
+def _union_schema(n: UnionNode, schemas: list[pa.Schema]) -> pa.Schema:
+    """The first input's schema, once every input has the same columns (in any order)
+    with the same types and the same event time (or none)."""
+    where = n.label
+    if len(n.streams) < 2:
+        raise PlanError(f"{where}: union needs at least one other stream")
+    if len({id(s) for s in n.streams}) < len(n.streams):
+        raise PlanError(f"{where}: a stream is given twice; a union of a stream with itself "
+                        "would repeat its rows: add the stream once")
+    first, base = n.streams[0], schemas[0]
+    for other, schema in zip(n.streams[1:], schemas[1:], strict=True):
+        diffs = [f"{f.name!r} is {f.type} in {describe_stream(first)} but "
+                 f"{schema.field(f.name).type} in {describe_stream(other)}"
+                 for f in base if f.name in schema.names and schema.field(f.name).type != f.type]
+        only = [(describe_stream(a), [c for c in sa.names if c not in sb.names])
+                for a, sa, sb in ((first, base, schema), (other, schema, base))]
+        diffs += [f"{', '.join(map(repr, cols))} only in {who}" for who, cols in only if cols]
+        if diffs:
+            raise PlanError(f"{where}: the streams' columns differ: {'; '.join(diffs)}. A "
+                            "union needs the same columns with the same types: select, "
+                            "rename or cast them (with_columns(x=gs.col('x').cast('...'))) "
+                            "before the union")
+    times = [_traced_time(s, where) for s in n.streams]
+    for other, t in zip(n.streams[1:], times[1:], strict=True):
+        a, b = times[0], t
+        if (a is None) != (b is None) or (a is not None and b is not None and a[0] != b[0]):
+            def said(x: tuple[str, pa.DataType, int] | None) -> str:
+                return "no event time" if x is None else f"event time {x[0]!r}"
+
+            raise PlanError(f"{where}: {describe_stream(first)} has {said(a)} but "
+                            f"{describe_stream(other)} has {said(b)}; give every stream of a "
+                            "union the same event-time column (event_time= of their sources) "
+                            "or none")
+    return base
+
+
+def _map_schema(n: MapBatchesNode, input_schema: pa.Schema) -> pa.Schema:
+    """The declared schema, checked: types a batch can hold, the event time kept."""
+    where = n.label
+    if not callable(n.fn):
+        raise PlanError(f"{where}: map_batches takes a function of a pyarrow.RecordBatch, got "
+                        f"{type(n.fn).__name__}")
+    if not n.schema.names:
+        raise PlanError(f"{where}: schema= must declare at least one column")
+    dupes = sorted({c for c in n.schema.names if n.schema.names.count(c) > 1})
+    if dupes:
+        raise PlanError(f"{where}: schema= names column(s) {', '.join(dupes)} twice")
+    for f in n.schema:
+        try:
+            physical_dtype(f.type, column=f.name)
+        except TypeError as exc:
+            raise PlanError(f"{where}: schema= {exc}") from exc
+    got = map_time(n)
+    if got is not None:
+        et, ts_type, _ = got
+        if et not in n.schema.names or n.schema.field(et).type != ts_type:
+            had = "drops" if et not in n.schema.names else (
+                f"declares {n.schema.field(et).type} for")
+            raise PlanError(f"{where}: schema= {had} the event-time column {et!r} "
+                            f"({ts_type}); the function must keep it (with its type) in "
+                            "every batch it returns: watermarks and windows downstream are "
+                            "computed from it")
+    return n.schema
 
 
 def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.Schema:
@@ -568,6 +712,10 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
             memo[id(n)] = memo[id(n.input.input)]
         elif isinstance(n, (IntervalJoinNode, WindowJoinNode)):
             memo[id(n)] = _two_input_schema(n, memo[id(n.left)], memo[id(n.right)])
+        elif isinstance(n, UnionNode):
+            memo[id(n)] = _union_schema(n, [memo[id(i)] for i in n.streams])
+        elif isinstance(n, MapBatchesNode):
+            memo[id(n)] = _map_schema(n, memo[id(n.input)])
         elif isinstance(n, JoinTableNode):
             left = memo[id(n.input)]
             if n.table.changelog is not None and n.table.changelog.event_time is not None:
@@ -587,41 +735,147 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
 _UNIT_PER_MS = {"s": (1, 1000), "ms": (1, 1), "us": (1000, 1), "ns": (1_000_000, 1)}
 
 
-def event_time_of(node: Node) -> tuple[SourceNode, pa.DataType]:
-    """The source a windowed step reads its event time from, and the column's type.
+def stream_time(node: Node, where: str) -> tuple[str, pa.DataType, int] | None:
+    """The event-time column of the rows ``node`` produces, its type and the watermark
+    delay (ms) of the stream's source (the largest of a union's sources); None when the
+    stream has no event time.
 
-    Raises :class:`PlanError` when the source has no event time, or a step between them
-    dropped or redefined the event-time column.
+    A window's output rows have the event time ``window_end - 1`` (DESIGN.md section
+    11): their column is ``window_end`` (:func:`time_shift` says it is one past the
+    time), their per-row watermark the one the window passed on before firing them.
+
+    Raises :class:`PlanError` where the rows carry no per-event watermark (the output of
+    a join), a window's rows may be revised (allowed lateness), or a step dropped or
+    redefined the event-time column.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.watermark import Watermark
+    >>> s = SourceNode(from_arrow(pa.table({"ts": [1]})), "ts", Watermark.bounded(5))
+    >>> stream_time(SelectNode(s, (("ts", Col("ts")),)), "here")
+    ('ts', DataType(int64), 5)
+    >>> stream_time(SelectNode(s, (("t", Col("ts")),)), "here")
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: here: step 1 (select) drops the event-time column 'ts'; keep it unchanged up to here
+    """
+    if isinstance(node, SourceNode):
+        if node.event_time is None:
+            return None
+        delay = node.watermark.delay_ms if node.watermark is not None else 0
+        return node.event_time, node.source.schema().field(node.event_time).type, delay
+    if isinstance(node, LateNode):  # the window's input rows, as they came
+        return stream_time(node.input.input, where)
+    if isinstance(node, WindowAggNode):  # (an aggregate named like the source's event
+        if node.allowed_lateness_ms:     # time is just an aggregate here)
+            raise PlanError(
+                f"{where}: a window over the output of {node.label} needs that window "
+                "without allowed_lateness: its late firings revise rows already emitted "
+                "(revision > 0), which a window further down would count twice; drop "
+                "allowed_lateness there, or window the source's events with the coarser "
+                "window")
+        return "window_end", event_time_of(node)[1], 0
+    if isinstance(node, UnionNode):
+        times = [stream_time(n, where) for n in node.streams]
+        if any(t is None for t in times):
+            return None
+        return times[0][0], times[0][1], max(t[2] for t in times)  # type: ignore[index]
+    if isinstance(node, MapBatchesNode):
+        got = stream_time(node.input, where)
+        if got is not None and time_shift(node.input, where):
+            raise PlanError(f"{where}: windows over {node.label} of a window's output are "
+                            "not supported (the step would take window_end as the rows' "
+                            "event time); window before map_batches, or map the source's "
+                            "events")
+        return None if got is None else (got[0], node.schema.field(got[0]).type, got[2])
+    if len(node.inputs) != 1:
+        raise PlanError(f"{where}: windows over the output of interval or window joins "
+                        "are not supported yet")
+    got = stream_time(node.inputs[0], where)
+    if got is not None and isinstance(node, (WithColumnsNode, SelectNode)):
+        et = got[0]
+        named = dict(node.exprs)
+        kept = named.get(et)
+        redefined = kept is not None and not (isinstance(kept, Col) and kept.name == et)
+        dropped = isinstance(node, SelectNode) and et not in named
+        if redefined or dropped:
+            raise PlanError(f"{where}: {node.label} {'redefines' if redefined else 'drops'} "
+                            f"the event-time column {et!r}; keep it unchanged up to here")
+    return got
+
+
+def _traced_time(node: Node, where: str) -> tuple[str, pa.DataType, int] | None:
+    """:func:`stream_time`, None also where the rows carry no per-event watermark (a
+    join's or a window's output): a window further down says why it cannot be."""
+    try:
+        return stream_time(node, where)
+    except PlanError:
+        return None
+
+
+def map_time(node: MapBatchesNode) -> tuple[str, pa.DataType, int] | None:
+    """The event time of the rows a ``map_batches`` step reads (as :func:`stream_time`);
+    None also when they carry no per-event watermark (a join's output) or are a window's
+    output: the step then keeps no event time, and a window after it says why."""
+    got = _traced_time(node.input, node.label)
+    try:
+        return None if got is None or time_shift(node.input, node.label) else got
+    except PlanError:
+        return None
+
+
+def time_shift(node: Node, where: str) -> int:
+    """What to add to the event-time column of the rows ``node`` produces to get their
+    event time: -1 where that column is a window's ``window_end`` (the rows of a window,
+    after steps that keep it), else 0.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.aggs import count
+    >>> from gpustream.windows import Tumbling
+    >>> s = SourceNode(from_arrow(pa.table({"ts": [1], "k": [1]})), "ts", None)
+    >>> w = WindowAggNode(s, ("k",), Tumbling(10), (("n", count()),), "w")
+    >>> time_shift(s, "here"), time_shift(FilterNode(w, Col("n") > 1), "here")
+    (0, -1)
+    """
+    n = node
+    while True:
+        if isinstance(n, SourceNode):
+            return 0
+        if isinstance(n, LateNode):  # the window's input rows
+            n = n.input.input
+            continue
+        if isinstance(n, WindowAggNode):
+            return -1
+        if isinstance(n, UnionNode):
+            shifts = {time_shift(s, where) for s in n.streams}
+            if len(shifts) > 1:
+                raise PlanError(f"{where}: {n.label} mixes windows' rows with events; a "
+                                "window over it needs one kind (window the events first)")
+            return shifts.pop()
+        if len(n.inputs) != 1:
+            return 0
+        n = n.inputs[0]
+
+
+def event_time_of(node: Node) -> tuple[str, pa.DataType]:
+    """The event-time column a windowed step reads, and its type.
+
+    Raises :class:`PlanError` when the stream has no event time, or a step before the
+    window dropped or redefined the event-time column.
     """
     where = node.label
-    chain: list[Node] = []
-    n = node.inputs[0]
-    while not isinstance(n, SourceNode):
-        if len(n.inputs) != 1:
-            raise PlanError(f"{where}: windows over the output of interval or window joins "
-                            "are not supported yet")
-        if isinstance(n, WindowAggNode):  # even when an aggregate is named like the event
-            raise PlanError(                # time: the window's rows carry no watermark
-                f"{where}: windows over the output of {n.label} are not supported yet; "
-                "window the source's events once, with the coarser window, or aggregate the "
-                "window's output in batch (collect())")
-        chain.append(n)
-        n = n.inputs[0]
-    src = n
-    if src.event_time is None:
+    got = stream_time(node.inputs[0], where)
+    if got is None:
+        names = [n.name for n in lineage(node) if isinstance(n, SourceNode)
+                 and n.event_time is None]
         raise PlanError(f"{where}: windows need an event time: pass event_time='<column>' to "
-                        f"Pipeline.source for {src.name!r}")
-    et = src.event_time
-    for step in chain:
-        if isinstance(step, (WithColumnsNode, SelectNode)):
-            named = dict(step.exprs)
-            kept = named.get(et)
-            redefined = kept is not None and not (isinstance(kept, Col) and kept.name == et)
-            dropped = isinstance(step, SelectNode) and et not in named
-            if redefined or dropped:
-                raise PlanError(f"{where}: {step.label} {'redefines' if redefined else 'drops'} "
-                                f"the event-time column {et!r}; keep it unchanged up to the window")
-    return src, src.source.schema().field(et).type
+                        f"Pipeline.source for {', '.join(repr(n) for n in names)}")
+    return got[0], got[1]
 
 
 def to_event_units(ms: int, ts_type: pa.DataType, what: str) -> int:
@@ -649,9 +903,9 @@ def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
     """Keys, window_start, window_end, the aggregates in order, and ``revision`` with lateness
     (and ``op`` for sessions: their changelog, :mod:`gpustream.operators.session`)."""
     where = node.label
-    src, ts_type = event_time_of(node)
-    if src.event_time not in schema.names:
-        raise PlanError(f"{where}: the event-time column {src.event_time!r} is missing")
+    event_time, ts_type = event_time_of(node)
+    if event_time not in schema.names:
+        raise PlanError(f"{where}: the event-time column {event_time!r} is missing")
     fields: list[tuple[str, pa.DataType]] = []
     for k in node.keys:
         if k not in schema.names:

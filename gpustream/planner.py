@@ -15,17 +15,21 @@ from gpustream.plan import (
     IntervalJoinNode,
     JoinTableNode,
     LateNode,
+    MapBatchesNode,
     Node,
     SelectNode,
     SourceNode,
+    UnionNode,
     WindowAggNode,
     WindowJoinNode,
     WithColumnsNode,
     event_time_of,
     join_columns,
     lineage,
+    map_time,
     output_schema,
     stream_event_time,
+    time_shift,
     to_event_units,
 )
 from gpustream.sinks import Sink
@@ -65,8 +69,7 @@ def window_spec(node: WindowAggNode, input_schema: pa.Schema, schema: pa.Schema)
     """The physical description of a windowed step, in event-time units."""
     from gpustream.expr import expr_type
     from gpustream.operators.window import AggSpec, WindowSpec
-    src, ts_type = event_time_of(node)
-    assert src.event_time is not None
+    event_time, ts_type = event_time_of(node)
     a = node.assigner
     where = node.label
     size = slide = offset = gap = 0
@@ -83,9 +86,9 @@ def window_spec(node: WindowAggNode, input_schema: pa.Schema, schema: pa.Schema)
     for name, agg in node.aggs:
         in_type = None if agg.input is None else expr_type(agg.input, input_schema, where)
         aggs.append(AggSpec(name, agg, in_type, schema.field(name).type))
-    return WindowSpec(node.name, node.keys, src.event_time, size, slide, offset, gap,
+    return WindowSpec(node.name, node.keys, event_time, size, slide, offset, gap,
                       to_event_units(node.allowed_lateness_ms, ts_type, where), tuple(aggs),
-                      schema, node.allowed_lateness_ms > 0)
+                      schema, node.allowed_lateness_ms > 0, time_shift(node.input, where))
 
 
 def _operator(node: Node, schema: pa.Schema, backend: Backend,
@@ -117,6 +120,18 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
         return LookupJoinOp(node, memo[id(node.input)], schema, backend)
     if isinstance(node, (IntervalJoinNode, WindowJoinNode)):
         return _two_stream_join(node, schema, backend, memo)
+    if isinstance(node, UnionNode):
+        from gpustream.operators.union import UnionOp
+
+        return UnionOp(schema, [memo[id(n)] for n in node.streams],
+                       tuple(_idleness_s(n) for n in node.streams), backend)
+    if isinstance(node, MapBatchesNode):
+        from gpustream.operators.map import MapBatchesOp
+
+        got = map_time(node)
+        times = None if got is None else (
+            got[0], to_event_units(got[2], got[1], f"{node.label} watermark"))
+        return MapBatchesOp(node.fn, schema, node.label, times, backend)
     if isinstance(node, FilterNode):
         return FilterOp(node.predicate, xp)
     if isinstance(node, WithColumnsNode):
@@ -124,6 +139,25 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
     if isinstance(node, SelectNode):
         return ProjectOp(node.exprs, schema, False, xp)
     raise PlanError(f"{node.label}: no physical operator for {type(node).__name__}")
+
+
+def _idleness_s(node: Node) -> float | None:
+    """How long the stream ``node`` may send nothing before it stops holding back the
+    watermark of an operator it feeds (its source's ``with_idleness``; None: forever).
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.watermark import Watermark
+    >>> _idleness_s(SourceNode(from_arrow(pa.table({"t": [1]})), "t",
+    ...                        Watermark.bounded(0).with_idleness("2s")))
+    2.0
+    """
+    sources = [n for n in lineage(node) if isinstance(n, SourceNode)]
+    limits = [None if s.watermark is None or s.watermark.idleness_ms is None
+              else s.watermark.idleness_ms / 1e3 for s in sources]
+    return None if not limits or None in limits else max(limits)  # type: ignore[type-var]
 
 
 def _two_stream_join(node: IntervalJoinNode | WindowJoinNode, schema: pa.Schema,

@@ -23,6 +23,7 @@ from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
 from gpustream.metrics import Metrics
 from gpustream.operators.base import WATERMARK_END, TwoInputOperator
+from gpustream.operators.map import MapBatchesOp
 from gpustream.plan import JoinTableNode, SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
 from gpustream.sinks import DeadLetterSink, Sink, write_batch
@@ -135,6 +136,10 @@ class _Runner:
             for out in pn.op.on_watermark(watermark):
                 self.emit(pn, out)
             self.drain(pn)
+            if isinstance(pn.op, MapBatchesOp) and pn.op.recomputes:  # its watermark is
+                watermark = pn.op.current  # its output's, as a source's is
+                if watermark == NO_WATERMARK:
+                    return
         for child in pn.children:
             self.advance(child, watermark, pn.ports.get(id(child), 0))
 
@@ -263,6 +268,39 @@ def _all_nodes(plan: PhysicalPlan) -> list[tuple[str, PhysicalNode]]:
     return out
 
 
+def _dictionary_flows(plan: PhysicalPlan, sources: list[dict[str, StringDictionary]]
+                      ) -> dict[int, dict[str, StringDictionary]]:
+    """For each operator (by ``id``), the dictionaries of the string columns it reads: its
+    sources', along the plan, replaced by those of the steps between that own theirs
+    (a union's, a map_batches'); of two inputs, the first's win."""
+    parents: dict[int, list[tuple[int, PhysicalNode]]] = {}
+    for _, pn in _all_nodes(plan):
+        for child in pn.children:
+            parents.setdefault(id(child), []).append((pn.ports.get(id(child), 0), pn))
+        for child in (c for cs in pn.side.values() for c in cs):
+            parents.setdefault(id(child), []).append((0, pn))
+    out: dict[int, dict[str, StringDictionary]] = {
+        id(pn): dict(d) for pn, d in zip(plan.sources, sources, strict=True)}
+    flows: dict[int, dict[str, StringDictionary]] = {}
+
+    def flow_out(pn: PhysicalNode) -> dict[str, StringDictionary]:
+        if id(pn) not in out:
+            out[id(pn)] = {**flow_in(pn), **getattr(pn.op, "owned_dictionaries", {})}
+        return out[id(pn)]
+
+    def flow_in(pn: PhysicalNode) -> dict[str, StringDictionary]:
+        if id(pn) not in flows:
+            merged: dict[str, StringDictionary] = {}
+            for _, parent in sorted(parents.get(id(pn), []), key=lambda pp: -pp[0]):
+                merged.update(flow_out(parent))
+            flows[id(pn)] = merged
+        return flows[id(pn)]
+
+    for _, pn in _all_nodes(plan):
+        flow_in(pn)
+    return flows
+
+
 def _schema_text(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name}: {f.type}" for f in schema)
 
@@ -370,9 +408,12 @@ class _Checkpointer:
             state = ck.state_of(opid)
             if state:
                 pn.op.restore(state)
+        flows = _dictionary_flows(self.plan, self.dictionaries)
+        for _, pn in self.ops:
             known = getattr(pn.op, "dictionaries", None)
-            if isinstance(known, dict):  # to decode string keys of restored state
-                known.update(names)
+            if isinstance(known, dict):  # to decode string keys of restored state: the
+                known.update(names)  # dictionaries of the rows it reads, by column name
+                known.update(flows[id(pn)])
         log.info("restored checkpoint %d from %s", ck.seq, self.store.folder)
 
     def done(self, i: int, offset: Any) -> None:

@@ -166,7 +166,7 @@ class Spec(_Model):
 
 
 STEP_KINDS = ("filter", "with_columns", "select", "key_by", "window", "agg", "join_table",
-              "window_join", "interval_join")
+              "window_join", "interval_join", "union")
 
 
 # -- locating fields in the YAML text ---------------------------------------------------
@@ -665,6 +665,13 @@ def _build(spec: Spec, where: _Where, engine: str | None, base: Path | None) -> 
             stream, previous = None, None
             continue
         kind, arg = next(iter(step.items()))
+        if kind == "map_batches":
+            where.note(where.error(path, "map_batches runs a Python function, which a YAML "
+                                         "spec cannot hold: build this pipeline in Python "
+                                         "(Stream.map_batches(fn, schema=...)), or say the "
+                                         "step with filter, with_columns and select"))
+            stream, previous = None, None
+            continue
         if kind not in STEP_KINDS:
             close = difflib.get_close_matches(str(kind), STEP_KINDS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else \
@@ -783,6 +790,12 @@ class IntervalJoinSpec(_Model):
     upper: Duration
 
 
+class UnionSpec(_Model):
+    """``union:``: the other stream(s), each a source spec with the same columns."""
+
+    other: SourceSpec | list[SourceSpec]
+
+
 class JoinTableSpec(_Model):
     """``join_table:``."""
 
@@ -848,6 +861,13 @@ def _step(kind: str, arg: Any, path: tuple[Any, ...], where: _Where,
         parts = _gather([lambda: _stream_of(p, wj.other, (*path, "other"), where),
                          lambda: _window(wj.window, (*path, "window"), where)])
         return lambda s: s.window_join(parts[0], on=_on(wj.on), window=parts[1])
+    if kind == "union":
+        u = _validate(UnionSpec, arg, path, where)
+        specs = u.other if isinstance(u.other, list) else [u.other]
+        opath: tuple[Any, ...] = (*path, "other")
+        others = _gather([partial(_stream_of, p, o, (*opath, i) if isinstance(u.other, list)
+                                  else opath, where) for i, o in enumerate(specs)])
+        return lambda s: s.union(*others)
     if kind == "join_table":
         j = _validate(JoinTableSpec, arg, path, where)
         if "tables" in where.bad:
