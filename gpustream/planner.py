@@ -135,9 +135,9 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
     if isinstance(node, FilterNode):
         return FilterOp(node.predicate, xp)
     if isinstance(node, WithColumnsNode):
-        return ProjectOp(node.exprs, schema, True, xp)
+        return ProjectOp(node.exprs, schema, True, backend)
     if isinstance(node, SelectNode):
-        return ProjectOp(node.exprs, schema, False, xp)
+        return ProjectOp(node.exprs, schema, False, backend)
     raise PlanError(f"{node.label}: no physical operator for {type(node).__name__}")
 
 

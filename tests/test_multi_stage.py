@@ -88,8 +88,11 @@ def test_a_window_over_a_window_equals_the_same_window_over_its_rows_in_batch(
                                     second, session)
     stats = p.run()
     first = _frame(one)
-    size, slide = ((second.size_ms, second.slide_ms) if isinstance(second, gs.Sliding)
-                   else (second.size_ms, second.size_ms))
+    if isinstance(second, gs.Sliding):
+        size, slide = second.size_ms, second.slide_ms
+    else:
+        assert isinstance(second, gs.Tumbling)
+        size = slide = second.size_ms
     want = _reference(first, size, slide)
     assert len(first) > 50 and len(want) > 10
     assert not late, "no row of a window is late for a window over it"
@@ -128,9 +131,11 @@ def test_window_outputs_carry_the_watermark_passed_on_before_them() -> None:
     b.watermarks = np.full(3, np.iinfo(np.int64).min)
     assert op.process(b) == []
     (fired,) = op.on_watermark(12)
+    assert fired.watermarks is not None
     assert fired.watermarks.tolist() == [np.iinfo(np.int64).min]
     (fired,) = op.on_watermark(30)
     assert fired.to_arrow().column("window_end").to_pylist() == [20, 30]
+    assert fired.watermarks is not None
     assert fired.watermarks.tolist() == [12, 12]  # before 30, after 12
     assert int(op.snapshot()["forwarded"][0]) == 30
 

@@ -282,16 +282,34 @@ def test_restored_windows_decode_keys_with_their_own_streams_dictionary(
 
 
 def test_a_union_of_windows_outputs() -> None:
-    """Windowed results union like any rows (they carry no per-event watermark: a window
-    after the union is refused, naming the window before it)."""
+    """Windowed results union like any rows, and a window over the union reads them at
+    ``window_end - 1``, none late (each window's rows carry the watermark it passed on
+    before them, held to the other input's)."""
     a, b = _events(300, 41, ["ann", "bo"]), _events(200, 42, ["bo", "cy"])
-    p = gs.Pipeline(engine="cpu")
-    outs = [p.source(gs.from_arrow(t, batch_rows=40), event_time="ts",
-                     watermark=gs.Watermark.bounded(DELAY), name=n)
-            .key_by("user").window(gs.Tumbling(100), name=f"w{n}").agg(n=gs.count())
-            for n, t in (("a", a), ("b", b))]
+
+    def windows(p: gs.Pipeline) -> list[gs.Stream]:
+        return [p.source(gs.from_arrow(t, batch_rows=40), event_time="ts",
+                         watermark=gs.Watermark.bounded(DELAY), name=n)
+                .key_by("user").window(gs.Tumbling(100), name=f"w{n}").agg(n=gs.count())
+                for n, t in (("a", a), ("b", b))]
+
+    outs = windows(gs.Pipeline(engine="cpu"))
     both = outs[0].union(outs[1]).collect()
     want = sorted((u, s, n) for t in (a, b) for u, s, n, *_ in _duckdb_windows([t], 100))
     assert sorted((r["user"], r["window_start"], r["n"]) for r in both.to_pylist()) == want
-    with pytest.raises(PlanError, match=r"windows over the output of step 1 \(window 'wa'\)"):
-        outs[0].union(outs[1]).window(gs.Tumbling(1000)).agg(n=gs.count())
+    p = gs.Pipeline(engine="cpu")
+    outs = windows(p)
+    coarse = outs[0].union(outs[1]).key_by("user").window(gs.Tumbling(1000), name="coarse")
+    late: list[pa.RecordBatch] = []
+    w = coarse.agg(rows=gs.count(), n=gs.col("n").sum())
+    w.late.sink(gs.to_callback(late.append))
+    got = sorted((r["user"], r["window_start"], r["rows"], r["n"]) for r in w.collect().to_pylist())
+    rows = both.to_pylist()
+    expect: dict[tuple[str, int], list[int]] = {}
+    for r in rows:
+        start = (r["window_end"] - 1) // 1000 * 1000
+        acc = expect.setdefault((r["user"], start), [0, 0])
+        acc[0] += 1
+        acc[1] += r["n"]
+    assert got == sorted((u, s, c, n) for (u, s), (c, n) in expect.items())
+    assert not late

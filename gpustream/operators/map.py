@@ -17,7 +17,7 @@ from gpustream.batch import Batch, physical_dtype
 from gpustream.errors import GpustreamError
 from gpustream.expr import Expr, evaluate
 from gpustream.ingest.dictionary import StringDictionary
-from gpustream.ingest.schema import conform, logical_type
+from gpustream.ingest.schema import conform, is_string_type, logical_type
 from gpustream.operators.base import Operator
 from gpustream.watermark import NO_WATERMARK
 
@@ -60,29 +60,41 @@ class ProjectOp(Operator):
         The output schema the planner derived (types of computed columns are enforced).
     keep_input
         True for ``with_columns``, False for ``select``.
-    xp
-        The backend's array namespace.
+    backend
+        The backend it runs on.
+
+    Computed string columns come out as codes into dictionaries this step owns and
+    checkpoints (:class:`~gpustream.operators.recode.Recoder`): the dictionaries an
+    expression builds (a concatenation of two columns, a CASE over strings,
+    ``strftime``) grow in arrival order, which a restart would not repeat.
 
     Examples
     --------
-    >>> import numpy as np, pyarrow as pa
+    >>> import pyarrow as pa
+    >>> from gpustream.backend import select_backend
     >>> from gpustream.expr import col
     >>> b = Batch.from_arrow(pa.record_batch({"x": [1, 2]}))
     >>> schema = pa.schema({"x": pa.int64(), "y": pa.int64()})
-    >>> op = ProjectOp((("y", col("x") * 10),), schema, True, np)
+    >>> op = ProjectOp((("y", col("x") * 10),), schema, True, select_backend("cpu"))
     >>> op.process(b)[0].to_arrow().to_pydict()
     {'x': [1, 2], 'y': [10, 20]}
     """
 
     def __init__(
         self, exprs: tuple[tuple[str, Expr], ...], schema: pa.Schema, keep_input: bool,
-        xp: ModuleType,
+        backend: Backend,
     ) -> None:
+        from gpustream.operators.recode import Recoder
+
         self.exprs = exprs
         self.schema = schema
         self.keep_input = keep_input
-        self.xp = xp
+        self.xp = backend.xp
         self._dtypes = {f.name: physical_dtype(f.type, column=f.name) for f in schema}
+        self.recoder = Recoder([name for name, _ in exprs
+                                if is_string_type(schema.field(name).type)], backend)
+        #: the dictionary of each computed string column (decodes it after a restore)
+        self.owned_dictionaries = self.recoder.dictionaries
 
     def process(self, batch: Batch) -> list[Batch]:
         columns = dict(batch.columns) if self.keep_input else {}
@@ -96,14 +108,24 @@ class ProjectOp(Operator):
             dtype = self._dtypes[name]
             if values.dtype != dtype:
                 values = values.astype(dtype)
-            columns[name] = values
-            validity[name] = out.valid
-            if out.dictionary is not None:
+            if name in self.owned_dictionaries:
+                values = self.recoder.recode(name, out.dictionary, values)
+                dictionaries[name] = self.owned_dictionaries[name]
+            elif out.dictionary is not None:
                 dictionaries[name] = out.dictionary
             else:
                 dictionaries.pop(name, None)
+            columns[name] = values
+            validity[name] = out.valid
         ordered = {f.name: columns[f.name] for f in self.schema}
         return [Batch(ordered, self.schema, validity, dictionaries, batch.watermarks)]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The dictionaries of the computed string columns."""
+        return self.recoder.snapshot("dictionary")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.recoder.restore(state, "dictionary")
 
 
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch
-from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.schema import is_string_type
 from gpustream.operators.base import TwoInputOperator
+from gpustream.operators.recode import Recoder
 from gpustream.watermark import NO_WATERMARK
 
 __all__ = ["UnionOp"]
@@ -52,7 +51,7 @@ class UnionOp(TwoInputOperator):
 
     Examples
     --------
-    >>> import pyarrow as pa
+    >>> import numpy as np, pyarrow as pa
     >>> from gpustream.backend import select_backend
     >>> schema = pa.schema([("k", pa.string()), ("ts", pa.int64())])
     >>> op = UnionOp(schema, [schema, schema], (None, None), select_backend("cpu"))
@@ -79,25 +78,8 @@ class UnionOp(TwoInputOperator):
         self.backend = backend
         self.xp = backend.xp
         #: the union's own dictionary of each string column (decodes its output)
-        self.owned_dictionaries = {f.name: StringDictionary() for f in schema
-                                   if is_string_type(f.type)}
-        #: id(input dictionary) -> (it, how many of its strings are mapped, the map)
-        self._maps: dict[int, tuple[StringDictionary, int, Any]] = {}
-
-    def _recode(self, name: str, source: StringDictionary | None, codes: Any) -> Any:
-        """An input's codes of string column ``name`` as codes of the union's dictionary."""
-        if source is None:  # only nulls (a column a step computed as null)
-            return codes
-        values = source.values  # one read: the source's thread may grow it meanwhile
-        held = self._maps.get(id(source))
-        known, mapping = (held[1], held[2]) if held is not None and held[0] is source else (
-            0, None)
-        if mapping is None or known < len(values):
-            new = self.owned_dictionaries[name].encode(values[known:])[0]
-            new = self.backend.to_device(new if len(new) or known else np.zeros(1, np.int32))
-            mapping = new if mapping is None else self.xp.concatenate([mapping[:known], new])
-            self._maps[id(source)] = (source, len(values), mapping)
-        return mapping[codes]
+        self.recoder = Recoder([f.name for f in schema if is_string_type(f.type)], backend)
+        self.owned_dictionaries = self.recoder.dictionaries
 
     def _others(self, port: int) -> int | None:
         """The smallest watermark of the inputs other than ``port`` that hold the
@@ -118,7 +100,7 @@ class UnionOp(TwoInputOperator):
         for f in self.schema:
             values = batch[f.name]
             if f.name in self.owned_dictionaries:
-                values = self._recode(f.name, batch.dictionaries.get(f.name), values)
+                values = self.recoder.recode(f.name, batch.dictionaries.get(f.name), values)
             columns[f.name] = values
             validity[f.name] = batch.validity(f.name)
         wm = batch.watermarks
@@ -129,17 +111,14 @@ class UnionOp(TwoInputOperator):
 
     def snapshot(self) -> dict[str, Any]:
         """The inputs' watermarks and ended flags, and the union's dictionaries."""
-        from gpustream.operators.join import strings_state, two_input_state
+        from gpustream.operators.join import two_input_state
 
         state = two_input_state(self)
-        for i, d in enumerate(self.owned_dictionaries.values()):
-            state.update(strings_state(f"dictionary{i}", d.values))
+        state.update(self.recoder.snapshot("dictionary"))
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        from gpustream.operators.join import strings_from_state, two_input_state
+        from gpustream.operators.join import two_input_state
 
         two_input_state(self, state)
-        for i, d in enumerate(self.owned_dictionaries.values()):
-            d.restore(strings_from_state(state, f"dictionary{i}"))
-        self._maps.clear()
+        self.recoder.restore(state, "dictionary")
