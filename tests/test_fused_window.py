@@ -403,3 +403,41 @@ def test_any_batching_and_chunking_gives_the_separate_kernels_rows(
                                   want.sort_values(by).reset_index(drop=True), check_exact=True)
     assert late.equals(want_late)
 
+
+
+def _count_spec() -> WindowSpec:
+    return WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
+                      (AggSpec("n", count(), None, pa.int64()),),
+                      pa.schema({"k": pa.int64(), "window_start": pa.int64(),
+                                 "window_end": pa.int64(), "n": pa.int64()}), False)
+
+
+def test_a_fold_that_stops_for_pages_hands_over_every_window_it_opened(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard that stops mid-chunk (its pages would pass MAX_BYTES) opened windows in
+    that chunk: their ends go with the state to the table, which fires all 808 rows (a
+    store that lost them fired none: found by review)."""
+    monkeypatch.setattr(pages_mod, "MAX_BYTES", 60_000)
+    cpu = select_backend("cpu")
+    spec = _count_spec()
+    op = WindowAggOp(spec, cpu, store=CpuPaneStore(spec, cpu, shards=1))
+    k = [kk for w in range(5) for kk in range(10)] + list(range(10, 768)) + [0] * 100
+    ts = [w * 10 + 5 for w in range(5) for _ in range(10)] + [45] * 858
+    b = gs.Batch.from_arrow(pa.record_batch({"k": k, "ts": ts}))
+    b.watermarks = np.full(len(k), np.iinfo(np.int64).min)
+    assert op.process(b) == [] and isinstance(op.store, TableStore)  # it moved
+    fired = op.on_watermark(np.iinfo(np.int64).max)
+    assert sum(x.num_rows for x in fired) == 50 + 758
+
+
+def test_events_without_time_are_counted_once_when_the_state_moves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pages_mod, "MAX_BYTES", 1)
+    cpu = select_backend("cpu")
+    spec = _count_spec()
+    op = WindowAggOp(spec, cpu, store=CpuPaneStore(spec, cpu, shards=1))
+    b = gs.Batch.from_arrow(pa.record_batch({"k": [1] * 6, "ts": pa.array(
+        [5, 15, 25, 35, 45, None], pa.int64())}))
+    b.watermarks = np.full(6, np.iinfo(np.int64).min)
+    op.process(b)
+    assert isinstance(op.store, TableStore) and op.no_time_events == 1

@@ -313,3 +313,34 @@ def test_a_union_of_windows_outputs() -> None:
         acc[1] += r["n"]
     assert got == sorted((u, s, c, n) for (u, s), (c, n) in expect.items())
     assert not late
+
+
+def test_an_input_back_from_idleness_is_late_not_reopening_a_fired_window() -> None:
+    """An idle input left out of the union's watermark resumes below it: its rows carry
+    the union's watermark, so a window that already fired counts them late instead of
+    emitting a second row for it (found by review)."""
+    import time as _time
+
+    from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
+
+    cpu = select_backend("cpu")
+    schema = pa.schema([("k", pa.int64()), ("ts", pa.int64())])
+    u = UnionOp(schema, [schema, schema], (None, 0.05), cpu)
+    spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
+                      (AggSpec("n", gs.count(), None, pa.int64()),),
+                      pa.schema({"k": pa.int64(), "window_start": pa.int64(),
+                                 "window_end": pa.int64(), "n": pa.int64()}), False)
+    w = WindowAggOp(spec, cpu)
+    _time.sleep(0.1)  # input 1 is idle
+    a = Batch.from_arrow(pa.record_batch({"k": [1], "ts": [3]}))
+    a.watermarks = np.array([0])
+    for o in u.process_port(0, a):
+        w.process(o)
+    _, combined = u.input_watermark(0, 100)
+    assert combined == 100 and sum(x.num_rows for x in w.on_watermark(100)) == 1
+    b = Batch.from_arrow(pa.record_batch({"k": [1], "ts": [4]}))
+    b.watermarks = np.array([2])  # on time on its own stream
+    for o in u.process_port(1, b):
+        assert o.watermarks is not None and o.watermarks.tolist() == [100]
+        w.process(o)
+    assert w.on_watermark(200) == [] and w.late_events == 1

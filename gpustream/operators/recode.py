@@ -46,8 +46,9 @@ class Recoder:
         self.backend = backend
         #: the owned dictionary of each column (decodes the operator's output)
         self.dictionaries = {name: StringDictionary() for name in names}
-        #: id(source dictionary) -> (it, how many of its strings are mapped, the map)
-        self._maps: dict[int, tuple[StringDictionary, int, Any]] = {}
+        #: (column, id(source dictionary)) -> (it, how many of its strings are mapped,
+        #: the map): two columns read from one dictionary map into their own
+        self._maps: dict[tuple[str, int], tuple[StringDictionary, int, Any]] = {}
 
     def recode(self, name: str, source: StringDictionary | None, codes: Any) -> Any:
         """``codes`` into ``source`` as codes into column ``name``'s own dictionary
@@ -55,7 +56,7 @@ class Recoder:
         if source is None:
             return codes
         values = source.values  # one read: the source's thread may grow it meanwhile
-        held = self._maps.get(id(source))
+        held = self._maps.get((name, id(source)))
         known, mapping = (held[1], held[2]) if held is not None and held[0] is source else (
             0, None)
         if mapping is None or known < len(values):
@@ -63,7 +64,7 @@ class Recoder:
             new = self.backend.to_device(new if len(new) or known else np.zeros(1, np.int32))
             mapping = new if mapping is None else self.backend.xp.concatenate(
                 [mapping[:known], new])
-            self._maps[id(source)] = (source, len(values), mapping)
+            self._maps[(name, id(source))] = (source, len(values), mapping)
         return mapping[codes]
 
     def snapshot(self, prefix: str) -> dict[str, np.ndarray]:

@@ -107,6 +107,10 @@ class UnionOp(TwoInputOperator):
         others = self._others(port)
         if wm is not None and others is not None:
             wm = self.xp.minimum(wm, others)
+        if wm is not None and self.current != NO_WATERMARK:
+            # an input that was idle (left out of the union's watermark) resumes below
+            # it: its rows are late for what already fired downstream, not on time
+            wm = self.xp.maximum(wm, self.current)
         return [Batch(columns, self.schema, validity, self.owned_dictionaries, wm)]
 
     def snapshot(self) -> dict[str, Any]:

@@ -108,11 +108,16 @@ class AggOpBase(Operator):
     def _event_times(self, batch: Batch) -> tuple[Any, Any | None, Any]:
         """Event times, their validity, and per-event watermarks; counts rows without time."""
         self._remember_dictionaries(batch)
+        ts, ts_valid, wm = self._times(batch)
+        if ts_valid is not None:
+            self.no_time_events += int((~ts_valid).sum())
+        return ts, ts_valid, wm
+
+    def _times(self, batch: Batch) -> tuple[Any, Any | None, Any]:
+        """:meth:`_event_times` without counting the rows without time."""
         ts_valid = batch.validity(self.spec.event_time)
         wm = batch.watermarks
         assert wm is not None, "windowed operators need per-event watermarks from the source"
-        if ts_valid is not None:
-            self.no_time_events += int((~ts_valid).sum())
         ts = batch[self.spec.event_time]
         if self.spec.time_shift:  # an upstream window's ends: its rows' times are end - 1
             ts = ts + self.spec.time_shift
@@ -329,7 +334,7 @@ class WindowAggOp(AggOpBase):
         mask = self.xp.zeros(batch.num_rows, dtype=np.bool_)
         mask[rest] = True
         part = batch.filter(mask)
-        ts, ts_valid, wm = self._event_times(part)
+        ts, ts_valid, wm = self._times(part)  # its rows without time were counted
         folded = self.store.fold(Events(part, ts, ts_valid, wm, self._inputs(part), self.seq))
         self._late_rows(part, folded.late, folded.dropped, folded.n_late)
         return [self._emit(f) for f in folded.fired]

@@ -46,7 +46,7 @@ from gpustream.state.keyed import restore_aggs, snapshot_aggs
 from gpustream.state.store_table import add_bookkeeping
 from gpustream.state.table import SlotTable
 from gpustream.state.window_pages import WindowPages
-from gpustream.state.window_store import Events, Fired, Folded, WindowStore
+from gpustream.state.window_store import Events, Fired, Folded, WindowStore, ends_of
 
 if TYPE_CHECKING:
     from gpustream.backend import Backend
@@ -285,6 +285,7 @@ class CpuPaneStore(WindowStore):
             if need_page or pages.short(stop - pos):
                 if not pages.grow(stop - pos, need_page):
                     shard.stopped_at = pos
+                    shard.new_ends.append(pages.open_ends())  # the windows it opened
                     return None
                 need_page = False
                 continue
@@ -467,6 +468,5 @@ class CpuPaneStore(WindowStore):
             shard.pages.restore({name: v[..., mine] for name, v in table_state.items()})
         first = self.shards[0]
         restore_aggs(first.states, state, first.table.live_slots(), self.backend.to_device)
-        self.pending_ends = {int(e) for e in state["pending_ends"]}
-        self.open_ends = {int(e) for e in state["open_ends"]}
+        self.pending_ends, self.open_ends = ends_of(state)
         return True

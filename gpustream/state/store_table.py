@@ -36,7 +36,7 @@ from gpustream.state.keyed import (
     update_states,
 )
 from gpustream.state.table import SlotTable
-from gpustream.state.window_store import Events, Fired, Folded, WindowStore
+from gpustream.state.window_store import Events, Fired, Folded, WindowStore, ends_of
 
 if TYPE_CHECKING:
     from gpustream.backend import Backend
@@ -222,6 +222,5 @@ class TableStore(WindowStore):
         table_state["hashes"] = hash_rows(keys, select_backend("cpu"))
         slots = self.table.restore(table_state, self.backend.to_device)
         restore_aggs(self.states, state, slots, self.backend.to_device)
-        self.pending_ends = {int(e) for e in state["pending_ends"]}
-        self.open_ends = {int(e) for e in state["open_ends"]}
+        self.pending_ends, self.open_ends = ends_of(state)
         return True

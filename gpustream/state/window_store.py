@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from gpustream.batch import Batch
     from gpustream.operators.window import WindowSpec
 
-__all__ = ["Events", "Fired", "Folded", "WindowStore", "make_store"]
+__all__ = ["Events", "Fired", "Folded", "WindowStore", "ends_of", "make_store"]
 
 
 @dataclass
@@ -120,6 +120,30 @@ class WindowStore(ABC):
 
     def close(self) -> None:  # noqa: B027 (a store with nothing to give back keeps this)
         """Give back what the state holds once it moved to another store."""
+
+
+def ends_of(state: dict[str, Any]) -> tuple[set[int], set[int]]:
+    """The ends of the windows a snapshot holds rows of: those with rows not fired yet
+    (revision 0) and all of them, read from the rows themselves (with the snapshot's
+    ``pending_ends`` and ``open_ends``, which a store may have saved short).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ends_of({"table.col.__wend": np.array([10, 20, 20]),
+    ...          "table.col.__rev": np.array([1, 0, 0], dtype=np.int32),
+    ...          "pending_ends": np.array([30]), "open_ends": np.array([30])})
+    ({20, 30}, {10, 20, 30})
+    """
+    import numpy as np
+
+    wend = np.asarray(state["table.col.__wend"])
+    rev = np.asarray(state["table.col.__rev"])
+    pending = {int(e) for e in np.unique(wend[rev == 0])}
+    opened = {int(e) for e in np.unique(wend)}
+    pending.update(int(e) for e in state.get("pending_ends", ()))
+    opened.update(int(e) for e in state.get("open_ends", ()))
+    return pending, opened
 
 
 def make_store(spec: WindowSpec, backend: Backend) -> WindowStore:
