@@ -360,9 +360,19 @@ class JsonlSink(FileSink):
         self._out.flush()
 
 
+def _partitioned(cls: type[FileSink], path: str | os.PathLike[str], rows_per_file: int,
+                 partition_by: list[str]) -> Sink:
+    """A folder of Hive-style partition folders (:mod:`gpustream.partsinks`)."""
+    from gpustream.partsinks import PartitionedSink
+
+    return PartitionedSink(lambda folder: cls(folder, rows_per_file), path,
+                           tuple(partition_by), cls.suffix)
+
+
 def to_parquet(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
-               mode: str = "error") -> ParquetSink:
-    """Write a stream to Parquet: ``out.parquet`` (one file) or ``out/`` (part files).
+               mode: str = "error", partition_by: list[str] | None = None) -> Sink:
+    """Write a stream to Parquet: ``out.parquet`` (one file) or ``out/`` (part files);
+    ``partition_by=["day"]``: ``out/day=.../`` folders (:mod:`gpustream.partsinks`).
 
     Examples
     --------
@@ -375,12 +385,15 @@ def to_parquet(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
     >>> sorted(os.listdir(d)), pq.read_table(d)["x"].to_pylist()
     (['part-00000.parquet', 'part-00001.parquet'], [0, 1, 2, 3, 4])
     """
+    if partition_by:
+        return _partitioned(ParquetSink, path, rows_per_file, partition_by)
     return ParquetSink(path, rows_per_file, mode)
 
 
 def to_csv(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
-           mode: str = "error") -> CsvSink:
-    """Write a stream to CSV: ``out.csv`` (one file) or ``out/`` (part files).
+           mode: str = "error", partition_by: list[str] | None = None) -> Sink:
+    """Write a stream to CSV: ``out.csv`` (one file) or ``out/`` (part files);
+    ``partition_by=`` as :func:`to_parquet`.
 
     Examples
     --------
@@ -395,12 +408,15 @@ def to_csv(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
     1,"a"
     2,"b"
     """
+    if partition_by:
+        return _partitioned(CsvSink, path, rows_per_file, partition_by)
     return CsvSink(path, rows_per_file, mode)
 
 
 def to_jsonl(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
-             mode: str = "error") -> JsonlSink:
-    """Write a stream as JSON lines: ``out.jsonl`` (one file) or ``out/`` (part files).
+             mode: str = "error", partition_by: list[str] | None = None) -> Sink:
+    """Write a stream as JSON lines: ``out.jsonl`` (one file) or ``out/`` (part files);
+    ``partition_by=`` as :func:`to_parquet`.
 
     Examples
     --------
@@ -414,4 +430,6 @@ def to_jsonl(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
     {"x": 1, "s": "a"}
     {"x": 2, "s": null}
     """
+    if partition_by:
+        return _partitioned(JsonlSink, path, rows_per_file, partition_by)
     return JsonlSink(path, rows_per_file, mode)
