@@ -325,6 +325,40 @@ class Expr:
         """
         return self._agg("count_valid")
 
+    def max_by(self, by: str | Expr) -> Agg:
+        """This value on the row where ``by`` is largest (DuckDB's ``max_by`` /
+        ``arg_max``, Polars' ``sort_by(by).last()``).
+
+        Rows where ``by`` or this value is null are skipped (as DuckDB's ``arg_max``);
+        NaN ranks above every number. Ties: the first such row in arrival order. Any
+        value type (strings too); ``by`` must be a number, bool or timestamp.
+
+        Examples
+        --------
+        >>> col("bidder").max_by("price")
+        col('bidder').max_by(col('price'))
+        """
+        return self._by_agg("max_by", by)
+
+    def min_by(self, by: str | Expr) -> Agg:
+        """This value on the row where ``by`` is smallest (DuckDB's ``min_by`` /
+        ``arg_min``); nulls and ties as :meth:`max_by`.
+
+        Examples
+        --------
+        >>> col("bidder").min_by(col("ts"))
+        col('bidder').min_by(col('ts'))
+        """
+        return self._by_agg("min_by", by)
+
+    def _by_agg(self, kind: str, by: str | Expr) -> Agg:
+        from gpustream.aggs import Agg
+
+        if not isinstance(by, str | Expr):
+            raise PlanError(f"{kind}() takes a column name or an expression to order by, got "
+                            f"{by!r}; e.g. col('bidder').{kind}('price')")
+        return Agg(kind, self, by=col(by) if isinstance(by, str) else by)
+
     def count_distinct(self) -> Agg:
         """Exact number of distinct non-null values.
 

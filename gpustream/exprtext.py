@@ -50,7 +50,10 @@ AGGREGATIONS = {
     "count": "count", "sum": "sum", "min": "min", "max": "max", "mean": "mean",
     "avg": "mean", "var": "var", "std": "std", "first": "first", "last": "last",
     "count_distinct": "count_distinct", "approx_count_distinct": "approx_count_distinct",
+    "max_by": "max_by", "arg_max": "max_by", "min_by": "min_by", "arg_min": "min_by",
 }
+#: aggregations of two expressions: ``max_by(value, by)``
+_BY_AGGREGATIONS = ("max_by", "min_by")
 #: scalar functions by name -> (fewest, most) arguments (most None: any number)
 FUNCTIONS: dict[str, tuple[int, int | None]] = {
     "is_null": (1, 1), "is_not_null": (1, 1), "fill_null": (2, 2), "cast": (2, 2),
@@ -252,11 +255,27 @@ class _Walker:
         if name not in AGGREGATIONS:
             raise self.fail(node, f"unknown aggregation {name!r}"
                                   f"{_did_you_mean(name, AGGREGATIONS)}")
+        kind = AGGREGATIONS[name]
+        where = None
+        for kw in node.keywords:
+            if kw.arg != "where":
+                raise self.fail(kw.value, f"{name}() takes where=<condition> as its only "
+                                          "keyword, e.g. sum(price, where=channel == 'apple')")
+            where = self.expr(kw.value)
+        out: Agg
         if name == "count" and not node.args:
-            return count()
-        if len(node.args) != 1 or node.keywords:
+            out = count()
+        elif kind in _BY_AGGREGATIONS:
+            if len(node.args) != 2:
+                raise self.fail(node, f"{name}() takes two expressions: the value and what to "
+                                      f"order by, e.g. {name}(bidder, price)")
+            value, by = self.expr(node.args[0]), self.expr(node.args[1])
+            out = self.build(node, lambda: getattr(value, kind)(by))
+        elif len(node.args) != 1:
             raise self.fail(node, f"{name}() takes one expression")
-        return getattr(self.expr(node.args[0]), AGGREGATIONS[name])()
+        else:
+            out = getattr(self.expr(node.args[0]), kind)()
+        return out if where is None else self.build(node, lambda: out.filter(where))
 
 
 def _did_you_mean(name: str, known: dict[str, Any]) -> str:
@@ -328,18 +347,29 @@ def parse_expr(text: str, where: str = "expression") -> Expr:
 
 
 def parse_agg(text: str, where: str = "aggregation") -> Agg:
-    """An aggregation from text, e.g. ``"count()"``, ``"sum(price * qty)"``.
+    """An aggregation from text, e.g. ``"count()"``, ``"sum(price * qty)"``,
+    ``"max_by(bidder, price)"`` (also ``arg_max``; ``min_by`` / ``arg_min``).
+
+    SQL's ``agg(x) FILTER (WHERE cond)`` is the keyword ``where``:
+    ``"sum(price, where=channel == 'apple')"``, ``"count(where=price > 10)"``.
 
     Examples
     --------
     >>> parse_agg("count()")
     count()
+    >>> parse_agg("arg_max(bidder, price)")
+    col('bidder').max_by(col('price'))
+    >>> parse_agg("sum(price, where=channel == 'apple')")
+    col('price').sum().filter((col('channel') == 'apple'))
+    >>> parse_agg("count(where=price > 10)")
+    count().filter((col('price') > 10))
     >>> parse_agg("avgg(v)", "steps[2].agg.x")
     Traceback (most recent call last):
     ...
     gpustream.errors.PlanError: steps[2].agg.x: unknown aggregation 'avgg'; did you mean 'avg'? in 'avgg(v)' at column 1
     """
     out = _Walker(text, where).agg(_tree(text, where))
-    if out.input is not None:
-        check_expr_size(out.input, where)
+    for part in (out.input, out.by):
+        if part is not None:
+            check_expr_size(part, where)
     return out

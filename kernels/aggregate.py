@@ -20,8 +20,9 @@ from gpustream.kernels.cache import CACHE
 from gpustream.kernels.hashing import hash_u64
 from gpustream.kernels.registry import KernelPair, cuda_kernel
 
-__all__ = ["COUNT", "HLL", "MINMAX", "MOMENTS", "SUM", "hll_update", "update_count",
-           "update_minmax", "update_moments", "update_sum"]
+__all__ = ["ARGBEST_RANK", "ARGBEST_SEQ", "ARGBEST_VALUE", "COUNT", "HLL", "MINMAX", "MOMENTS",
+           "SUM", "hll_update", "update_argbest", "update_count", "update_minmax",
+           "update_moments", "update_sum"]
 
 cuda: Any = None  # numba.cuda, bound by the kernel registry before the first compile
 
@@ -152,6 +153,91 @@ def _moments_cuda(nn, s1, s2, pivot, slots, rows, values, valid):  # type: ignor
 
 #: ``(nn, s1, s2, pivot, slots, rows, values, valid)``
 MOMENTS = KernelPair(_moments_cpu, _moments_cuda)
+
+
+# ---- max_by / min_by (the value on the row of the best rank; ties: the smallest seq) ---
+# Three passes, each a kernel pair, so the GPU needs no lock: (1) each row raises its
+# slot's best rank with a 64-bit atomic max; the wrapper then resets the best seq of each
+# slot whose rank rose; (2) each row holding its slot's best rank lowers the slot's seq
+# with a 64-bit atomic min (seqs are arrival numbers: the first row of a tie wins); (3)
+# the one row holding both writes the value. The passes are separate launches on one
+# stream: a launch starts only once the one before it has finished and its writes are
+# visible to the whole device, so a pass reads the final best rank (seq) of the pass
+# before it and needs no fence. A rank and a seq do not fit in one 64-bit word together
+# (both are 64 bits), hence the passes. The CPU twins run the same passes in order.
+
+@numba.njit(nogil=True, cache=CACHE)
+def _argbest_rank_cpu(best, slots, rows, rank, valid):  # type: ignore[no-untyped-def]
+    for a in range(slots.shape[0]):
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r) and rank[r] > best[s]:
+            best[s] = rank[r]
+
+
+@cuda_kernel("void(int64[::1], int64[::1], int64[::1], int64[::1], boolean[::1])")
+def _argbest_rank_cuda(best, slots, rows, rank, valid):  # type: ignore[no-untyped-def]
+    a = cuda.grid(1)
+    if a < slots.shape[0]:
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r):
+            cuda.atomic.max(best, s, rank[r])
+
+
+#: ``(best, slots, rows, rank, valid)``: pass 1 of max_by / min_by
+ARGBEST_RANK = KernelPair(_argbest_rank_cpu, _argbest_rank_cuda)
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def _argbest_seq_cpu(best, bseq, slots, rows, rank, seq, valid):  # type: ignore[no-untyped-def]
+    for a in range(slots.shape[0]):
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r) and rank[r] == best[s] and seq[r] < bseq[s]:
+            bseq[s] = seq[r]
+
+
+@cuda_kernel("void(int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], "
+             "boolean[::1])")
+def _argbest_seq_cuda(best, bseq, slots, rows, rank, seq, valid):  # type: ignore[no-untyped-def]
+    a = cuda.grid(1)
+    if a < slots.shape[0]:
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r) and rank[r] == best[s]:
+            cuda.atomic.min(bseq, s, seq[r])
+
+
+#: ``(best, bseq, slots, rows, rank, seq, valid)``: pass 2 of max_by / min_by
+ARGBEST_SEQ = KernelPair(_argbest_seq_cpu, _argbest_seq_cuda)
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def _argbest_value_cpu(best, bseq, value, slots, rows, rank, seq, bits,  # type: ignore[no-untyped-def]
+                       valid):
+    for a in range(slots.shape[0]):
+        s = slots[a]
+        r = rows[a]
+        if s >= 0 and _take(valid, r) and rank[r] == best[s] and seq[r] == bseq[s]:
+            value[s] = bits[r]
+
+
+@cuda_kernel("void(int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], "
+             "int64[::1], int64[::1], boolean[::1])")
+def _argbest_value_cuda(best, bseq, value, slots, rows, rank, seq, bits,  # type: ignore[no-untyped-def]
+                        valid):
+    a = cuda.grid(1)
+    if a < slots.shape[0]:
+        s = slots[a]
+        r = rows[a]
+        # one row per slot at most: seqs are unique (a row folds into a slot once)
+        if s >= 0 and _take(valid, r) and rank[r] == best[s] and seq[r] == bseq[s]:
+            value[s] = bits[r]
+
+
+#: ``(best, bseq, value, slots, rows, rank, seq, bits, valid)``: pass 3 of max_by / min_by
+ARGBEST_VALUE = KernelPair(_argbest_value_cpu, _argbest_value_cuda)
 
 
 # ---- HyperLogLog registers -------------------------------------------------------------
@@ -315,3 +401,33 @@ def hll_update(regs: Any, reg_rows: Any, rows: Any, bits: Any, valid: Any, p: in
     # Python ints, not numpy scalars: numba types them faster (int64 either way)
     backend.launch(HLL, reg_rows.shape[0], regs, m, reg_rows, rows, bits,
                    _empty_valid(valid, backend.xp), int(p))
+
+
+def update_argbest(best: Any, bseq: Any, value: Any, slots: Any, rows: Any, rank: Any,
+                   seq: Any, bits: Any, valid: Any, backend: Backend) -> None:
+    """Fold rows into max_by / min_by states: slot ``s`` keeps the best ``rank`` seen
+    (``best[s]``; larger wins), the smallest ``seq`` among the rows of that rank
+    (``bseq[s]``; I64_MAX: none yet) and that row's value ``bits`` (``value[s]``). All
+    arrays int64 and contiguous; ``valid`` (or None) marks the rows that take part.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpustream.backend import select_backend
+    >>> best = np.full(2, np.iinfo(np.int64).min)
+    >>> bseq, value = np.full(2, np.iinfo(np.int64).max), np.zeros(2, np.int64)
+    >>> update_argbest(best, bseq, value, np.array([0, 0, 0, 1]), np.arange(4),
+    ...                np.array([5, 9, 9, 1]), np.arange(4), np.array([10, 11, 12, 13]),
+    ...                None, select_backend("cpu"))
+    >>> best.tolist(), bseq.tolist(), value.tolist()
+    ([9, 1], [1, 3], [11, 13])
+    """
+    xp = backend.xp
+    ok = _empty_valid(valid, xp)
+    n = slots.shape[0]
+    before = best[slots]  # slot -1 reads the last slot: ignored below
+    backend.launch(ARGBEST_RANK, n, best, slots, rows, rank, ok)
+    rose = slots[(slots >= 0) & (best[slots] > before)]
+    bseq[rose] = np.iinfo(np.int64).max  # the old best row lost: its seq no longer counts
+    backend.launch(ARGBEST_SEQ, n, best, bseq, slots, rows, rank, seq, ok)
+    backend.launch(ARGBEST_VALUE, n, best, bseq, value, slots, rows, rank, seq, bits, ok)

@@ -283,6 +283,7 @@ def test_sinks_never_write_through_a_planted_symlink(tmp_path: Path) -> None:
     out.mkdir()
     # links planted where the single file's in-progress file and a part file go
     single = gs.to_jsonl(tmp_path / "single.jsonl")
+    assert isinstance(single, FileSink)
     (tmp_path / f".single.jsonl.{single._token}.inprogress").symlink_to(victim)
     (out / "part-00000.parquet").symlink_to(victim)
     _write(single, [1])

@@ -59,9 +59,9 @@ def test_rows_land_in_their_partition_folders(tmp_path: Path, partition_by: list
         assert top == ["site=__HIVE_DEFAULT_PARTITION__", "site=a%2Fb", "site=c%20d", "site=e"]
     assert _read(tmp_path / "out", partition_by) == _want(table, partition_by)
     # DuckDB reads the same folders (hive partitioning), every row once
-    n = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/out/**/*.parquet', "
-                   "hive_partitioning=1)").fetchall()
-    assert n == [(table.num_rows,)]
+    rel = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/out/**/*.parquet', "
+                     "hive_partitioning=1)")
+    assert rel is not None and rel.fetchall() == [(table.num_rows,)]
 
 
 def test_a_partitioned_jsonl_sink(tmp_path: Path) -> None:

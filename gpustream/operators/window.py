@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gpustream.aggs import Agg
+from gpustream.aggs import Agg, agg_input
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
-from gpustream.expr import Col, evaluate
+from gpustream.expr import Col
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.operators.base import Operator
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
@@ -99,11 +99,9 @@ class AggOpBase(Operator):
 
     # -- inputs ---------------------------------------------------------------------------
     def _inputs(self, batch: Batch) -> dict[int, Any]:
-        """Each aggregation's input column (values, validity), evaluated once per batch."""
-        out: dict[int, Any] = {}
-        for i, a in enumerate(self.spec.aggs):
-            out[i] = None if a.agg.input is None else evaluate(a.agg.input, batch, self.xp)
-        return out
+        """Each aggregation's input column (values, validity), evaluated once per batch
+        (:func:`~gpustream.aggs.agg_input`: a filter's rows not kept are invalid)."""
+        return {i: agg_input(a.agg, batch, self.xp) for i, a in enumerate(self.spec.aggs)}
 
     def _event_times(self, batch: Batch) -> tuple[Any, Any | None, Any]:
         """Event times, their validity, and per-event watermarks; counts rows without time."""
@@ -209,8 +207,8 @@ class AggOpBase(Operator):
         if out_name in self.spec.keys:
             return out_name
         for a in self.spec.aggs:
-            if a.name == out_name and isinstance(a.agg.input, Col):
-                return a.agg.input.name
+            if a.name == out_name and isinstance(a.agg.value_input, Col):
+                return a.agg.value_input.name
         return None
 
     def side_outputs(self) -> dict[str, list[Batch]]:

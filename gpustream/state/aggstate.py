@@ -268,6 +268,45 @@ class FirstLastState(AggState):
         return self.col("value")[slots], self.col("seq")[slots] != worst
 
 
+class ArgBestState(AggState):
+    """``max_by`` / ``min_by``: the value on the row of the best rank (an order key of
+    the ``by`` column, negated bitwise for ``min_by`` so that larger always wins), ties
+    to the first row in arrival order (the smallest ``seq``).
+
+    Per slot: ``rank`` (best so far; I64_MIN), ``seq`` (arrival number of its row;
+    I64_MAX: no row yet) and ``value`` (the row's value as 64 bits, see
+    :func:`~gpustream.aggs.value_bits`), folded by :func:`~gpustream.kernels.aggregate.update_argbest`
+    (three kernel passes; atomics on the GPU). ``values`` is a
+    :class:`~gpustream.aggs.ByInput`.
+    """
+
+    def setup(self) -> None:
+        self.add("rank", np.int64, I64_MIN)
+        self.add("seq", np.int64, I64_MAX)
+        self.add("value", np.int64, 0)
+
+    def update(self, slots: Any, rows: Any, values: Any, valid: Any, ctx: UpdateContext) -> None:
+        xp = self.xp
+        K.update_argbest(self.col("rank"), self.col("seq"), self.col("value"),
+                         xp.ascontiguousarray(slots, dtype=np.int64),
+                         xp.ascontiguousarray(rows, dtype=np.int64),
+                         xp.ascontiguousarray(values.rank), xp.ascontiguousarray(ctx.seq,
+                                                                                 dtype=np.int64),
+                         xp.ascontiguousarray(values.bits), valid, self.backend)
+
+    def merge(self, dst: Any, src: Any) -> None:
+        rank, seq, val = self.col("rank"), self.col("seq"), self.col("value")
+        win = (rank[src] > rank[dst]) | ((rank[src] == rank[dst]) & (seq[src] < seq[dst]))
+        d, s = dst[win], src[win]
+        rank[d], seq[d], val[d] = rank[s], seq[s], val[s]
+
+    def finalize(self, slots: Any) -> tuple[Any, Any | None]:
+        dtype = physical_dtype(self.out_type)
+        bits = self.col("value")[slots]
+        out = bits.view(np.float64) if np.dtype(dtype).kind == "f" else bits
+        return out.astype(dtype), self.col("seq")[slots] != I64_MAX
+
+
 def _value_bits(values: Any, xp: Any) -> Any:
     """64-bit patterns of values for distinct counting (floats: -0.0 counts as 0.0)."""
     if values.dtype.kind == "f":
@@ -685,7 +724,7 @@ _STATES: dict[str, type[AggState]] = {
     "count": CountState, "count_valid": CountState, "sum": SumState, "min": MinMaxState,
     "max": MinMaxState, "mean": MomentsState, "var": MomentsState, "std": MomentsState,
     "first": FirstLastState, "last": FirstLastState, "count_distinct": DistinctState,
-    "approx_count_distinct": HllState,
+    "approx_count_distinct": HllState, "max_by": ArgBestState, "min_by": ArgBestState,
 }
 
 
