@@ -27,6 +27,7 @@ from gpustream.plan import (
     LateNode,
     MapBatchesNode,
     Node,
+    OverNode,
     SelectNode,
     SourceNode,
     TableNode,
@@ -43,7 +44,7 @@ from gpustream.stopping import GracefulStop
 from gpustream.watermark import Watermark
 from gpustream.windows import WindowAssigner
 
-__all__ = ["KeyedStream", "Pipeline", "Stream", "WindowedStream", "join_on"]
+__all__ = ["KeyedStream", "OverWindow", "Pipeline", "Stream", "WindowedStream", "join_on"]
 
 #: ``on=`` of the joins: a name, a (left, right) pair, or a list of either
 JoinOn = str | tuple[str, str] | list[str] | list[tuple[str, str]]
@@ -643,6 +644,21 @@ class Stream:
         """
         return KeyedStream(self, ()).window(assigner, name, allowed_lateness)
 
+    def over(self, range: Duration | None = None, rows: int | None = None,
+             name: str | None = None) -> OverWindow:
+        """An OVER window over the whole stream (no key); see :meth:`KeyedStream.over`.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"ts": [1, 5, 3], "v": [1, 2, 3]}), event_time="ts",
+        ...              watermark=gs.Watermark.bounded(5))
+        >>> s.over(rows=1).agg(hi=gs.col("v").max()).collect().to_pydict()
+        {'ts': [1, 3, 5], 'v': [1, 3, 2], 'hi': [1, 3, 3]}
+        """
+        return KeyedStream(self, ()).over(range, rows, name)
+
     def sink(self, sink: Sink) -> Stream:
         """Send this stream's rows to ``sink`` when the pipeline runs; returns this stream.
 
@@ -809,6 +825,89 @@ class KeyedStream:
         return WindowedStream(self._stream, self.keys, assigner, name, lateness)
 
 
+    def over(self, range: Duration | None = None, rows: int | None = None,
+             name: str | None = None) -> OverWindow:
+        """An OVER window: per key, aggregates over each row's frame, added to every row.
+
+        As SQL's ``agg(x) OVER (PARTITION BY keys ORDER BY event_time RANGE BETWEEN
+        INTERVAL range PRECEDING AND CURRENT ROW)`` (or ``ROWS BETWEEN rows PRECEDING
+        AND CURRENT ROW``). Give exactly one frame; then call :meth:`OverWindow.agg`.
+
+        Rows are ordered by event time per key, whatever order they arrive in: each comes
+        out once the watermark passes its event time, in (event time, arrival) order. A
+        row older than the watermark as of its arrival goes to ``.late`` (counted in
+        ``late_events``). Runs on the host on every backend (a GPU run copies each batch
+        to the host and back; :mod:`gpustream.operators.over`).
+
+        Parameters
+        ----------
+        range
+            RANGE frame: the key's rows with event time in ``[ts - range, ts]``, rows of
+            the same event time all included.
+        rows
+            ROWS frame: the row and the ``rows`` rows of its key before it (rows of the
+            same event time in arrival order).
+        name
+            A stable name for the state (keys its checkpoints); default ``over@<step>``.
+
+        Examples
+        --------
+        The core of a fraud rule: on every transaction, how many the card made in the
+        last 5 minutes and what they spent.
+
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> tx = p.source(gs.from_arrow({
+        ...     "card": ["a", "a", "b", "a", "a"],
+        ...     "ts": [0, 60_000, 90_000, 200_000, 400_000],
+        ...     "amount": [10.0, 25.0, 5.0, 40.0, 1.0]}),
+        ...     event_time="ts", watermark=gs.Watermark.bounded("10s"))
+        >>> recent = tx.key_by("card").over(range="5m", name="recent").agg(
+        ...     n=gs.count(), spent=gs.col("amount").sum())
+        >>> recent.collect().to_pydict()
+        {'card': ['a', 'a', 'b', 'a', 'a'], 'ts': [0, 60000, 90000, 200000, 400000], 'amount': [10.0, 25.0, 5.0, 40.0, 1.0], 'n': [1, 2, 1, 3, 2], 'spent': [10.0, 35.0, 5.0, 75.0, 41.0]}
+        """
+        where = f"step {self._stream._node.step + 1} (over)"
+        if (range is None) == (rows is None):
+            raise PlanError(f"{where}: give exactly one of range= (event time, e.g. '5m') "
+                            "and rows= (a number of preceding rows)")
+        span = None if range is None else to_millis(range, what=f"{where} range")
+        return OverWindow(self._stream, self.keys, span, rows, name)
+
+
+class OverWindow:
+    """An OVER window waiting for its aggregations; call :meth:`agg`."""
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...], range_ms: int | None,
+                 rows: int | None, name: str | None) -> None:
+        self._stream = stream
+        self.keys = keys
+        self.range_ms = range_ms
+        self.rows = rows
+        self.name = name
+
+    def agg(self, **aggs: Agg) -> AggStream:
+        """Add aggregates of each row's frame to every row: ``gs.count()``, and ``sum``,
+        ``min``, ``max``, ``mean``, ``count`` of a column (nulls skipped, as SQL).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"k": [1, 1, 1], "ts": [1, 2, 2], "v": [4, None, 6]}),
+        ...              event_time="ts")
+        >>> s.key_by("k").over(range=0).agg(m=gs.col("v").mean()).collect()["m"].to_pylist()
+        [4.0, 6.0, 6.0]
+        """
+        parent = self._stream
+        name = self.name or f"over@{parent._node.step + 1}"
+        node = OverNode(parent._node, self.keys, self.range_ms, self.rows,
+                        tuple(aggs.items()), name)
+        schema = output_schema(node, {id(parent._node): parent._schema})
+        parent._pipeline._nodes.append(node)
+        return AggStream(parent._pipeline, node, schema)
+
+
 class WindowedStream:
     """Windows waiting for their aggregations; call :meth:`agg`."""
 
@@ -845,7 +944,8 @@ class WindowedStream:
 
 
 class AggStream(Stream):
-    """The output of a windowed aggregation; ``.late`` is its stream of late input rows."""
+    """The output of a windowed aggregation or an OVER window; ``.late`` is its stream of
+    late input rows."""
 
     @property
     def late(self) -> Stream:
@@ -861,7 +961,7 @@ class AggStream(Stream):
         {'ts': [3], 'v': [3]}
         """
         node = self._node
-        assert isinstance(node, WindowAggNode)
+        assert isinstance(node, (WindowAggNode, OverNode))
         late = LateNode(node)
         schema = output_schema(late, {id(node): self._schema,
                                       id(node.input): output_schema(node.input)})

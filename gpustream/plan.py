@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from gpustream.aggs import Agg, agg_type
 from gpustream.batch import physical_dtype
+from gpustream.durations import format_millis
 from gpustream.errors import PlanError
 from gpustream.expr import Cast, Col, Expr, Lit, expr_type
 from gpustream.ingest.schema import logical_schema
@@ -28,6 +29,7 @@ __all__ = [
     "LateNode",
     "MapBatchesNode",
     "Node",
+    "OverNode",
     "SelectNode",
     "SourceNode",
     "TableNode",
@@ -196,11 +198,53 @@ class WindowAggNode(Node):
         return f"{keys}{self.assigner.describe()}{late} agg({aggs})"
 
 
+#: the aggregations an OVER window computes (``count_valid`` is ``gs.col(x).count()``)
+OVER_AGGS = ("count", "count_valid", "sum", "min", "max", "mean")
+
+
+@dataclass(frozen=True, eq=False)
+class OverNode(Node):
+    """Per key, aggregates over each row's frame, added to every row (SQL's ``agg(x) OVER
+    (PARTITION BY keys ORDER BY ts RANGE|ROWS BETWEEN ... PRECEDING AND CURRENT ROW)``):
+    ``range_ms`` (the rows of the last that much event time, ties included) or ``rows``
+    (the row and that many before it); ``LateNode`` is its ``.late`` output."""
+
+    input: Node
+    keys: tuple[str, ...]
+    range_ms: int | None
+    rows: int | None
+    aggs: tuple[tuple[str, Agg], ...]
+    name: str
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "over"
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step} (over {self.name!r})"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.input,)
+
+    def detail(self) -> str:
+        keys = f"key_by({', '.join(self.keys)}) " if self.keys else ""
+        frame = (f"range {format_millis(self.range_ms)}" if self.range_ms is not None
+                 else f"rows {self.rows}")
+        aggs = ", ".join(f"{n}={a!r}" for n, a in self.aggs)
+        return f"{keys}{frame} preceding agg({aggs})"
+
+
 @dataclass(frozen=True, eq=False)
 class LateNode(Node):
-    """The input rows that came too late for every window they belong to."""
+    """The input rows that came too late for every window they belong to (of an OVER
+    window: rows older than the watermark as of their arrival)."""
 
-    input: WindowAggNode
+    input: WindowAggNode | OverNode
 
     def __post_init__(self) -> None:
         self._set_step()
@@ -211,7 +255,7 @@ class LateNode(Node):
 
     @property
     def label(self) -> str:
-        return f"step {self.step} (late of window {self.input.name!r})"
+        return f"step {self.step} (late of {self.input.op} {self.input.name!r})"
 
     @property
     def inputs(self) -> tuple[Node, ...]:
@@ -708,6 +752,8 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
             memo[id(n)] = pa.schema(_computed_fields(n, schema))
         elif isinstance(n, WindowAggNode):
             memo[id(n)] = window_output_schema(n, memo[id(n.input)])
+        elif isinstance(n, OverNode):
+            memo[id(n)] = over_output_schema(n, memo[id(n.input)])
         elif isinstance(n, LateNode):
             memo[id(n)] = memo[id(n.input.input)]
         elif isinstance(n, (IntervalJoinNode, WindowJoinNode)):
@@ -906,21 +952,7 @@ def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
     event_time, ts_type = event_time_of(node)
     if event_time not in schema.names:
         raise PlanError(f"{where}: the event-time column {event_time!r} is missing")
-    fields: list[tuple[str, pa.DataType]] = []
-    for k in node.keys:
-        if k not in schema.names:
-            expr_type(Col(k), schema, f"{where} key_by")
-        t = schema.field(k).type
-        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
-                or pa.types.is_boolean(t)
-                or pa.types.is_timestamp(t)):
-            raise PlanError(f"{where}: key column {k!r} has type {t}; keys must be integers, "
-                            "strings, bools or timestamps (cast floats with .cast('int64'))")
-        fields.append((k, t))
-    if len(set(node.keys)) != len(node.keys):
-        raise PlanError(f"{where}: key_by lists a column twice")
-    if len(node.keys) > 62:
-        raise PlanError(f"{where}: at most 62 key columns")
+    fields = _key_fields(where, node.keys, schema)
     if not node.aggs:
         raise PlanError(f"{where}: agg needs at least one aggregation, e.g. n=gs.count()")
     fields += [("window_start", ts_type), ("window_end", ts_type)]
@@ -952,4 +984,88 @@ def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
         raise PlanError(f"{where}: {a!r} is not a window; use gs.Tumbling, gs.Sliding or "
                         "gs.Session")
     to_event_units(node.allowed_lateness_ms, ts_type, f"{where} allowed_lateness")
+    return pa.schema(fields)
+
+
+def _key_fields(where: str, keys: tuple[str, ...], schema: pa.Schema
+                ) -> list[tuple[str, pa.DataType]]:
+    """The key columns of a keyed step and their types, checked (they exist, can be keys,
+    are listed once, at most 62)."""
+    fields: list[tuple[str, pa.DataType]] = []
+    for k in keys:
+        if k not in schema.names:
+            expr_type(Col(k), schema, f"{where} key_by")
+        t = schema.field(k).type
+        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_boolean(t)
+                or pa.types.is_timestamp(t)):
+            raise PlanError(f"{where}: key column {k!r} has type {t}; keys must be integers, "
+                            "strings, bools or timestamps (cast floats with .cast('int64'))")
+        fields.append((k, t))
+    if len(set(keys)) != len(keys):
+        raise PlanError(f"{where}: key_by lists a column twice")
+    if len(keys) > 62:
+        raise PlanError(f"{where}: at most 62 key columns")
+    return fields
+
+
+def over_output_schema(node: OverNode, schema: pa.Schema) -> pa.Schema:
+    """Every input column, then the aggregates in order.
+
+    Raises :class:`PlanError` (naming the step and the fix) where the stream has no event
+    time, a key column cannot be a key, an aggregation is not one an OVER window computes,
+    an output name clashes with an input column, or the frame is not exactly one of a
+    range >= 0 (in whole units of the event-time column) and a number of rows >= 0.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import col
+    >>> s = SourceNode(from_arrow(pa.table({"k": [1], "ts": [1], "v": [2.0]})), "ts", None)
+    >>> over_output_schema(OverNode(s, ("k",), 300_000, None, (("n", count()),), "o"),
+    ...                    output_schema(s)).names
+    ['k', 'ts', 'v', 'n']
+    >>> over_output_schema(OverNode(s, ("k",), None, 5, (("v", col("v").std()),), "o"),
+    ...                    output_schema(s))
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: step 1 (over 'o') agg 'v': OVER windows compute count, sum, min, max, mean; col('v').std() is not one of them (aggregate it in a window instead)
+    """
+    where = node.label
+    event_time, ts_type = event_time_of(node)
+    if event_time not in schema.names:
+        raise PlanError(f"{where}: the event-time column {event_time!r} is missing")
+    if (node.range_ms is None) == (node.rows is None):
+        raise PlanError(f"{where}: give exactly one of range= (event time, e.g. '5m') and "
+                        "rows= (a number of preceding rows)")
+    if node.range_ms is not None:
+        if node.range_ms < 0:
+            raise PlanError(f"{where}: range must be >= 0, got {node.range_ms} ms")
+        to_event_units(node.range_ms, ts_type, f"{where} range")
+    elif isinstance(node.rows, bool) or not isinstance(node.rows, int) or node.rows < 0:
+        raise PlanError(f"{where}: rows must be a whole number >= 0 (the rows before the "
+                        f"current one in its frame), got {node.rows!r}")
+    _key_fields(where, node.keys, schema)
+    if not node.aggs:
+        raise PlanError(f"{where}: agg needs at least one aggregation, e.g. n=gs.count()")
+    fields = [(f.name, f.type) for f in schema]
+    for name, agg in node.aggs:
+        what = f"{where} agg {name!r}"
+        if not isinstance(agg, Agg):
+            raise PlanError(f"{what}: {agg!r} is not an aggregation; use e.g. gs.count() or "
+                            "gs.col('v').sum()")
+        if agg.kind not in OVER_AGGS:
+            raise PlanError(f"{what}: OVER windows compute count, sum, min, max, mean; "
+                            f"{agg!r} is not one of them (aggregate it in a window instead)")
+        if name in schema.names:
+            raise PlanError(f"{what}: the input already has a column {name!r} (an OVER "
+                            "window keeps every input column); name the aggregate otherwise")
+        fields.append((name, agg_type(agg, schema, what)))
+    names = [n for n, _ in fields]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise PlanError(f"{where}: output column(s) {', '.join(clash)} appear twice; rename "
+                        "the aggregation(s)")
     return pa.schema(fields)

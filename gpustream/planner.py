@@ -17,6 +17,7 @@ from gpustream.plan import (
     LateNode,
     MapBatchesNode,
     Node,
+    OverNode,
     SelectNode,
     SourceNode,
     UnionNode,
@@ -112,6 +113,8 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
 
             return SessionAggOp(spec, backend)
         return WindowAggOp(spec, backend)
+    if isinstance(node, OverNode):
+        return _over(node, memo[id(node.input)], schema, backend)
     if isinstance(node, LateNode):
         return Operator()
     if isinstance(node, JoinTableNode):
@@ -139,6 +142,19 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
     if isinstance(node, SelectNode):
         return ProjectOp(node.exprs, schema, False, backend)
     raise PlanError(f"{node.label}: no physical operator for {type(node).__name__}")
+
+
+def _over(node: OverNode, input_schema: pa.Schema, schema: pa.Schema,
+          backend: Backend) -> Operator:
+    """The OVER window operator of ``node``, its frame in event-time units."""
+    from gpustream.operators.over import OverAgg, OverOp, OverSpec
+
+    event_time, ts_type = event_time_of(node)
+    where = node.label
+    span = None if node.range_ms is None else to_event_units(node.range_ms, ts_type, where)
+    aggs = tuple(OverAgg(name, agg, schema.field(name).type) for name, agg in node.aggs)
+    return OverOp(OverSpec(node.name, node.keys, event_time, span, node.rows, aggs,
+                           input_schema, schema, time_shift(node.input, where)), backend)
 
 
 def _idleness_s(node: Node) -> float | None:

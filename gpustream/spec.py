@@ -142,6 +142,16 @@ class WindowSpec(_Model):
     allowed_lateness: Duration = 0
 
 
+class OverSpec(_Model):
+    """``over:`` (exactly one of range, rows; ``as`` or ``name`` names its state; ``agg``
+    here, or in an ``agg:`` step right after it)."""
+
+    range: Duration | None = None
+    rows: StrictInt | None = None
+    name: str | None = Field(None, alias="as")
+    agg: dict[str, Any] | None = None
+
+
 class CheckpointSpec(_Model):
     """``checkpoint:``."""
 
@@ -165,8 +175,8 @@ class Spec(_Model):
     max_state_bytes: StrictInt | str | None = None
 
 
-STEP_KINDS = ("filter", "with_columns", "select", "key_by", "window", "agg", "join_table",
-              "window_join", "interval_join", "union")
+STEP_KINDS = ("filter", "with_columns", "select", "key_by", "window", "over", "agg",
+              "join_table", "window_join", "interval_join", "union")
 
 
 # -- locating fields in the YAML text ---------------------------------------------------
@@ -616,8 +626,8 @@ def _stream_of(p: Any, s: SourceSpec, path: tuple[Any, ...], where: _Where) -> A
     return p.source(src, event_time=s.event_time, watermark=wm, name=s.name)
 
 
-#: the step that must come right after these
-_NEXT = {"key_by": "window", "window": "agg"}
+#: the steps one of which must come right after these
+_NEXT = {"key_by": ("window", "over"), "window": ("agg",), "over": ("agg",)}
 
 
 def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
@@ -684,7 +694,9 @@ def _build(spec: Spec, where: _Where, engine: str | None, base: Path | None) -> 
         if order is not None:
             where.note(where.error(path, order))
         previous = kind
-        has_agg = has_agg or kind == "agg"
+        if kind == "over" and isinstance(arg, dict) and "agg" in arg:
+            previous = "agg"  # an over step with its aggregations
+        has_agg = has_agg or previous == "agg"
         apply = where.attempt(path, _step, kind, arg, path, where, tables, p)
         if apply is None or order is not None:
             stream = stream if kind == "filter" and order is None else None
@@ -693,12 +705,14 @@ def _build(spec: Spec, where: _Where, engine: str | None, base: Path | None) -> 
             done = where.attempt(path, apply, stream)
             if done is not None or kind != "filter":
                 stream = done
-            if kind == "agg":
+            if previous == "agg":
                 windowed = done
     if previous in _NEXT:
+        nxt = " or ".join(_NEXT[previous])
         where.note(where.error(("steps", len(spec.steps) - 1, previous),
-                               f"{previous} needs {'an' if previous == 'window' else 'a'} "
-                               f"{_NEXT[previous]} step after it"))
+                               f"{previous} needs {'an' if nxt[0] in 'ao' else 'a'} {nxt} "
+                               "step after it" + (" (or agg: inside the over step)"
+                                                  if previous == "over" else "")))
         stream = None
     if spec.sink is None:
         if "sink" not in where.bad:
@@ -717,8 +731,9 @@ def _build(spec: Spec, where: _Where, engine: str | None, base: Path | None) -> 
     if spec.late is not None:
         late = spec.late
         if not has_agg:
-            where.note(where.error(("late",), "late: needs a window step (late events are "
-                                              "those too late for every window)"))
+            where.note(where.error(("late",), "late: needs a window step or an over step (late "
+                                              "events are those too late for every window, or "
+                                              "older than the watermark for an over step)"))
         else:
             made = where.attempt(("late",), _sink, late, ("late",), where, where.base)
             if made is not None and windowed is not None:
@@ -743,11 +758,12 @@ def _bytes(value: int | str, path: tuple[Any, ...], where: _Where) -> int:
 
 def _order(previous: str | None, kind: str) -> str | None:
     """What is wrong with ``kind`` coming right after ``previous`` (None: nothing)."""
-    if previous in _NEXT and kind != _NEXT[previous]:
+    if previous in _NEXT and kind not in _NEXT[previous]:
+        steps = "over, agg (or over with agg: inside)" if previous == "over" else "window, agg"
         return (f"{kind} cannot come right after {previous}: the steps go key_by (optional), "
-                "window, agg")
-    if kind == "agg" and previous != "window":
-        return "agg needs a window step before it"
+                f"{steps}")
+    if kind == "agg" and previous not in ("window", "over"):
+        return "agg needs a window or over step before it"
     return None
 
 
@@ -896,10 +912,26 @@ def _step(kind: str, arg: Any, path: tuple[Any, ...], where: _Where,
         w = _validate(WindowSpec, arg, path, where)
         assigner = _window(w, path, where)
         return lambda s: s.window(assigner, name=w.name, allowed_lateness=w.allowed_lateness)
+    if kind == "over":
+        o = _validate(OverSpec, arg, path, where)
+        if (o.range is None) == (o.rows is None):
+            raise where.error(path, "give exactly one of range (event time, e.g. 5m) and rows "
+                                    "(a number of preceding rows)")
+        if o.rows is not None and o.rows < 0:
+            raise where.error((*path, "rows"), f"must be >= 0 (got {o.rows})")
+        if o.agg is None:
+            return lambda s: s.over(range=o.range, rows=o.rows, name=o.name)
+        over_aggs = _aggs(o.agg, (*path, "agg"), where)
+        return lambda s: s.over(range=o.range, rows=o.rows, name=o.name).agg(**over_aggs)
     assert kind == "agg"
-    aggs = _mapping(arg, parse_agg, path, where, "expected a mapping of output column -> "
-                                                 "aggregation, e.g. {n: count(), total: sum(v)}")
+    aggs = _aggs(arg, path, where)
     return lambda s: s.agg(**aggs)
+
+
+def _aggs(arg: Any, path: tuple[Any, ...], where: _Where) -> dict[str, Any]:
+    """The aggregations of an ``agg:`` mapping, parsed."""
+    return _mapping(arg, parse_agg, path, where, "expected a mapping of output column -> "
+                                                 "aggregation, e.g. {n: count(), total: sum(v)}")
 
 
 def checkpointing_from_spec(spec: Spec, where: _Where, checkpoint_dir: str | None = None,
