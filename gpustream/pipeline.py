@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from gpustream.plan import (
     SelectNode,
     SourceNode,
     TableNode,
+    TopKNode,
     UnionNode,
     WindowAggNode,
     WindowJoinNode,
@@ -566,6 +567,31 @@ class Stream:
             raise PlanError(str(exc)) from None
         label = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
         return self._then(MapBatchesNode(self._node, fn, declared, str(label)))
+
+    def top_k(self, n: int, by: str, per: str | Sequence[str] = (),
+              descending: bool = True) -> Stream:
+        """The ``n`` rows with the largest ``by`` (``descending=False``: smallest) in each
+        window of a window's output, per ``per`` columns, with their ``rank`` (1..n): SQL's
+        ``ROW_NUMBER() OVER (PARTITION BY window_start, window_end, per ORDER BY by DESC)
+        <= n`` (Nexmark q5, q19).
+
+        A window's rows wait here until the watermark passes the window's end, then are
+        ranked: ties in ``by`` in the order the window emitted its rows (by its keys),
+        nulls after every value, so results do not depend on batching. The ranked rows
+        keep the window's event time (a window after this step counts them on time).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"ts": [1, 2, 3, 4], "item": [1, 2, 2, 3]}),
+        ...              event_time="ts")
+        >>> w = s.key_by("item").window(gs.Tumbling(10)).agg(n=gs.count())
+        >>> w.top_k(1, by="n").collect().to_pydict()
+        {'item': [2], 'window_start': [0], 'window_end': [10], 'n': [2], 'rank': [1]}
+        """
+        groups = (per,) if isinstance(per, str) else tuple(per)
+        return self._then(TopKNode(self._node, n, by, descending, groups))
 
     def with_columns(
         self, exprs: Mapping[str, Expr | Any] | None = None, **named: Expr | Any

@@ -8,6 +8,7 @@ runs.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ __all__ = [
     "SelectNode",
     "SourceNode",
     "TableNode",
+    "TopKNode",
     "UnionNode",
     "WindowAggNode",
     "WithColumnsNode",
@@ -433,6 +435,62 @@ class MapBatchesNode(Node):
         return f"{getattr(self.fn, '__module__', None) or '?'}.{fn}"
 
 
+@dataclass(frozen=True, eq=False)
+class TopKNode(Node):
+    """The ``n`` rows with the largest (``descending``) or smallest ``by`` in each window
+    of a window's output, per ``per`` columns, with their ``rank``."""
+
+    input: Node
+    n: int
+    by: str
+    descending: bool
+    per: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "top_k"
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step} (top_k)"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.input,)
+
+    def detail(self) -> str:
+        order = "largest" if self.descending else "smallest"
+        per = f" per {', '.join(self.per)}" if self.per else ""
+        return f"{self.n} {order} {self.by} per window{per}"
+
+
+def _topk_schema(n: TopKNode, input_schema: pa.Schema) -> pa.Schema:
+    where = n.label
+    if isinstance(n.n, bool) or not isinstance(n.n, int) or n.n < 1:
+        raise PlanError(f"{where}: n must be a whole number >= 1, got {n.n!r}")
+    if time_shift(n.input, where) != -1 or "window_end" not in input_schema.names:
+        raise PlanError(f"{where}: top_k needs a window's output (it ranks the rows of each "
+                        "window); window the stream first, e.g. .key_by(...).window(...)"
+                        ".agg(...).top_k(...)")
+    for col in (n.by, *n.per):
+        if col not in input_schema.names:
+            near = difflib.get_close_matches(col, input_schema.names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise PlanError(f"{where}: column {col!r} is not in the window's rows "
+                            f"({', '.join(input_schema.names)}){hint}")
+    t = input_schema.field(n.by).type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_timestamp(t)):
+        raise PlanError(f"{where}: by={n.by!r} is {t}; rank by a number, bool or timestamp")
+    if "rank" in input_schema.names:
+        raise PlanError(f"{where}: the rows already have a column 'rank'; rename it "
+                        "(e.g. with_columns or the aggregation's name)")
+    return pa.schema([*input_schema, pa.field("rank", pa.int32())])
+
+
 def describe_stream(node: Node) -> str:
     """How errors name a stream: its step, and the source it comes from.
 
@@ -762,6 +820,8 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
             memo[id(n)] = _union_schema(n, [memo[id(i)] for i in n.streams])
         elif isinstance(n, MapBatchesNode):
             memo[id(n)] = _map_schema(n, memo[id(n.input)])
+        elif isinstance(n, TopKNode):
+            memo[id(n)] = _topk_schema(n, memo[id(n.input)])
         elif isinstance(n, JoinTableNode):
             left = memo[id(n.input)]
             if n.table.changelog is not None and n.table.changelog.event_time is not None:

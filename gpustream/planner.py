@@ -20,6 +20,7 @@ from gpustream.plan import (
     OverNode,
     SelectNode,
     SourceNode,
+    TopKNode,
     UnionNode,
     WindowAggNode,
     WindowJoinNode,
@@ -115,6 +116,10 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
         return WindowAggOp(spec, backend)
     if isinstance(node, OverNode):
         return _over(node, memo[id(node.input)], schema, backend)
+    if isinstance(node, TopKNode):
+        from gpustream.operators.topk import TopKOp, TopKSpec
+
+        return TopKOp(TopKSpec(node.n, node.by, node.descending, node.per, schema), backend)
     if isinstance(node, LateNode):
         return Operator()
     if isinstance(node, JoinTableNode):

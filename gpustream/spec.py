@@ -176,7 +176,7 @@ class Spec(_Model):
 
 
 STEP_KINDS = ("filter", "with_columns", "select", "key_by", "window", "over", "agg",
-              "join_table", "window_join", "interval_join", "union")
+              "top_k", "join_table", "window_join", "interval_join", "union")
 
 
 # -- locating fields in the YAML text ---------------------------------------------------
@@ -812,6 +812,16 @@ class UnionSpec(_Model):
     other: SourceSpec | list[SourceSpec]
 
 
+class TopKSpec(_Model):
+    """``top_k:``: the ``n`` rows with the largest (``descending: false``: smallest)
+    ``by`` in each window of the window before it, per ``per`` columns."""
+
+    n: int
+    by: str
+    per: str | list[str] = []
+    descending: bool = True
+
+
 class JoinTableSpec(_Model):
     """``join_table:``."""
 
@@ -884,6 +894,9 @@ def _step(kind: str, arg: Any, path: tuple[Any, ...], where: _Where,
         others = _gather([partial(_stream_of, p, o, (*opath, i) if isinstance(u.other, list)
                                   else opath, where) for i, o in enumerate(specs)])
         return lambda s: s.union(*others)
+    if kind == "top_k":
+        t = _validate(TopKSpec, arg, path, where)
+        return lambda s: s.top_k(t.n, by=t.by, per=t.per, descending=t.descending)
     if kind == "join_table":
         j = _validate(JoinTableSpec, arg, path, where)
         if "tables" in where.bad:

@@ -87,7 +87,9 @@ def test_a_union_is_the_rows_of_its_streams() -> None:
 
 def test_the_union_holds_each_rows_watermark_to_the_other_streams() -> None:
     """A row's watermark is the smaller of its own and the other inputs' (the union's
-    watermark as of that row); the union's is the smallest of the inputs'."""
+    watermark as of that row), never below the watermark the union passed on (rows of an
+    input back from idleness: late, not reopening what fired); the union's is the
+    smallest of the inputs'."""
     schema = pa.schema([("ts", pa.int64())])
     op = UnionOp(schema, [schema, schema, schema], (None, None, None), select_backend("cpu"))
     batch = Batch.from_arrow(pa.record_batch({"ts": [100, 200, 300]}))
@@ -100,13 +102,16 @@ def test_the_union_holds_each_rows_watermark_to_the_other_streams() -> None:
 
     assert watermarks(0) == [NO_WATERMARK] * 3  # nothing from the others yet: none
     assert op.input_watermark(0, 250) == ([], None)
-    assert op.input_watermark(1, 120) == ([], None)  # input 2 has none yet
-    assert op.input_watermark(2, 400) == ([], 120)
-    assert watermarks(0) == [50, 120, 120]
-    assert watermarks(2) == [50, 120, 120]
+    assert op.input_watermark(1, 100) == ([], None)  # input 2 has none yet
+    assert watermarks(0) == [NO_WATERMARK] * 3
+    assert op.input_watermark(2, 400) == ([], 100)
+    assert watermarks(0) == [100, 100, 100]  # held to input 1's 100
+    assert op.input_watermark(1, 120) == ([], 120)
+    assert watermarks(2) == [120, 120, 120]
     op.input_ended(1)  # an input that ended holds nothing back
-    assert watermarks(0) == [50, 150, 250]
     assert op.current == 250
+    batch.watermarks = np.array([260, 270, 280])
+    assert watermarks(0) == [260, 270, 280]
 
 
 def test_rows_on_time_on_their_stream_are_on_time_after_the_union() -> None:
