@@ -15,7 +15,13 @@ from gpustream.backend import Backend, select_backend
 from gpustream.batch import Batch
 from gpustream.brokersinks import to_kafka, to_redis_stream
 from gpustream.checkpoint import Checkpointing
-from gpustream.errors import BackendError, GpustreamError, IngestError, PlanError
+from gpustream.errors import (
+    BackendError,
+    GpustreamError,
+    IngestError,
+    MapBatchesError,
+    PlanError,
+)
 from gpustream.expr import Expr, col, lit
 from gpustream.expr_when import when
 from gpustream.filesinks import to_csv, to_jsonl, to_parquet
@@ -26,7 +32,14 @@ from gpustream.ingest.nexmark import nexmark
 from gpustream.ingest.redis import redis_stream
 from gpustream.ingest.streams import socket, stdin
 from gpustream.ingest.textfiles import read_csv, read_jsonl
-from gpustream.pipeline import AggStream, KeyedStream, Pipeline, Stream, WindowedStream
+from gpustream.pipeline import (
+    AggStream,
+    KeyedStream,
+    OverWindow,
+    Pipeline,
+    Stream,
+    WindowedStream,
+)
 from gpustream.plan import TableNode as Table
 from gpustream.runtime import RunStats
 from gpustream.sinks import Sink, to_callback, to_console
@@ -46,6 +59,8 @@ __all__ = [
     "GpustreamError",
     "IngestError",
     "KeyedStream",
+    "MapBatchesError",
+    "OverWindow",
     "Pipeline",
     "PlanError",
     "RunStats",

@@ -5,7 +5,7 @@ Every error says what was wrong, where (step, column, spec field) and how to fix
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "GpustreamError", "IngestError", "PlanError"]
+__all__ = ["BackendError", "GpustreamError", "IngestError", "MapBatchesError", "PlanError"]
 
 
 class GpustreamError(Exception):
@@ -39,3 +39,8 @@ class IngestError(GpustreamError, ValueError):
     ...
     gpustream.errors.IngestError: read_csv: data.bin: 98 of 100 records do not parse as CSV
     """
+
+
+class MapBatchesError(GpustreamError, RuntimeError):
+    """A ``map_batches`` function raised, or returned a batch that is not what its step
+    declared (the message names the step)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from gpustream.batch import Batch, physical_dtype
-from gpustream.errors import GpustreamError
+from gpustream.errors import MapBatchesError
 from gpustream.expr import Expr, evaluate
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.schema import conform, is_string_type, logical_type
@@ -126,13 +126,6 @@ class ProjectOp(Operator):
 
     def restore(self, state: dict[str, Any]) -> None:
         self.recoder.restore(state, "dictionary")
-
-
-
-
-class MapBatchesError(GpustreamError, RuntimeError):
-    """A ``map_batches`` function raised, or returned a batch that is not what its step
-    declared (the message names the step)."""
 
 
 class MapBatchesOp(Operator):
