@@ -510,31 +510,92 @@ def describe_stream(node: Node) -> str:
         repr(n) for n in names)
 
 
-def stream_event_time(node: Node, where: str) -> tuple[SourceNode, str, pa.DataType]:
-    """The source, event-time column and type of the stream ``node`` produces (a chain
-    of one-input steps down to a source that has an event time)."""
+def stream_event_time(node: Node, where: str) -> tuple[SourceNode, str, pa.DataType, int]:
+    """The source, event-time column, type and time shift (:func:`time_shift`) of the
+    stream ``node`` feeds a join with: a chain of one-input steps down to a source that
+    has an event time, or to a window's output (column ``window_end``, shift -1, its
+    rows' watermarks those the window passed on before firing them; DESIGN.md section
+    11) or to a join's output (the column :func:`stream_time` names).
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.aggs import count
+    >>> from gpustream.windows import Tumbling
+    >>> s = SourceNode(from_arrow(pa.table({"ts": [1], "k": [1]})), "ts", None, name="ev")
+    >>> w = WindowAggNode(s, ("k",), Tumbling(10), (("n", count()),), "w")
+    >>> [x if i else x.name for i, x in enumerate(stream_event_time(w, "here"))]
+    ['ev', 'window_end', DataType(int64), -1]
+    """
     n = node
     while not isinstance(n, SourceNode):
         if isinstance(n, UnionNode):
             raise PlanError(f"{where}: joining the output of a union is not supported yet")
-        if len(n.inputs) != 1:
-            raise PlanError(f"{where}: joining the output of another join is not supported yet")
-        if isinstance(n, WindowAggNode):
-            raise PlanError(f"{where}: joining windowed aggregates is not supported yet; "
-                            "join the streams first")
+        if isinstance(n, WindowAggNode) and n.allowed_lateness_ms:
+            raise PlanError(f"{where}: joining the output of {n.label} needs that window "
+                            "without allowed_lateness: its late firings revise rows already "
+                            "joined; drop allowed_lateness there")
+        if isinstance(n, (WindowAggNode, WindowJoinNode, IntervalJoinNode)):
+            got = stream_time(node, where)
+            assert got is not None  # (a window's input has an event time)
+            src = next(s for s in lineage(n) if isinstance(s, SourceNode)
+                       and s.event_time is not None)
+            return src, got[0], got[1], time_shift(node, where)
         n = n.inputs[0]
     if n.event_time is None:
         raise PlanError(f"{where}: both inputs need an event time: pass event_time= to "
                         f"Pipeline.source for {n.name!r}")
-    return n, n.event_time, n.source.schema().field(n.event_time).type
+    got = stream_time(node, where)
+    assert got is not None
+    return n, got[0], got[1], 0
+
+
+#: steps whose output rows get a new event time (DESIGN.md section 11)
+_TIMED_OUTPUTS = (WindowAggNode, WindowJoinNode, IntervalJoinNode)
+
+
+def _interval_time(n: IntervalJoinNode, where: str) -> tuple[str, Node]:
+    """The output column of an interval join holding each pair's event time, the larger
+    of its two rows' (DESIGN.md section 11), and the input it comes from: the left's
+    event time where ``upper <= 0`` (the right row is never later), the right's where
+    ``lower >= 0``; other intervals have the larger in neither column.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> a = SourceNode(from_arrow(pa.table({"k": [1], "ts": [1]})), "ts", None, name="a")
+    >>> b = SourceNode(from_arrow(pa.table({"k": [1], "ts": [1]})), "ts", None, name="b")
+    >>> _interval_time(IntervalJoinNode(a, b, ("k",), ("k",), 0, 50), "here")[0]
+    'ts_right'
+    >>> _interval_time(IntervalJoinNode(a, b, ("k",), ("k",), -50, 0), "here")[0]
+    'ts'
+    """
+    if n.upper_ms <= 0:
+        return stream_event_time(n.left, where)[1], n.left
+    if n.lower_ms >= 0:
+        rts = stream_event_time(n.right, where)[1]
+        cols = dict(join_columns(where, output_schema(n.left), output_schema(n.right),
+                                 n.left_on, n.right_on))
+        if rts in cols:
+            return cols[rts], n.right
+        raise PlanError(f"{where}: the right input's event time {rts!r} is a join key, "
+                        "so the output has no column with the pairs' event times; join on "
+                        "a copy of it (with_columns) for a window after the join")
+    raise PlanError(f"{where}: a step after {n.label} needs each pair's event time, the "
+                    "later of its two rows' times, which is in neither input's column when "
+                    f"lower < 0 < upper (here {n.lower_ms} and {n.upper_ms} ms); make the "
+                    "interval one-sided (lower=0 or upper=0), or window the inputs first")
 
 
 def _two_input_schema(n: IntervalJoinNode | WindowJoinNode, left: pa.Schema,
                       right: pa.Schema) -> pa.Schema:
     where = n.label
-    lsrc, lts, ltype = stream_event_time(n.left, where)
-    rsrc, rts, rtype = stream_event_time(n.right, where)
-    if lsrc is rsrc:
+    lsrc, lts, ltype, lshift = stream_event_time(n.left, where)
+    rsrc, rts, rtype, rshift = stream_event_time(n.right, where)
+    if lsrc is rsrc and not any(isinstance(x, _TIMED_OUTPUTS)
+                                for x in (*lineage(n.left), *lineage(n.right))):
         raise PlanError(f"{where}: joining a stream with itself is not supported; join two "
                         "sources")
     if ltype != rtype and not (pa.types.is_integer(ltype) and pa.types.is_integer(rtype)):
@@ -548,8 +609,12 @@ def _two_input_schema(n: IntervalJoinNode | WindowJoinNode, left: pa.Schema,
     if isinstance(n, WindowJoinNode):
         for name in ("window_start", "window_end"):
             if name in [f.name for f in fields]:
-                raise PlanError(f"{where}: an input has a column {name!r}, which the window "
-                                "join adds; rename it first")
+                raise PlanError(
+                    f"{where}: an input has a column {name!r}, which the window join adds; "
+                    "rename it first" + ("; to pair a window's rows with another window's "
+                                         "rows of the same window, use interval_join(on="
+                                         "[key, 'window_end'], lower=0, upper=0)"
+                                         if lshift or rshift else ""))
         a = n.assigner
         if isinstance(a, (Tumbling, Sliding)):
             to_event_units(a.size_ms, ltype, f"{where} window size")
@@ -850,8 +915,13 @@ def stream_time(node: Node, where: str) -> tuple[str, pa.DataType, int] | None:
     11): their column is ``window_end`` (:func:`time_shift` says it is one past the
     time), their per-row watermark the one the window passed on before firing them.
 
-    Raises :class:`PlanError` where the rows carry no per-event watermark (the output of
-    a join), a window's rows may be revised (allowed lateness), or a step dropped or
+    A join's rows carry the larger of their two rows' event times and the join's
+    watermark as of emitting them: a window join's in ``window_end`` (like a window's),
+    an interval join's in the left input's event-time column where ``upper <= 0``, in the
+    right's (as the output names it) where ``lower >= 0``.
+
+    Raises :class:`PlanError` where a window's rows may be revised (allowed lateness),
+    an interval join's pairs have their time in neither column, or a step dropped or
     redefined the event-time column.
 
     Examples
@@ -896,9 +966,13 @@ def stream_time(node: Node, where: str) -> tuple[str, pa.DataType, int] | None:
                             "event time); window before map_batches, or map the source's "
                             "events")
         return None if got is None else (got[0], node.schema.field(got[0]).type, got[2])
-    if len(node.inputs) != 1:
-        raise PlanError(f"{where}: windows over the output of interval or window joins "
-                        "are not supported yet")
+    if isinstance(node, WindowJoinNode):  # (like a window's rows: time window_end - 1)
+        return "window_end", stream_event_time(node.left, where)[2], 0
+    if isinstance(node, IntervalJoinNode):
+        column, side = _interval_time(node, where)
+        got = stream_time(side, where)
+        assert got is not None
+        return column, got[1], got[2]
     got = stream_time(node.inputs[0], where)
     if got is not None and isinstance(node, (WithColumnsNode, SelectNode)):
         et = got[0]
@@ -955,8 +1029,11 @@ def time_shift(node: Node, where: str) -> int:
         if isinstance(n, LateNode):  # the window's input rows
             n = n.input.input
             continue
-        if isinstance(n, WindowAggNode):
+        if isinstance(n, (WindowAggNode, WindowJoinNode)):
             return -1
+        if isinstance(n, IntervalJoinNode):
+            n = _interval_time(n, where)[1]
+            continue
         if isinstance(n, UnionNode):
             shifts = {time_shift(s, where) for s in n.streams}
             if len(shifts) > 1:

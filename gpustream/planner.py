@@ -187,13 +187,14 @@ def _two_stream_join(node: IntervalJoinNode | WindowJoinNode, schema: pa.Schema,
 
     where = node.label
     left, right = memo[id(node.left)], memo[id(node.right)]
-    lsrc, lts, ltype = stream_event_time(node.left, where)
-    rsrc, rts, _ = stream_event_time(node.right, where)
+    lsrc, lts, ltype, lshift = stream_event_time(node.left, where)
+    rsrc, rts, _, rshift = stream_event_time(node.right, where)
     idle = tuple(None if s.watermark is None or s.watermark.idleness_ms is None
                  else s.watermark.idleness_ms / 1e3 for s in (lsrc, rsrc))
     spec = JoinSpec(node.left_on, node.right_on, lts, rts,
                     tuple(join_columns(where, left, right, node.left_on, node.right_on)),
-                    schema, string_key_flags(left, node.left_on), idle)  # type: ignore[arg-type]
+                    schema, string_key_flags(left, node.left_on), idle,  # type: ignore[arg-type]
+                    (lshift, rshift))
     if isinstance(node, IntervalJoinNode):
         return IntervalJoinOp(spec, to_event_units(node.lower_ms, ltype, where),
                               to_event_units(node.upper_ms, ltype, where), backend)

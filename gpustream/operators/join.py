@@ -73,6 +73,9 @@ class JoinSpec:
     schema: pa.Schema
     string_keys: tuple[bool, ...]
     idleness_s: tuple[float | None, float | None] = (None, None)
+    #: what to add to each input's event-time column to get its rows' event times (-1
+    #: where it is a window's ``window_end``: :func:`gpustream.plan.time_shift`)
+    time_shift: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -269,8 +272,13 @@ class _JoinBase(TwoInputOperator):
         self.out_dicts: dict[str, StringDictionary] = {}
         self.state = [None, None]
         #: each input's rows on the CPU (the join's index holds their row numbers)
+        # (a shifted time is not the column's value: the store keeps it apart)
         self.stores = [_Store([f.name for f, _ in self._kept(port)],
+                              "" if spec.time_shift[port] else
                               spec.left_ts if port == 0 else spec.right_ts) for port in (0, 1)]
+        #: the watermark passed on before the one firing now: the per-row watermark of
+        #: the rows emitted (their event times are at or above it)
+        self.passed = self.current
         self._schemas = [pa.schema([f for f, _ in self._kept(port)]) for port in (0, 1)]
 
     # -- keys -----------------------------------------------------------------------------
@@ -293,7 +301,9 @@ class _JoinBase(TwoInputOperator):
         xp = self.xp
         names = self.spec.left_on if port == 0 else self.spec.right_on
         ts_name = self.spec.left_ts if port == 0 else self.spec.right_ts
-        keep = self._on_time(batch, batch[ts_name])
+        ts = batch[ts_name] + self.spec.time_shift[port] if self.spec.time_shift[port] \
+            else batch[ts_name]
+        keep = self._on_time(batch, ts)
         for name in names:
             v = batch.validity(name)
             if v is not None:
@@ -303,6 +313,7 @@ class _JoinBase(TwoInputOperator):
             keep = keep & tv
         if not bool(keep.all()):
             batch = batch.filter(keep)
+            ts = ts[keep]
         if batch.num_rows == 0:
             return None
         cols = []
@@ -317,7 +328,7 @@ class _JoinBase(TwoInputOperator):
             if out is not None:
                 self.out_dicts[out] = d
         hashes = hash_rows(keys, self.backend) if self.backend.is_device else None
-        return _Rows(batch, keys, hashes, batch[ts_name])
+        return _Rows(batch, keys, hashes, ts)
 
     def _on_time(self, batch: Batch, ts: Any) -> Any:
         raise NotImplementedError
@@ -368,7 +379,9 @@ class _JoinBase(TwoInputOperator):
         for name, values in (extra or {}).items():
             columns[name] = values
         dicts = {k: v for k, v in self.out_dicts.items() if k in columns}
-        return Batch(columns, self.spec.schema, validity, dicts)
+        n = next(iter(columns.values())).shape[0]
+        return Batch(columns, self.spec.schema, validity, dicts,
+                     self.xp.full(n, self.passed, dtype=np.int64))
 
     def _stored(self, port: int) -> Batch:
         """Input ``port``'s stored rows (CPU) as a batch."""
@@ -448,6 +461,7 @@ class _JoinBase(TwoInputOperator):
     def restore(self, state: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (taken on any backend)."""
         two_input_state(self, state)
+        self.passed = self.current
         to_device = self.backend.to_device
         self.dicts = [StringDictionary(strings_from_state(state, f"keys.dictionary.{c}"))
                       if is_str else StringDictionary()
@@ -563,6 +577,7 @@ class IntervalJoinOp(_JoinBase):
         return out
 
     def on_watermark(self, watermark: int) -> list[Batch]:
+        self.passed = watermark  # (pairs found from now on are at or above it)
         if not self.backend.is_device:
             self.index.evict(watermark)
             if self._due_compaction(0) or self._due_compaction(1):
@@ -671,6 +686,11 @@ class WindowJoinOp(_JoinBase):
         return []
 
     def on_watermark(self, watermark: int) -> list[Batch]:
+        out = self._fire(watermark)  # (rows of the windows it closes: end - 1 >= passed)
+        self.passed = watermark
+        return out
+
+    def _fire(self, watermark: int) -> list[Batch]:
         if not self.backend.is_device:
             return self._fire_index(watermark)
         if self.gap:
