@@ -30,8 +30,7 @@ from gpustream.kernels.hashtable import EMPTY, TOMBSTONE
 from gpustream.kernels.prefetch import PREFETCH_DISTANCE, _prefetch
 from gpustream.kernels.windows import window_start
 
-__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "key_shards",
-           "pop_rows"]
+__all__ = ["FUSED_KINDS", "FusedAgg", "fused_hash_rows", "key_shards"]
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _MUL2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -53,54 +52,6 @@ def _finish(h):  # type: ignore[no-untyped-def]
     if h < np.uint64(2):  # 0 and 1 mark empty and freed slots
         h += np.uint64(2)
     return h
-
-
-@numba.njit(nogil=True, cache=CACHE)
-def _pop_rows(slots, block, fill_row, t_hash, t_ready, t_keys, rows, keys):  # type: ignore[no-untyped-def]
-    n = slots.shape[0]
-    width = block.shape[1]
-    kw = t_keys.shape[1]
-    flat = block.reshape(block.shape[0] * width)
-    keys_flat = t_keys.reshape(t_keys.shape[0] * kw)
-    for j in range(n):
-        if j + PREFETCH_DISTANCE < n:
-            ahead = slots[j + PREFETCH_DISTANCE]
-            _prefetch(flat, ahead * width)
-            _prefetch(flat, ahead * width + width - 1)
-            _prefetch(keys_flat, ahead * kw)
-        s = slots[j]
-        for w in range(width):
-            rows[j, w] = block[s, w]
-            block[s, w] = fill_row[w]
-        for c in range(kw):
-            keys[j, c] = t_keys[s, c]
-        t_hash[s] = TOMBSTONE
-        t_ready[s] = 0
-
-
-def pop_rows(slots: Any, block: Any, fill_row: Any, table: tuple[Any, Any, Any], rows: Any,
-             keys: Any) -> None:
-    """Copy the state rows and key words of ``slots`` into ``rows`` (``int64[n, W]``) and
-    ``keys`` (``uint64[n, K]``) and free the slots, in one pass.
-
-    Firing scatters over the whole table (a window's keys hash anywhere), so the slots'
-    lines are prefetched ahead as in the fused loop. Each row is reset to ``fill_row`` and
-    its slot becomes a tombstone (the caller releases tombstones and counts).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from gpustream.kernels.hashtable import new_table
-    >>> table = new_table(8, 2, np)
-    >>> block = np.arange(16, dtype=np.int64).reshape(8, 2)
-    >>> table[0][[3, 5]] = 99
-    >>> rows, keys = np.empty((2, 2), np.int64), np.empty((2, 2), np.uint64)
-    >>> pop_rows(np.array([5, 3]), block, np.zeros(2, np.int64), table, rows, keys)
-    >>> rows.tolist(), block[[3, 5]].tolist(), table[0][[3, 5]].tolist()
-    ([[10, 11], [6, 7]], [[0, 0], [0, 0]], [1, 1])
-    """
-    t_hash, t_ready, t_keys = table
-    _pop_rows(slots, block, fill_row, t_hash, t_ready, t_keys, rows, keys)
 
 
 @numba.njit(nogil=True, cache=CACHE)

@@ -13,13 +13,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from gpustream.backend import Backend
-from gpustream.kernels.fused_window import pop_rows
 from gpustream.kernels.hashing import hash_rows
 from gpustream.kernels.hashtable import (
     TOMBSTONE,
     lookup,
     new_table,
-    release_tombstones,
     upsert,
     upsert_cpu_into,
 )
@@ -185,36 +183,8 @@ class SlotTable:
         self._fill_row = block[0].copy()
         return out
 
-    def pop_into(self, slots: Any, rows: Any, keys: Any) -> None:
-        """Copy the packed rows and key words of ``slots`` into caller-owned ``rows``
-        (``int64[n, W]``) and ``keys`` (``uint64[n, K]``) and free the slots, in one pass:
-        their rows are reset to the fill values, and freed slots that no probe can need
-        become empty again, so that keys that come and go (windows) do not fill the table
-        with tombstones. For a packed table on the CPU whose columns are all packed, whose
-        inserts run on one thread between pops.
-
-        Examples
-        --------
-        >>> from gpustream.backend import select_backend
-        >>> t = SlotTable(1, np, select_backend("cpu"), packed=True)
-        >>> t.add_column("n", np.int64, 0)
-        >>> slots, _ = t.upsert(np.array([[4, 9]], dtype=np.uint64), np.arange(2))
-        >>> t.columns["n"][slots] = [3, 5]
-        >>> rows, keys = np.empty((2, 8), np.int64), np.empty((2, 1), np.uint64)
-        >>> t.pop_into(slots[::-1], rows, keys)
-        >>> t.row_views(rows)["n"].tolist(), keys.ravel().tolist(), t.live_count
-        ([5, 3], [9, 4], 0)
-        >>> t.columns["n"][slots].tolist(), t.used
-        ([0, 0], 0)
-        """
-        if len(self._packed_names) + len(self.aliases) != len(self.columns):
-            raise ValueError("pop_into needs a packed table whose columns are all packed")
-        pop_rows(slots, self._block, self._fill_row, self.arrays, rows, keys)
-        self.live_count -= int(slots.shape[0])
-        self.used -= release_tombstones(self.arrays[0], slots)
-
     def row_views(self, rows: Any) -> dict[str, Any]:
-        """Each column of packed ``rows`` (as :meth:`pop_into` fills them), by name."""
+        """Each column of packed ``rows`` (``int64[n, W]``, as pages pop them), by name."""
         return self._link({name: rows.view(self.columns[name].dtype)[:, j]
                            for j, name in enumerate(self._packed_names)})
 
