@@ -10,10 +10,10 @@ Examples
 2
 """
 
-from gpustream.aggs import Agg, count
 from gpustream.backend import Backend, select_backend
 from gpustream.batch import Batch
 from gpustream.brokersinks import to_kafka, to_redis_stream
+from gpustream.changelog import materialize
 from gpustream.checkpoint import Checkpointing
 from gpustream.errors import (
     BackendError,
@@ -22,8 +22,7 @@ from gpustream.errors import (
     MapBatchesError,
     PlanError,
 )
-from gpustream.expr import Expr, col, lit
-from gpustream.expr_when import when
+from gpustream.expr import Agg, Expr, col, count, lit, when
 from gpustream.filesinks import to_csv, to_jsonl, to_parquet
 from gpustream.ingest.arrow import from_arrow
 from gpustream.ingest.files import read_arrow_ipc, read_parquet
@@ -44,7 +43,7 @@ from gpustream.plan import TableNode as Table
 from gpustream.runtime import RunStats
 from gpustream.sinks import Sink, to_callback, to_console
 from gpustream.watermark import Watermark
-from gpustream.windows import Session, Sliding, Tumbling, WindowAssigner
+from gpustream.windows import ProcessingTime, Session, Sliding, Tumbling, WindowAssigner
 
 __version__ = "0.1.0"
 
@@ -63,6 +62,7 @@ __all__ = [
     "OverWindow",
     "Pipeline",
     "PlanError",
+    "ProcessingTime",
     "RunStats",
     "Session",
     "Sink",
@@ -79,6 +79,7 @@ __all__ = [
     "from_arrow",
     "kafka",
     "lit",
+    "materialize",
     "nexmark",
     "read_arrow_ipc",
     "read_csv",

@@ -101,12 +101,16 @@ class KafkaSink(Sink):
     commits_in_prepare = True
 
     def __init__(self, topic: str, bootstrap: str, format: str, key: str | None,
-                 config: dict[str, Any] | None) -> None:
+                 config: dict[str, Any] | None, upsert: bool = False) -> None:
         if format not in ("json", "arrow"):
             raise ValueError(f"to_kafka: format={format!r} is not one of 'json', 'arrow'")
+        if upsert and (key is None or format != "json"):
+            raise ValueError("to_kafka: upsert=True needs key= (the column each message is "
+                             "keyed by: the result row it replaces) and format='json'")
         self.topic, self.bootstrap, self.format, self.key = topic, bootstrap, format, key
+        self.upsert = upsert
         self.config = dict(config or {})
-        self.name = f"kafka {topic}@{bootstrap} ({format})"
+        self.name = f"kafka {topic}@{bootstrap} ({'upsert' if upsert else format})"
         self.producer: Any = None
         #: the transactional id while writing in transactions (checkpointed runs)
         self.transactional_id: str | None = None
@@ -171,15 +175,22 @@ class KafkaSink(Sink):
         else:
             rows = _plain(batch).to_pylist()
             for row in rows:
-                self._produce(json.dumps(row).encode(),
-                              None if self.key is None else str(row[self.key]).encode())
+                key = None if self.key is None else str(row[self.key]).encode()
+                if self.upsert:  # a changelog: the key's latest row, or a tombstone
+                    op = row.pop("op", "+I")
+                    if op == "-U":  # its +U replaces the row
+                        continue
+                    if op == "-D":
+                        self._produce(None, key)
+                        continue
+                self._produce(json.dumps(row).encode(), key)
             self._in_txn += len(rows)
         if self.transactional_id is None:  # at-least-once: on the broker before the
             self._flush()                  # runtime commits the source offsets
         else:
             self.producer.poll(0)
 
-    def _produce(self, value: bytes, key: bytes | None) -> None:
+    def _produce(self, value: bytes | None, key: bytes | None) -> None:
         while True:
             try:
                 self.producer.produce(self.topic, value, key=key)
@@ -314,7 +325,8 @@ class RedisStreamSink(Sink):
 
 
 def to_kafka(topic: str, bootstrap: str, format: str = "json",
-             key: str | None = None, config: dict[str, Any] | None = None) -> KafkaSink:
+             key: str | None = None, config: dict[str, Any] | None = None,
+             upsert: bool = False) -> KafkaSink:
     """Produce a stream's rows to a Kafka topic.
 
     Without checkpoints, at-least-once (an idempotent producer, flushed per batch). With
@@ -333,13 +345,21 @@ def to_kafka(topic: str, bootstrap: str, format: str = "json",
     config
         More librdkafka producer settings (``transactional.id`` replaces the one derived
         from the pipeline; ``transaction.timeout.ms`` must exceed the checkpoint interval).
+    upsert
+        Write a changelog (:mod:`gpustream.changelog`) as upserts, as Flink's
+        ``upsert-kafka``: ``+I``/``+U`` rows as the ``key``'s value (without ``op``),
+        ``-D`` as a tombstone (the key with a null value), ``-U`` not at all (its ``+U``
+        replaces it). A compacted topic then holds the result table. Needs ``key`` (the
+        column that identifies a result row, e.g. a running aggregation's key) and JSON.
 
     Examples
     --------
     >>> to_kafka("alerts", "127.0.0.1:9092", key="card").describe()
     'kafka alerts@127.0.0.1:9092 (json)'
+    >>> to_kafka("spend", "127.0.0.1:9092", key="bidder", upsert=True).describe()
+    'kafka spend@127.0.0.1:9092 (upsert)'
     """
-    return KafkaSink(topic, bootstrap, format, key, config)
+    return KafkaSink(topic, bootstrap, format, key, config, upsert)
 
 
 def to_redis_stream(url: str, stream: str, maxlen: int | None = None) -> RedisStreamSink:

@@ -18,6 +18,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from gpustream.errors import GpustreamError
@@ -304,6 +305,49 @@ def generate_nexmark(
                       else ipc.new_file(str(target), source.schema()))
         writer.close()
         console.print(f"{target}: {rows:,} {kind}", highlight=False)
+
+
+bench_app = typer.Typer(help="Benchmarks: the Nexmark queries.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("nexmark")
+def bench_nexmark(
+    query: str = typer.Option("all", help="q0 .. q22, a list (q1,q5) or all."),
+    events: int = typer.Option(1_000_000, help="Generator events (persons + auctions + bids)."),
+    seed: int = typer.Option(0, help="Same seed, same events."),
+    engine: str = typer.Option("auto", help="cpu, cuda or auto (gpustream), or duckdb (the "
+                                            "query's SQL, as batch; needs gpustream[bench])."),
+    out: Path = typer.Option(..., help="Folder for result.parquet and timing.json (with "
+                                       "several queries: a folder per query and a summary "
+                                       "timing.json)."),
+    warmup: bool = typer.Option(True, help="Run each query on 20,000 events first, untimed "
+                                           "(compiles its kernels)."),
+) -> None:
+    """Run Nexmark queries on generated events and time them (events in, seconds, events/s).
+
+    The input comes from the project's Nexmark generator (`gs.nexmark`), made in memory before the timing starts; each query is one gpustream pipeline, or with --engine duckdb the same query as DuckDB SQL. `benchmarks/nexmark/README.md` lists the queries and their stand-ins.
+    """
+    from gpustream.bench.nexmark import query_names
+    from gpustream.bench.runner import ENGINES, bench
+
+    try:
+        names = query_names(query)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--query") from None
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"{engine!r} is not one of {', '.join(ENGINES)}",
+                                 param_hint="--engine")
+    if events < 1:
+        raise typer.BadParameter(f"must be >= 1, got {events}", param_hint="--events")
+    console = Console()
+    results = bench(names, events, seed, engine, out, warmup=warmup)
+    table = Table("query", "backend", "rows out", "seconds", "events/s")
+    for r in results:
+        table.add_row(r.query, r.backend, f"{r.table.num_rows:,}", f"{r.seconds:.3f}",
+                      f"{r.events_per_s:,.0f}")
+    console.print(table)
+    console.print(f"{events:,} events (seed {seed}) -> {out}", highlight=False)
 
 
 def main() -> None:

@@ -9,12 +9,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from gpustream.aggs import Agg
 from gpustream.backend import ENGINES, Backend, select_backend
 from gpustream.checkpoint import Checkpointing
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import IngestError, PlanError
-from gpustream.expr import Col, Expr, lit
+from gpustream.expr import Agg, Col, Expr, lit
 from gpustream.ingest.arrow import from_arrow
 from gpustream.ingest.deadletter import DeadLetterFile
 from gpustream.ingest.schema import SchemaLike, as_schema
@@ -28,6 +27,8 @@ from gpustream.plan import (
     MapBatchesNode,
     Node,
     OverNode,
+    RegularJoinNode,
+    RunningAggNode,
     SelectNode,
     SourceNode,
     TableNode,
@@ -37,6 +38,7 @@ from gpustream.plan import (
     WindowJoinNode,
     WithColumnsNode,
     output_schema,
+    ranks_windows,
 )
 from gpustream.planner import build_physical, render_plan
 from gpustream.runtime import RunStats, execute
@@ -45,7 +47,8 @@ from gpustream.stopping import GracefulStop
 from gpustream.watermark import Watermark
 from gpustream.windows import WindowAssigner
 
-__all__ = ["KeyedStream", "OverWindow", "Pipeline", "Stream", "WindowedStream", "join_on"]
+__all__ = ["JoinStream", "KeyedStream", "OverWindow", "Pipeline", "Stream", "WindowedStream",
+           "join_on"]
 
 #: ``on=`` of the joins: a name, a (left, right) pair, or a list of either
 JoinOn = str | tuple[str, str] | list[str] | list[tuple[str, str]]
@@ -483,6 +486,70 @@ class Stream:
         left_on, right_on = join_on(on, where)
         return self._then(WindowJoinNode(self._node, other._node, left_on, right_on, window))
 
+    def join(self, other: Stream, on: JoinOn, how: str = "inner",
+             retention: Duration | None = None, name: str | None = None) -> JoinStream:
+        """Every pair of rows with equal keys, whatever their event times (SQL's join,
+        Flink's regular join), emitted as soon as its second row arrives.
+
+        Output: this stream's columns, the other's (a key of the same name once, other
+        clashes with ``_right``), then, for outer joins, ``op`` (:mod:`gpustream.changelog`).
+        ``"inner"`` is append-only (no ``op`` column). ``"left"``, ``"right"`` and ``"full"`` emit a
+        changelog: a row without a partner comes at once as ``+I`` with nulls for the
+        other side, and when its first partner arrives, ``-D`` of that row then ``+I``
+        of the pair (:func:`gpustream.changelog.materialize` gives the join's table);
+        steps that need append-only rows (windows, over, top_k, interval and window
+        joins) refuse it. Null keys match nothing. An output row's event time is the
+        larger of its two rows' (a padded row's: its row's); no column holds it, so
+        time-based steps after the join are refused.
+
+        Parameters
+        ----------
+        other
+            The right stream.
+        on
+            A column name, a ``(left, right)`` pair, or a list of either.
+        how
+            ``"inner"``, ``"left"``, ``"right"`` or ``"full"``.
+        retention
+            How long (event time) a row is kept for partners; None keeps every row
+            forever, **so state grows with the input**: give one for unbounded streams.
+            A row leaves once the join's watermark reaches its time + retention; a row
+            whose time + retention is at or below its stream's watermark when it
+            arrives is late (``.late`` / ``.late_right``). Two on-time rows join
+            exactly when ``max(w_l, w_r) < min(ts_l, ts_r) + retention``, ``w`` each
+            row's watermark on arrival (:mod:`gpustream.operators.regular_join`):
+            independent of batching, but not the same as ``|ts_l - ts_r| <= retention``.
+        name
+            Names the step (and its checkpoint state).
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> bids = p.source(gs.from_arrow({"a": [1, 2, 3], "ts": [100, 400, 900]}),
+        ...                 event_time="ts", name="bids")
+        >>> users = p.source(gs.from_arrow({"a": [1, 2], "ts": [5000, 50]}),
+        ...                  event_time="ts", name="users")
+        >>> out = bids.join(users, on="a", how="left").collect()
+        >>> out.column_names
+        ['a', 'ts', 'ts_right', 'op']
+        >>> sorted((r["a"], r["ts_right"]) for r in gs.materialize(out).to_pylist())
+        [(1, 5000), (2, 50), (3, None)]
+
+        (Which padded rows come and go in ``out`` depends on how the inputs
+        interleave; ``materialize(out)`` does not.)
+        """
+        self._other(other, "join")
+        where = f"step {self._node.step + 1} (join)"
+        left_on, right_on = join_on(on, where)
+        kept = None if retention is None else to_millis(retention, what="join retention")
+        node = RegularJoinNode(self._node, other._node, left_on, right_on, how, kept,
+                               name or f"join@{self._node.step + 1}")
+        schema = output_schema(node, {id(self._node): self._schema,
+                                      id(other._node): other._schema})
+        self._pipeline._nodes.append(node)
+        return JoinStream(self._pipeline, node, schema)
+
     def union(self, *others: Stream) -> Stream:
         """The rows of this stream and of ``others``, as they arrive (SQL's UNION ALL:
         duplicates kept, no order between the streams).
@@ -569,11 +636,21 @@ class Stream:
         return self._then(MapBatchesNode(self._node, fn, declared, str(label)))
 
     def top_k(self, n: int, by: str, per: str | Sequence[str] = (),
-              descending: bool = True) -> Stream:
+              descending: bool = True, ties: str = "first") -> Stream:
         """The ``n`` rows with the largest ``by`` (``descending=False``: smallest) in each
         window of a window's output, per ``per`` columns, with their ``rank`` (1..n): SQL's
         ``ROW_NUMBER() OVER (PARTITION BY window_start, window_end, per ORDER BY by DESC)
         <= n`` (Nexmark q5, q19).
+
+        Over a stream that is not a window's output it ranks the whole stream per ``per``
+        columns (the same SQL without a window; Nexmark q18, q19) and emits a changelog
+        (:mod:`gpustream.changelog`): ``+I`` for a row entering its group's top ``n``,
+        ``-D`` for one pushed out, no rank; the rows the changelog describes
+        (``gs.materialize(rows)``) do not depend on batching.
+
+        Of rows with equal ``by``, the earlier ranks first; ``ties="last"``: the later
+        (e.g. ``top_k(1, by="ts", per="user", ties="last")`` keeps each user's last row
+        even when two share a time, as SQL's ``ORDER BY ts DESC, arrival DESC``).
 
         A window's rows wait here until the watermark passes the window's end, then are
         ranked: ties in ``by`` in the order the window emitted its rows (by its keys),
@@ -589,9 +666,17 @@ class Stream:
         >>> w = s.key_by("item").window(gs.Tumbling(10)).agg(n=gs.count())
         >>> w.top_k(1, by="n").collect().to_pydict()
         {'item': [2], 'window_start': [0], 'window_end': [10], 'n': [2], 'rank': [1]}
+        >>> best = s.top_k(1, by="ts", per="item")  # each item's latest row, a changelog
+        >>> gs.materialize(best.collect()).to_pydict()
+        {'ts': [1, 3, 4], 'item': [1, 2, 3]}
         """
+        if ties not in ("first", "last"):
+            raise PlanError(f"step {self._node.step + 1} (top_k): ties={ties!r}: 'first' "
+                            "(of rows with equal values, the earlier ranks first) or 'last'")
         groups = (per,) if isinstance(per, str) else tuple(per)
-        return self._then(TopKNode(self._node, n, by, descending, groups))
+        whole = not ranks_windows(self._node, self._schema)
+        return self._then(TopKNode(self._node, n, by, descending, groups, whole,
+                                   ties == "last"))
 
     def with_columns(
         self, exprs: Mapping[str, Expr | Any] | None = None, **named: Expr | Any
@@ -670,7 +755,7 @@ class Stream:
         """
         return KeyedStream(self, ()).window(assigner, name, allowed_lateness)
 
-    def over(self, range: Duration | None = None, rows: int | None = None,
+    def over(self, range: Duration | None = None, rows: int | str | None = None,
              name: str | None = None) -> OverWindow:
         """An OVER window over the whole stream (no key); see :meth:`KeyedStream.over`.
 
@@ -814,13 +899,66 @@ def _sources_of(node: Node) -> list[SourceNode]:
 class KeyedStream:
     """A stream partitioned by key columns; call :meth:`window` next."""
 
-    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
+    def __init__(self, stream: Stream, keys: tuple[str, ...],
+                 retention_ms: int | None = None) -> None:
         self._stream = stream
         self.keys = keys
+        self.retention_ms = retention_ms
+
+    def _no_retention(self, step: str) -> None:
+        if self.retention_ms is not None:
+            raise PlanError(f"step {self._stream._node.step + 1} ({step}): with_retention "
+                            f"bounds an aggregation without a window; a {step} drops its "
+                            "state by the watermark already: remove with_retention")
+
+    def with_retention(self, retention: Duration) -> KeyedStream:
+        """Bound the state of :meth:`agg` (without a window) by event time: a key's state
+        is dropped once the watermark reaches its last event time + ``retention``, without
+        a change emitted (a later row starts the key anew with ``+I``); rows older than
+        that when they arrive go to ``.late``.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"k": [1, 1, 2, 1], "ts": [0, 1, 50, 60]}),
+        ...              event_time="ts")
+        >>> n = s.key_by("k").with_retention(10).agg(n=gs.count())
+        >>> gs.materialize(n.collect(), key="k").to_pydict()  # k=1 at 60 started anew
+        {'k': [1, 2], 'n': [1, 1]}
+        """
+        return KeyedStream(self._stream, self.keys, to_millis(retention, what="retention"))
+
+    def agg(self, **aggs: Agg) -> AggStream:
+        """Aggregate each key over all its rows so far, without a window (SQL's
+        ``GROUP BY``): a changelog (:mod:`gpustream.changelog`) with an ``op`` column,
+        ``+I`` for a new key, ``-U``/``+U`` (old row, new row) when its aggregates change.
+        Changes are emitted per batch; the table they describe
+        (``gs.materialize(rows, key=keys)``) does not depend on batching. State grows
+        with the keys unless :meth:`with_retention` bounds it.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> s = p.source(gs.from_arrow({"k": ["a", "b", "a"], "v": [1, 2, 3]}))
+        >>> totals = s.key_by("k").agg(total=gs.col("v").sum())
+        >>> gs.materialize(totals.collect(), key="k").to_pydict()
+        {'k': ['a', 'b'], 'total': [4, 2]}
+        """
+        parent = self._stream
+        node = RunningAggNode(parent._node, self.keys, tuple(aggs.items()),
+                              f"agg@{parent._node.step + 1}", self.retention_ms)
+        schema = output_schema(node, {id(parent._node): parent._schema})
+        parent._pipeline._nodes.append(node)
+        return AggStream(parent._pipeline, node, schema)
 
     def window(self, assigner: WindowAssigner, name: str | None = None,
                allowed_lateness: Duration = 0) -> WindowedStream:
-        """Event-time windows: ``gs.Tumbling``, ``gs.Sliding`` or ``gs.Session``.
+        """Event-time windows: ``gs.Tumbling``, ``gs.Sliding`` or ``gs.Session``; or
+        windows by the wall clock at which rows arrive, not deterministic:
+        ``gs.ProcessingTime.tumbling(size)`` or ``gs.ProcessingTime.sliding(size, slide)``
+        (:class:`~gpustream.windows.ProcessingTime`).
 
         Parameters
         ----------
@@ -844,14 +982,16 @@ class KeyedStream:
         >>> w.collect().to_pydict()   # ts=3 arrived after [0, 10) fired: it fires again
         {'k': [1, 1, 1], 'window_start': [0, 0, 10], 'window_end': [10, 10, 20], 'n': [1, 2, 1], 'revision': [0, 1, 0]}
         """
+        self._no_retention("window")
         if not isinstance(assigner, WindowAssigner):
             raise PlanError(f"step {self._stream._node.step + 1} (window): expected "
-                            f"gs.Tumbling, gs.Sliding or gs.Session, got {assigner!r}")
+                            f"gs.Tumbling, gs.Sliding, gs.Session or gs.ProcessingTime."
+                            f"tumbling(...), got {assigner!r}")
         lateness = to_millis(allowed_lateness, what="allowed_lateness")
         return WindowedStream(self._stream, self.keys, assigner, name, lateness)
 
 
-    def over(self, range: Duration | None = None, rows: int | None = None,
+    def over(self, range: Duration | None = None, rows: int | str | None = None,
              name: str | None = None) -> OverWindow:
         """An OVER window: per key, aggregates over each row's frame, added to every row.
 
@@ -872,7 +1012,9 @@ class KeyedStream:
             the same event time all included.
         rows
             ROWS frame: the row and the ``rows`` rows of its key before it (rows of the
-            same event time in arrival order).
+            same event time in arrival order); ``"unbounded"``: every row of its key up
+            to it (``ROWS UNBOUNDED PRECEDING``: running totals; ``gs.count()`` is then
+            SQL's ``ROW_NUMBER()``), each key's aggregates kept instead of its rows.
         name
             A stable name for the state (keys its checkpoints); default ``over@<step>``.
 
@@ -894,6 +1036,7 @@ class KeyedStream:
         {'card': ['a', 'a', 'b', 'a', 'a'], 'ts': [0, 60000, 90000, 200000, 400000], 'amount': [10.0, 25.0, 5.0, 40.0, 1.0], 'n': [1, 2, 1, 3, 2], 'spent': [10.0, 35.0, 5.0, 75.0, 41.0]}
         """
         where = f"step {self._stream._node.step + 1} (over)"
+        self._no_retention("over")
         if (range is None) == (rows is None):
             raise PlanError(f"{where}: give exactly one of range= (event time, e.g. '5m') "
                             "and rows= (a number of preceding rows)")
@@ -905,7 +1048,7 @@ class OverWindow:
     """An OVER window waiting for its aggregations; call :meth:`agg`."""
 
     def __init__(self, stream: Stream, keys: tuple[str, ...], range_ms: int | None,
-                 rows: int | None, name: str | None) -> None:
+                 rows: int | str | None, name: str | None) -> None:
         self._stream = stream
         self.keys = keys
         self.range_ms = range_ms
@@ -969,6 +1112,49 @@ class WindowedStream:
         return AggStream(parent._pipeline, node, schema)
 
 
+class JoinStream(Stream):
+    """The output of :meth:`Stream.join`; with a retention, ``.late`` and
+    ``.late_right`` are the streams of each input's late rows."""
+
+    def _late(self, port: int) -> Stream:
+        node = self._node
+        assert isinstance(node, RegularJoinNode)
+        late = LateNode(node, port)
+        schema = output_schema(late, {id(node): self._schema})
+        return self._pipeline._stream(late, schema)
+
+    @property
+    def late(self) -> Stream:
+        """Left rows that arrived with their time + retention at or below their
+        stream's watermark (they could have missed partners already dropped), unchanged.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> a = p.source(gs.from_arrow({"k": [1, 1], "ts": [500, 100]}), event_time="ts")
+        >>> b = p.source(gs.from_arrow({"k": [1], "ts": [450]}), event_time="ts")
+        >>> a.join(b, on="k", retention=200).late.collect().to_pydict()
+        {'k': [1], 'ts': [100]}
+        """
+        return self._late(0)
+
+    @property
+    def late_right(self) -> Stream:
+        """Right rows late as :attr:`late` says, unchanged.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> a = p.source(gs.from_arrow({"k": [1], "ts": [5]}), event_time="ts")
+        >>> b = p.source(gs.from_arrow({"k": [1, 1], "ts": [900, 10]}), event_time="ts")
+        >>> a.join(b, on="k", retention=100).late_right.collect().to_pydict()
+        {'k': [1], 'ts': [10]}
+        """
+        return self._late(1)
+
+
 class AggStream(Stream):
     """The output of a windowed aggregation or an OVER window; ``.late`` is its stream of
     late input rows."""
@@ -987,7 +1173,7 @@ class AggStream(Stream):
         {'ts': [3], 'v': [3]}
         """
         node = self._node
-        assert isinstance(node, (WindowAggNode, OverNode))
+        assert isinstance(node, (WindowAggNode, OverNode, RunningAggNode))
         late = LateNode(node)
         schema = output_schema(late, {id(node): self._schema,
                                       id(node.input): output_schema(node.input)})

@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from gpustream.aggs import Agg, agg_type
 from gpustream.batch import physical_dtype
 from gpustream.durations import format_millis
 from gpustream.errors import PlanError
-from gpustream.expr import Cast, Col, Expr, Lit, expr_type
+from gpustream.expr import Agg, Cast, Col, Expr, Lit, agg_type, expr_type
 from gpustream.ingest.schema import logical_schema
 from gpustream.ingest.source import Source
 from gpustream.watermark import Watermark
-from gpustream.windows import Session, Sliding, Tumbling, WindowAssigner
+from gpustream.windows import PROCESSING_TIME_TYPE, Session, WindowAssigner, to_event_units
 
 __all__ = [
     "FilterNode",
@@ -31,6 +30,8 @@ __all__ = [
     "MapBatchesNode",
     "Node",
     "OverNode",
+    "RegularJoinNode",
+    "RunningAggNode",
     "SelectNode",
     "SourceNode",
     "TableNode",
@@ -38,6 +39,7 @@ __all__ = [
     "UnionNode",
     "WindowAggNode",
     "WithColumnsNode",
+    "changelog_origin",
     "event_time_of",
     "lineage",
     "map_time",
@@ -200,6 +202,53 @@ class WindowAggNode(Node):
         return f"{keys}{self.assigner.describe()}{late} agg({aggs})"
 
 
+@dataclass(frozen=True, eq=False)
+class RunningAggNode(Node):
+    """Keyed aggregation without a window (SQL's ``GROUP BY`` over a stream): emits a
+    changelog (:mod:`gpustream.changelog`) of each key's current aggregates; state per key
+    is dropped once the watermark reaches its last event time + ``retention_ms`` (None:
+    kept forever)."""
+
+    input: Node
+    keys: tuple[str, ...]
+    aggs: tuple[tuple[str, Agg], ...]
+    name: str
+    retention_ms: int | None = None
+
+    #: its rows are a changelog (an ``op`` column), not an append-only stream
+    emits_changelog = True
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "agg"
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step} (agg {self.name!r})"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.input,)
+
+    def detail(self) -> str:
+        keys = f"key_by({', '.join(self.keys)}) " if self.keys else ""
+        kept = ("" if self.retention_ms is None
+                else f" retention {format_millis(self.retention_ms)}")
+        aggs = ", ".join(f"{n}={a!r}" for n, a in self.aggs)
+        return f"{keys}running{kept} agg({aggs})"
+
+
+#: ``rows=UNBOUNDED``: an OVER frame of every row of the key before the current one
+UNBOUNDED = "unbounded"
+
+
+#: the aggregations a running aggregation computes over a changelog (they take rows back)
+RETRACTING_AGGS = ("count", "count_valid", "sum", "mean")
+
+
 #: the aggregations an OVER window computes (``count_valid`` is ``gs.col(x).count()``)
 OVER_AGGS = ("count", "count_valid", "sum", "min", "max", "mean")
 
@@ -214,7 +263,7 @@ class OverNode(Node):
     input: Node
     keys: tuple[str, ...]
     range_ms: int | None
-    rows: int | None
+    rows: int | str | None  # a number of rows, or "unbounded"
     aggs: tuple[tuple[str, Agg], ...]
     name: str
 
@@ -246,7 +295,9 @@ class LateNode(Node):
     """The input rows that came too late for every window they belong to (of an OVER
     window: rows older than the watermark as of their arrival)."""
 
-    input: WindowAggNode | OverNode
+    input: WindowAggNode | OverNode | RunningAggNode | RegularJoinNode
+    #: a join's input whose late rows these are (0 left: ``.late``, 1 right: ``.late_right``)
+    port: int = 0
 
     def __post_init__(self) -> None:
         self._set_step()
@@ -257,7 +308,20 @@ class LateNode(Node):
 
     @property
     def label(self) -> str:
-        return f"step {self.step} (late of {self.input.op} {self.input.name!r})"
+        right = "right " if self.port else ""
+        return f"step {self.step} (late {right}of {self.input.op} {self.input.name!r})"
+
+    @property
+    def rows_of(self) -> Node:
+        """The stream whose rows these are (the window's input; a join's input ``port``)."""
+        if isinstance(self.input, RegularJoinNode):
+            return self.input.inputs[self.port]
+        return self.input.input
+
+    @property
+    def side_output(self) -> str:
+        """The operator's side output these rows come from."""
+        return "late_right" if self.port else "late"
 
     @property
     def inputs(self) -> tuple[Node, ...]:
@@ -384,6 +448,47 @@ class WindowJoinNode(Node):
 
 
 @dataclass(frozen=True, eq=False)
+class RegularJoinNode(Node):
+    """Every pair of rows with equal keys, whatever their event times (SQL's join of two
+    streams, Flink's regular join); ``how`` other than inner emits a changelog
+    (:mod:`gpustream.operators.regular_join`)."""
+
+    left: Node
+    right: Node
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    how: str = "inner"
+    retention_ms: int | None = None
+    name: str = "join"
+
+    def __post_init__(self) -> None:
+        self._set_step()
+
+    @property
+    def op(self) -> str:
+        return "join"
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step} (join how={self.how!r})"
+
+    @property
+    def emits_changelog(self) -> bool:
+        """Outer joins retract padded rows (an ``op`` column); inner ones only insert."""
+        return self.how != "inner"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+    def detail(self) -> str:
+        on = ", ".join(f"{a}={b}" for a, b in zip(self.left_on, self.right_on, strict=True))
+        kept = ("forever" if self.retention_ms is None
+                else format_millis(self.retention_ms))
+        return f"{self.name!r} on {on}, state kept {kept}"
+
+
+@dataclass(frozen=True, eq=False)
 class UnionNode(Node):
     """The rows of several streams with the same columns, in arrival order; its
     watermark is the smallest of theirs."""
@@ -438,13 +543,22 @@ class MapBatchesNode(Node):
 @dataclass(frozen=True, eq=False)
 class TopKNode(Node):
     """The ``n`` rows with the largest (``descending``) or smallest ``by`` in each window
-    of a window's output, per ``per`` columns, with their ``rank``."""
+    of a window's output, per ``per`` columns, with their ``rank``; or, over a stream
+    that is not a window's output (``over_stream``), per ``per`` columns over the whole
+    stream, as a changelog."""
 
     input: Node
     n: int
     by: str
     descending: bool
     per: tuple[str, ...]
+    over_stream: bool = False
+    keep_last: bool = False  #: ties keep the later row
+
+    @property
+    def emits_changelog(self) -> bool:
+        """Its rows are a changelog when it ranks a whole stream."""
+        return self.over_stream
 
     def __post_init__(self) -> None:
         self._set_step()
@@ -464,31 +578,52 @@ class TopKNode(Node):
     def detail(self) -> str:
         order = "largest" if self.descending else "smallest"
         per = f" per {', '.join(self.per)}" if self.per else ""
-        return f"{self.n} {order} {self.by} per window{per}"
+        scope = "over the stream (changelog)" if self.over_stream else "per window"
+        return f"{self.n} {order} {self.by} {scope}{per}"
 
 
 def _topk_schema(n: TopKNode, input_schema: pa.Schema) -> pa.Schema:
     where = n.label
     if isinstance(n.n, bool) or not isinstance(n.n, int) or n.n < 1:
         raise PlanError(f"{where}: n must be a whole number >= 1, got {n.n!r}")
-    if time_shift(n.input, where) != -1 or "window_end" not in input_schema.names:
-        raise PlanError(f"{where}: top_k needs a window's output (it ranks the rows of each "
-                        "window); window the stream first, e.g. .key_by(...).window(...)"
-                        ".agg(...).top_k(...)")
     for col in (n.by, *n.per):
         if col not in input_schema.names:
             near = difflib.get_close_matches(col, input_schema.names, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise PlanError(f"{where}: column {col!r} is not in the window's rows "
+            raise PlanError(f"{where}: column {col!r} is not in the rows it ranks "
                             f"({', '.join(input_schema.names)}){hint}")
     t = input_schema.field(n.by).type
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
             or pa.types.is_timestamp(t)):
         raise PlanError(f"{where}: by={n.by!r} is {t}; rank by a number, bool or timestamp")
+    if n.over_stream:
+        if "op" in input_schema.names:
+            raise PlanError(f"{where}: the rows already have a column 'op' (a changelog's "
+                            "row kind); top_k over a whole stream needs an append-only "
+                            "stream and adds its own op; rename or drop that column")
+        return pa.schema([*input_schema, pa.field("op", pa.string(), nullable=False)])
     if "rank" in input_schema.names:
         raise PlanError(f"{where}: the rows already have a column 'rank'; rename it "
                         "(e.g. with_columns or the aggregation's name)")
     return pa.schema([*input_schema, pa.field("rank", pa.int32())])
+
+
+def ranks_windows(node: Node, schema: pa.Schema) -> bool:
+    """Whether a ``top_k`` after ``node`` (rows of ``schema``) ranks each window's rows
+    (a window's output, after steps that keep ``window_end``) rather than a whole stream.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> s = SourceNode(from_arrow(pa.table({"ts": [1]})), "ts", None)
+    >>> ranks_windows(s, output_schema(s))
+    False
+    """
+    try:
+        return time_shift(node, "top_k") == -1 and "window_end" in schema.names
+    except PlanError:
+        return False
 
 
 def describe_stream(node: Node) -> str:
@@ -521,7 +656,7 @@ def stream_event_time(node: Node, where: str) -> tuple[SourceNode, str, pa.DataT
     --------
     >>> import pyarrow as pa
     >>> from gpustream.ingest.arrow import from_arrow
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.windows import Tumbling
     >>> s = SourceNode(from_arrow(pa.table({"ts": [1], "k": [1]})), "ts", None, name="ev")
     >>> w = WindowAggNode(s, ("k",), Tumbling(10), (("n", count()),), "w")
@@ -536,7 +671,7 @@ def stream_event_time(node: Node, where: str) -> tuple[SourceNode, str, pa.DataT
             raise PlanError(f"{where}: joining the output of {n.label} needs that window "
                             "without allowed_lateness: its late firings revise rows already "
                             "joined; drop allowed_lateness there")
-        if isinstance(n, (WindowAggNode, WindowJoinNode, IntervalJoinNode)):
+        if isinstance(n, (WindowAggNode, WindowJoinNode, IntervalJoinNode, RegularJoinNode)):
             got = stream_time(node, where)
             assert got is not None  # (a window's input has an event time)
             src = next(s for s in lineage(n) if isinstance(s, SourceNode)
@@ -589,7 +724,7 @@ def _interval_time(n: IntervalJoinNode, where: str) -> tuple[str, Node]:
                     "interval one-sided (lower=0 or upper=0), or window the inputs first")
 
 
-def _two_input_schema(n: IntervalJoinNode | WindowJoinNode, left: pa.Schema,
+def _two_input_schema(n: IntervalJoinNode | WindowJoinNode | RegularJoinNode, left: pa.Schema,
                       right: pa.Schema) -> pa.Schema:
     where = n.label
     lsrc, lts, ltype, lshift = stream_event_time(n.left, where)
@@ -616,24 +751,44 @@ def _two_input_schema(n: IntervalJoinNode | WindowJoinNode, left: pa.Schema,
                                          "[key, 'window_end'], lower=0, upper=0)"
                                          if lshift or rshift else ""))
         a = n.assigner
-        if isinstance(a, (Tumbling, Sliding)):
-            to_event_units(a.size_ms, ltype, f"{where} window size")
-            to_event_units(a.slide_ms if isinstance(a, Sliding) else a.size_ms, ltype,
-                           f"{where} window slide")
-            to_event_units(a.offset_ms, ltype, f"{where} window offset")
-        elif isinstance(a, Session):
-            to_event_units(a.gap_ms, ltype, f"{where} session gap")
-        else:
+        if not isinstance(a, WindowAssigner):
             raise PlanError(f"{where}: {a!r} is not a window; use gs.Tumbling, gs.Sliding or "
                             "gs.Session")
+        if a.processing_time:
+            raise PlanError(f"{where}: window joins pair rows by event time; "
+                            f"{a.describe()} is not supported there: use an event-time "
+                            "window (gs.Tumbling, gs.Sliding or gs.Session)")
+        a.geometry(ltype, where)
         fields += [pa.field("window_start", ltype), pa.field("window_end", ltype)]
-    else:
+    elif isinstance(n, IntervalJoinNode):
         if n.lower_ms > n.upper_ms:
             raise PlanError(f"{where}: lower ({n.lower_ms} ms) is above upper "
                             f"({n.upper_ms} ms)")
         to_event_units(n.lower_ms, ltype, f"{where} lower")
         to_event_units(n.upper_ms, ltype, f"{where} upper")
     return pa.schema(fields)
+
+
+def _regular_join_schema(n: RegularJoinNode, left: pa.Schema, right: pa.Schema) -> pa.Schema:
+    """Both inputs' columns (as :func:`join_columns` says), then ``op`` (outer joins: a
+    changelog; an inner join is append-only)."""
+    where = n.label
+    if n.how not in ("inner", "left", "right", "full"):
+        raise PlanError(f"{where}: how={n.how!r} is not one of 'inner', 'left', 'right', "
+                        "'full'")
+    fields = list(_two_input_schema(n, left, right))
+    if n.how != "inner" and "op" in [f.name for f in fields]:
+        raise PlanError(f"{where}: an input has a column 'op', which the join adds (the "
+                        "changelog's row kind); rename it first")
+    if n.retention_ms is not None:
+        if n.retention_ms < 0:
+            raise PlanError(f"{where}: retention must be >= 0 (or None: keep state "
+                            f"forever), got {n.retention_ms} ms")
+        to_event_units(n.retention_ms, stream_event_time(n.left, where)[2],
+                       f"{where} retention")
+    if n.how == "inner":  # append-only: every row an insert, no op column
+        return pa.schema(fields)
+    return pa.schema([*fields, pa.field("op", pa.string(), nullable=False)])
 
 
 def _key_kind(t: pa.DataType) -> str | None:
@@ -716,6 +871,81 @@ def lineage(node: Node) -> list[Node]:
 
     visit(node)
     return list(seen.values())
+
+
+def changelog_origin(node: Node) -> Node | None:
+    """The step whose changelog (rows with an ``op`` column: insert, update-before,
+    update-after, delete; :mod:`gpustream.changelog`) the rows of ``node`` are, through
+    steps that pass rows on as they are (filter, with_columns, select); None for an
+    append-only stream. A step is a changelog's origin where its ``emits_changelog``
+    says so.
+
+    Raises :class:`PlanError` where a step on the way drops or redefines ``op``.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.expr import col
+    >>> a = SourceNode(from_arrow(pa.table({"k": [1], "ts": [1]})), "ts", name="a")
+    >>> b = SourceNode(from_arrow(pa.table({"k": [1], "ts": [1]})), "ts", name="b")
+    >>> j = RegularJoinNode(a, b, ("k",), ("k",), "left")
+    >>> changelog_origin(FilterNode(j, col("k") > 0)).label
+    "step 1 (join how='left')"
+    >>> changelog_origin(RegularJoinNode(a, b, ("k",), ("k",), "inner")) is None
+    True
+    >>> changelog_origin(SelectNode(j, (("k", col("k")),)))
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: step 2 (select): drops the op column of the changelog from step 1 (join how='left'); keep 'op' (select(..., 'op')): without it the rows' retractions read as inserts
+    """
+    n = node
+    while True:
+        if getattr(n, "emits_changelog", False):
+            return n
+        if isinstance(n, UnionNode):  # (a union's inputs share one schema: all or none)
+            for i in n.streams:
+                up = changelog_origin(i)
+                if up is not None:
+                    return up
+            return None
+        if isinstance(n, (JoinTableNode, MapBatchesNode)):  # row by row, op passed on
+            up = changelog_origin(n.input)
+            if up is not None and isinstance(n, MapBatchesNode) and "op" not in n.schema.names:
+                raise PlanError(f"{n.label}: drops the op column of the changelog from "
+                                f"{up.label}; keep 'op' in the batches it returns: without "
+                                "it the rows' retractions read as inserts")
+            return up
+        if isinstance(n, (FilterNode, WithColumnsNode, SelectNode)):
+            up = changelog_origin(n.input)
+            if up is not None and not isinstance(n, FilterNode):
+                named = dict(n.exprs)
+                kept = named.get("op")
+                dropped = kept is None and isinstance(n, SelectNode)
+                if dropped or (kept is not None and not (isinstance(kept, Col)
+                                                         and kept.name == "op")):
+                    did = "drops" if kept is None else "redefines"
+                    raise PlanError(f"{n.label}: {did} the op column of the changelog from "
+                                    f"{up.label}; keep 'op' (select(..., 'op')): without it "
+                                    "the rows' retractions read as inserts")
+            return up
+        return None
+
+
+def _refuse_changelog(n: Node) -> None:
+    """A windowed or ranking step, or a time-bounded join, needs append-only input."""
+    what = {"window": "windows", "over": "OVER windows", "top_k": "top_k",
+            "interval_join": "interval joins", "window_join": "window joins",
+            "join": "joins"}.get(n.op, n.op)
+    for i in n.inputs:
+        up = changelog_origin(i)
+        if up is not None:
+            fix = {"agg": "aggregate the events in a window instead "
+                          "(key_by(...).window(...).agg(...))",
+                   "top_k": "rank each window's rows instead (a window before top_k)"}.get(
+                       up.op, "use how='inner' or an interval_join")
+            raise PlanError(f"{n.label}: its input is a changelog (op column) from "
+                            f"{up.label}; {what} need an append-only stream: {fix}")
 
 
 def _source_schema(node: SourceNode) -> pa.Schema:
@@ -851,6 +1081,11 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
     for n in lineage(node):
         if id(n) in memo:
             continue
+        if isinstance(n, (WindowAggNode, OverNode, TopKNode, IntervalJoinNode,
+                          WindowJoinNode, RegularJoinNode)):
+            _refuse_changelog(n)
+        elif isinstance(n, (SelectNode, WithColumnsNode, MapBatchesNode)):
+            changelog_origin(n)  # (it keeps a changelog's op column)
         if isinstance(n, SourceNode):
             memo[id(n)] = _source_schema(n)
         elif isinstance(n, FilterNode):
@@ -877,10 +1112,14 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
             memo[id(n)] = window_output_schema(n, memo[id(n.input)])
         elif isinstance(n, OverNode):
             memo[id(n)] = over_output_schema(n, memo[id(n.input)])
+        elif isinstance(n, RunningAggNode):
+            memo[id(n)] = running_output_schema(n, memo[id(n.input)])
         elif isinstance(n, LateNode):
-            memo[id(n)] = memo[id(n.input.input)]
+            memo[id(n)] = memo[id(n.rows_of)]
         elif isinstance(n, (IntervalJoinNode, WindowJoinNode)):
             memo[id(n)] = _two_input_schema(n, memo[id(n.left)], memo[id(n.right)])
+        elif isinstance(n, RegularJoinNode):
+            memo[id(n)] = _regular_join_schema(n, memo[id(n.left)], memo[id(n.right)])
         elif isinstance(n, UnionNode):
             memo[id(n)] = _union_schema(n, [memo[id(i)] for i in n.streams])
         elif isinstance(n, MapBatchesNode):
@@ -901,9 +1140,6 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
         else:
             raise PlanError(f"{n.label}: unknown plan node {type(n).__name__}")
     return memo[id(node)]
-
-
-_UNIT_PER_MS = {"s": (1, 1000), "ms": (1, 1), "us": (1000, 1), "ns": (1_000_000, 1)}
 
 
 def stream_time(node: Node, where: str) -> tuple[str, pa.DataType, int] | None:
@@ -943,9 +1179,15 @@ def stream_time(node: Node, where: str) -> tuple[str, pa.DataType, int] | None:
         delay = node.watermark.delay_ms if node.watermark is not None else 0
         return node.event_time, node.source.schema().field(node.event_time).type, delay
     if isinstance(node, LateNode):  # the window's input rows, as they came
-        return stream_time(node.input.input, where)
+        return stream_time(node.rows_of, where)
+    if isinstance(node, RegularJoinNode):
+        raise PlanError(f"{where}: {node.label} gives each row the later of its two rows' "
+                        "event times, which is in neither input's column, and its rows "
+                        "carry no per-event watermark; window the inputs first, or use "
+                        "an interval_join (its pairs' time is one side's)")
     if isinstance(node, WindowAggNode):  # (an aggregate named like the source's event
-        if node.allowed_lateness_ms:     # time is just an aggregate here)
+        _no_processing_time(node, where)  # time is just an aggregate here)
+        if node.allowed_lateness_ms:
             raise PlanError(
                 f"{where}: a window over the output of {node.label} needs that window "
                 "without allowed_lateness: its late firings revise rows already emitted "
@@ -953,6 +1195,8 @@ def stream_time(node: Node, where: str) -> tuple[str, pa.DataType, int] | None:
                 "allowed_lateness there, or window the source's events with the coarser "
                 "window")
         return "window_end", event_time_of(node)[1], 0
+    if isinstance(node, RunningAggNode):  # a changelog: its rows have no event time
+        return None
     if isinstance(node, UnionNode):
         times = [stream_time(n, where) for n in node.streams]
         if any(t is None for t in times):
@@ -1015,7 +1259,7 @@ def time_shift(node: Node, where: str) -> int:
     --------
     >>> import pyarrow as pa
     >>> from gpustream.ingest.arrow import from_arrow
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.windows import Tumbling
     >>> s = SourceNode(from_arrow(pa.table({"ts": [1], "k": [1]})), "ts", None)
     >>> w = WindowAggNode(s, ("k",), Tumbling(10), (("n", count()),), "w")
@@ -1027,9 +1271,11 @@ def time_shift(node: Node, where: str) -> int:
         if isinstance(n, SourceNode):
             return 0
         if isinstance(n, LateNode):  # the window's input rows
-            n = n.input.input
+            n = n.rows_of
             continue
         if isinstance(n, (WindowAggNode, WindowJoinNode)):
+            if isinstance(n, WindowAggNode):
+                _no_processing_time(n, where)
             return -1
         if isinstance(n, IntervalJoinNode):
             n = _interval_time(n, where)[1]
@@ -1052,42 +1298,44 @@ def event_time_of(node: Node) -> tuple[str, pa.DataType]:
     window dropped or redefined the event-time column.
     """
     where = node.label
+    if isinstance(node, WindowAggNode) and node.assigner.processing_time:
+        return "", PROCESSING_TIME_TYPE  # (its rows get the clock, in no column)
     got = stream_time(node.inputs[0], where)
     if got is None:
         names = [n.name for n in lineage(node) if isinstance(n, SourceNode)
                  and n.event_time is None]
         raise PlanError(f"{where}: windows need an event time: pass event_time='<column>' to "
-                        f"Pipeline.source for {', '.join(repr(n) for n in names)}")
+                        f"Pipeline.source for {', '.join(repr(n) for n in names)}"
+                        + (" (or window by the wall clock: gs.ProcessingTime.tumbling(...))"
+                           if isinstance(node, WindowAggNode) else ""))
     return got[0], got[1]
 
 
-def to_event_units(ms: int, ts_type: pa.DataType, what: str) -> int:
-    """A duration in milliseconds in the unit of the event-time column.
-
-    Examples
-    --------
-    >>> import pyarrow as pa
-    >>> to_event_units(1500, pa.timestamp("us"), "size"), to_event_units(2000, pa.timestamp("s"), "size")
-    (1500000, 2)
-    >>> to_event_units(2500, pa.timestamp("s"), "window size")
-    Traceback (most recent call last):
-    ...
-    gpustream.errors.PlanError: window size: 2500 ms is not a whole number of s, the unit of the event-time column
-    """
-    unit = ts_type.unit if pa.types.is_timestamp(ts_type) else "ms"
-    mul, div = _UNIT_PER_MS[unit]
-    if (ms * mul) % div:
-        raise PlanError(f"{what}: {ms} ms is not a whole number of {unit}, the unit of the "
-                        "event-time column")
-    return ms * mul // div
+def _no_processing_time(node: WindowAggNode, where: str) -> None:
+    """Raise where a step after ``node`` needs the time of its rows and ``node`` is a
+    processing-time window, whose rows have none."""
+    if node.assigner.processing_time:
+        raise PlanError(f"{where}: the rows of {node.label}, a {node.assigner.describe()} "
+                        "window, have no event time to window, join, rank or retain them by "
+                        "(they fire by the wall clock); aggregate the source's events in one "
+                        "processing-time window, or use event-time windows (gs.Tumbling, "
+                        "gs.Sliding) up to here")
 
 
 def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
     """Keys, window_start, window_end, the aggregates in order, and ``revision`` with lateness
     (and ``op`` for sessions: their changelog, :mod:`gpustream.operators.session`)."""
     where = node.label
+    a = node.assigner
+    if not isinstance(a, WindowAssigner):
+        raise PlanError(f"{where}: {a!r} is not a window; use gs.Tumbling, gs.Sliding or "
+                        "gs.Session")
     event_time, ts_type = event_time_of(node)
-    if event_time not in schema.names:
+    if a.processing_time:
+        if node.allowed_lateness_ms:
+            raise PlanError(f"{where}: allowed_lateness does not apply to {a.describe()} "
+                            "windows: no row is late by the wall clock; drop allowed_lateness")
+    elif event_time not in schema.names:
         raise PlanError(f"{where}: the event-time column {event_time!r} is missing")
     fields = _key_fields(where, node.keys, schema)
     if not node.aggs:
@@ -1109,19 +1357,59 @@ def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
                         "the aggregation(s)")
     if node.allowed_lateness_ms < 0:
         raise PlanError(f"{where}: allowed_lateness must be >= 0")
-    a = node.assigner
-    if isinstance(a, (Tumbling, Sliding)):
-        to_event_units(a.size_ms, ts_type, f"{where} window size")
-        if isinstance(a, Sliding):
-            to_event_units(a.slide_ms, ts_type, f"{where} window slide")
-        to_event_units(a.offset_ms, ts_type, f"{where} window offset")
-    elif isinstance(a, Session):
-        to_event_units(a.gap_ms, ts_type, f"{where} session gap")
-    else:
-        raise PlanError(f"{where}: {a!r} is not a window; use gs.Tumbling, gs.Sliding or "
-                        "gs.Session")
+    a.geometry(ts_type, where)
     to_event_units(node.allowed_lateness_ms, ts_type, f"{where} allowed_lateness")
     return pa.schema(fields)
+
+
+def running_output_schema(node: RunningAggNode, schema: pa.Schema) -> pa.Schema:
+    """Keys, the aggregates in order, then ``op`` (the changelog's row kind).
+
+    Raises :class:`PlanError` (naming the step and the fix) where a key column cannot be
+    a key, an aggregation is not one, names clash, the retention is negative or the stream
+    has no event time for it.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> from gpustream.expr import count
+    >>> s = SourceNode(from_arrow(pa.table({"k": ["a"], "ts": [1]})), "ts", None)
+    >>> running_output_schema(RunningAggNode(s, ("k",), (("n", count()),), "a"),
+    ...                       output_schema(s)).names
+    ['k', 'n', 'op']
+    """
+    where = node.label
+    fields = _key_fields(where, node.keys, schema)
+    if not node.aggs:
+        raise PlanError(f"{where}: agg needs at least one aggregation, e.g. n=gs.count()")
+    up = changelog_origin(node.input)
+    for name, agg in node.aggs:
+        if not isinstance(agg, Agg):
+            raise PlanError(f"{where} agg {name!r}: {agg!r} is not an aggregation; use e.g. "
+                            "gs.count() or gs.col('v').sum()")
+        if up is not None and (agg.kind not in RETRACTING_AGGS or agg.where is not None):
+            raise PlanError(f"{where} agg {name!r}: its input is a changelog (from "
+                            f"{up.label}), whose -U/-D rows take back earlier rows; over a "
+                            "changelog an aggregation can be count(), count, sum or mean of a "
+                            f"column (without .filter), not {agg!r}")
+        fields.append((name, agg_type(agg, schema, f"{where} agg {name!r}")))
+    fields.append(("op", pa.string()))
+    names = [n for n, _ in fields]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise PlanError(f"{where}: output column(s) {', '.join(clash)} appear twice; rename "
+                        "the aggregation(s) (op is the changelog's row kind)")
+    if node.retention_ms is not None:
+        if node.retention_ms < 0:
+            raise PlanError(f"{where}: retention must be >= 0, got {node.retention_ms} ms")
+        if stream_time(node.input, where) is None:
+            raise PlanError(f"{where}: retention is measured in event time, and the stream "
+                            "has none: pass event_time='<column>' to Pipeline.source, or "
+                            "drop retention (state then grows with the keys)")
+        _, ts_type = event_time_of(node)
+        to_event_units(node.retention_ms, ts_type, f"{where} retention")
+    return pa.schema([pa.field(n, t, nullable=n != "op") for n, t in fields])
 
 
 def _key_fields(where: str, keys: tuple[str, ...], schema: pa.Schema
@@ -1158,7 +1446,7 @@ def over_output_schema(node: OverNode, schema: pa.Schema) -> pa.Schema:
     --------
     >>> import pyarrow as pa
     >>> from gpustream.ingest.arrow import from_arrow
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.expr import col
     >>> s = SourceNode(from_arrow(pa.table({"k": [1], "ts": [1], "v": [2.0]})), "ts", None)
     >>> over_output_schema(OverNode(s, ("k",), 300_000, None, (("n", count()),), "o"),
@@ -1181,9 +1469,11 @@ def over_output_schema(node: OverNode, schema: pa.Schema) -> pa.Schema:
         if node.range_ms < 0:
             raise PlanError(f"{where}: range must be >= 0, got {node.range_ms} ms")
         to_event_units(node.range_ms, ts_type, f"{where} range")
-    elif isinstance(node.rows, bool) or not isinstance(node.rows, int) or node.rows < 0:
+    elif node.rows != UNBOUNDED and (isinstance(node.rows, bool)
+                                     or not isinstance(node.rows, int) or node.rows < 0):
         raise PlanError(f"{where}: rows must be a whole number >= 0 (the rows before the "
-                        f"current one in its frame), got {node.rows!r}")
+                        f"current one in its frame) or 'unbounded' (all of them), got "
+                        f"{node.rows!r}")
     _key_fields(where, node.keys, schema)
     if not node.aggs:
         raise PlanError(f"{where}: agg needs at least one aggregation, e.g. n=gs.count()")

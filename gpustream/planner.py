@@ -11,6 +11,7 @@ from gpustream.backend import Backend
 from gpustream.errors import PlanError
 from gpustream.operators import FilterOp, Operator, ProjectOp
 from gpustream.plan import (
+    UNBOUNDED,
     FilterNode,
     IntervalJoinNode,
     JoinTableNode,
@@ -18,6 +19,8 @@ from gpustream.plan import (
     MapBatchesNode,
     Node,
     OverNode,
+    RegularJoinNode,
+    RunningAggNode,
     SelectNode,
     SourceNode,
     TopKNode,
@@ -25,17 +28,19 @@ from gpustream.plan import (
     WindowAggNode,
     WindowJoinNode,
     WithColumnsNode,
+    changelog_origin,
     event_time_of,
     join_columns,
     lineage,
     map_time,
     output_schema,
     stream_event_time,
+    stream_time,
     time_shift,
     to_event_units,
 )
 from gpustream.sinks import Sink
-from gpustream.windows import Session, Sliding, Tumbling
+from gpustream.windows import Session
 
 if TYPE_CHECKING:
     from gpustream.operators.window import WindowSpec
@@ -72,23 +77,13 @@ def window_spec(node: WindowAggNode, input_schema: pa.Schema, schema: pa.Schema)
     from gpustream.expr import expr_type
     from gpustream.operators.window import AggSpec, WindowSpec
     event_time, ts_type = event_time_of(node)
-    a = node.assigner
     where = node.label
-    size = slide = offset = gap = 0
-    if isinstance(a, Tumbling):
-        size = slide = to_event_units(a.size_ms, ts_type, where)
-        offset = to_event_units(a.offset_ms, ts_type, where)
-    elif isinstance(a, Sliding):
-        size = to_event_units(a.size_ms, ts_type, where)
-        slide = to_event_units(a.slide_ms, ts_type, where)
-        offset = to_event_units(a.offset_ms, ts_type, where) % slide
-    elif isinstance(a, Session):
-        gap = to_event_units(a.gap_ms, ts_type, where)
+    g = node.assigner.geometry(ts_type, where)
     aggs = []
     for name, agg in node.aggs:
         in_type = None if agg.input is None else expr_type(agg.input, input_schema, where)
         aggs.append(AggSpec(name, agg, in_type, schema.field(name).type))
-    return WindowSpec(node.name, node.keys, event_time, size, slide, offset, gap,
+    return WindowSpec(node.name, node.keys, event_time, g.size, g.slide, g.offset, g.gap,
                       to_event_units(node.allowed_lateness_ms, ts_type, where), tuple(aggs),
                       schema, node.allowed_lateness_ms > 0, time_shift(node.input, where))
 
@@ -109,6 +104,10 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
                            to_event_units(delay, ts_type, f"{node.label} watermark"), backend)
     if isinstance(node, WindowAggNode):
         spec = window_spec(node, memo[id(node.input)], schema)
+        if node.assigner.processing_time:
+            from gpustream.operators.proctime import ProcessingTimeWindowOp
+
+            return ProcessingTimeWindowOp(spec, backend)
         if isinstance(node.assigner, Session):
             from gpustream.operators.session import SessionAggOp
 
@@ -116,17 +115,20 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
         return WindowAggOp(spec, backend)
     if isinstance(node, OverNode):
         return _over(node, memo[id(node.input)], schema, backend)
+    if isinstance(node, RunningAggNode):
+        return _running(node, memo[id(node.input)], schema, backend)
     if isinstance(node, TopKNode):
-        from gpustream.operators.topk import TopKOp, TopKSpec
+        from gpustream.operators.topk import TopKOp, TopKSpec, TopNChangelogOp
 
-        return TopKOp(TopKSpec(node.n, node.by, node.descending, node.per, schema), backend)
+        ranked = TopKSpec(node.n, node.by, node.descending, node.per, schema, node.keep_last)
+        return TopNChangelogOp(ranked, backend) if node.over_stream else TopKOp(ranked, backend)
     if isinstance(node, LateNode):
         return Operator()
     if isinstance(node, JoinTableNode):
         from gpustream.operators.lookup import LookupJoinOp
 
         return LookupJoinOp(node, memo[id(node.input)], schema, backend)
-    if isinstance(node, (IntervalJoinNode, WindowJoinNode)):
+    if isinstance(node, (IntervalJoinNode, WindowJoinNode, RegularJoinNode)):
         return _two_stream_join(node, schema, backend, memo)
     if isinstance(node, UnionNode):
         from gpustream.operators.union import UnionOp
@@ -152,14 +154,45 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
 def _over(node: OverNode, input_schema: pa.Schema, schema: pa.Schema,
           backend: Backend) -> Operator:
     """The OVER window operator of ``node``, its frame in event-time units."""
-    from gpustream.operators.over import OverAgg, OverOp, OverSpec
+    from gpustream.operators.over import UNBOUNDED_ROWS, OverAgg, OverOp, OverSpec
 
     event_time, ts_type = event_time_of(node)
     where = node.label
     span = None if node.range_ms is None else to_event_units(node.range_ms, ts_type, where)
     aggs = tuple(OverAgg(name, agg, schema.field(name).type) for name, agg in node.aggs)
-    return OverOp(OverSpec(node.name, node.keys, event_time, span, node.rows, aggs,
-                           input_schema, schema, time_shift(node.input, where)), backend)
+    unbounded = node.rows == UNBOUNDED
+    rows = UNBOUNDED_ROWS if unbounded else node.rows
+    assert rows is None or isinstance(rows, int)
+    return OverOp(OverSpec(node.name, node.keys, event_time, span, rows, aggs,
+                           input_schema, schema, time_shift(node.input, where), unbounded),
+                  backend)
+
+
+def _running(node: RunningAggNode, input_schema: pa.Schema, schema: pa.Schema,
+             backend: Backend) -> Operator:
+    """The running aggregation of ``node``, its retention in event-time units."""
+    from gpustream.expr import expr_type
+    from gpustream.operators.running import RunningAggOp, RunningSpec
+    from gpustream.operators.window import AggSpec
+
+    where = node.label
+    aggs = tuple(AggSpec(name, agg, None if agg.input is None
+                         else expr_type(agg.input, input_schema, where),
+                         schema.field(name).type) for name, agg in node.aggs)
+    retracting = changelog_origin(node.input) is not None
+    try:  # (without one, no retention: the plan checked it)
+        timed = stream_time(node.input, where) is not None
+    except PlanError:  # (a stream whose time no step can read: none for this one)
+        timed = False
+    if not timed:
+        return RunningAggOp(RunningSpec(node.name, node.keys, aggs, schema,
+                                        retracting=retracting), backend)
+    event_time, ts_type = event_time_of(node)
+    retention = (None if node.retention_ms is None
+                 else to_event_units(node.retention_ms, ts_type, where))
+    return RunningAggOp(RunningSpec(node.name, node.keys, aggs, schema, event_time,
+                                    retention, time_shift(node.input, where), retracting),
+                        backend)
 
 
 def _idleness_s(node: Node) -> float | None:
@@ -181,7 +214,7 @@ def _idleness_s(node: Node) -> float | None:
     return None if not limits or None in limits else max(limits)  # type: ignore[type-var]
 
 
-def _two_stream_join(node: IntervalJoinNode | WindowJoinNode, schema: pa.Schema,
+def _two_stream_join(node: IntervalJoinNode | WindowJoinNode | RegularJoinNode, schema: pa.Schema,
                      backend: Backend, memo: dict[int, pa.Schema]) -> Operator:
     from gpustream.operators.join import IntervalJoinOp, JoinSpec, WindowJoinOp, string_key_flags
 
@@ -195,21 +228,16 @@ def _two_stream_join(node: IntervalJoinNode | WindowJoinNode, schema: pa.Schema,
                     tuple(join_columns(where, left, right, node.left_on, node.right_on)),
                     schema, string_key_flags(left, node.left_on), idle,  # type: ignore[arg-type]
                     (lshift, rshift))
+    if isinstance(node, RegularJoinNode):
+        from gpustream.operators.regular_join import RegularJoinOp
+
+        return RegularJoinOp(spec, node.how, None if node.retention_ms is None else
+                             to_event_units(node.retention_ms, ltype, where), backend)
     if isinstance(node, IntervalJoinNode):
         return IntervalJoinOp(spec, to_event_units(node.lower_ms, ltype, where),
                               to_event_units(node.upper_ms, ltype, where), backend)
-    a = node.assigner
-    size = slide = offset = gap = 0
-    if isinstance(a, Tumbling):
-        size = slide = to_event_units(a.size_ms, ltype, where)
-        offset = to_event_units(a.offset_ms, ltype, where) % slide
-    elif isinstance(a, Sliding):
-        size = to_event_units(a.size_ms, ltype, where)
-        slide = to_event_units(a.slide_ms, ltype, where)
-        offset = to_event_units(a.offset_ms, ltype, where) % slide
-    elif isinstance(a, Session):
-        gap = to_event_units(a.gap_ms, ltype, where)
-    return WindowJoinOp(spec, size, slide, offset, gap, backend)
+    g = node.assigner.geometry(ltype, where)
+    return WindowJoinOp(spec, g.size, g.slide, g.offset, g.gap, backend)
 
 
 def build_physical(targets: list[tuple[Node, Sink]], backend: Backend) -> PhysicalPlan:
@@ -237,7 +265,7 @@ def build_physical(targets: list[tuple[Node, Sink]], backend: Backend) -> Physic
             phys[id(n)] = pn
             for port, parent in enumerate(n.inputs):
                 if isinstance(n, LateNode):
-                    phys[id(parent)].side.setdefault("late", []).append(pn)
+                    phys[id(parent)].side.setdefault(n.side_output, []).append(pn)
                 else:
                     if id(pn) in phys[id(parent)].ports:
                         raise PlanError(f"{n.label}: joining a stream with itself is not "

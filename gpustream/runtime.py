@@ -22,8 +22,7 @@ from gpustream.ingest.source import SourceBatch
 from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
 from gpustream.metrics import Metrics
-from gpustream.operators.base import WATERMARK_END, TwoInputOperator
-from gpustream.operators.map import MapBatchesOp
+from gpustream.operators.base import OperatorCounters
 from gpustream.plan import JoinTableNode, SourceNode
 from gpustream.planner import PhysicalNode, PhysicalPlan
 from gpustream.sinks import DeadLetterSink, Sink, write_batch
@@ -105,10 +104,7 @@ class _Runner:
         self.sink_names = {id(s): f"{i}: {s.describe()}" for i, (_, s) in enumerate(plan.sinks)}
 
     def push(self, pn: PhysicalNode, batch: Batch, port: int = 0) -> None:
-        op = pn.op
-        outs = op.process_port(port, batch) if isinstance(op, TwoInputOperator) else \
-            op.process(batch)
-        for out in outs:
+        for out in pn.op.process_port(port, batch):
             self.emit(pn, out)
         self.drain(pn)
 
@@ -122,24 +118,16 @@ class _Runner:
     def advance(self, pn: PhysicalNode, watermark: int, port: int = 0) -> None:
         """The stream's watermark moved: let every operator below fire what is due.
 
-        An operator with two inputs passes on the smaller of its inputs' watermarks,
-        and only when that one moved."""
-        if isinstance(pn.op, TwoInputOperator):
-            outs, combined = pn.op.input_watermark(port, watermark)
-            for out in outs:
-                self.emit(pn, out)
-            self.drain(pn)
-            if combined is None:
-                return
-            watermark = combined
-        else:
-            for out in pn.op.on_watermark(watermark):
-                self.emit(pn, out)
-            self.drain(pn)
-            if isinstance(pn.op, MapBatchesOp) and pn.op.recomputes:  # its watermark is
-                watermark = pn.op.current  # its output's, as a source's is
-                if watermark == NO_WATERMARK:
-                    return
+        Each operator says what it passes on (``Operator.input_watermark``): its input's,
+        the one it computes for its output, or, with several inputs, the smallest of
+        theirs, and only when that one moved (None: nothing to pass on)."""
+        outs, passed = pn.op.input_watermark(port, watermark)
+        for out in outs:
+            self.emit(pn, out)
+        self.drain(pn)
+        if passed is None:
+            return
+        watermark = passed
         for child in pn.children:
             self.advance(child, watermark, pn.ports.get(id(child), 0))
 
@@ -157,21 +145,17 @@ class _Runner:
     def end(self, pn: PhysicalNode, port: int = 0) -> None:
         """An input ended: fire everything (+infinity watermark), flush, and pass it on.
 
-        An operator with two inputs ends when both have; before that, the end of one
+        An operator with several inputs ends when all have; before that, the end of one
         only moves its watermark."""
-        if isinstance(pn.op, TwoInputOperator):
-            outs, combined, done = pn.op.input_ended(port)
-            for out in outs:
-                self.emit(pn, out)
+        outs, passed, done = pn.op.input_ended(port)
+        for out in outs:
+            self.emit(pn, out)
+        if not done:
             self.drain(pn)
-            if not done:
-                if combined is not None:
-                    for child in pn.children:
-                        self.advance(child, combined, pn.ports.get(id(child), 0))
-                return
-        else:
-            for out in pn.op.on_watermark(WATERMARK_END):
-                self.emit(pn, out)
+            if passed is not None:
+                for child in pn.children:
+                    self.advance(child, passed, pn.ports.get(id(child), 0))
+            return
         for out in pn.op.finish():
             self.emit(pn, out)
         self.drain(pn)
@@ -184,9 +168,10 @@ class _Runner:
         if id(pn) in seen:
             return
         seen.add(id(pn))
-        self.stats.late_events += getattr(pn.op, "late_events", 0)
-        self.stats.dropped_memberships += getattr(pn.op, "dropped_memberships", 0)
-        self.stats.bad_records += getattr(pn.op, "no_time_events", 0)
+        counted = pn.op.counters()
+        self.stats.late_events += counted.late_events
+        self.stats.dropped_memberships += counted.dropped_memberships
+        self.stats.bad_records += counted.no_time_events
         for child in [*pn.children, *(c for cs in pn.side.values() for c in cs)]:
             self.collect_counters(child, seen)
 
@@ -217,7 +202,8 @@ def _ingest(node: SourceNode, batches: Iterator[SourceBatch], stager: Stager,
 def _gauges(plan: PhysicalPlan) -> dict[str, int]:
     """Late events and dropped (event, window) pairs so far, windows holding state and
     the bytes of that state (device memory on a GPU), read from the operators."""
-    late = dropped = open_windows = state = 0
+    counted = OperatorCounters()
+    open_windows = state = 0
     seen: set[int] = set()
     todo = list(plan.sources)
     while todo:
@@ -225,15 +211,13 @@ def _gauges(plan: PhysicalPlan) -> dict[str, int]:
         if id(pn) in seen:
             continue
         seen.add(id(pn))
-        late += getattr(pn.op, "late_events", 0)
-        dropped += getattr(pn.op, "dropped_memberships", 0)
-        rows = getattr(pn.op, "state_rows", None)  # operators whose state is not one table
-        open_windows += rows if rows is not None else getattr(getattr(pn.op, "table", None),
-                                                              "live_count", 0)
-        state += pn.op.state_bytes() if hasattr(pn.op, "state_bytes") else 0
+        counted += pn.op.counters()
+        open_windows += pn.op.state_rows or 0
+        state += pn.op.state_bytes()
         todo += [*pn.children, *(c for cs in pn.side.values() for c in cs)]
-    return {"late_events": late, "dropped_memberships": dropped, "open_windows": open_windows,
-            "state_bytes": state}
+    return {"late_events": counted.late_events,
+            "dropped_memberships": counted.dropped_memberships,
+            "open_windows": open_windows, "state_bytes": state}
 
 
 def _source_lag(nodes: list[SourceNode]) -> dict[str, dict[str, int]]:
@@ -285,7 +269,7 @@ def _dictionary_flows(plan: PhysicalPlan, sources: list[dict[str, StringDictiona
 
     def flow_out(pn: PhysicalNode) -> dict[str, StringDictionary]:
         if id(pn) not in out:
-            out[id(pn)] = {**flow_in(pn), **getattr(pn.op, "owned_dictionaries", {})}
+            out[id(pn)] = {**flow_in(pn), **pn.op.owned_dictionaries()}
         return out[id(pn)]
 
     def flow_in(pn: PhysicalNode) -> dict[str, StringDictionary]:
@@ -409,11 +393,9 @@ class _Checkpointer:
             if state:
                 pn.op.restore(state)
         flows = _dictionary_flows(self.plan, self.dictionaries)
-        for _, pn in self.ops:
-            known = getattr(pn.op, "dictionaries", None)
-            if isinstance(known, dict):  # to decode string keys of restored state: the
-                known.update(names)  # dictionaries of the rows it reads, by column name
-                known.update(flows[id(pn)])
+        for _, pn in self.ops:  # to decode string keys of restored state: the
+            # dictionaries of the rows each operator reads, by column name
+            pn.op.restore_dictionaries({**names, **flows[id(pn)]})
         log.info("restored checkpoint %d from %s", ck.seq, self.store.folder)
 
     def done(self, i: int, offset: Any) -> None:
@@ -437,7 +419,8 @@ class _Checkpointer:
                  for col, d in list(ds.items())}
         offsets = {n.name: o for n, o in zip(self.nodes, self.offsets, strict=True)}
         pending = {key: sink.prepare(self.seq) for key, sink in
-                   sorted(self.sinks, key=lambda ks: getattr(ks[1], "commits_in_prepare", False))}
+                   sorted(self.sinks, key=lambda ks: isinstance(ks[1], Sink)
+                          and ks[1].commits_in_prepare)}
         self.store.write(Checkpoint(self.seq, self.store.pipeline, offsets, arrays, dicts,
                                     self.fingerprint, pending))
         for _, sink in self.sinks:
@@ -453,11 +436,9 @@ class _Checkpointer:
 def _check_state(plan: PhysicalPlan, limit: int) -> None:
     """Stop with an error naming the operator whose state outgrew ``limit`` bytes."""
     for opid, pn in _all_nodes(plan):
-        size = pn.op.state_bytes() if hasattr(pn.op, "state_bytes") else 0
+        size = pn.op.state_bytes()
         if size > limit:
-            keys = getattr(pn.op, "state_rows", None)
-            if keys is None:
-                keys = getattr(getattr(pn.op, "table", None), "live_count", None)
+            keys = pn.op.state_rows
             held = f" for {keys:,} open (key, window) states" if keys is not None else ""
             raise StateLimitExceeded(
                 f"{pn.node.label}: its state holds {size:,} bytes{held}, over "
@@ -588,7 +569,7 @@ def execute(plan: PhysicalPlan, pipeline: str, max_events: int | None = None,
                     stats.events_in += batch.num_rows
                     stats.batches_in += 1
                     runner.push(pn, batch)
-                    watermark = getattr(pn.op, "current", None)
+                    watermark = pn.op.output_watermark()
                     if watermark is not None and watermark != NO_WATERMARK:
                         runner.advance(pn, watermark)
                     if max_state_bytes is not None:

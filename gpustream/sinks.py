@@ -20,6 +20,10 @@ class Sink:
     #: set by the runtime before ``open`` when the run takes checkpoints (``restore``,
     #: ``prepare`` and ``commit`` will be called)
     checkpointed_run = False
+    #: True for a sink whose ``prepare`` commits (a transaction): the runtime prepares it
+    #: after the others, so that a failing sink cannot leave its rows visible without a
+    #: checkpoint
+    commits_in_prepare = False
 
     def open(self, schema: pa.Schema) -> None:
         """Called once before the first batch, with the stream's schema."""

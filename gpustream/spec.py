@@ -2,7 +2,7 @@
 
 The spec mirrors the Python API one to one. It is read with YAML's safe loader, each
 part validated by a pydantic model, and expressions (``"price > 100"``, ``"sum(v)"``)
-parsed by :mod:`gpustream.exprtext`, never evaluated. Every error names the file, the
+parsed by :mod:`gpustream.expr.text`, never evaluated. Every error names the file, the
 line, the field and a fix, and is raised before anything runs::
 
     spec.yaml:14: steps[2].agg.x: unknown aggregation 'avgg'; did you mean 'avg'?
@@ -17,7 +17,7 @@ every column is checked against that schema, with a warning, when its file is mi
 A spec cannot make checking it expensive: YAML anchors and aliases (``&a``, ``*a``),
 which can expand a few lines into gigabytes, and nesting deeper than
 :data:`MAX_YAML_DEPTH` are refused before any structure is built, and expression text is
-capped in length and depth (:data:`gpustream.exprtext.MAX_EXPR_CHARS`,
+capped in length and depth (:data:`gpustream.expr.text.MAX_EXPR_CHARS`,
 :data:`gpustream.expr.MAX_EXPR_DEPTH`).
 """
 
@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
 from gpustream.errors import GpustreamError, PlanError
-from gpustream.exprtext import parse_agg, parse_expr
+from gpustream.expr.text import parse_agg, parse_expr
 
 __all__ = ["Spec", "SpecCheck", "SpecError", "build_pipeline", "check_spec", "load_spec",
            "pipeline_from_spec"]
@@ -126,12 +126,14 @@ class SinkSpec(_Model):
     bootstrap: str | None = None
     format: Literal["json", "arrow"] = "json"
     key: str | None = None
+    upsert: bool = False
     url: str | None = None
     stream: str | None = None
 
 
 class WindowSpec(_Model):
-    """``window:`` (exactly one of tumbling, sliding + slide, session)."""
+    """``window:`` (exactly one of tumbling, sliding + slide, session; ``time: processing``
+    windows tumbling or sliding by the wall clock, :class:`gpustream.ProcessingTime`)."""
 
     tumbling: Duration | None = None
     sliding: Duration | None = None
@@ -140,6 +142,7 @@ class WindowSpec(_Model):
     offset: Duration = 0
     name: str | None = None
     allowed_lateness: Duration = 0
+    time: Literal["event", "processing"] = "event"
 
 
 class OverSpec(_Model):
@@ -147,9 +150,17 @@ class OverSpec(_Model):
     here, or in an ``agg:`` step right after it)."""
 
     range: Duration | None = None
-    rows: StrictInt | None = None
+    rows: StrictInt | Literal["unbounded"] | None = None
     name: str | None = Field(None, alias="as")
     agg: dict[str, Any] | None = None
+
+
+class KeyBySpec(_Model):
+    """``key_by:`` in its long form: the key columns and, for an ``agg:`` right after it
+    (no window: a running aggregation), the state's retention."""
+
+    columns: str | list[str]
+    retention: Duration | None = None
 
 
 class CheckpointSpec(_Model):
@@ -176,7 +187,7 @@ class Spec(_Model):
 
 
 STEP_KINDS = ("filter", "with_columns", "select", "key_by", "window", "over", "agg",
-              "top_k", "join_table", "window_join", "interval_join", "union")
+              "top_k", "join_table", "window_join", "interval_join", "join", "union")
 
 
 # -- locating fields in the YAML text ---------------------------------------------------
@@ -608,7 +619,7 @@ def _sink(s: SinkSpec, path: tuple[Any, ...], where: _Where, base: Path) -> Any:
     if s.type == "kafka":
         _need(s, ["topic", "bootstrap"], path, where, "kafka")
         return gs.to_kafka(s.topic, s.bootstrap, format=s.format,  # type: ignore[arg-type]
-                           key=s.key)
+                           key=s.key, upsert=s.upsert)
     _need(s, ["url", "stream"], path, where, "redis_stream")
     return gs.to_redis_stream(s.url, s.stream)  # type: ignore[arg-type]
 
@@ -627,7 +638,7 @@ def _stream_of(p: Any, s: SourceSpec, path: tuple[Any, ...], where: _Where) -> A
 
 
 #: the steps one of which must come right after these
-_NEXT = {"key_by": ("window", "over"), "window": ("agg",), "over": ("agg",)}
+_NEXT = {"key_by": ("window", "over", "agg"), "window": ("agg",), "over": ("agg",)}
 
 
 def build_pipeline(spec: Spec, where: _Where, engine: str | None = None,
@@ -760,10 +771,12 @@ def _order(previous: str | None, kind: str) -> str | None:
     """What is wrong with ``kind`` coming right after ``previous`` (None: nothing)."""
     if previous in _NEXT and kind not in _NEXT[previous]:
         steps = "over, agg (or over with agg: inside)" if previous == "over" else "window, agg"
+        if previous == "key_by":
+            steps = "window or over, then agg; or agg right after key_by (no window)"
         return (f"{kind} cannot come right after {previous}: the steps go key_by (optional), "
                 f"{steps}")
-    if kind == "agg" and previous not in ("window", "over"):
-        return "agg needs a window or over step before it"
+    if kind == "agg" and previous not in ("window", "over", "key_by"):
+        return "agg needs a key_by, window or over step before it"
     return None
 
 
@@ -806,6 +819,17 @@ class IntervalJoinSpec(_Model):
     upper: Duration
 
 
+class RegularJoinSpec(_Model):
+    """``join:``: the other stream as a source spec, the key, ``how`` and the state's
+    ``retention`` (``Stream.join``; none: rows are kept forever)."""
+
+    other: SourceSpec
+    on: str | list[str] | list[list[str]]
+    how: Literal["inner", "left", "right", "full"] = "inner"
+    retention: Duration | None = None
+    name: str | None = None
+
+
 class UnionSpec(_Model):
     """``union:``: the other stream(s), each a source spec with the same columns."""
 
@@ -820,6 +844,7 @@ class TopKSpec(_Model):
     by: str
     per: str | list[str] = []
     descending: bool = True
+    ties: Literal["first", "last"] = "first"
 
 
 class JoinTableSpec(_Model):
@@ -846,13 +871,18 @@ def _window(w: WindowSpec, path: tuple[Any, ...], where: _Where) -> Any:
     given = [k for k in ("tumbling", "sliding", "session") if getattr(w, k) is not None]
     if len(given) != 1:
         raise where.error(path, "give exactly one of tumbling, sliding (with slide) or session")
+    if w.time == "processing" and w.session is not None:
+        raise where.error((*path, "time"), "processing-time windows are tumbling or sliding; "
+                                           "use time: event for a session")
     if w.tumbling is not None:
-        return gs.Tumbling(w.tumbling, offset=w.offset)
-    if w.sliding is not None:
+        window: Any = gs.Tumbling(w.tumbling, offset=w.offset)
+    elif w.sliding is not None:
         if w.slide is None:
             raise where.error((*path, "slide"), "is required with sliding")
-        return gs.Sliding(w.sliding, w.slide, offset=w.offset)
-    return gs.Session(w.session)  # type: ignore[arg-type]
+        window = gs.Sliding(w.sliding, w.slide, offset=w.offset)
+    else:
+        return gs.Session(w.session)  # type: ignore[arg-type]
+    return gs.ProcessingTime(window) if w.time == "processing" else window
 
 
 def _names(arg: Any, path: tuple[Any, ...], where: _Where) -> list[str]:
@@ -882,6 +912,11 @@ def _step(kind: str, arg: Any, path: tuple[Any, ...], where: _Where,
         ij = _validate(IntervalJoinSpec, arg, path, where)
         other = _stream_of(p, ij.other, (*path, "other"), where)
         return lambda s: s.interval_join(other, on=_on(ij.on), lower=ij.lower, upper=ij.upper)
+    if kind == "join":
+        rj = _validate(RegularJoinSpec, arg, path, where)
+        other_j = _stream_of(p, rj.other, (*path, "other"), where)
+        return lambda s: s.join(other_j, on=_on(rj.on), how=rj.how, retention=rj.retention,
+                                name=rj.name)
     if kind == "window_join":
         wj = _validate(WindowJoinSpec, arg, path, where)
         parts = _gather([lambda: _stream_of(p, wj.other, (*path, "other"), where),
@@ -896,7 +931,8 @@ def _step(kind: str, arg: Any, path: tuple[Any, ...], where: _Where,
         return lambda s: s.union(*others)
     if kind == "top_k":
         t = _validate(TopKSpec, arg, path, where)
-        return lambda s: s.top_k(t.n, by=t.by, per=t.per, descending=t.descending)
+        return lambda s: s.top_k(t.n, by=t.by, per=t.per, descending=t.descending,
+                                 ties=t.ties)
     if kind == "join_table":
         j = _validate(JoinTableSpec, arg, path, where)
         if "tables" in where.bad:
@@ -919,7 +955,14 @@ def _step(kind: str, arg: Any, path: tuple[Any, ...], where: _Where,
         cols = _names(arg, path, where)
         return lambda s: s.select(*cols)
     if kind == "key_by":
-        keys = _names(arg, path, where)
+        if isinstance(arg, dict):  # {columns: [...], retention: 1h}
+            k = _validate(KeyBySpec, arg, path, where)
+            keys = _names(k.columns, (*path, "columns"), where)
+            if k.retention is not None:
+                retention = k.retention
+                return lambda s: s.key_by(*keys).with_retention(retention)
+        else:
+            keys = _names(arg, path, where)
         return lambda s: s.key_by(*keys)
     if kind == "window":
         w = _validate(WindowSpec, arg, path, where)
@@ -930,7 +973,7 @@ def _step(kind: str, arg: Any, path: tuple[Any, ...], where: _Where,
         if (o.range is None) == (o.rows is None):
             raise where.error(path, "give exactly one of range (event time, e.g. 5m) and rows "
                                     "(a number of preceding rows)")
-        if o.rows is not None and o.rows < 0:
+        if isinstance(o.rows, int) and o.rows < 0:
             raise where.error((*path, "rows"), f"must be >= 0 (got {o.rows})")
         if o.agg is None:
             return lambda s: s.over(range=o.range, rows=o.rows, name=o.name)

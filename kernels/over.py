@@ -21,7 +21,8 @@ import numpy as np
 
 from gpustream.kernels.cache import CACHE
 
-__all__ = ["frame_bounds", "frame_count", "frame_extreme", "frame_sum", "merge_order"]
+__all__ = ["frame_bounds", "frame_count", "frame_extreme", "frame_sum", "merge_order",
+           "running_sum"]
 
 
 @numba.njit(nogil=True, cache=CACHE)
@@ -152,6 +153,64 @@ def frame_sum(values: Any, valid: Any, group: Any, lo: Any, hi: Any, rows: Any,
     _prefix(values.astype(dtype, copy=False), valid, group, prefix)
     _frame_diff(prefix, group, lo, hi, rows, out)
     return out
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def _seeded2(values, valid, group, s_hi, s_lo, hi, lo):  # type: ignore[no-untyped-def]
+    """:func:`_prefix2` starting each key at the double-double ``s_hi + s_lo`` of its
+    first row (``hi[i]``/``lo[i]``: the sum up to row ``i``, inclusive)."""
+    for i in range(values.shape[0]):
+        v = values[i] if valid[i] else 0.0
+        first = group[i] == i
+        a = s_hi[i] if first else hi[i - 1]
+        c = s_lo[i] if first else lo[i - 1]
+        s = a + v
+        bb = s - a
+        err = (a - (s - bb)) + (v - bb)
+        hi[i] = s
+        lo[i] = c + err
+
+
+@numba.njit(nogil=True, cache=CACHE)
+def _seeded(values, valid, group, start, out):  # type: ignore[no-untyped-def]
+    for i in range(values.shape[0]):
+        v = values[i] if valid[i] else 0
+        out[i] = (start[i] if group[i] == i else out[i - 1]) + v
+
+
+def running_sum(values: Any, valid: Any, group: Any, rows: Any, s_hi: Any, s_lo: Any,
+                dtype: Any) -> tuple[Any, Any, Any]:
+    """Each of ``rows``' sum of its key's valid values up to it (an unbounded frame), a
+    key starting from ``s_hi + s_lo`` (given at its first row: the sum of its rows
+    before these): the sum (``dtype``), and its exact parts ``hi``, ``lo`` (floats: a
+    double-double, so the sum does not depend on where the rows before were cut; ints:
+    ``lo`` is 0) to start from next time.
+
+    Examples
+    --------
+    >>> v = np.array([0.1, 0.2, 1e16, -1e16]); g = np.array([0, 0, 2, 2])
+    >>> s, hi, lo = running_sum(v, np.ones(4, bool), g, np.arange(4), np.array([1.0, 0, 0, 0]),
+    ...                         np.zeros(4), np.float64)
+    >>> s.tolist()[:2], float(s[3])
+    ([1.1, 1.3], 0.0)
+    >>> running_sum(np.array([3, 4]), np.ones(2, bool), np.zeros(2, np.int64), np.arange(2),
+    ...             np.array([10, 0]), np.zeros(2), np.int64)[0].tolist()
+    [13, 17]
+    """
+    n = values.shape[0]
+    if np.dtype(dtype).kind == "f":
+        hi = np.empty(n, dtype=np.float64)
+        lo = np.empty(n, dtype=np.float64)
+        _seeded2(values.astype(np.float64, copy=False), valid, group,
+                 s_hi.astype(np.float64, copy=False), s_lo.astype(np.float64, copy=False),
+                 hi, lo)
+        h, low = hi[rows], lo[rows]
+        return h + low, h, low
+    out = np.empty(n, dtype=np.int64)
+    _seeded(values.astype(np.int64, copy=False), valid, group,
+            s_hi.astype(np.int64, copy=False), out)
+    total = out[rows]
+    return total.astype(dtype, copy=False), total, np.zeros(rows.shape[0])
 
 
 def frame_count(valid: Any, group: Any, lo: Any, hi: Any, rows: Any) -> Any:

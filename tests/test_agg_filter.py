@@ -14,7 +14,7 @@ import pytest
 import gpustream as gs
 from gpustream.backend import Backend
 from gpustream.errors import PlanError
-from gpustream.exprtext import parse_agg
+from gpustream.expr.text import parse_agg
 from gpustream.kernels.fused_window import FUSED_KINDS
 from gpustream.operators.window import AggSpec, WindowSpec
 from gpustream.state.window_store import make_store

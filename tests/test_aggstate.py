@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gpustream as gs
-from gpustream.aggs import AGG_KINDS, Agg
 from gpustream.backend import select_backend
+from gpustream.expr import AGG_KINDS, Agg
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.state.aggstate import UpdateContext, make_state
 from gpustream.state.table import SlotTable

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+from collections.abc import Callable
+from graphlib import TopologicalSorter
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -53,8 +57,46 @@ def test_result_types_follow_weak_literals() -> None:
 def test_expression_has_no_truth_value() -> None:
     with pytest.raises(TypeError, match=r"combine conditions with & \| ~"):
         bool(gs.col("a") > 1)
-    with pytest.raises(TypeError, match="literal"):
-        gs.lit([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: gs.lit([1, 2]), r"literal \[1, 2\] of type list is not supported"),  # type: ignore[arg-type]
+    (lambda: gs.col(3), r"col\(\) takes a column name \(a non-empty str\), got 3"),  # type: ignore[arg-type]
+    (lambda: gs.col(""), r"col\(\) takes a column name"),
+    (lambda: gs.col("a").cast("int99"), r"cast\(\): unknown type 'int99'; use e.g. 'int64'"),
+    (lambda: gs.col("a").cast(dict), r"cast\(\): unknown type"),
+    (lambda: gs.col("a") * [1], r"literal \[1\] of type list"),
+    (lambda: gs.col("a").max_by(1),  # type: ignore[arg-type]
+     r"max_by\(\) takes a column name or an expression"),
+])
+def test_builder_errors_are_plan_errors(build: Callable[[], object], message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        build()
+
+
+def test_an_aggregation_is_an_expression_refused_outside_an_agg_step() -> None:
+    agg = gs.col("a").sum().filter(gs.col("f"))
+    assert isinstance(agg, gs.Expr) and isinstance(gs.count(), gs.Expr)
+    assert agg.columns() == {"a", "f"}
+    with pytest.raises(PlanError, match=r"step 3 \(filter\): col\('a'\).sum\(\) is an "
+                                        r"aggregation, which only an agg step computes"):
+        expr_type(gs.col("a").sum() > 1, SCHEMA, "step 3 (filter)")
+    batch = Batch.from_arrow(pa.record_batch({"a": [1, 2]}))
+    with pytest.raises(PlanError, match="cannot be evaluated as a column"):
+        evaluate(gs.col("a").sum(), batch, np)
+
+    def source() -> gs.Stream:
+        p = gs.Pipeline(engine="cpu")
+        return p.source(gs.from_arrow({"ts": [1, 2], "a": [1, 2]}), event_time="ts")
+
+    with pytest.raises(PlanError, match=r"step 1 \(with_columns\) column 'm': col\('a'\).max\(\) "
+                                        "is an aggregation"):
+        source().with_columns(m=gs.col("a").max()).collect()
+    with pytest.raises(PlanError, match=r"step 1 \(filter\) predicate: col\('a'\).sum\(\) is an "
+                                        "aggregation"):
+        source().filter(gs.col("a").sum() > 1).collect()
+    with pytest.raises(PlanError, match=r"agg 'm': col\('a'\).sum\(\) is an aggregation"):
+        source().window(gs.Tumbling(10)).agg(m=gs.col("a").sum().max()).collect()
 
 
 def _random_batch(seed: int, n: int = 2000) -> tuple[pa.RecordBatch, Batch]:
@@ -128,3 +170,32 @@ def test_string_equality_uses_dictionary_codes() -> None:
     assert eq == [True, None, False, True, False]
     assert ne == [False, None, True, False, True]
     assert missing == [False, None, False, False, False]
+
+
+def test_the_expression_modules_import_one_way() -> None:
+    """No import cycle among gpustream.expr's modules (``Agg`` is a node of nodes.py, so
+    aggregations and expressions do not import each other). The only imports against the
+    order are the three builders of nodes.py that import their family when called:
+    ``expr.str``, ``expr.dt``, ``expr.is_in``."""
+    root = Path(gs.__file__).parent / "expr"
+    edges: set[tuple[str, str, bool]] = set()  # (importer, imported, at module level)
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for top in tree.body if isinstance(top, ast.If)
+                       and ast.unparse(top.test) == "TYPE_CHECKING" for n in ast.walk(top)}
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            edges.update((path.stem, name.split(".")[2], id(node) in top_level)
+                         for name in names if name.startswith("gpustream.expr."))
+    lazy = {(a, b) for a, b, top in edges if not top}
+    assert lazy == {("nodes", "strings"), ("nodes", "time"), ("nodes", "when")}
+    graph: dict[str, set[str]] = {}
+    for a, b, top in edges:
+        if top:
+            graph.setdefault(a, set()).add(b)
+    assert "nodes" not in graph  # nodes.py imports no other module of the package
+    tuple(TopologicalSorter(graph).static_order())  # raises CycleError on a cycle

@@ -15,11 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import gpustream as gs
-import gpustream.expr_strings as es
+import gpustream.expr.strings as es
 from gpustream.batch import Batch
 from gpustream.errors import PlanError
-from gpustream.expr import evaluate, expr_type
-from gpustream.expr_strings import concat_str
+from gpustream.expr import concat_str, evaluate, expr_type
 from gpustream.spec import pipeline_from_spec
 
 _PIECES = ["Ab", "ab", "x", "é", "ÄÖ", "12", "7", "-", "-", "/", "_", "zz", "Q9", ""]

@@ -11,7 +11,7 @@ import pytest
 import gpustream as gs
 from gpustream.errors import PlanError
 from gpustream.expr import expr_type
-from gpustream.exprtext import parse_expr
+from gpustream.expr.text import parse_expr
 from tests.test_expr_strings import _duckdb, _strings, run_spec
 
 

@@ -24,8 +24,8 @@ import gpustream.kernels.fused_dense as fused_dense
 import gpustream.operators.window as window_mod
 import gpustream.state.store_cpu_panes as fused_mod
 import gpustream.state.window_pages as pages_mod
-from gpustream.aggs import count
 from gpustream.backend import select_backend
+from gpustream.expr import count
 from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
 from gpustream.state.store_cpu_panes import CpuPaneStore
 from gpustream.state.store_table import TableStore

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import gpustream as gs
 from gpustream.backend import select_backend
 from gpustream.errors import PlanError
-from gpustream.exprtext import parse_agg
+from gpustream.expr.text import parse_agg
 from gpustream.kernels.aggregate import update_argbest
 from tests.conftest import cudasim_on
 
@@ -291,7 +291,7 @@ def test_merge_equals_update_of_concatenation(kind: str,
                                               parts: list[list[tuple[int | None, int]]]) -> None:
     """Session merges: the parts folded into slots of their own and merged equal the rows
     folded into one slot (ties of the by value across parts go to the earliest row)."""
-    from gpustream.aggs import ByInput, order_key
+    from gpustream.expr import ByInput, order_key
     from gpustream.state.aggstate import UpdateContext, make_state
     from gpustream.state.table import SlotTable
 

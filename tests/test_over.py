@@ -112,7 +112,8 @@ def _same(got: pa.Table, want: pa.Table) -> None:
 FRAMES = [({"range": 300}, "RANGE BETWEEN 300 PRECEDING"),
           ({"range": 0}, "RANGE BETWEEN 0 PRECEDING"),
           ({"rows": 3}, "ROWS BETWEEN 3 PRECEDING"),
-          ({"rows": 0}, "ROWS BETWEEN 0 PRECEDING")]
+          ({"rows": 0}, "ROWS BETWEEN 0 PRECEDING"),
+          ({"rows": "unbounded"}, "ROWS BETWEEN UNBOUNDED PRECEDING")]
 
 
 @pytest.mark.parametrize("keys", [("k",), ("s", "k"), ()])
@@ -139,7 +140,7 @@ def test_a_range_of_event_time_with_an_interval_matches_duckdb() -> None:
 
 @settings(max_examples=25)
 @given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4),
-       frame=st.sampled_from([{"range": 120}, {"rows": 2}]))
+       frame=st.sampled_from([{"range": 120}, {"rows": 2}, {"rows": "unbounded"}]))
 def test_the_output_does_not_depend_on_batching(sizes: list[int], frame: dict[str, Any]
                                                 ) -> None:
     table = _events(300, seed=3)
@@ -169,7 +170,8 @@ def test_state_is_bounded_by_the_frame_and_the_pending_rows(
     n = 20_000
     table = pa.table({"k": np.arange(n) % 4, "ts": np.arange(n, dtype=np.int64) * 10})
     real = OverOp.on_watermark
-    for frame, bound in (({"range": 500}, 50 + 20 + 50), ({"rows": 7}, 4 * 7 + 20 + 50)):
+    for frame, bound in (({"range": 500}, 50 + 20 + 50), ({"rows": 7}, 4 * 7 + 20 + 50),
+                         ({"rows": "unbounded"}, 20 + 50)):
         seen: list[tuple[int, int]] = []
 
         def spy(self: OverOp, w: int, seen: list[tuple[int, int]] = seen) -> list[Any]:
@@ -221,7 +223,7 @@ def _crash_build(table: pa.Table, frame: dict[str, Any]) -> Any:
     return build
 
 
-@pytest.mark.parametrize("frame", [{"range": 400}, {"rows": 4}])
+@pytest.mark.parametrize("frame", [{"range": 400}, {"rows": 4}, {"rows": "unbounded"}])
 def test_a_crashed_run_resumes_from_its_checkpoint(backend: Backend, frame: dict[str, Any],
                                                    tmp_path: Path) -> None:
     table = _events(600 if cudasim_on() else 1500, seed=5)
@@ -237,7 +239,7 @@ def test_a_crashed_run_resumes_from_its_checkpoint(backend: Backend, frame: dict
 
 def test_the_device_backends_give_the_cpu_result(device_backend: Backend) -> None:
     table = _events(400, seed=9)
-    for frame in ({"range": 200}, {"rows": 2}):
+    for frame in ({"range": 200}, {"rows": 2}, {"rows": "unbounded"}):
         want, want_late, _ = _run(table, ("s",), frame, batch_rows=64)
         got, late, stats = _run(table, ("s",), frame, batch_rows=64,
                                 engine=device_backend.name)
@@ -336,3 +338,30 @@ def test_spec_errors_name_the_step_and_the_fix(tmp_path: Path, steps: str, messa
     with pytest.raises(SpecError) as caught:
         pipeline_from_spec(_spec(tmp_path, steps, late=False))
     assert any(message in m for m in caught.value.messages), caught.value.messages
+
+
+def test_a_spec_runs_an_unbounded_frame_as_row_numbers(tmp_path: Path) -> None:
+    """``rows: unbounded``: count() is SQL's ROW_NUMBER(), the sums running totals."""
+    import pyarrow.parquet as pq
+
+    table = _events(500, seed=2)
+    pq.write_table(table, tmp_path / "ev.parquet")
+    spec = tmp_path / "rn.yaml"
+    spec.write_text(f"""
+name: rn
+engine: cpu
+source: {{type: parquet, path: {tmp_path / 'ev.parquet'}, event_time: ts, watermark: {DELAY}ms}}
+steps:
+  - key_by: s
+  - over: {{rows: unbounded, agg: {{rn: count(), total: sum(i)}}}}
+sink: {{type: parquet, path: {tmp_path / 'out'}}}
+""")
+    pipeline_from_spec(spec).run()
+    got = pq.read_table(tmp_path / "out").sort_by([("ts", "ascending"), ("id", "ascending")])
+    con = duckdb.connect()
+    con.register("t", table.filter(pa.array(_on_time(table))))
+    want = con.sql("SELECT row_number() OVER w AS rn, CAST(sum(i) OVER w AS BIGINT) AS total "
+                   "FROM t WINDOW w AS (PARTITION BY s ORDER BY ts, id ROWS UNBOUNDED "
+                   "PRECEDING) ORDER BY ts, id").to_arrow_table()
+    assert got["rn"].to_pylist() == want["rn"].to_pylist()
+    assert got["total"].to_pylist() == want["total"].to_pylist()

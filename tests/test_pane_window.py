@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import gpustream as gs
 import gpustream.state.device_panes as panes_mod
-from gpustream.aggs import count
 from gpustream.backend import Backend, select_backend
+from gpustream.expr import count
 from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
 from gpustream.state.store_cpu_panes import CpuPaneStore
 from gpustream.state.store_gpu_panes import GpuPaneStore

@@ -23,10 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpustream as gs
-from gpustream.aggs import count
 from gpustream.backend import select_backend
 from gpustream.batch import Batch
-from gpustream.operators.session import OPS, SessionAggOp
+from gpustream.changelog import OPS
+from gpustream.expr import count
+from gpustream.operators.session import SessionAggOp
 from gpustream.operators.window import AggSpec, WindowSpec
 
 GAP, DELAY = 300, 200

@@ -287,7 +287,8 @@ def test_every_spec_error_in_one_go_without_cascades(tmp_path: Path) -> None:
         pipeline_from_spec(_spec(tmp_path, order, "order.yaml"))
     got = [m.split("order.yaml:", 1)[1] for m in caught.value.messages]
     assert got == ["4: steps[1].filter: filter cannot come right after key_by: the steps go "
-                   "key_by (optional), window, agg",
+                   "key_by (optional), window or over, then agg; or agg right after "
+                   "key_by (no window)",
                    "5: steps[2].window: window needs an agg step after it"], got
 
 

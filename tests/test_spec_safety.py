@@ -20,7 +20,7 @@ import yaml
 import gpustream as gs
 from gpustream.errors import PlanError
 from gpustream.expr import MAX_EXPR_DEPTH, check_expr_size
-from gpustream.exprtext import MAX_EXPR_CHARS, parse_agg, parse_expr
+from gpustream.expr.text import MAX_EXPR_CHARS, parse_agg, parse_expr
 from gpustream.spec import MAX_SPEC_BYTES, MAX_YAML_DEPTH, check_spec, pipeline_from_spec
 
 #: "billion laughs": 9 ** 8 (43 million) strings once the aliases are expanded

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 import gpustream as gs
-from gpustream.aggs import Agg, count
 from gpustream.backend import Backend, select_backend
+from gpustream.expr import Agg, count
 from gpustream.kernels.aggregate import hll_update
 from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
 from gpustream.state.aggstate import HllState, UpdateContext, make_state, sparse_limit

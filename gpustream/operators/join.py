@@ -334,11 +334,14 @@ class _JoinBase(TwoInputOperator):
         raise NotImplementedError
 
     # -- pairing (GPU) ----------------------------------------------------------------------
-    def _pairs(self, probe: _Rows, build: _Rows, fits: Any) -> list[tuple[Any, Any]]:
-        """(probe row, build row) index pairs with equal keys for which ``fits(p, b)``."""
+    def _pairs(self, probe: _Rows, build: _Rows, fits: Any,
+               presorted: bool = False) -> list[tuple[Any, Any]]:
+        """(probe row, build row) index pairs with equal keys for which ``fits(p, b)``
+        (``presorted``: the build rows are in hash order already)."""
         xp = self.xp
-        order = xp.argsort(build.hashes, kind="stable")
-        sorted_h = build.hashes[order]
+        order = xp.arange(build.hashes.shape[0]) if presorted else \
+            xp.argsort(build.hashes, kind="stable")
+        sorted_h = build.hashes if presorted else build.hashes[order]
         # searching sorted needles walks the build side once instead of jumping about
         p_order = xp.argsort(probe.hashes)
         needles = probe.hashes[p_order]

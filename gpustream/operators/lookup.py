@@ -193,6 +193,11 @@ class LookupJoinOp(TwoInputOperator):
         return []
 
     # -- checkpoints (a table kept current by a changelog) ---------------------------------
+    @property
+    def state_rows(self) -> int:
+        """Keys the table holds."""
+        return int(self.table.live_count)
+
     def state_bytes(self) -> int:
         """Bytes of the table: its keys and its columns' rows."""
         return self.table.state_bytes() + array_bytes(*self.data.values(), *self.valid.values())

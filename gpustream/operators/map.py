@@ -93,8 +93,10 @@ class ProjectOp(Operator):
         self._dtypes = {f.name: physical_dtype(f.type, column=f.name) for f in schema}
         self.recoder = Recoder([name for name, _ in exprs
                                 if is_string_type(schema.field(name).type)], backend)
-        #: the dictionary of each computed string column (decodes it after a restore)
-        self.owned_dictionaries = self.recoder.dictionaries
+
+    def owned_dictionaries(self) -> dict[str, StringDictionary]:
+        """The dictionary of each computed string column (decodes it after a restore)."""
+        return self.recoder.dictionaries
 
     def process(self, batch: Batch) -> list[Batch]:
         columns = dict(batch.columns) if self.keep_input else {}
@@ -108,9 +110,9 @@ class ProjectOp(Operator):
             dtype = self._dtypes[name]
             if values.dtype != dtype:
                 values = values.astype(dtype)
-            if name in self.owned_dictionaries:
+            if name in self.recoder.dictionaries:
                 values = self.recoder.recode(name, out.dictionary, values)
-                dictionaries[name] = self.owned_dictionaries[name]
+                dictionaries[name] = self.recoder.dictionaries[name]
             elif out.dictionary is not None:
                 dictionaries[name] = out.dictionary
             else:
@@ -167,20 +169,23 @@ class MapBatchesOp(Operator):
         self.label = label
         self.backend = backend
         #: this step's dictionary of each string column it returns
-        self.owned_dictionaries: dict[str, StringDictionary] = {}
+        self.owned: dict[str, StringDictionary] = {}
         self._watermarks = (None if event_time is None
                             else WatermarkOp(event_time[0], event_time[1], backend))
-
-    @property
-    def recomputes(self) -> bool:
-        """Whether this step computes its output's watermarks (its input has an event
-        time); otherwise its input's watermark passes through."""
-        return self._watermarks is not None
 
     @property
     def current(self) -> int:
         """This step's watermark (``NO_WATERMARK`` before a row with an event time)."""
         return NO_WATERMARK if self._watermarks is None else self._watermarks.current
+
+    def output_watermark(self) -> int | None:
+        """With an event time, this step computes its output's watermark
+        (:attr:`current`); without one, its input's passes through (None)."""
+        return None if self._watermarks is None else self._watermarks.current
+
+    def owned_dictionaries(self) -> dict[str, StringDictionary]:
+        """This step's dictionary of each string column it returns."""
+        return self.owned
 
     def _checked(self, out: Any) -> pa.RecordBatch:
         """``fn``'s result as a record batch of the declared schema."""
@@ -219,7 +224,7 @@ class MapBatchesOp(Operator):
         except Exception as exc:
             raise MapBatchesError(f"{self.label}: the function raised "
                                   f"{type(exc).__name__}: {exc}") from exc
-        result = Batch.from_arrow(self._checked(out), self.owned_dictionaries)
+        result = Batch.from_arrow(self._checked(out), self.owned)
         result = result.to_device(self.backend)
         if self._watermarks is not None:
             result = self._watermarks.process(result)[0]
@@ -230,10 +235,10 @@ class MapBatchesOp(Operator):
         from gpustream.operators.join import strings_state
 
         state = {} if self._watermarks is None else self._watermarks.snapshot()
-        names = sorted(self.owned_dictionaries)
+        names = sorted(self.owned)
         state.update(strings_state("columns", pa.array(names, pa.string())))
         for i, name in enumerate(names):
-            state.update(strings_state(f"dictionary{i}", self.owned_dictionaries[name].values))
+            state.update(strings_state(f"dictionary{i}", self.owned[name].values))
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -243,5 +248,5 @@ class MapBatchesOp(Operator):
             self._watermarks.restore(state)
         names = strings_from_state(state, "columns").to_pylist() if state else []
         for i, name in enumerate(names):
-            self.owned_dictionaries[name] = StringDictionary(
+            self.owned[name] = StringDictionary(
                 strings_from_state(state, f"dictionary{i}"))

@@ -37,28 +37,31 @@ scans is future work.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from gpustream.aggs import Agg
-from gpustream.backend import Backend
+from gpustream.backend import Backend, select_backend
 from gpustream.batch import Batch, physical_dtype
-from gpustream.expr import evaluate
+from gpustream.expr import Agg, evaluate
+from gpustream.ingest.dictionary import StringDictionary
 from gpustream.kernels.over import (
     frame_bounds,
     frame_count,
     frame_extreme,
     frame_sum,
     merge_order,
+    running_sum,
 )
 from gpustream.operators.base import WATERMARK_END, Operator
 from gpustream.state.keyed import key_words
+from gpustream.state.table import SlotTable
 from gpustream.watermark import NO_WATERMARK
 
-__all__ = ["OverAgg", "OverOp", "OverSpec"]
+__all__ = ["UNBOUNDED_ROWS", "OverAgg", "OverOp", "OverSpec"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,13 @@ class OverSpec:
     input_schema: pa.Schema
     schema: pa.Schema
     time_shift: int = 0
+    #: ROWS UNBOUNDED PRECEDING (``rows`` is then :data:`UNBOUNDED_ROWS`): emitted rows
+    #: are not kept, each key's aggregates so far are (``carry``)
+    unbounded: bool = False
+
+
+#: the ``rows`` of an unbounded frame: more than any key's rows
+UNBOUNDED_ROWS = 2**62
 
 
 def _agg_col(i: int) -> str:
@@ -100,7 +110,7 @@ class OverOp(Operator):
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> from gpustream.expr import col
     >>> rows = pa.schema({"k": pa.int64(), "ts": pa.int64(), "v": pa.int64()})
@@ -144,12 +154,35 @@ class OverOp(Operator):
         #: the first ``n_sorted`` kept rows are sorted by (key, event time, arrival); the
         #: rest came after them, in arrival order
         self.n_sorted = 0
+        #: an unbounded frame: per key, each aggregate's parts over its emitted rows
+        #: (``n<i>`` rows or values, ``h<i>`` + ``l<i>`` sum, ``x<i>`` min or max)
+        self.carry = self._new_carry() if spec.unbounded else None
+
+    def _new_carry(self) -> SlotTable:
+        """An empty table of keys' parts so far (an unbounded frame)."""
+        spec = self.spec
+        carry = SlotTable(len(spec.keys) + 1, np, select_backend("cpu"))
+        for i, a in enumerate(spec.aggs):
+            carry.add_column(f"n{i}", np.int64, 0)
+            kind = a.agg.kind
+            if kind in ("sum", "mean"):
+                dtype = physical_dtype(a.out_type)
+                acc = np.float64 if kind == "mean" or dtype.kind == "f" else np.int64
+                carry.add_column(f"h{i}", acc, 0)  # the sum so far, exactly:
+                carry.add_column(f"l{i}", np.float64, 0)  # (a double-double)
+            elif kind in ("min", "max"):
+                carry.add_column(f"x{i}", physical_dtype(a.out_type), 0)
+        return carry
 
     # -- input ----------------------------------------------------------------------------
     @property
     def state_rows(self) -> int:
         """Rows kept (pending and history)."""
         return int(self.ts.shape[0])
+
+    def restore_dictionaries(self, dictionaries: Mapping[str, StringDictionary]) -> None:
+        """The input's dictionaries after a restore: they decode the kept rows."""
+        self.dictionaries.update(dictionaries)
 
     def process(self, batch: Batch) -> list[Batch]:
         if batch.num_rows == 0:
@@ -246,54 +279,123 @@ class OverOp(Operator):
         due_rows = due_rows[np.lexsort((self.arrival[due_rows], self.ts[due_rows]))]
         where = np.empty(n, dtype=np.int64)
         where[sel] = idx
-        out = self._output(rows, sel, group, lo, hi, want, where[due_rows])
+        out_rows = where[due_rows]
+        carried = None
+        if spec.unbounded:  # each row's key's parts so far (-1: none yet)
+            if self.carry is None:
+                self.carry = self._new_carry()
+            carried = self.carry.find(np.ascontiguousarray(kw[:, sel]))
+        parts = self._parts(rows, sel, group, lo, hi, want, out_rows, carried)
+        if carried is not None:
+            self._carry_on(kw[:, sel], group, out_rows, parts)
+        out = self._output(rows, sel[out_rows], parts)
         self.emitted[due_rows] = True
         self._prune(watermark, order, key_id)
         return [out]
 
-    def _output(self, rows: Batch, sel: Any, group: Any, lo: Any, hi: Any, want: Any,
-                out_rows: Any) -> Batch:
-        """The rows ``sel[out_rows]`` of ``rows`` with their aggregates (``sel``: the rows
-        worked on, sorted by key, time and arrival; ``group``, ``lo``, ``hi``, ``want``
-        and ``out_rows`` index it)."""
+    def _carry_on(self, words: Any, group: Any, out_rows: Any,
+                  parts: list[dict[str, Any]]) -> None:
+        """Keep the parts at each key's last row emitted now as the key's parts so far
+        (an unbounded frame; rows are sorted by key, then time)."""
+        carry = self.carry
+        assert carry is not None
+        order = np.argsort(out_rows, kind="stable")
+        g = group[out_rows[order]]
+        last = np.ones(g.shape[0], dtype=np.bool_)
+        last[:-1] = g[1:] != g[:-1]
+        pick = order[last]
+        new, _ = carry.upsert(np.ascontiguousarray(words[:, out_rows[pick]]),
+                              np.arange(pick.shape[0], dtype=np.int64))
+        for i, part in enumerate(parts):
+            for field_, values in part.items():
+                if field_ != "s":  # (the rounded sum: "h" and "l" are its exact parts)
+                    carry.columns[f"{field_}{i}"][new] = values[pick]
+
+    def _parts(self, rows: Batch, sel: Any, group: Any, lo: Any, hi: Any, want: Any,
+               out_rows: Any, carried: Any | None) -> list[dict[str, Any]]:
+        """Each aggregate's parts over the frames of rows ``sel[out_rows]`` of ``rows``
+        (``sel``: the rows worked on, sorted by key, time and arrival; ``group``, ``lo``,
+        ``hi`` and ``want`` index it): ``n`` (rows, or values), ``s`` (their sum: sum
+        and mean; unbounded: with its exact parts ``h``, ``l``), ``x`` (min or max).
+        ``carried``: an unbounded frame's slot of each row's key in ``carry`` (-1: none),
+        whose parts so far are added."""
+        all_ok = np.ones(sel.shape[0], dtype=np.bool_)
+        parts: list[dict[str, Any]] = []
+        columns: dict[str, Any] = {} if self.carry is None else self.carry.columns
+        have = None if carried is None else (carried >= 0)[out_rows]
+        at = None if carried is None else carried[out_rows][have]
+
+        def before(name: str, i: int, where: Any) -> Any:
+            """The key's carried ``name`` part at ``where`` (0 without one)."""
+            assert carried is not None
+            col = columns[f"{name}{i}"]
+            return np.where(carried[where] >= 0, col[carried[where]], 0)
+
+        for i, a in enumerate(self.spec.aggs):
+            kind = a.agg.kind
+            if kind == "count":
+                n = (hi - lo)[out_rows]
+                parts.append({"n": n if carried is None else n + before("n", i, out_rows)})
+                continue
+            values = rows[_agg_col(i)][sel]
+            ok = rows.validity(_agg_col(i))
+            ok = all_ok if ok is None else ok[sel]
+            n_valid = frame_count(ok, group, lo, hi, out_rows)
+            if carried is not None:
+                n_valid = n_valid + before("n", i, out_rows)
+            dtype = physical_dtype(a.out_type)
+            if kind in ("min", "max"):
+                got, found = frame_extreme(values, ok, group, lo, hi, want, kind == "max")
+                x = got[out_rows].astype(dtype, copy=False)
+                if carried is not None and at is not None and at.shape[0]:
+                    old = columns[f"x{i}"][at]
+                    mine = x[have]
+                    pick = np.maximum if kind == "max" else np.minimum
+                    x[have] = np.where(found[out_rows][have],
+                                       np.where(columns[f"n{i}"][at] > 0, pick(old, mine),
+                                                mine), old)
+                parts.append({"n": n_valid, "x": x})
+                continue
+            if kind == "count_valid":
+                parts.append({"n": n_valid})
+                continue
+            acc = np.float64 if kind == "mean" or np.issubdtype(dtype, np.floating) else np.int64
+            if carried is None:
+                parts.append({"n": n_valid,
+                              "s": frame_sum(values, ok, group, lo, hi, out_rows, acc)})
+                continue
+            every = np.arange(sel.shape[0])
+            total, h, low = running_sum(values, ok, group, out_rows, before("h", i, every),
+                                        before("l", i, every), acc)
+            parts.append({"n": n_valid, "s": total, "h": h, "l": low})
+        return parts
+
+    def _output(self, rows: Batch, picked: Any, parts: list[dict[str, Any]]) -> Batch:
+        """The rows ``picked`` of ``rows`` with their aggregates from ``parts``."""
         spec = self.spec
-        n_rows = sel.shape[0]
-        picked = sel[out_rows]
         columns: dict[str, Any] = {}
         validity: dict[str, Any] = {}
         for f in spec.input_schema:
             columns[f.name] = rows[f.name][picked]
             ok = rows.validity(f.name)
             validity[f.name] = None if ok is None else ok[picked]
-        all_ok = np.ones(n_rows, dtype=np.bool_)
-        for i, a in enumerate(spec.aggs):
+        for a, part in zip(spec.aggs, parts, strict=True):
             kind = a.agg.kind
             dtype = physical_dtype(a.out_type)
-            if kind == "count":
-                columns[a.name] = (hi - lo)[out_rows]
+            n = part["n"]
+            if kind in ("count", "count_valid"):
+                columns[a.name] = n
                 continue
-            values = rows[_agg_col(i)][sel]
-            ok = rows.validity(_agg_col(i))
-            ok = all_ok if ok is None else ok[sel]
             if kind in ("min", "max"):
-                got, found = frame_extreme(values, ok, group, lo, hi, want, kind == "max")
-                columns[a.name] = got[out_rows].astype(dtype, copy=False)
-                validity[a.name] = found[out_rows]
-                continue
-            n_valid = frame_count(ok, group, lo, hi, out_rows)
-            if kind == "count_valid":
-                columns[a.name] = n_valid
-                continue
-            acc = np.float64 if kind == "mean" or np.issubdtype(dtype, np.floating) else np.int64
-            total = frame_sum(values, ok, group, lo, hi, out_rows, acc)
-            has = n_valid > 0
-            if kind == "mean":
-                total = total / np.maximum(n_valid, 1)
-            columns[a.name] = total.astype(dtype, copy=False)
-            validity[a.name] = has
+                columns[a.name] = part["x"]
+            elif kind == "mean":
+                columns[a.name] = (part["s"] / np.maximum(n, 1)).astype(dtype, copy=False)
+            else:
+                columns[a.name] = part["s"].astype(dtype, copy=False)
+            validity[a.name] = n > 0
         dictionaries = {c: self.dictionaries[c] for c in spec.schema.names
                         if c in self.dictionaries}
-        watermarks = np.full(out_rows.shape[0], self.forwarded, dtype=np.int64)
+        watermarks = np.full(picked.shape[0], self.forwarded, dtype=np.int64)
         out = Batch(columns, spec.schema, validity, dictionaries, watermarks)
         return out.to_device(self.backend)
 
@@ -302,8 +404,8 @@ class OverOp(Operator):
         watermark minus the range (every row still to come is at least the watermark);
         ROWS, all but the last ``rows`` emitted rows of each key."""
         spec = self.spec
-        if watermark >= WATERMARK_END:  # the input ended: every row was emitted
-            drop = self.emitted
+        if watermark >= WATERMARK_END or spec.unbounded:
+            drop = self.emitted  # (the input ended, or an unbounded frame carries them)
         elif spec.range_span is not None:
             drop = self.emitted & (self.ts < watermark - spec.range_span)
         else:
@@ -317,6 +419,8 @@ class OverOp(Operator):
             drop = np.zeros(order.shape[0], dtype=np.bool_)
             drop[order[em]] = end - pos >= spec.rows
         # the kept rows, in sorted order (the next watermark merges the new ones in)
+        if watermark >= WATERMARK_END:
+            self.carry = None  # nothing comes after the end
         kept = order[~drop[order]]
         assert self.rows is not None
         self.rows = self.rows.filter(kept)
@@ -336,6 +440,8 @@ class OverOp(Operator):
             for c in self.rows.column_names:
                 ok = self.rows.validity(c)
                 total += self.rows[c].nbytes + (0 if ok is None else ok.nbytes)
+        if self.carry is not None:
+            total += self.carry.state_bytes()
         return int(total)
 
     def snapshot(self) -> dict[str, Any]:
@@ -352,6 +458,9 @@ class OverOp(Operator):
                 ok = self.rows.validity(c)
                 if ok is not None:
                     state[f"valid.{c}"] = ok
+        if self.carry is not None:
+            for k, v in self.carry.snapshot(np.asarray).items():
+                state[f"carry.{k}"] = v
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -362,6 +471,11 @@ class OverOp(Operator):
         self.ts = np.asarray(state["ts"], dtype=np.int64)
         self.arrival = np.asarray(state["arrival"], dtype=np.int64)
         self.emitted = np.asarray(state["emitted"], dtype=np.bool_)
+        carried = {k[6:]: v for k, v in state.items() if k.startswith("carry.")}
+        self.carry = None
+        if carried:
+            self.carry = self._new_carry()
+            self.carry.restore(carried, np.asarray)
         columns = {k[4:]: np.asarray(v) for k, v in state.items() if k.startswith("col.")}
         if not columns:
             self.rows = None

@@ -43,36 +43,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
-from gpustream.ingest.dictionary import StringDictionary
+from gpustream.changelog import DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE, op_dictionary
 from gpustream.kernels.sessions import DEAD, FREE, LIVE, sessionize
 from gpustream.operators.window import I64_MIN, KeyedAggBase, WindowSpec
 from gpustream.state.aggstate import UpdateContext
 from gpustream.state.dense import DenseTable
 from gpustream.state.table import SlotTable
 
-__all__ = ["OPS", "SessionAggOp"]
+__all__ = ["SessionAggOp"]
 
 _META = {"start": (np.int64, 0), "end": (np.int64, 0), "next": (np.int64, -1),
          "state": (np.int8, 0), "into": (np.int64, -1), "kslot": (np.int64, -1),
          "dirty": (np.int8, 0), "rev": (np.int64, 0), "emit": (np.int8, 0),
          "inited": (np.int8, 0), "floor": (np.int64, I64_MIN)}
 
-#: the ``op`` column's values (Flink's ``RowKind``), in code order
-OPS = ("+I", "-U", "+U", "-D")
-INSERT, UPDATE_BEFORE, UPDATE_AFTER, DELETE = range(4)
-
-
-def _op_dictionary() -> StringDictionary:
-    """The ``op`` column's dictionary: code ``i`` stands for ``OPS[i]``."""
-    data = "".join(OPS).encode()
-    offsets = np.cumsum([0, *(len(o) for o in OPS)]).astype(np.int64)
-    values = pa.Array.from_buffers(pa.large_string(), len(OPS),
-                                   [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    return StringDictionary(values)
 
 
 class _Emitted:
@@ -93,7 +80,7 @@ class SessionAggOp(KeyedAggBase):
     Examples
     --------
     >>> import numpy as np, pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> from gpustream.operators.window import AggSpec
     >>> spec = WindowSpec("s", ("k",), "ts", 0, 0, 0, 10, 0,
@@ -143,7 +130,7 @@ class SessionAggOp(KeyedAggBase):
                 raise ValueError(f"window {spec.name!r}: a session window with allowed "
                                  "lateness emits a changelog; its output schema needs an "
                                  "'op' column (gpustream.plan.window_output_schema adds it)")
-            self.op_dictionary = _op_dictionary()
+            self.op_dictionary = op_dictionary()
             for table in (store, self.retired):
                 self._add_emitted_columns(table)
 

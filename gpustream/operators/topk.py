@@ -14,6 +14,7 @@ Results do not depend on batching. Memory holds the rows of the windows not yet 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,11 @@ import pyarrow as pa
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
+from gpustream.ingest.dictionary import StringDictionary
 from gpustream.operators.base import Operator
 from gpustream.state.table import array_bytes
 
-__all__ = ["TopKOp", "TopKSpec"]
+__all__ = ["TopKOp", "TopKSpec", "TopNChangelogOp", "group_ranks"]
 
 I64_MIN = np.iinfo(np.int64).min
 
@@ -39,6 +41,60 @@ class TopKSpec:
     descending: bool
     per: tuple[str, ...]
     schema: pa.Schema  #: the output schema: the input's columns, then ``rank``
+    #: ties in ``by`` keep the later row (default: the earlier)
+    keep_last: bool = False
+
+
+def group_ranks(rows: Batch, by: str, descending: bool, groups: list[Any],
+                per: tuple[str, ...], xp: Any, last: bool = False) -> tuple[Any, Any]:
+    """``(order, rank)``: the rows sorted by their group (the arrays ``groups``, then the
+    ``per`` columns), then by ``by`` (largest first if ``descending``; nulls after every
+    value), ties in row order (``last``: the later row first); and each sorted row's
+    rank in its group (1, 2, ...).
+
+    Examples
+    --------
+    >>> b = Batch.from_arrow(pa.record_batch({"g": [1, 2, 1, 1], "v": [5, 9, 7, 5]}))
+    >>> order, rank = group_ranks(b, "v", True, [], ("g",), np)
+    >>> order.tolist(), rank.tolist()
+    ([2, 0, 3, 1], [1, 2, 3, 1])
+    """
+    value = rows[by]
+    ok = rows.validity(by)
+    if ok is not None:  # (what a null slot holds must not order the nulls)
+        value = xp.where(ok, value, xp.zeros((), dtype=value.dtype))
+    m = rows.num_rows
+    # sort keys, least significant first: position (ties), the value (nulls after every
+    # value), then the groups
+    if descending:  # order-reversing without overflow: ~x for integers and bools
+        value = -value if value.dtype.kind == "f" else ~value
+    keys = [value]
+    if ok is not None:
+        keys.append(~ok)
+    groups = list(groups)
+    for name in per:
+        col = rows[name]
+        valid = rows.validity(name)
+        groups.append(col if valid is None else xp.where(valid, col, 0))
+        if valid is not None:
+            groups.append(~valid)
+    order = xp.arange(m, dtype=np.int64)  # stable sorts, one key at a time
+    if last:
+        order = order[::-1].copy()
+    for key in keys + groups[::-1]:
+        order = order[xp.argsort(key[order], kind="stable")]
+    first = xp.ones(m, dtype=bool)
+    if m and groups:
+        change = xp.zeros(m - 1, dtype=bool)
+        for g in groups:
+            sg = g[order]
+            change |= sg[1:] != sg[:-1]
+        first[1:] = change
+    elif m:
+        first[1:] = False
+    group = xp.cumsum(first) - 1  # each sorted row's group
+    rank = xp.arange(m) - xp.flatnonzero(first)[group] + 1
+    return order, rank
 
 
 class TopKOp(Operator):
@@ -69,6 +125,10 @@ class TopKOp(Operator):
         self.forwarded = I64_MIN
         self._input = pa.schema([f for f in spec.schema if f.name != "rank"])
 
+    def restore_dictionaries(self, dictionaries: Mapping[str, StringDictionary]) -> None:
+        """The input's dictionaries after a restore: they decode the held rows."""
+        self.dictionaries.update(dictionaries)
+
     def process(self, batch: Batch) -> list[Batch]:
         if batch.num_rows:
             self.dictionaries.update(batch.dictionaries)
@@ -91,35 +151,9 @@ class TopKOp(Operator):
         self.held = [] if bool(due.all()) else [rows.filter(~due)]
         rows = rows.filter(due)
         spec = self.spec
-        value = rows[spec.by]
-        ok = rows.validity(spec.by)
-        m = rows.num_rows
-        # sort keys, least significant first: arrival (ties), the value (nulls after
-        # every value), then the groups (``per``, window start, window end)
-        if spec.descending:  # order-reversing without overflow: ~x for integers and bools
-            value = -value if value.dtype.kind == "f" else ~value
-        keys = [value]
-        if ok is not None:
-            keys.append(~ok)
-        groups = [rows["window_end"], rows["window_start"]]
-        for name in spec.per:
-            col = rows[name]
-            valid = rows.validity(name)
-            groups.append(col if valid is None else xp.where(valid, col, 0))
-            if valid is not None:
-                groups.append(~valid)
-        order = xp.arange(m, dtype=np.int64)  # stable sorts, one key at a time
-        for key in keys + groups[::-1]:
-            order = order[xp.argsort(key[order], kind="stable")]
-        sorted_groups = [g[order] for g in groups]
-        first = xp.ones(m, dtype=bool)
-        if m:
-            change = xp.zeros(m - 1, dtype=bool)
-            for g in sorted_groups:
-                change |= g[1:] != g[:-1]
-            first[1:] = change
-        group = xp.cumsum(first) - 1  # each sorted row's group
-        rank = xp.arange(m) - xp.flatnonzero(first)[group] + 1
+        order, rank = group_ranks(rows, spec.by, spec.descending,
+                                  [rows["window_end"], rows["window_start"]], spec.per, xp,
+                                  spec.keep_last)
         keep = rank <= spec.n
         picked = order[keep]
         columns = {name: rows[name][picked] for name in self._input.names}
@@ -156,3 +190,109 @@ class TopKOp(Operator):
             columns = {n: to_device(state[f"col.{n}"]) for n in self._input.names}
             validity = {n: to_device(state[f"valid.{n}"]) for n in self._input.names}
             self.held = [Batch(columns, self._input, validity, {})]
+
+
+class TopNChangelogOp(Operator):
+    """The ``n`` best rows per ``per`` group over a whole stream, as a changelog (SQL's
+    ``ROW_NUMBER() OVER (PARTITION BY per ORDER BY by DESC) <= n`` without a window;
+    Nexmark q18, q19): a row entering its group's top ``n`` is emitted ``+I``, a row
+    pushed out ``-D`` (:mod:`gpustream.changelog`; rows carry no rank: a rank would change
+    for every row below a newcomer). Each batch is ranked together with the rows held:
+    ties keep the earlier row, nulls rank after every value. Rows entering and leaving
+    within one batch emit nothing; the rows held (``materialize`` of the changelog) do not
+    depend on batching. Memory holds at most ``n`` rows per group.
+
+    Examples
+    --------
+    >>> from gpustream.backend import select_backend
+    >>> schema = pa.schema({"g": pa.int64(), "v": pa.int64(), "op": pa.string()})
+    >>> op = TopNChangelogOp(TopKSpec(1, "v", True, ("g",), schema), select_backend("cpu"))
+    >>> op.process(Batch.from_arrow(pa.record_batch({"g": [1, 1], "v": [3, 2]})))[0] \\
+    ...     .to_arrow().to_pydict()
+    {'g': [1], 'v': [3], 'op': ['+I']}
+    >>> op.process(Batch.from_arrow(pa.record_batch({"g": [1], "v": [8]})))[0] \\
+    ...     .to_arrow().to_pydict()
+    {'g': [1, 1], 'v': [3, 8], 'op': ['-D', '+I']}
+    """
+
+    def __init__(self, spec: TopKSpec, backend: Backend) -> None:
+        from gpustream.changelog import op_dictionary
+
+        self.spec = spec
+        self.backend = backend
+        self.xp = backend.xp
+        self._input = pa.schema([f for f in spec.schema if f.name != "op"])
+        self.held: Batch | None = None  #: each group's best rows so far
+        self.dictionaries: dict[str, Any] = {}
+        self.op_dictionary = op_dictionary()
+        self.forwarded = I64_MIN  #: the last watermark passed on: the rows' watermark
+
+    def restore_dictionaries(self, dictionaries: Mapping[str, StringDictionary]) -> None:
+        """The input's dictionaries after a restore: they decode the held rows."""
+        self.dictionaries.update(dictionaries)
+
+    @property
+    def state_rows(self) -> int:
+        return 0 if self.held is None else self.held.num_rows
+
+    def state_bytes(self) -> int:
+        return 0 if self.held is None else array_bytes(*self.held.columns.values())
+
+    def process(self, batch: Batch) -> list[Batch]:
+        from gpustream.changelog import DELETE, INSERT
+
+        if not batch.num_rows:
+            return []
+        xp = self.xp
+        spec = self.spec
+        self.dictionaries.update(batch.dictionaries)
+        new = batch.select(self._input.names)
+        new.watermarks = None
+        held = 0 if self.held is None else self.held.num_rows
+        rows = new if self.held is None else Batch.concat([self.held, new], xp)
+        order, rank = group_ranks(rows, spec.by, spec.descending, [], spec.per, xp,
+                                  spec.keep_last)
+        kept = xp.zeros(rows.num_rows, dtype=bool)
+        kept[order[rank <= spec.n]] = True
+        gone = xp.nonzero(~kept[order] & (order < held))[0]  # held rows pushed out
+        came = xp.nonzero(kept[order] & (order >= held))[0]  # new rows that entered
+        self.held = rows.filter(kept)
+        picked = xp.concatenate([order[gone], order[came]])
+        if not picked.shape[0]:
+            return []
+        columns = {n: rows[n][picked] for n in self._input.names}
+        validity: dict[str, Any] = {}
+        for n in self._input.names:
+            valid = rows.validity(n)
+            validity[n] = None if valid is None else valid[picked]
+        columns["op"] = xp.concatenate([xp.full(int(gone.shape[0]), DELETE, dtype=np.int32),
+                                        xp.full(int(came.shape[0]), INSERT, dtype=np.int32)])
+        validity["op"] = None
+        used: dict[str, Any] = {k: v for k, v in self.dictionaries.items() if k in columns}
+        used["op"] = self.op_dictionary
+        watermarks = xp.full(int(picked.shape[0]), self.forwarded, dtype=np.int64)
+        return [Batch(columns, spec.schema, validity, used, watermarks)]
+
+    def on_watermark(self, watermark: int) -> list[Batch]:
+        self.forwarded = max(self.forwarded, watermark)
+        return []
+
+    def snapshot(self) -> dict[str, Any]:
+        """The rows held, and the watermark passed on."""
+        state: dict[str, Any] = {"forwarded": np.array([self.forwarded], dtype=np.int64)}
+        if self.held is not None:
+            for name in self._input.names:
+                state[f"col.{name}"] = self.backend.to_host(self.held[name])
+                valid = self.held.validity(name)
+                state[f"valid.{name}"] = (np.ones(self.held.num_rows, dtype=bool)
+                                          if valid is None else self.backend.to_host(valid))
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.forwarded = int(state["forwarded"][0])
+        self.held = None
+        if f"col.{self._input.names[0]}" in state:
+            to_device = self.backend.to_device
+            columns = {n: to_device(state[f"col.{n}"]) for n in self._input.names}
+            validity = {n: to_device(state[f"valid.{n}"]) for n in self._input.names}
+            self.held = Batch(columns, self._input, validity, {})

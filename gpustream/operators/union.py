@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch
+from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.schema import is_string_type
 from gpustream.operators.base import TwoInputOperator
 from gpustream.operators.recode import Recoder
@@ -71,6 +72,7 @@ class UnionOp(TwoInputOperator):
                  idleness_s: tuple[float | None, ...], backend: Backend) -> None:
         super().__init__(idleness_s)  # type: ignore[arg-type]
         n = len(inputs)
+        self.inputs = n
         self.wm = [NO_WATERMARK] * n
         self.ended = [False] * n
         self.last_seen = [time.monotonic()] * n
@@ -79,7 +81,10 @@ class UnionOp(TwoInputOperator):
         self.xp = backend.xp
         #: the union's own dictionary of each string column (decodes its output)
         self.recoder = Recoder([f.name for f in schema if is_string_type(f.type)], backend)
-        self.owned_dictionaries = self.recoder.dictionaries
+
+    def owned_dictionaries(self) -> dict[str, StringDictionary]:
+        """The union's dictionary of each string column."""
+        return self.recoder.dictionaries
 
     def _others(self, port: int) -> int | None:
         """The smallest watermark of the inputs other than ``port`` that hold the
@@ -99,7 +104,7 @@ class UnionOp(TwoInputOperator):
         validity: dict[str, Any] = {}
         for f in self.schema:
             values = batch[f.name]
-            if f.name in self.owned_dictionaries:
+            if f.name in self.recoder.dictionaries:
                 values = self.recoder.recode(f.name, batch.dictionaries.get(f.name), values)
             columns[f.name] = values
             validity[f.name] = batch.validity(f.name)
@@ -111,7 +116,7 @@ class UnionOp(TwoInputOperator):
             # an input that was idle (left out of the union's watermark) resumes below
             # it: its rows are late for what already fired downstream, not on time
             wm = self.xp.maximum(wm, self.current)
-        return [Batch(columns, self.schema, validity, self.owned_dictionaries, wm)]
+        return [Batch(columns, self.schema, validity, self.recoder.dictionaries, wm)]
 
     def snapshot(self) -> dict[str, Any]:
         """The inputs' watermarks and ended flags, and the union's dictionaries."""

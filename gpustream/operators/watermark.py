@@ -46,6 +46,10 @@ class WatermarkOp(Operator):
         """The stream's watermark now (``NO_WATERMARK`` before the first event time)."""
         return NO_WATERMARK if self.running == NO_WATERMARK else self.running - self.delay
 
+    def output_watermark(self) -> int:
+        """The source's watermark: :attr:`current`."""
+        return self.current
+
     def process(self, batch: Batch) -> list[Batch]:
         xp = self.backend.xp
         ts = batch[self.event_time]

@@ -13,17 +13,16 @@ by the open windows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from gpustream.aggs import Agg, agg_input
 from gpustream.backend import Backend
 from gpustream.batch import Batch, physical_dtype
-from gpustream.expr import Col
+from gpustream.expr import Agg, Col, agg_input
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.operators.base import Operator
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
@@ -100,7 +99,7 @@ class AggOpBase(Operator):
     # -- inputs ---------------------------------------------------------------------------
     def _inputs(self, batch: Batch) -> dict[int, Any]:
         """Each aggregation's input column (values, validity), evaluated once per batch
-        (:func:`~gpustream.aggs.agg_input`: a filter's rows not kept are invalid)."""
+        (:func:`~gpustream.expr.evaluate.agg_input`: a filter's rows not kept are invalid)."""
         return {i: agg_input(a.agg, batch, self.xp) for i, a in enumerate(self.spec.aggs)}
 
     def _event_times(self, batch: Batch) -> tuple[Any, Any | None, Any]:
@@ -124,6 +123,10 @@ class AggOpBase(Operator):
     def _remember_dictionaries(self, batch: Batch) -> None:
         for name, d in batch.dictionaries.items():
             self.dictionaries[name] = d
+
+    def restore_dictionaries(self, dictionaries: Mapping[str, StringDictionary]) -> None:
+        """The input's dictionaries after a restore: they decode the restored keys."""
+        self.dictionaries.update(dictionaries)
 
     def _late_rows(self, batch: Batch, late: Any, dropped: Any = 0,
                    n_late: int | None = None) -> None:
@@ -226,6 +229,11 @@ class KeyedAggBase(AggOpBase):
             make_state(a.name, a.agg, a.in_type, a.out_type, table) for a in spec.aggs
         ]
 
+    @property
+    def state_rows(self) -> int:
+        """Records of the key table holding state (the open-windows gauge)."""
+        return int(self.table.live_count)
+
     def state_bytes(self) -> int:
         """Bytes of the arrays holding the state: the key table and the states' storage."""
         return self.table.state_bytes() + sum(st.state_bytes() for st in self.states)
@@ -275,7 +283,7 @@ class WindowAggOp(AggOpBase):
     Examples
     --------
     >>> import numpy as np, pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
     ...                   (AggSpec("n", count(), None, pa.int64()),),

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gpustream.aggs import Agg
 from gpustream.backend import Backend
 from gpustream.batch import physical_dtype
+from gpustream.expr import Agg
 from gpustream.kernels import aggregate as K
 from gpustream.state.table import (
     MAX_LOAD,
@@ -275,9 +275,9 @@ class ArgBestState(AggState):
 
     Per slot: ``rank`` (best so far; I64_MIN), ``seq`` (arrival number of its row;
     I64_MAX: no row yet) and ``value`` (the row's value as 64 bits, see
-    :func:`~gpustream.aggs.value_bits`), folded by :func:`~gpustream.kernels.aggregate.update_argbest`
+    :func:`~gpustream.expr.evaluate.value_bits`), folded by :func:`~gpustream.kernels.aggregate.update_argbest`
     (three kernel passes; atomics on the GPU). ``values`` is a
-    :class:`~gpustream.aggs.ByInput`.
+    :class:`~gpustream.expr.evaluate.ByInput`.
     """
 
     def setup(self) -> None:
@@ -735,7 +735,7 @@ def make_state(name: str, agg: Agg, in_type: pa.DataType | None, out_type: pa.Da
     Examples
     --------
     >>> import numpy as np, pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> t = SlotTable(1, np, select_backend("cpu"))
     >>> type(make_state("n", count(), None, pa.int64(), t)).__name__, sorted(t.columns)

@@ -62,7 +62,7 @@ def init_new(states: Sequence[AggState], slots: Any, is_new: Any, rows: Any,
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.state.aggstate import make_state
     >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
@@ -89,7 +89,7 @@ def update_states(states: Sequence[AggState], slots: Any, rows: Any, inputs: dic
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.state.aggstate import make_state
     >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
@@ -115,7 +115,7 @@ def finalized(states: Sequence[Any], slots: Any) -> list[tuple[Any, Any | None]]
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.state.aggstate import make_state
     >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
@@ -134,7 +134,7 @@ def snapshot_aggs(states: Sequence[AggState], live: Any, to_host: Any) -> dict[s
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.state.aggstate import make_state
     >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable
@@ -157,7 +157,7 @@ def restore_aggs(states: Sequence[AggState], state: dict[str, Any], slots: Any,
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.state.aggstate import make_state
     >>> from gpustream.backend import select_backend
     >>> from gpustream.state.table import SlotTable

@@ -146,7 +146,7 @@ class CpuPaneStore(WindowStore):
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> from gpustream.batch import Batch
     >>> from gpustream.operators.window import AggSpec, WindowSpec

@@ -75,7 +75,7 @@ class GpuPaneStore(WindowStore):
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> from gpustream.operators.window import AggSpec, WindowSpec
     >>> spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,

@@ -77,7 +77,7 @@ class TableStore(WindowStore):
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> from gpustream.batch import Batch
     >>> from gpustream.operators.window import AggSpec, WindowSpec

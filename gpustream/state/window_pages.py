@@ -205,12 +205,13 @@ class WindowPages:
         capacity, pages = self.capacity, self.pages
         if need_page:
             pages += max(1, pages // 2)
-        if self.short(remaining):
+        short = self.short(remaining)
+        if short:
             target = self.live_keys + max(self.live_keys // 2, MIN_CAPACITY // 2)
             capacity = max(capacity, _pow2(int(target / LOAD) + 1))
         if pages * capacity * self.width * 8 > MAX_BYTES and pages > 4:
             return False
-        if capacity == self.capacity:  # more pages only: the key table stays
+        if not short:  # more pages only: the key table stays
             self._allocate_pages(pages, keep=self.pages)
             self.relayouts += 1
         else:

@@ -79,7 +79,7 @@ class WindowStore(ABC):
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> from gpustream.operators.window import AggSpec, WindowSpec
     >>> spec = WindowSpec("w", ("k",), "ts", 10, 10, 0, 0, 0,
@@ -153,7 +153,7 @@ def make_store(spec: WindowSpec, backend: Backend) -> WindowStore:
     Examples
     --------
     >>> import pyarrow as pa
-    >>> from gpustream.aggs import count
+    >>> from gpustream.expr import count
     >>> from gpustream.backend import select_backend
     >>> from gpustream.expr import col
     >>> from gpustream.operators.window import AggSpec, WindowSpec

@@ -1,18 +1,9 @@
 """String functions on dictionary codes: ``col("name").str.to_lowercase()``.
 
-A string column is int32 codes into a :class:`~gpustream.ingest.dictionary.StringDictionary`
-(DESIGN.md section 2), so a function of a string is computed once per dictionary entry,
-with ``pyarrow.compute``, and the batch only gathers the per-entry result by code (on the
-device too: the per-entry result moves there once, and again only for entries the
-dictionary gained since). A function that gives strings gives a dictionary-coded column:
-codes into a derived dictionary that grows, append-only, in the order of its input
-dictionary, so its codes are a pure function of that dictionary (stable across batches
-and rebuilt the same after a checkpoint restores the input's dictionary).
-
-Concatenating two string columns cannot use one dictionary: it is computed on the
-distinct (code, code) pairs of each batch, found with ``xp.unique``, so a batch costs one
-string join per distinct pair, never per row. Its dictionary grows in the order pairs
-first appear.
+Each function is computed once per dictionary entry with ``pyarrow.compute`` and
+gathered by code (:mod:`gpustream.expr.entries`); a function that gives strings gives a
+dictionary-coded column, and ``concat_str`` of two string columns is computed once per
+distinct pair of codes in a batch.
 
 Null semantics: a null string gives null; concatenation with a null part gives null (as
 SQL's ``||`` and Polars' ``concat_str``); ``extract`` with no match gives null (as Polars
@@ -21,8 +12,6 @@ and Flink); ``split_part`` past the last part gives ``''`` (as DuckDB and Postgr
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -32,15 +21,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpustream.batch import physical_dtype
 from gpustream.errors import PlanError
-from gpustream.expr import Column, Expr, Lit, _describe, _expr_type, _is_string, _wrap
-from gpustream.ingest.dictionary import StringDictionary
+from gpustream.expr.column import Column
+from gpustream.expr.entries import arrow_ints, concat_columns, per_entry
+from gpustream.expr.evaluate import eval_node
+from gpustream.expr.nodes import Expr, Lit, wrap
+from gpustream.expr.types import describe, node_type
+from gpustream.ingest.schema import is_string_type as _is_string
 
 if TYPE_CHECKING:
     from gpustream.batch import Batch
 
-__all__ = ["ConcatStr", "StrFn", "StrNamespace", "concat_columns", "concat_str"]
+__all__ = ["ConcatStr", "StrFn", "StrNamespace", "concat_str"]
 
 _LARGE = pa.large_string()
 #: the result type of each function (``None``: a string column)
@@ -48,7 +40,7 @@ _RESULTS: dict[str, pa.DataType | None] = {
     "to_lowercase": None, "to_uppercase": None, "len_chars": pa.int32(),
     "contains": pa.bool_(), "starts_with": pa.bool_(), "ends_with": pa.bool_(),
     "replace": None, "replace_all": None, "extract": None, "split_part": None,
-    "slice": None, "concat_left": None, "concat_right": None,
+    "slice": None,
 }
 _REGEX_OPS = ("contains", "replace", "replace_all", "extract")
 _EXTRACTED = "__gpustream_group"
@@ -69,10 +61,10 @@ class StrFn(Expr):
         return (self.operand,)
 
     def _type(self, schema: pa.Schema, where: str) -> pa.DataType:
-        t = _expr_type(self.operand, schema, where)
+        t = node_type(self.operand, schema, where)
         if not _is_string(t):
             raise PlanError(f"{where}: str.{self.op}() needs a string column, but "
-                            f"{_describe(self.operand, t)} is not a string; apply it to a "
+                            f"{describe(self.operand, t)} is not a string; apply it to a "
                             "string column (numbers do not convert to strings)")
         if isinstance(self.operand, Lit):
             raise PlanError(f"{where}: str.{self.op}() of the literal {self.operand!r}: "
@@ -90,9 +82,7 @@ class StrFn(Expr):
         return self.op in ("contains", "replace", "replace_all") and bool(self.args[-1])
 
     def _evaluate(self, batch: Batch, xp: ModuleType) -> Column:
-        from gpustream.expr import _eval
-
-        c = _eval(self.operand, batch, xp)
+        c = eval_node(self.operand, batch, xp)
         assert c.dictionary is not None  # plan-checked: a string column
         return per_entry(c, (self.op, *self.args), _function(self.op, self.args),
                          _RESULTS[self.op], xp)
@@ -114,18 +104,16 @@ class ConcatStr(Expr):
 
     def _type(self, schema: pa.Schema, where: str) -> pa.DataType:
         for p in self.parts:
-            t = _expr_type(p, schema, where)
+            t = node_type(p, schema, where)
             if not _is_string(t):
-                raise PlanError(f"{where}: concat_str() joins strings, but {_describe(p, t)} "
+                raise PlanError(f"{where}: concat_str() joins strings, but {describe(p, t)} "
                                 "is not a string; give string columns or 'literals'")
         if all(isinstance(p, Lit) for p in self.parts):
             raise PlanError(f"{where}: concat_str() of literals only; write the one string")
         return pa.string()
 
     def _evaluate(self, batch: Batch, xp: ModuleType) -> Column:
-        from gpustream.expr import _eval
-
-        return concat_columns(self, [_eval(p, batch, xp) for p in self.parts],
+        return concat_columns(self, [eval_node(p, batch, xp) for p in self.parts],
                               self.separator, xp)
 
 
@@ -324,7 +312,7 @@ def concat_str(exprs: Sequence[Expr | str], separator: str = "") -> Expr:
     if isinstance(exprs, str | Expr) or len(exprs) < 2:
         raise PlanError("concat_str() takes a list of two or more string columns or literals")
     _str_arg(separator, "the separator", "concat")
-    return ConcatStr(tuple(_wrap(e) for e in exprs), separator)
+    return ConcatStr(tuple(wrap(e) for e in exprs), separator)
 
 
 # --------------------------------------------------------------------------------------
@@ -392,7 +380,7 @@ def _split_part(strings: pa.Array, sep: str, index: int) -> pa.Array:
         pos, ok = offsets[:-1] + (index - 1), index <= lengths
     else:
         pos, ok = offsets[1:] + index, -index <= lengths
-    picked = parts.flatten().take(_arrow_ints(np.where(ok, pos, 0)))
+    picked = parts.flatten().take(arrow_ints(np.where(ok, pos, 0)))
     return pc.if_else(pa.array(ok), picked, pa.scalar("", _LARGE))
 
 
@@ -427,236 +415,4 @@ def _function(op: str, args: tuple[Any, ...]) -> Callable[[pa.Array], pa.Array]:
         big = np.iinfo(np.int64).max
         stop = big if length is None or (offset < 0 <= offset + length) else offset + length
         return lambda a: pc.utf8_slice_codeunits(a, offset, stop)
-    if op in ("concat_left", "concat_right"):
-        text, sep = (pa.scalar(args[0], _LARGE), pa.scalar(args[1], _LARGE))
-        if op == "concat_left":
-            return lambda a: pc.binary_join_element_wise(text, a, sep)
-        return lambda a: pc.binary_join_element_wise(a, text, sep)
     raise ValueError(f"unknown string function {op!r}")
-
-
-def _arrow_ints(values: np.ndarray) -> pa.Array:
-    """An int64 Arrow array over numpy values (``pa.array`` of numpy would load pandas)."""
-    values = np.ascontiguousarray(values, dtype=np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
-
-
-def to_host(values: Any) -> np.ndarray:
-    """A numpy copy of a device array (the array itself when already on the host).
-
-    >>> to_host(np.arange(2)).tolist()
-    [0, 1]
-    """
-    return values if isinstance(values, np.ndarray) else values.get()
-
-
-class _Table:
-    """A function's result for every entry of one dictionary, grown as it grows.
-
-    ``values[code]`` is the result for entry ``code`` (for string results: a code into
-    ``out``), ``valid[code]`` whether it is non-null (None: all are).
-    """
-
-    def __init__(self, fn: Callable[[pa.Array], pa.Array], result: pa.DataType | None,
-                 out: StringDictionary | None = None) -> None:
-        self.fn = fn
-        self.result = result
-        if result is None and out is None:
-            out = StringDictionary()
-        self.out = out
-        dtype = np.dtype(np.int32) if result is None else physical_dtype(result)
-        self.values = np.zeros(0, dtype=dtype)
-        self.valid: np.ndarray | None = None
-        self._device: tuple[int, Any, Any] | None = None
-
-    def grow(self, strings: pa.Array) -> None:
-        n = len(self.values)
-        if len(strings) <= n:
-            return
-        got = self.fn(strings.slice(n))
-        if self.result is None:
-            assert self.out is not None
-            values, valid = self.out.encode(got)
-        else:
-            valid = got.is_valid().to_numpy(zero_copy_only=False) if got.null_count else None
-            if got.null_count:
-                got = pc.coalesce(got, pa.scalar(False if pa.types.is_boolean(got.type) else 0,
-                                                 got.type))
-            values = got.to_numpy(zero_copy_only=False).astype(self.values.dtype, copy=False)
-        if valid is not None or self.valid is not None:
-            old = self.valid if self.valid is not None else np.ones(n, dtype=bool)
-            new = valid if valid is not None else np.ones(len(values), dtype=bool)
-            self.valid = np.concatenate([old, new])
-        self.values = np.concatenate([self.values, values])
-
-    def on(self, xp: ModuleType) -> tuple[Any, Any]:
-        """``values`` and ``valid`` on ``xp``'s device: only new entries are copied."""
-        if xp is np:
-            return self.values, self.valid
-        n = len(self.values)
-        have, dv, dvalid = self._device or (0, xp.zeros(0, dtype=self.values.dtype), None)
-        if have < n:  # only the entries the dictionary gained move to the device
-            dv = xp.concatenate([dv, xp.asarray(self.values[have:])])
-            if self.valid is not None:
-                dvalid = xp.asarray(self.valid) if dvalid is None else \
-                    xp.concatenate([dvalid, xp.asarray(self.valid[have:])])
-            self._device = (n, dv, dvalid)
-        return dv, dvalid
-
-
-_LOCK = threading.RLock()
-#: dictionary -> function key -> its per-entry table (gone with the dictionary)
-_TABLES: weakref.WeakKeyDictionary[StringDictionary, dict[Any, _Table]] = \
-    weakref.WeakKeyDictionary()
-#: id of an expression node -> (a weak reference to it, its state): derived dictionaries
-#: of concatenations, CASE and strftime (by id: an ``Expr``'s ``==`` builds an expression)
-_NODES: dict[int, tuple[weakref.ref[Expr], Any]] = {}
-
-
-def _forget(node_id: int) -> Callable[[weakref.ref[Expr]], None]:
-    def forget(ref: weakref.ref[Expr]) -> None:
-        with _LOCK:
-            if node_id in _NODES and _NODES[node_id][0] is ref:
-                del _NODES[node_id]
-    return forget
-
-
-def node_state(node: Expr, make: Callable[[], Any]) -> Any:
-    """The state an expression node keeps across batches, made on first use.
-
-    >>> from gpustream.expr import col
-    >>> e = col("a")
-    >>> node_state(e, StringDictionary) is node_state(e, StringDictionary)
-    True
-    """
-    with _LOCK:
-        held = _NODES.get(id(node))
-        if held is None or held[0]() is not node:
-            held = _NODES[id(node)] = (weakref.ref(node, _forget(id(node))), make())
-        return held[1]
-
-
-def gather(table: _Table, strings: pa.Array, c: Column, xp: ModuleType) -> Column:
-    """``table`` grown to ``strings`` (a snapshot of ``c``'s dictionary), gathered by
-    ``c``'s codes: the result for each row, null where ``c`` or the result is null."""
-    with _LOCK:
-        table.grow(strings)
-        values, valid = table.on(xp)
-    n = len(c.values)
-    if not len(values):  # an empty dictionary: every row is null
-        return Column(xp.zeros(n, dtype=values.dtype), xp.zeros(n, dtype=np.bool_),
-                      table.out if table.result is None else None)
-    codes = c.values if c.valid is None else xp.where(c.valid, c.values, 0)
-    out_valid = c.valid
-    if valid is not None:
-        out_valid = valid[codes] if out_valid is None else xp.logical_and(out_valid, valid[codes])
-    return Column(values[codes], out_valid, table.out if table.result is None else None)
-
-
-def per_entry(c: Column, key: Any, fn: Callable[[pa.Array], pa.Array],
-              result: pa.DataType | None, xp: ModuleType) -> Column:
-    """``fn`` of each entry of ``c``'s dictionary (cached under ``key``), by code.
-
-    ``result`` is the Arrow type of a number or bool result; ``None`` for a string result,
-    which comes back as codes into a derived dictionary.
-
-    >>> from gpustream.expr import Column
-    >>> d = StringDictionary()
-    >>> codes, valid = d.encode(pa.array(["Ab", None, "ab", "Ab"]))
-    >>> out = per_entry(Column(codes, valid, d), "lower", pc.utf8_lower, None, np)
-    >>> out.dictionary.decode(out.values, out.valid).to_pylist()
-    ['ab', None, 'ab', 'ab']
-    """
-    d = c.dictionary
-    assert d is not None
-    strings = d.values  # one snapshot: every code of the batch is below its length
-    with _LOCK:
-        tables = _TABLES.setdefault(d, {})
-        table = tables.get(key)
-        if table is None:
-            table = tables[key] = _Table(fn, result)
-    return gather(table, strings, c, xp)
-
-
-def encode_distinct(keys: Any, valid: Any | None, xp: ModuleType,
-                    strings_of: Callable[[np.ndarray], pa.Array],
-                    out: StringDictionary) -> Column:
-    """A string column from per-row integer ``keys``: ``strings_of`` of each distinct
-    valid key (in order of first appearance), encoded into ``out``, gathered back.
-
-    >>> out = StringDictionary()
-    >>> col = encode_distinct(np.array([5, 3, 5]), None, np,
-    ...                       lambda k: pc.cast(pa.array(k), pa.string()), out)
-    >>> col.values.tolist(), out.values.to_pylist()
-    ([0, 1, 0], ['5', '3'])
-    """
-    n = len(keys)
-    null_key = keys.dtype.type(np.iinfo(keys.dtype).min)
-    if valid is not None:  # null rows share one key, never turned into a string
-        keys = xp.where(valid, keys, null_key)
-    uniq, first, inverse = xp.unique(keys, return_index=True, return_inverse=True)
-    uniq_h, first_h = to_host(uniq), to_host(first)
-    real = np.ones(len(uniq_h), dtype=bool)
-    if valid is not None and len(uniq_h) and uniq_h[0] == null_key:
-        real[0] = bool(valid[int(first_h[0])])  # a valid row holding that very value
-    codes = np.zeros(len(uniq_h), dtype=np.int32)
-    order = np.argsort(first_h[real], kind="stable")
-    if len(order):
-        got, got_valid = out.encode(strings_of(uniq_h[real][order]))
-        assert got_valid is None, "strings of valid keys are never null"
-        placed = np.zeros(len(order), dtype=np.int32)
-        placed[order] = got
-        codes[real] = placed
-    rows = xp.asarray(codes)[inverse.reshape(-1)] if n else xp.zeros(0, dtype=np.int32)
-    return Column(rows, valid, out)
-
-
-def _literal_of(c: Column) -> str | None:
-    return c.values if c.dictionary is None and isinstance(c.values, str) else None
-
-
-def concat_columns(node: Expr, parts: list[Column], separator: str, xp: ModuleType) -> Column:
-    """String columns and literals (evaluated) joined by ``separator``, left to right.
-
-    >>> from gpustream.expr import col, Column
-    >>> d = StringDictionary()
-    >>> codes, valid = d.encode(pa.array(["a", "b", None]))
-    >>> a = Column(codes, valid, d)
-    >>> out = concat_columns(col("x"), [a, Column("-", None), a], "", np)
-    >>> out.dictionary.decode(out.values, out.valid).to_pylist()
-    ['a-a', 'b-b', None]
-    """
-    acc = parts[0]
-    for i, part in enumerate(parts[1:]):
-        left, right = _literal_of(acc), _literal_of(part)
-        if left is not None and right is not None:
-            acc = Column(left + separator + right, None)
-        elif right is not None:
-            acc = per_entry(acc, ("concat_right", right, separator),
-                            _function("concat_right", (right, separator)), None, xp)
-        elif left is not None:
-            acc = per_entry(part, ("concat_left", left, separator),
-                            _function("concat_left", (left, separator)), None, xp)
-        else:
-            acc = _concat_pairs(node_state(node, dict), i, acc, part, separator, xp)
-    return acc
-
-
-def _concat_pairs(state: dict[int, StringDictionary], step: int, left: Column,
-                  right: Column, separator: str, xp: ModuleType) -> Column:
-    """Two string columns joined, computed once per distinct (code, code) pair."""
-    assert left.dictionary is not None and right.dictionary is not None
-    with _LOCK:
-        out = state.setdefault(step, StringDictionary())
-    lstrings, rstrings = left.dictionary.values, right.dictionary.values
-    width = max(len(rstrings), 1)
-    keys = left.values.astype(np.int64) * width + right.values
-    valid = left.valid if right.valid is None else (
-        right.valid if left.valid is None else xp.logical_and(left.valid, right.valid))
-    sep = pa.scalar(separator, _LARGE)
-
-    def strings_of(pairs: np.ndarray) -> pa.Array:
-        return pc.binary_join_element_wise(lstrings.take(_arrow_ints(pairs // width)),
-                                           rstrings.take(_arrow_ints(pairs % width)), sep)
-
-    return encode_distinct(keys, valid, xp, strings_of, out)

@@ -27,21 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpustream.errors import PlanError
-from gpustream.expr import (
-    Column,
-    Expr,
-    Lit,
-    Scalar,
-    _describe,
-    _eval,
-    _expr_type,
-    _is_numeric,
-    _is_string,
-    _operand_for_numpy,
-    _wrap,
-)
-from gpustream.expr_strings import _LOCK, _Table, gather, node_state, per_entry
+from gpustream.expr.column import Column
+from gpustream.expr.entries import LOCK, EntryTable, gather, node_state, per_entry
+from gpustream.expr.evaluate import eval_node
+from gpustream.expr.nodes import Expr, Lit, Scalar, wrap
+from gpustream.expr.types import describe, is_numeric, node_type, operand_for_numpy
 from gpustream.ingest.dictionary import StringDictionary
+from gpustream.ingest.schema import is_string_type as _is_string
 
 if TYPE_CHECKING:
     from gpustream.batch import Batch
@@ -52,14 +44,14 @@ Branch = tuple[Expr, Expr | None]
 
 
 def _value(value: Any) -> Expr | None:
-    return None if value is None else _wrap(value)
+    return None if value is None else wrap(value)
 
 
 def _condition(condition: Any) -> Expr:
     if isinstance(condition, Expr):
         return condition
     if isinstance(condition, bool | np.bool_):
-        return _wrap(bool(condition))
+        return wrap(bool(condition))
     raise PlanError(f"when() takes a condition (an expression such as col('x') > 0), got "
                     f"{condition!r}")
 
@@ -161,27 +153,27 @@ class Case(Expr):
 
     def _type(self, schema: pa.Schema, where: str) -> pa.DataType:
         for c, _ in self.branches:
-            t = _expr_type(c, schema, where)
+            t = node_type(c, schema, where)
             if not pa.types.is_boolean(t):
                 raise PlanError(f"{where}: when() needs a bool condition, but "
-                                f"{_describe(c, t)} is not; compare it, e.g. col('x') > 0")
-        typed = [(v, _expr_type(v, schema, where)) for v in self._values() if v is not None]
+                                f"{describe(c, t)} is not; compare it, e.g. col('x') > 0")
+        typed = [(v, node_type(v, schema, where)) for v in self._values() if v is not None]
         if not typed:
             raise PlanError(f"{where}: every branch of {self!r} is null; give one a value")
         first_e, first_t = typed[0]
         for e, t in typed[1:]:
             same = (_is_string(t) and _is_string(first_t)) or t == first_t or (
-                _is_numeric(t) and _is_numeric(first_t) and not pa.types.is_timestamp(t)
+                is_numeric(t) and is_numeric(first_t) and not pa.types.is_timestamp(t)
                 and not pa.types.is_timestamp(first_t))
             if not same:
                 raise PlanError(f"{where}: the branches of when() give different types: "
-                                f"{_describe(first_e, first_t)} and {_describe(e, t)}; "
+                                f"{describe(first_e, first_t)} and {describe(e, t)}; "
                                 "cast them to one type")
         if _is_string(first_t):
             return pa.string()
         if not pa.types.is_integer(first_t) and not pa.types.is_floating(first_t):
             return first_t  # bool, or timestamps of one unit
-        out = np.result_type(*(_operand_for_numpy(e, t) for e, t in typed))
+        out = np.result_type(*(operand_for_numpy(e, t) for e, t in typed))
         for e, _ in typed:
             if isinstance(e, Lit):
                 try:
@@ -196,10 +188,10 @@ class Case(Expr):
         n = batch.num_rows
         picks = []
         for c, _ in self.branches:
-            got = _eval(c, batch, xp)
+            got = eval_node(c, batch, xp)
             mask = got.values if got.valid is None else xp.logical_and(got.values, got.valid)
             picks.append(xp.full(n, bool(mask), dtype=np.bool_) if np.ndim(mask) == 0 else mask)
-        values = [None if v is None else _eval(v, batch, xp) for v in self._values()]
+        values = [None if v is None else eval_node(v, batch, xp) for v in self._values()]
         dictionary = None
         if any(v is not None and (v.dictionary is not None or isinstance(v.values, str))
                for v in values):
@@ -237,17 +229,17 @@ class _Union:
 
     def __init__(self) -> None:
         self.out = StringDictionary()
-        self.maps: weakref.WeakKeyDictionary[StringDictionary, _Table] = \
+        self.maps: weakref.WeakKeyDictionary[StringDictionary, EntryTable] = \
             weakref.WeakKeyDictionary()
 
     def codes(self, c: Column, xp: ModuleType) -> Column:
         if c.dictionary is None:  # a string literal: one code
             code, _ = self.out.encode(pa.array([c.values], pa.large_string()))
             return Column(np.int32(code[0]), None, self.out)
-        with _LOCK:
+        with LOCK:
             table = self.maps.get(c.dictionary)
             if table is None:
-                table = self.maps[c.dictionary] = _Table(lambda a: a, None, self.out)
+                table = self.maps[c.dictionary] = EntryTable(lambda a: a, None, self.out)
         return gather(table, c.dictionary.values, c, xp)
 
 
@@ -292,23 +284,23 @@ class IsIn(Expr):
         return (self.operand,)
 
     def _type(self, schema: pa.Schema, where: str) -> pa.DataType:
-        t = _expr_type(self.operand, schema, where)
+        t = node_type(self.operand, schema, where)
         wrong: list[Scalar]
         if _is_string(t):
             wrong = [v for v in self.values if not isinstance(v, str)]
         elif pa.types.is_boolean(t):
             wrong = [v for v in self.values if not isinstance(v, bool)]
-        elif _is_numeric(t):
+        elif is_numeric(t):
             wrong = [v for v in self.values if isinstance(v, str | bool)]
         else:
             wrong = list(self.values)
         if wrong:
-            raise PlanError(f"{where}: is_in() compares {_describe(self.operand, t)} with "
+            raise PlanError(f"{where}: is_in() compares {describe(self.operand, t)} with "
                             f"{wrong[0]!r}, which is not of its type; give values of its type")
         return pa.bool_()
 
     def _evaluate(self, batch: Batch, xp: ModuleType) -> Column:
-        c = _eval(self.operand, batch, xp)
+        c = eval_node(self.operand, batch, xp)
         if c.dictionary is not None:
             strings = pa.array(list(self.values), pa.large_string())
             out = per_entry(c, ("is_in", self.values),

@@ -24,9 +24,13 @@ import pyarrow.compute as pc
 
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import PlanError
-from gpustream.expr import Column, Expr, Lit, _describe, _eval, _expr_type
-from gpustream.expr_strings import encode_distinct, node_state
+from gpustream.expr.column import Column
+from gpustream.expr.entries import encode_distinct, node_state
+from gpustream.expr.evaluate import eval_node
+from gpustream.expr.nodes import Expr, Lit
+from gpustream.expr.types import describe, node_type
 from gpustream.ingest.dictionary import StringDictionary
+from gpustream.windows import to_event_units
 
 if TYPE_CHECKING:
     from gpustream.batch import Batch
@@ -57,15 +61,13 @@ class DtFn(Expr):
         return (self.operand,)
 
     def _type(self, schema: pa.Schema, where: str) -> pa.DataType:
-        t = _expr_type(self.operand, schema, where)
+        t = node_type(self.operand, schema, where)
         if not (pa.types.is_timestamp(t) or pa.types.is_integer(t)) or isinstance(
                 self.operand, Lit):
             raise PlanError(f"{where}: dt.{self.op}() needs a timestamp column (or an integer "
-                            f"column of epoch milliseconds), but {_describe(self.operand, t)} "
+                            f"column of epoch milliseconds), but {describe(self.operand, t)} "
                             "is not; cast it, e.g. .cast('timestamp[ms]')")
         if self.op == "truncate":
-            from gpustream.plan import to_event_units
-
             to_event_units(self.args[0], t, f"{where}: dt.truncate({self.args[1]!r})")
             return t
         if self.op == "strftime":
@@ -73,13 +75,11 @@ class DtFn(Expr):
         return pa.int32()
 
     def _evaluate(self, batch: Batch, xp: ModuleType) -> Column:
-        c = _eval(self.operand, batch, xp)
+        c = eval_node(self.operand, batch, xp)
         t = self._operand_type(batch)
         unit = _unit(t)
         v = c.values.astype(np.int64, copy=False)
         if self.op == "truncate":
-            from gpustream.plan import to_event_units
-
             every = to_event_units(self.args[0], t, "dt.truncate")
             return Column((v - xp.remainder(v, every)).astype(c.values.dtype, copy=False),
                           c.valid)
@@ -98,7 +98,7 @@ class DtFn(Expr):
         return Column(part(self.op, v, unit, xp), c.valid)
 
     def _operand_type(self, batch: Batch) -> pa.DataType:
-        return _expr_type(self.operand, batch.schema, repr(self))
+        return node_type(self.operand, batch.schema, repr(self))
 
 
 def civil_from_days(days: Any, xp: ModuleType) -> tuple[Any, Any, Any]:

@@ -32,17 +32,16 @@ import ast
 import difflib
 from typing import Any
 
-from gpustream.aggs import Agg, count
 from gpustream.errors import PlanError
-from gpustream.expr import MAX_EXPR_DEPTH, Expr, check_expr_size, col, lit
-from gpustream.expr_strings import concat_str
-from gpustream.expr_when import Case, when
+from gpustream.expr.nodes import MAX_EXPR_DEPTH, Agg, Expr, check_expr_size, col, count, lit
+from gpustream.expr.strings import concat_str
+from gpustream.expr.when import Case, when
 
 __all__ = ["AGGREGATIONS", "FUNCTIONS", "MAX_EXPR_CHARS", "parse_agg", "parse_expr"]
 
 #: the longest expression text accepted, checked before it is parsed (a real one is
 #: well under 1,000 characters; an expression's depth and parts are capped as well, see
-#: :func:`gpustream.expr.check_expr_size`)
+#: :func:`gpustream.expr.nodes.check_expr_size`)
 MAX_EXPR_CHARS = 10_000
 
 #: aggregations by name -> the column method (``count`` alone counts rows)
@@ -323,7 +322,7 @@ def parse_expr(text: str, where: str = "expression") -> Expr:
     """A column expression from text, e.g. ``"price > 100 and channel != 'apple'"``.
 
     A text longer than :data:`MAX_EXPR_CHARS`, or nested deeper than
-    :data:`gpustream.expr.MAX_EXPR_DEPTH`, is refused with a :class:`PlanError` before
+    :data:`gpustream.expr.nodes.MAX_EXPR_DEPTH`, is refused with a :class:`PlanError` before
     it is parsed or walked.
 
     Examples
