@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 import gpustream as gs
-from gpustream import runtime
+from gpustream.runtime import runner
 
 BATCH = 100_000
 
@@ -55,7 +55,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ckbench-"))
     takes: list[float] = []
     restores: list[float] = []
-    real_take, real_restore = runtime._Checkpointer.take, runtime._Checkpointer.restore
+    real_take, real_restore = runner._Checkpointer.take, runner._Checkpointer.restore
 
     def take(self: Any) -> None:
         t0 = time.perf_counter()
@@ -69,13 +69,13 @@ def main() -> None:
         real_restore(self)
         restores.append(time.perf_counter() - t0)
 
-    runtime._Checkpointer.take = take  # type: ignore[method-assign]
-    runtime._Checkpointer.restore = restore  # type: ignore[method-assign]
+    runner._Checkpointer.take = take  # type: ignore[method-assign]
+    runner._Checkpointer.restore = restore  # type: ignore[method-assign]
     ck = gs.Checkpointing(folder, every_batches=every)
     _pipeline(table, args.engine).run(checkpoint=ck)
     ckpt = sorted(folder.glob("ckpt-*"))[0]
     size = sum(f.stat().st_size for f in ckpt.iterdir())
-    runtime._Checkpointer.take = real_take  # type: ignore[method-assign]
+    runner._Checkpointer.take = real_take  # type: ignore[method-assign]
     t0 = time.perf_counter()
     stats = _pipeline(_pipeline_table, args.engine).run(checkpoint=ck)
     rest = time.perf_counter() - t0

@@ -10,28 +10,7 @@ Examples
 2
 """
 
-from gpustream.backend import Backend, select_backend
-from gpustream.batch import Batch
-from gpustream.brokersinks import to_kafka, to_redis_stream
-from gpustream.changelog import materialize
-from gpustream.checkpoint import Checkpointing
-from gpustream.errors import (
-    BackendError,
-    GpustreamError,
-    IngestError,
-    MapBatchesError,
-    PlanError,
-)
-from gpustream.expr import Agg, Expr, col, count, lit, when
-from gpustream.filesinks import to_csv, to_jsonl, to_parquet
-from gpustream.ingest.arrow import from_arrow
-from gpustream.ingest.files import read_arrow_ipc, read_parquet
-from gpustream.ingest.kafka import kafka
-from gpustream.ingest.nexmark import nexmark
-from gpustream.ingest.redis import redis_stream
-from gpustream.ingest.streams import socket, stdin
-from gpustream.ingest.textfiles import read_csv, read_jsonl
-from gpustream.pipeline import (
+from gpustream.api import (
     AggStream,
     KeyedStream,
     OverWindow,
@@ -39,9 +18,30 @@ from gpustream.pipeline import (
     Stream,
     WindowedStream,
 )
+from gpustream.backend import Backend, select_backend
+from gpustream.batch import Batch
+from gpustream.changelog import materialize
+from gpustream.errors import (
+    BackendError,
+    GpustreamError,
+    IngestError,
+    MapBatchesError,
+    PlanError,
+)
+from gpustream.expr import Agg, Expr, col, count, lit, row_number, when
+from gpustream.ingest.arrow import from_arrow
+from gpustream.ingest.files import read_arrow_ipc, read_parquet
+from gpustream.ingest.kafka import kafka
+from gpustream.ingest.nexmark import nexmark
+from gpustream.ingest.redis import redis_stream
+from gpustream.ingest.streams import socket, stdin
+from gpustream.ingest.textfiles import read_csv, read_jsonl
 from gpustream.plan import TableNode as Table
 from gpustream.runtime import RunStats
+from gpustream.runtime.checkpoint import Checkpointing
 from gpustream.sinks import Sink, to_callback, to_console
+from gpustream.sinks.brokers import to_kafka, to_redis_stream
+from gpustream.sinks.files import to_csv, to_jsonl, to_parquet
 from gpustream.watermark import Watermark
 from gpustream.windows import ProcessingTime, Session, Sliding, Tumbling, WindowAssigner
 
@@ -86,6 +86,7 @@ __all__ = [
     "read_jsonl",
     "read_parquet",
     "redis_stream",
+    "row_number",
     "select_backend",
     "socket",
     "stdin",

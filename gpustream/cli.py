@@ -63,7 +63,7 @@ def handle_sigterm() -> None:
     kernels compile), with exit status 143 (128 + SIGTERM, what ``docker stop`` and
     Kubernetes report for a process that ended on SIGTERM; not 0, so a Job stopped
     mid-stream is not taken as done). While the run's loop is active, the runtime
-    handles SIGINT and SIGTERM itself (``gpustream.stopping``): it finishes the batch in
+    handles SIGINT and SIGTERM itself (``gpustream.runtime.stopping``): it finishes the batch in
     hand, takes a final checkpoint, commits the sinks and prints the summary; a second
     signal stops at once. No-op off the main thread, where Python cannot install signal
     handlers.

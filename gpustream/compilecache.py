@@ -58,7 +58,7 @@ def plan_fingerprint(plan: Any) -> str:
     Examples
     --------
     >>> import gpustream as gs
-    >>> from gpustream.planner import build_physical
+    >>> from gpustream.plan.physical import build_physical
     >>> def plan(agg):
     ...     p = gs.Pipeline(engine="cpu")
     ...     s = p.source(gs.from_arrow({"ts": [1, 2], "k": [1, 1], "v": [1.0, 2.0]}),
@@ -138,7 +138,7 @@ def compile_notice(plan: Any) -> str | None:
     --------
     >>> import gpustream as gs
     >>> from gpustream.metrics import Metrics
-    >>> from gpustream.planner import build_physical
+    >>> from gpustream.plan.physical import build_physical
     >>> p = gs.Pipeline(engine="cpu")
     >>> s = p.source(gs.from_arrow({"ts": [1], "k": [7]}), event_time="ts")
     >>> _ = s.key_by("k").window(gs.Session("9s"), name="doc").agg(n=gs.count()).sink(

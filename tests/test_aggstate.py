@@ -55,8 +55,8 @@ def _fold(kind: str, parts: list[list[tuple[int | None, int]]], merge: bool) -> 
     return (values[0] if ok else None), ok
 
 
-@pytest.mark.parametrize("kind", AGG_KINDS)
-@given(a=values_st, b=values_st, c=values_st)
+@pytest.mark.parametrize("kind", [k for k in AGG_KINDS if k != "row_number"])  # (an OVER
+@given(a=values_st, b=values_st, c=values_st)                  # window's: never a state)
 def test_merge_equals_update_of_concatenation(kind: str, a: list, b: list, c: list) -> None:
     merged, ok_m = _fold(kind, [a, b, c], merge=True)
     whole, ok_w = _fold(kind, [a + b + c], merge=False)
@@ -73,7 +73,7 @@ def _windowed(engine: str, table: pa.Table, assigner: gs.WindowAssigner, latenes
               split: int | None) -> pd.DataFrame:
     """Run a windowed query; with ``split``, snapshot after ``split`` rows and restore into a
     fresh pipeline (on ``engine``) that processes the rest."""
-    from gpustream.planner import build_physical
+    from gpustream.plan.physical import build_physical
     from gpustream.runtime import execute
     from gpustream.sinks import CollectSink
 
@@ -95,7 +95,7 @@ def _windowed(engine: str, table: pa.Table, assigner: gs.WindowAssigner, latenes
     first, sink1 = plan(table.slice(0, split), "cpu")
     # run the first part without ending the stream: push batches by hand
     from gpustream.batch import Batch
-    from gpustream.runtime import RunStats, _Runner
+    from gpustream.runtime.runner import RunStats, _Runner
 
     runner = _Runner(first, RunStats("a", "cpu"))
     for pn, sink in first.sinks:

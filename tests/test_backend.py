@@ -119,7 +119,7 @@ def test_choice_is_made_once_and_logged(monkeypatch: pytest.MonkeyPatch,
         calls.append(engine)
         return real(engine)
 
-    monkeypatch.setattr("gpustream.pipeline.select_backend", counting)
+    monkeypatch.setattr("gpustream.api.pipeline.select_backend", counting)
     p = gs.Pipeline("once", engine="cpu")
     s = p.source(gs.from_arrow({"x": [1, 2]}))
     s.sink(gs.to_callback(lambda rb: None))

@@ -25,10 +25,10 @@ import pyarrow as pa
 import pytest
 
 import gpustream as gs
-from gpustream.brokersinks import _MOVE_CHUNK
-from gpustream.checkpoint import CheckpointStore
 from gpustream.ingest.source import Source, SourceBatch
 from gpustream.ingest.threaded import SourceThreads
+from gpustream.runtime.checkpoint import CheckpointStore
+from gpustream.sinks.brokers import _MOVE_CHUNK
 from tests.servers import kafka_broker, redis_server
 from tests.test_brokers import SCHEMA, _events, _produce, _topic, _xadd
 from tests.test_checkpoints import _Crash as _CrashAfter

@@ -21,8 +21,8 @@ import pytest
 
 import gpustream as gs
 from gpustream.errors import PlanError
-from gpustream.filesinks import FileSink
 from gpustream.ingest.source import Source, SourceBatch
+from gpustream.sinks.files import FileSink
 from tests.conftest import cudasim_on
 from tests.test_checkpoints import _Crash
 
@@ -418,7 +418,7 @@ def test_max_events_with_checkpoints_stops_like_a_signal_and_resumes_exactly(
 
 
 def test_a_second_run_on_a_checkpoint_dir_in_use_is_refused(tmp_path: Path) -> None:
-    from gpustream.checkpoint import CheckpointStore
+    from gpustream.runtime.checkpoint import CheckpointStore
 
     holder = CheckpointStore(tmp_path / "ck", "eo")
     holder.lock()
@@ -481,7 +481,7 @@ def test_dead_letters_are_not_repeated_by_a_restart(tmp_path: Path) -> None:
 def test_a_second_signal_stops_at_once() -> None:
     import signal
 
-    from gpustream.stopping import GracefulStop
+    from gpustream.runtime.stopping import GracefulStop
 
     with GracefulStop() as stop:
         os.kill(os.getpid(), signal.SIGINT)  # the first: a request, nothing raised

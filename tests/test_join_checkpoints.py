@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 import gpustream as gs
 from gpustream.backend import Backend
-from gpustream.checkpoint import Checkpoint, CheckpointStore
 from gpustream.ingest.source import Source, SourceBatch
+from gpustream.runtime.checkpoint import Checkpoint, CheckpointStore
 from tests.conftest import cudasim_on
 from tests.test_checkpoints import _Crash
 

@@ -26,7 +26,7 @@ from gpustream.operators.base import (
 )
 from gpustream.watermark import NO_WATERMARK
 
-RUNTIME = Path(gpustream.__file__).parent / "runtime.py"
+RUNTIME = Path(gpustream.__file__).parent / "runtime" / "runner.py"
 #: the contract: what ``Operator`` declares and the runtime may call or read
 CONTRACT = ("process", "process_port", "side_outputs", "on_watermark", "output_watermark",
             "input_watermark", "input_ended", "finish", "counters", "state_rows",
@@ -185,7 +185,7 @@ class _Counting(Operator):
 
 
 def _plan(op: Operator) -> Any:
-    from gpustream.planner import build_physical
+    from gpustream.plan.physical import build_physical
 
     p = gs.Pipeline("contract", engine="cpu")
     got: list[pa.RecordBatch] = []
@@ -199,7 +199,7 @@ def _plan(op: Operator) -> Any:
 
 
 def test_the_runtime_drives_any_operator_through_the_contract() -> None:
-    from gpustream.runtime import _gauges, execute
+    from gpustream.runtime.runner import _gauges, execute
 
     op = _Counting()
     plan, got = _plan(op)

@@ -259,7 +259,14 @@ def _stream() -> gs.Stream:
     (lambda s: s.key_by("k").over(range="1s").agg(v=gs.count()),
      r"over 'over@1'\) agg 'v': the input already has a column 'v'"),
     (lambda s: s.key_by("k").over(rows=2).agg(q=gs.col("v").std()),
-     r"OVER windows compute count, sum, min, max, mean; col\('v'\).std\(\) is not one"),
+     r"OVER windows compute count, sum, min, max, mean, row_number; col\('v'\).std\(\) "
+     r"is not one"),
+    (lambda s: s.key_by("k").over(rows=2).agg(q=gs.row_number()),
+     r"row_number\(\) numbers every row of its key: use over\(rows='unbounded'\)"),
+    (lambda s: s.key_by("k").window(gs.Tumbling(10)).agg(q=gs.row_number()),
+     r"row_number\(\) numbers rows in an OVER window"),
+    (lambda s: s.key_by("k").agg(q=gs.row_number()),
+     r"row_number\(\) numbers rows in an OVER window"),
     (lambda s: s.key_by("k").over(rows=2).agg(q=gs.col("name").sum()),
      r"sum needs numbers"),
     (lambda s: s.key_by("k").over(range="1s", rows=2), r"give exactly one of range="),
@@ -341,7 +348,7 @@ def test_spec_errors_name_the_step_and_the_fix(tmp_path: Path, steps: str, messa
 
 
 def test_a_spec_runs_an_unbounded_frame_as_row_numbers(tmp_path: Path) -> None:
-    """``rows: unbounded``: count() is SQL's ROW_NUMBER(), the sums running totals."""
+    """``rows: unbounded``: row_number() is SQL's ROW_NUMBER(), the sums running totals."""
     import pyarrow.parquet as pq
 
     table = _events(500, seed=2)
@@ -353,7 +360,7 @@ engine: cpu
 source: {{type: parquet, path: {tmp_path / 'ev.parquet'}, event_time: ts, watermark: {DELAY}ms}}
 steps:
   - key_by: s
-  - over: {{rows: unbounded, agg: {{rn: count(), total: sum(i)}}}}
+  - over: {{rows: unbounded, agg: {{rn: row_number(), total: sum(i)}}}}
 sink: {{type: parquet, path: {tmp_path / 'out'}}}
 """)
     pipeline_from_spec(spec).run()

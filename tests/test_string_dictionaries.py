@@ -126,7 +126,7 @@ def test_checkpoints_never_see_a_source_thread_add_a_dictionary(
     under the reader (``dictionary changed size during iteration``). Every string column's
     dictionary exists before the threads start, so each checkpoint has all of them, the
     late source's included, even before that source read anything."""
-    from gpustream.checkpoint import CheckpointStore
+    from gpustream.runtime.checkpoint import CheckpointStore
 
     seen: list[set[str]] = []
     write = CheckpointStore.write

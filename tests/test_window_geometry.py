@@ -13,7 +13,7 @@ import gpustream as gs
 from gpustream.backend import Backend
 from gpustream.durations import format_millis
 from gpustream.errors import PlanError
-from gpustream.planner import window_spec
+from gpustream.plan.physical import window_spec
 from gpustream.windows import WindowAssigner, WindowGeometry, to_event_units
 
 UNITS = [(pa.int64(), 1), (pa.timestamp("s"), 1 / 1000), (pa.timestamp("ms"), 1),

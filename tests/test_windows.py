@@ -320,7 +320,7 @@ def test_approx_count_distinct_error_is_as_documented() -> None:
 @pytest.mark.parametrize("distinct", [False, True], ids=["pane-store", "table-store"])
 def test_state_is_freed_after_windows_fire(distinct: bool) -> None:
     from gpustream.operators.window import WindowAggOp
-    from gpustream.planner import build_physical
+    from gpustream.plan.physical import build_physical
     from gpustream.runtime import execute
     from gpustream.sinks import CollectSink
     from gpustream.state.store_cpu_panes import CpuPaneStore

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import gpustream as gs
 from gpustream.batch import Batch
 from gpustream.ingest.staging import Stager
-from gpustream.planner import build_physical
-from gpustream.runtime import RunStats, _Runner
+from gpustream.plan.physical import build_physical
+from gpustream.runtime.runner import RunStats, _Runner
 
 Build = Callable[[gs.Pipeline, list[gs.Stream]], Any]
 

@@ -52,12 +52,40 @@ from gpustream.expr.nodes import (
     col,
     count,
     lit,
+    row_number,
 )
 from gpustream.expr.strings import concat_str
 from gpustream.expr.types import agg_type, expr_type
 from gpustream.expr.when import when
 
-__all__ = ["AGG_KINDS", "BY_KINDS", "MAX_EXPR_DEPTH", "MAX_EXPR_PARTS", "Agg", "BinOp",
-           "ByInput", "Cast", "Col", "Column", "Expr", "FillNull", "Filtered", "IsNull", "Lit",
-           "UnaryOp", "agg_input", "agg_type", "check_expr_size", "col", "concat_str", "count",
-           "evaluate", "expr_type", "lit", "order_key", "value_bits", "when"]
+__all__ = [
+    "AGG_KINDS",
+    "BY_KINDS",
+    "MAX_EXPR_DEPTH",
+    "MAX_EXPR_PARTS",
+    "Agg",
+    "BinOp",
+    "ByInput",
+    "Cast",
+    "Col",
+    "Column",
+    "Expr",
+    "FillNull",
+    "Filtered",
+    "IsNull",
+    "Lit",
+    "UnaryOp",
+    "agg_input",
+    "agg_type",
+    "check_expr_size",
+    "col",
+    "concat_str",
+    "count",
+    "evaluate",
+    "expr_type",
+    "lit",
+    "order_key",
+    "row_number",
+    "value_bits",
+    "when",
+]

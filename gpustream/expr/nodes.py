@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AGG_KINDS", "BY_KINDS", "MAX_EXPR_DEPTH", "MAX_EXPR_PARTS", "Agg", "BinOp", "Cast",
            "Col", "Expr", "FillNull", "Filtered", "IsNull", "Lit", "Scalar", "UnaryOp",
-           "check_expr_size", "col", "count", "lit"]
+           "check_expr_size", "col", "count", "lit", "row_number"]
 
 Scalar = bool | int | float | str
 
@@ -639,7 +639,7 @@ def check_expr_size(expr: Expr, where: str = "expression") -> None:
 
 #: aggregations of one input (or none: ``count``)
 AGG_KINDS = ("count", "count_valid", "sum", "min", "max", "mean", "var", "std", "first",
-             "last", "count_distinct", "approx_count_distinct")
+             "last", "count_distinct", "approx_count_distinct", "row_number")
 #: aggregations of a value and a column to order by (``Agg.by``)
 BY_KINDS = ("max_by", "min_by")
 
@@ -699,7 +699,7 @@ class Agg(Expr):
     >>> Agg("median", col("v"))
     Traceback (most recent call last):
     ...
-    gpustream.errors.PlanError: unknown aggregation 'median'; use one of count, count_valid, sum, min, max, mean, var, std, first, last, count_distinct, approx_count_distinct, max_by, min_by
+    gpustream.errors.PlanError: unknown aggregation 'median'; use one of count, count_valid, sum, min, max, mean, var, std, first, last, count_distinct, approx_count_distinct, row_number, max_by, min_by
     >>> import pyarrow as pa
     >>> from gpustream.expr import expr_type
     >>> expr_type(col("v").sum() > 1, pa.schema({"v": pa.int64()}), "step 2 (filter)")
@@ -730,6 +730,8 @@ class Agg(Expr):
         if self.kind in BY_KINDS:
             return f"{self.input!r}.{self.kind}({unfiltered(self.by)!r}){tail}"
         inner = self.value_input
+        if self.kind == "row_number":
+            return "row_number()"
         if self.kind == "count" or inner is None:
             return f"count(){tail}"
         name = "count" if self.kind == "count_valid" else self.kind
@@ -767,6 +769,9 @@ class Agg(Expr):
         >>> count().filter(col("price") > 10).kind
         'count_valid'
         """
+        if self.kind == "row_number":
+            raise PlanError("row_number() numbers every row of its key; filter the rows "
+                            "before the over step instead of the row number")
         cond = wrap(condition)
         where = cond if self.where is None else self.where & cond
         if self.kind in BY_KINDS:
@@ -785,5 +790,18 @@ def count() -> Agg:
     count()
     """
     return Agg("count")
+
+
+def row_number() -> Agg:
+    """SQL's ``ROW_NUMBER() OVER (PARTITION BY keys ORDER BY event_time)``: each row's
+    number among its key's rows (1, 2, ...; rows of the same time in arrival order), in
+    an OVER window over every row before it: ``key_by(...).over(rows="unbounded")``.
+
+    Examples
+    --------
+    >>> row_number()
+    row_number()
+    """
+    return Agg("row_number")
 
 

@@ -33,7 +33,16 @@ import difflib
 from typing import Any
 
 from gpustream.errors import PlanError
-from gpustream.expr.nodes import MAX_EXPR_DEPTH, Agg, Expr, check_expr_size, col, count, lit
+from gpustream.expr.nodes import (
+    MAX_EXPR_DEPTH,
+    Agg,
+    Expr,
+    check_expr_size,
+    col,
+    count,
+    lit,
+    row_number,
+)
 from gpustream.expr.strings import concat_str
 from gpustream.expr.when import Case, when
 
@@ -50,6 +59,7 @@ AGGREGATIONS = {
     "avg": "mean", "var": "var", "std": "std", "first": "first", "last": "last",
     "count_distinct": "count_distinct", "approx_count_distinct": "approx_count_distinct",
     "max_by": "max_by", "arg_max": "max_by", "min_by": "min_by", "arg_min": "min_by",
+    "row_number": "row_number",
 }
 #: aggregations of two expressions: ``max_by(value, by)``
 _BY_AGGREGATIONS = ("max_by", "min_by")
@@ -262,7 +272,12 @@ class _Walker:
                                           "keyword, e.g. sum(price, where=channel == 'apple')")
             where = self.expr(kw.value)
         out: Agg
-        if name == "count" and not node.args:
+        if name == "row_number":
+            if node.args or node.keywords:
+                raise self.fail(node, "row_number() takes no arguments (it numbers each "
+                                      "key's rows in event-time order)")
+            out = row_number()
+        elif name == "count" and not node.args:
             out = count()
         elif kind in _BY_AGGREGATIONS:
             if len(node.args) != 2:

@@ -295,7 +295,7 @@ def agg_type(agg: Agg, schema: pa.Schema, where: str) -> pa.DataType:
     ...
     gpustream.errors.PlanError: step 3 (agg) 'total': filter() needs a true/false condition, but col('v') is int32; compare it, e.g. col('channel') == 'apple', or cast it with .cast('bool')
     """
-    if agg.kind == "count":
+    if agg.kind in ("count", "row_number"):
         return pa.int64()
     assert agg.input is not None
     t = expr_type(agg.input, schema, where)

@@ -38,7 +38,7 @@ from gpustream.kernels.hashing import widen_keys
 from gpustream.kernels.join_index import KeyIndex, grown, last_of_each
 from gpustream.operators.base import TwoInputOperator
 from gpustream.operators.join import key_words, strings_from_state, strings_state, two_input_state
-from gpustream.plan import JoinTableNode, join_columns
+from gpustream.plan.logical import JoinTableNode, join_columns
 from gpustream.state.table import SlotTable, array_bytes
 
 __all__ = ["LookupJoinOp"]

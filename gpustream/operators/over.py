@@ -333,7 +333,7 @@ class OverOp(Operator):
 
         for i, a in enumerate(self.spec.aggs):
             kind = a.agg.kind
-            if kind == "count":
+            if kind in ("count", "row_number"):  # (row_number: in an unbounded frame)
                 n = (hi - lo)[out_rows]
                 parts.append({"n": n if carried is None else n + before("n", i, out_rows)})
                 continue
@@ -383,7 +383,7 @@ class OverOp(Operator):
             kind = a.agg.kind
             dtype = physical_dtype(a.out_type)
             n = part["n"]
-            if kind in ("count", "count_valid"):
+            if kind in ("count", "count_valid", "row_number"):
                 columns[a.name] = n
                 continue
             if kind in ("min", "max"):

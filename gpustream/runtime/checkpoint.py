@@ -12,7 +12,7 @@ kept. On start the newest checkpoint that loads and matches its checksum is rest
 damaged one is skipped, with a warning naming it, for the one before); one taken by a
 different plan is refused, naming the steps that changed. The sources resume after the
 checkpoint's offsets: the operators' state is exactly-once, and so is the output of the
-sinks that commit with checkpoints (file sinks: see :mod:`gpustream.filesinks`).
+sinks that commit with checkpoints (file sinks: see :mod:`gpustream.sinks.files`).
 """
 
 from __future__ import annotations

@@ -36,10 +36,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from gpustream.checkpoint import fsync_dir
 from gpustream.errors import PlanError
 from gpustream.jsontext import json_lines
-from gpustream.sinks import Sink
+from gpustream.runtime.checkpoint import fsync_dir
+from gpustream.sinks.base import Sink
 
 __all__ = ["FileSink", "to_csv", "to_jsonl", "to_parquet"]
 
@@ -362,8 +362,8 @@ class JsonlSink(FileSink):
 
 def _partitioned(cls: type[FileSink], path: str | os.PathLike[str], rows_per_file: int,
                  partition_by: list[str]) -> Sink:
-    """A folder of Hive-style partition folders (:mod:`gpustream.partsinks`)."""
-    from gpustream.partsinks import PartitionedSink
+    """A folder of Hive-style partition folders (:mod:`gpustream.sinks.partitioned`)."""
+    from gpustream.sinks.partitioned import PartitionedSink
 
     return PartitionedSink(lambda folder: cls(folder, rows_per_file), path,
                            tuple(partition_by), cls.suffix)
@@ -372,7 +372,7 @@ def _partitioned(cls: type[FileSink], path: str | os.PathLike[str], rows_per_fil
 def to_parquet(path: str | os.PathLike[str], rows_per_file: int = 1_000_000,
                mode: str = "error", partition_by: list[str] | None = None) -> Sink:
     """Write a stream to Parquet: ``out.parquet`` (one file) or ``out/`` (part files);
-    ``partition_by=["day"]``: ``out/day=.../`` folders (:mod:`gpustream.partsinks`).
+    ``partition_by=["day"]``: ``out/day=.../`` folders (:mod:`gpustream.sinks.partitioned`).
 
     Examples
     --------

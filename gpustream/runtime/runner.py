@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 
 from gpustream.batch import Batch
-from gpustream.checkpoint import Checkpoint, Checkpointing, CheckpointStore, Fingerprint
 from gpustream.compilecache import compile_notice
 from gpustream.errors import PlanError
 from gpustream.ingest.deadletter import DeadLetter, DeadLetterFile, split_missing
@@ -23,10 +22,11 @@ from gpustream.ingest.staging import Staged, Stager
 from gpustream.ingest.threaded import SourceThreads
 from gpustream.metrics import Metrics
 from gpustream.operators.base import OperatorCounters
-from gpustream.plan import JoinTableNode, SourceNode
-from gpustream.planner import PhysicalNode, PhysicalPlan
-from gpustream.sinks import DeadLetterSink, Sink, write_batch
-from gpustream.stopping import GracefulStop
+from gpustream.plan.logical import JoinTableNode, SourceNode
+from gpustream.plan.physical import PhysicalNode, PhysicalPlan
+from gpustream.runtime.checkpoint import Checkpoint, Checkpointing, CheckpointStore, Fingerprint
+from gpustream.runtime.stopping import GracefulStop
+from gpustream.sinks.base import DeadLetterSink, Sink, write_batch
 from gpustream.watermark import NO_WATERMARK
 
 __all__ = ["RunStats", "execute"]
@@ -303,7 +303,7 @@ def plan_fingerprint(plan: PhysicalPlan) -> Fingerprint:
     >>> p = gs.Pipeline("doc", engine="cpu")
     >>> _ = p.source(gs.from_arrow({"x": [1]}), name="nums").filter(gs.col("x") > 0).sink(
     ...     gs.to_callback(print))
-    >>> from gpustream.planner import build_physical
+    >>> from gpustream.plan.physical import build_physical
     >>> for line in plan_fingerprint(build_physical(p._sinks, p.backend)).lines:
     ...     print(line)
     0:step 0 (source) 'nums' event_time=None watermark=None [x: int64]

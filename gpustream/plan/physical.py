@@ -10,7 +10,7 @@ import pyarrow as pa
 from gpustream.backend import Backend
 from gpustream.errors import PlanError
 from gpustream.operators import FilterOp, Operator, ProjectOp
-from gpustream.plan import (
+from gpustream.plan.logical import (
     UNBOUNDED,
     FilterNode,
     IntervalJoinNode,
@@ -39,11 +39,11 @@ from gpustream.plan import (
     time_shift,
     to_event_units,
 )
-from gpustream.sinks import Sink
 from gpustream.windows import Session
 
 if TYPE_CHECKING:
     from gpustream.operators.window import WindowSpec
+    from gpustream.sinks.base import Sink  # annotations only: the sinks import the runtime
 
 __all__ = ["PhysicalNode", "PhysicalPlan", "build_physical", "render_plan"]
 

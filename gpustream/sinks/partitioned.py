@@ -6,7 +6,7 @@ each row to the folder of its partition columns' values, one level per column
 as ``__HIVE_DEFAULT_PARTITION__``), without those columns in the files: ``pyarrow.parquet
 .read_table("out/")``, DuckDB's ``read_parquet('out/**/*.parquet', hive_partitioning=1)``,
 Spark and Polars read them back. Each partition folder is a
-:class:`~gpustream.filesinks.FileSink` folder, so rows roll into part files the same way
+:class:`~gpustream.sinks.files.FileSink` folder, so rows roll into part files the same way
 and, with checkpoints, output is exactly-once: every partition's files are written in
 progress, recorded at a checkpoint and renamed into place once it is on disk, under one
 lineage for the whole sink; a restart finishes or discards them in every partition
@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpustream.errors import PlanError
-from gpustream.filesinks import FileSink
-from gpustream.sinks import Sink
+from gpustream.sinks.base import Sink
+from gpustream.sinks.files import FileSink
 
 __all__ = ["NULL_PARTITION", "PartitionedSink", "partition_folder"]
 

@@ -250,7 +250,7 @@ RETRACTING_AGGS = ("count", "count_valid", "sum", "mean")
 
 
 #: the aggregations an OVER window computes (``count_valid`` is ``gs.col(x).count()``)
-OVER_AGGS = ("count", "count_valid", "sum", "min", "max", "mean")
+OVER_AGGS = ("count", "count_valid", "sum", "min", "max", "mean", "row_number")
 
 
 @dataclass(frozen=True, eq=False)
@@ -1322,6 +1322,15 @@ def _no_processing_time(node: WindowAggNode, where: str) -> None:
                         "gs.Sliding) up to here")
 
 
+def _no_row_number(where: str, aggs: tuple[tuple[str, Agg], ...]) -> None:
+    """``row_number()`` is an OVER window's: a window or a running aggregation refuses it."""
+    for name, agg in aggs:
+        if isinstance(agg, Agg) and agg.kind == "row_number":
+            raise PlanError(f"{where} agg {name!r}: row_number() numbers rows in an OVER "
+                            "window: key_by(...).over(rows='unbounded').agg("
+                            f"{name}=gs.row_number()); a count here is gs.count()")
+
+
 def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
     """Keys, window_start, window_end, the aggregates in order, and ``revision`` with lateness
     (and ``op`` for sessions: their changelog, :mod:`gpustream.operators.session`)."""
@@ -1341,6 +1350,7 @@ def window_output_schema(node: WindowAggNode, schema: pa.Schema) -> pa.Schema:
     if not node.aggs:
         raise PlanError(f"{where}: agg needs at least one aggregation, e.g. n=gs.count()")
     fields += [("window_start", ts_type), ("window_end", ts_type)]
+    _no_row_number(where, node.aggs)
     for name, agg in node.aggs:
         if not isinstance(agg, Agg):
             raise PlanError(f"{where} agg {name!r}: {agg!r} is not an aggregation; use e.g. "
@@ -1384,6 +1394,7 @@ def running_output_schema(node: RunningAggNode, schema: pa.Schema) -> pa.Schema:
     if not node.aggs:
         raise PlanError(f"{where}: agg needs at least one aggregation, e.g. n=gs.count()")
     up = changelog_origin(node.input)
+    _no_row_number(where, node.aggs)
     for name, agg in node.aggs:
         if not isinstance(agg, Agg):
             raise PlanError(f"{where} agg {name!r}: {agg!r} is not an aggregation; use e.g. "
@@ -1456,7 +1467,7 @@ def over_output_schema(node: OverNode, schema: pa.Schema) -> pa.Schema:
     ...                    output_schema(s))
     Traceback (most recent call last):
     ...
-    gpustream.errors.PlanError: step 1 (over 'o') agg 'v': OVER windows compute count, sum, min, max, mean; col('v').std() is not one of them (aggregate it in a window instead)
+    gpustream.errors.PlanError: step 1 (over 'o') agg 'v': OVER windows compute count, sum, min, max, mean, row_number; col('v').std() is not one of them (aggregate it in a window instead)
     """
     where = node.label
     event_time, ts_type = event_time_of(node)
@@ -1484,8 +1495,12 @@ def over_output_schema(node: OverNode, schema: pa.Schema) -> pa.Schema:
             raise PlanError(f"{what}: {agg!r} is not an aggregation; use e.g. gs.count() or "
                             "gs.col('v').sum()")
         if agg.kind not in OVER_AGGS:
-            raise PlanError(f"{what}: OVER windows compute count, sum, min, max, mean; "
-                            f"{agg!r} is not one of them (aggregate it in a window instead)")
+            raise PlanError(f"{what}: OVER windows compute count, sum, min, max, mean, "
+                            f"row_number; {agg!r} is not one of them (aggregate it in a "
+                            "window instead)")
+        if agg.kind == "row_number" and node.rows != UNBOUNDED:
+            raise PlanError(f"{what}: row_number() numbers every row of its key: use "
+                            "over(rows='unbounded')")
         if name in schema.names:
             raise PlanError(f"{what}: the input already has a column {name!r} (an OVER "
                             "window keeps every input column); name the aggregate otherwise")

@@ -40,7 +40,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpustream.sinks import Sink
+from gpustream.sinks.base import Sink
 
 __all__ = ["KafkaSink", "RedisStreamSink", "to_kafka", "to_redis_stream"]
 
@@ -332,7 +332,7 @@ def to_kafka(topic: str, bootstrap: str, format: str = "json",
     Without checkpoints, at-least-once (an idempotent producer, flushed per batch). With
     checkpoints, a transaction per checkpoint: exactly-once for ``read_committed``
     consumers but for a crash between a transaction's commit and its checkpoint reaching
-    the disk (that checkpoint's rows then come twice); see :mod:`gpustream.brokersinks`.
+    the disk (that checkpoint's rows then come twice); see :mod:`gpustream.sinks.brokers`.
 
     Parameters
     ----------
@@ -369,7 +369,7 @@ def to_redis_stream(url: str, stream: str, maxlen: int | None = None) -> RedisSt
     ``maxlen`` caps the stream's length (approximately, ``XADD MAXLEN ~``). Without
     checkpoints, at-least-once; with checkpoints, rows are staged and moved into the
     stream when each checkpoint is on disk: exactly-once, visible at checkpoints (see
-    :mod:`gpustream.brokersinks`).
+    :mod:`gpustream.sinks.brokers`).
 
     Examples
     --------

@@ -10,7 +10,6 @@ from typing import Any
 import pyarrow as pa
 
 from gpustream.backend import ENGINES, Backend, select_backend
-from gpustream.checkpoint import Checkpointing
 from gpustream.durations import Duration, to_millis
 from gpustream.errors import IngestError, PlanError
 from gpustream.expr import Agg, Col, Expr, lit
@@ -19,7 +18,7 @@ from gpustream.ingest.deadletter import DeadLetterFile
 from gpustream.ingest.schema import SchemaLike, as_schema
 from gpustream.ingest.source import Source
 from gpustream.metrics import Metrics
-from gpustream.plan import (
+from gpustream.plan.logical import (
     FilterNode,
     IntervalJoinNode,
     JoinTableNode,
@@ -40,10 +39,11 @@ from gpustream.plan import (
     output_schema,
     ranks_windows,
 )
-from gpustream.planner import build_physical, render_plan
-from gpustream.runtime import RunStats, execute
-from gpustream.sinks import CollectSink, DeadLetterSink, Sink
-from gpustream.stopping import GracefulStop
+from gpustream.plan.physical import build_physical, render_plan
+from gpustream.runtime.checkpoint import Checkpointing
+from gpustream.runtime.runner import RunStats, execute
+from gpustream.runtime.stopping import GracefulStop
+from gpustream.sinks.base import CollectSink, DeadLetterSink, Sink
 from gpustream.watermark import Watermark
 from gpustream.windows import WindowAssigner
 
@@ -891,7 +891,7 @@ def _as_source(source: Any, where: str) -> Source:
 
 
 def _sources_of(node: Node) -> list[SourceNode]:
-    from gpustream.plan import lineage
+    from gpustream.plan.logical import lineage
 
     return [n for n in lineage(node) if isinstance(n, SourceNode)]
 
@@ -1013,8 +1013,8 @@ class KeyedStream:
         rows
             ROWS frame: the row and the ``rows`` rows of its key before it (rows of the
             same event time in arrival order); ``"unbounded"``: every row of its key up
-            to it (``ROWS UNBOUNDED PRECEDING``: running totals; ``gs.count()`` is then
-            SQL's ``ROW_NUMBER()``), each key's aggregates kept instead of its rows.
+            to it (``ROWS UNBOUNDED PRECEDING``: running totals; ``gs.row_number()``
+            numbers the rows), each key's aggregates kept instead of its rows.
         name
             A stable name for the state (keys its checkpoints); default ``over@<step>``.
 

@@ -479,7 +479,7 @@ def load_spec(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
     >>> load_spec(f)
     Traceback (most recent call last):
     ...
-    gpustream.spec.SpecError: ...p.yaml:4: source.pathh: unknown field; did you mean 'path'?
+    gpustream.spec.yaml_spec.SpecError: ...p.yaml:4: source.pathh: unknown field; did you mean 'path'?
     """
     spec, where = _read(path)
     where.raise_errors()
@@ -997,8 +997,8 @@ def checkpointing_from_spec(spec: Spec, where: _Where, checkpoint_dir: str | Non
     ``checkpoint_dir`` (the CLI's ``--checkpoint-dir``) overrides the spec's ``dir``; with
     no section it checkpoints every 100 batches.
     """
-    from gpustream.checkpoint import Checkpointing
     from gpustream.durations import to_millis
+    from gpustream.runtime.checkpoint import Checkpointing
 
     c = spec.checkpoint
     if c is None and checkpoint_dir is None:
@@ -1043,7 +1043,7 @@ class SpecCheck:
         >>> SpecCheck("p.yaml", errors=["p.yaml:3: steps[0]: a", "p.yaml:5: sink: b"]).raise_errors()
         Traceback (most recent call last):
         ...
-        gpustream.spec.SpecError: p.yaml:3: steps[0]: a
+        gpustream.spec.yaml_spec.SpecError: p.yaml:3: steps[0]: a
         p.yaml:5: sink: b
         """
         if self.errors:
