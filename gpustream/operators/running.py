@@ -36,16 +36,18 @@ from gpustream.changelog import (
     UPDATE_BEFORE,
     op_dictionary,
 )
-from gpustream.expr import Col, agg_input, col
+from gpustream.expr import agg_input, col
 from gpustream.operators.base import Operator
 from gpustream.operators.window import AggSpec
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
 from gpustream.state.keyed import (
     finalized,
     init_new,
+    key_columns,
     key_words,
     restore_aggs,
     snapshot_aggs,
+    string_sources,
     update_states,
 )
 from gpustream.state.table import SlotTable
@@ -298,34 +300,18 @@ class RunningAggOp(Operator):
         phase = ((op != UPDATE_BEFORE) & (op != DELETE)).astype(np.uint64)
         order = xp.lexsort(xp.stack([phase, *[words[c] for c in range(k, -1, -1)]]))
         words, op = words[:, order], op[order]
-        columns: dict[str, Any] = {}
-        validity: dict[str, Any] = {}
-        nulls = words[k].view(np.int64)
-        any_null = bool(nulls.any()) if k else False
-        for c, name in enumerate(spec.keys):
-            dtype = physical_dtype(spec.schema.field(name).type)
-            columns[name] = words[c].view(np.int64).astype(dtype, copy=False)
-            validity[name] = ((nulls >> c) & 1) == 0 if any_null else None
+        columns, validity = key_columns(spec.keys, spec.schema, words, xp)
         for a, (v, ok) in zip(spec.aggs, values, strict=True):
             columns[a.name] = v[order]
             validity[a.name] = None if ok is None else ok[order]
         columns["op"] = op
         validity["op"] = None
         dictionaries: dict[str, Any] = {"op": self.op_dictionary}
-        for f in spec.schema:
-            src = self._string_source(f.name)
-            if src is not None and src in self.dictionaries:
-                dictionaries[f.name] = self.dictionaries[src]
+        for out, src in string_sources(spec.keys, spec.aggs).items():
+            if src in self.dictionaries:
+                dictionaries[out] = self.dictionaries[src]
         watermarks = xp.full(int(op.shape[0]), self.forwarded, dtype=np.int64)
         return Batch(columns, spec.schema, validity, dictionaries, watermarks)
-
-    def _string_source(self, out_name: str) -> str | None:
-        if out_name in self.spec.keys:
-            return out_name
-        for a in self.spec.aggs:
-            if a.name == out_name and isinstance(a.agg.value_input, Col):
-                return a.agg.value_input.name
-        return None
 
     def on_watermark(self, watermark: int) -> list[Batch]:
         self.forwarded = max(self.forwarded, watermark)

@@ -21,17 +21,19 @@ import numpy as np
 import pyarrow as pa
 
 from gpustream.backend import Backend
-from gpustream.batch import Batch, physical_dtype
-from gpustream.expr import Agg, Col, agg_input
+from gpustream.batch import Batch
+from gpustream.expr import Agg, agg_input
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.operators.base import Operator
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
 from gpustream.state.keyed import (
     finalized,
     init_new,
+    key_columns,
     key_words,
     restore_aggs,
     snapshot_aggs,
+    string_sources,
     update_states,
 )
 from gpustream.state.store_table import TableStore
@@ -178,14 +180,7 @@ class AggOpBase(Operator):
                 revision = revision[order]
             if op is not None:
                 op = op[order]
-        columns: dict[str, Any] = {}
-        validity: dict[str, Any] = {}
-        nulls = key_words[k].view(np.int64)
-        any_null = bool(nulls.any()) if k else False
-        for c, name in enumerate(spec.keys):
-            dtype = physical_dtype(spec.schema.field(name).type)
-            columns[name] = key_words[c].view(np.int64).astype(dtype, copy=False)
-            validity[name] = ((nulls >> c) & 1) == 0 if any_null else None
+        columns, validity = key_columns(spec.keys, spec.schema, key_words, xp)
         columns["window_start"] = starts
         columns["window_end"] = ends
         for a, (v, ok) in zip(spec.aggs, values, strict=True):
@@ -199,20 +194,11 @@ class AggOpBase(Operator):
             assert op_dictionary is not None
             columns["op"] = op.astype(np.int32)
             dictionaries["op"] = op_dictionary
-        for f in spec.schema:
-            src = self._string_source(f.name)
-            if src is not None and src in self.dictionaries:
-                dictionaries[f.name] = self.dictionaries[src]
+        for out, src in string_sources(spec.keys, spec.aggs).items():
+            if src in self.dictionaries:
+                dictionaries[out] = self.dictionaries[src]
         watermarks = xp.full(starts.shape[0], self.forwarded, dtype=np.int64)
         return Batch(columns, spec.schema, validity, dictionaries, watermarks)
-
-    def _string_source(self, out_name: str) -> str | None:
-        if out_name in self.spec.keys:
-            return out_name
-        for a in self.spec.aggs:
-            if a.name == out_name and isinstance(a.agg.value_input, Col):
-                return a.agg.value_input.name
-        return None
 
     def side_outputs(self) -> dict[str, list[Batch]]:
         out, self.late_out = self.late_out, []

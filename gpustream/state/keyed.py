@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from gpustream.batch import Batch
+from gpustream.batch import Batch, physical_dtype
+from gpustream.expr import Col
 from gpustream.kernels.hashing import widen_keys
 from gpustream.state.aggstate import AggState, UpdateContext
 
-__all__ = ["finalized", "init_new", "key_words", "restore_aggs", "snapshot_aggs",
-           "update_states"]
+__all__ = ["finalized", "init_new", "key_columns", "key_words", "restore_aggs",
+           "snapshot_aggs", "string_sources", "update_states"]
 
 
 def key_words(keys: Sequence[str], batch: Batch, rows: Any, extra: Any | None, xp: Any) -> Any:
@@ -169,3 +171,46 @@ def restore_aggs(states: Sequence[AggState], state: dict[str, Any], slots: Any,
         prefix = f"agg.{st.name}."
         extra = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         st.restore_extra(extra, slots, to_device)
+
+
+def key_columns(keys: Sequence[str], schema: pa.Schema, words: Any, xp: Any
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The key columns (values in ``schema``'s types, validity) of rows whose key words
+    are ``words`` (as :func:`key_words` makes them: one per key, then the null bits).
+
+    Examples
+    --------
+    >>> w = np.array([[7, 0], [0, 1]], dtype=np.uint64)
+    >>> cols, valid = key_columns(("k",), pa.schema({"k": pa.int32()}), w, np)
+    >>> cols["k"].tolist(), valid["k"].tolist()
+    ([7, 0], [True, False])
+    """
+    k = len(keys)
+    columns: dict[str, Any] = {}
+    validity: dict[str, Any] = {}
+    nulls = words[k].view(np.int64)
+    any_null = bool(nulls.any()) if k else False
+    for c, name in enumerate(keys):
+        dtype = physical_dtype(schema.field(name).type)
+        columns[name] = words[c].view(np.int64).astype(dtype, copy=False)
+        validity[name] = ((nulls >> c) & 1) == 0 if any_null else None
+    return columns, validity
+
+
+def string_sources(keys: Sequence[str], aggs: Sequence[Any]) -> dict[str, str]:
+    """Output column -> the input column whose string dictionary decodes it: the keys,
+    and aggregates of a column as it is (first, last, min, max, max_by of a string).
+
+    Examples
+    --------
+    >>> from gpustream.expr import col, count
+    >>> from gpustream.operators.window import AggSpec
+    >>> string_sources(("k",), [AggSpec("f", col("s").first(), pa.string(), pa.string()),
+    ...                         AggSpec("n", count(), None, pa.int64())])
+    {'k': 'k', 'f': 's'}
+    """
+    out = {k: k for k in keys}
+    for a in aggs:
+        if isinstance(a.agg.value_input, Col):
+            out[a.name] = a.agg.value_input.name
+    return out
