@@ -175,15 +175,15 @@ class RunningAggOp(Operator):
             for st, col_ in zip(self.states, inputs.values(), strict=True):
                 st.fold(slots, rows, col_, w, ctx)
             self.weight.update(slots, rows, w, None, ctx)
-            alive = self.weight.finalize(touched)[0] > 0
-            gone = seen[~alive[shown[touched] == 1]]
-            seen = seen[alive[shown[touched] == 1]]
-            deleted = [(v[~alive[shown[touched] == 1]], None if ok is None
-                        else ok[~alive[shown[touched] == 1]]) for v, ok in before]
-            before = [(v[alive[shown[touched] == 1]], None if ok is None
-                       else ok[alive[shown[touched] == 1]]) for v, ok in before]
+            alive = self.weight.finalize(touched)[0] > 0  # rows added minus taken back
+            was = shown[touched] == 1
+            kept, lost = alive[was], ~alive[was]
+            gone = seen[lost]  # shown before, every row taken back: deleted
+            deleted = [(v[lost], None if ok is None else ok[lost]) for v, ok in before]
+            seen = seen[kept]
+            before = [(v[kept], None if ok is None else ok[kept]) for v, ok in before]
             dead = touched[~alive]
-            fresh = fresh[alive[shown[touched] == 0]]
+            fresh = fresh[alive[~was]]
         else:
             update_states(self.states, slots, rows, inputs, ctx, xp)
         if self.last is not None:
@@ -199,7 +199,7 @@ class RunningAggOp(Operator):
         return [out] if out.num_rows else []
 
     def _free(self, slots: Any) -> None:
-        for st in [*self.states, *(s for s in (self.last, self.weight) if s is not None)]:
+        for st in self._all_states():
             st.free(slots)
         self.table.free(slots)
 
