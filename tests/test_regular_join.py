@@ -399,7 +399,8 @@ def _resumed(build: Any, crash: dict[str, int], folder: Path, every: int,
     assert stats.restored_checkpoint == (len(marks) or None)
     if resumes:  # it resumed, and did not start over
         assert stats.restored_checkpoint is not None and stats.events_in < total
-    before = pa.Table.from_batches(out1).slice(0, marks[-1]) if marks else None
+    # (a crash before the join emitted anything leaves no rows before the checkpoint)
+    before = pa.Table.from_batches(out1).slice(0, marks[-1]) if marks and out1 else None
     after = pa.Table.from_batches(out2)
     return after if before is None else pa.concat_tables([before, after])
 
