@@ -141,14 +141,22 @@ def run(
 
     Ctrl-C and SIGTERM stop it cleanly at a batch boundary (sources stopped, a final checkpoint taken when the spec checkpoints, sinks committed and closed, the summary printed) with exit status 130 and 143; a second signal stops at once.
     """
-    from gpustream.live import LiveView
-    from gpustream.metrics import Metrics, serve_prometheus
     from gpustream.spec import check_spec
 
     checked = check_spec(spec, engine,
                          checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
     checked.raise_errors()
-    p, checkpoint = checked.pipeline, checked.checkpoint
+    _execute(checked.pipeline, checked.checkpoint, max_events, metrics_port, metrics_host, live)
+
+
+def _execute(p: Any, checkpoint: Any, max_events: int | None, metrics_port: int | None,
+             metrics_host: str, live: bool) -> None:
+    """Run ``p`` to the end as ``run`` does: the header, metrics, the live view, the
+    summary; a failure while running is :class:`RunFailed`, a clean stop
+    :class:`Interrupted`."""
+    from gpustream.live import LiveView
+    from gpustream.metrics import Metrics, serve_prometheus
+
     console = Console()
     console.print(f"[bold]{p.name}[/bold] on {p.backend.describe()}", highlight=False)
     metrics = Metrics(p.name, p.backend.name)
@@ -180,6 +188,102 @@ def run(
         if _terminated.is_set():
             console.print("stopped by SIGTERM", highlight=False)
         raise Interrupted
+
+
+SQL_SOURCE_HELP = ("NAME=PATH: a file, glob or folder the query reads as NAME, its format by "
+                   "suffix (.parquet; .arrow, .feather, .ipc; .csv; .jsonl, .ndjson, .json). "
+                   "Repeat for each input. A CREATE TABLE NAME (..., WATERMARK FOR ts AS ts - "
+                   "INTERVAL '2' SECOND) in the text gives it its event time.")
+
+
+def _sql_sources(given: list[str]) -> dict[str, Any]:
+    """``--source NAME=PATH`` options: the file readers by name."""
+    from gpustream.spec.yaml_spec import file_reader, file_type
+
+    sources: dict[str, Any] = {}
+    for item in given:
+        name, eq, path = item.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier() or not path:
+            raise typer.BadParameter(f"{item!r}: give NAME=PATH, e.g. bid=data/bids.parquet "
+                                     "(NAME as the query's FROM names it)",
+                                     param_hint="--source")
+        if name in sources:
+            raise typer.BadParameter(f"{name!r} is given twice", param_hint="--source")
+        try:
+            sources[name] = file_reader(file_type(path))(path)
+        except (OSError, ValueError, GpustreamError) as err:
+            raise typer.BadParameter(f"{item}: {err}", param_hint="--source") from None
+    return sources
+
+
+def _sql_text(query: str | None, file: Path | None) -> str:
+    """The SQL text: the argument or ``--file`` (``-``: stdin), exactly one of them."""
+    if (query is None) == (file is None):
+        raise typer.BadParameter("give the SQL text as the argument or --file q.sql, one of "
+                                 "them", param_hint="QUERY")
+    if file is None:
+        assert query is not None
+        if query.startswith("@") and len(query.split()) == 1:
+            raise typer.BadParameter(f"to read the SQL text from a file, give --file "
+                                     f"{query[1:]}", param_hint="QUERY")
+        return query
+    if str(file) == "-":
+        return sys.stdin.read()
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise typer.BadParameter(f"cannot read {file}: {err}", param_hint="--file") from None
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(None, show_default=False, metavar="QUERY",
+                                help="The SQL text (Flink SQL): CREATE TABLE and CREATE VIEW "
+                                     "statements, then a query, separated by ';'. Or --file."),
+    source: list[str] = typer.Option([], "--source", "-s", show_default=False,
+                                     help=SQL_SOURCE_HELP),
+    file: Path = typer.Option(None, "--file", "-f",
+                              help="Read the SQL text from this file ('-': stdin) instead of "
+                                   "the argument."),
+    out: str = typer.Option("console", help="console (a table per batch), or a path: "
+                                            "*.parquet, *.csv or *.jsonl writes that file, "
+                                            "any other path a folder of Parquet part files."),
+    overwrite: bool = typer.Option(False, help="Replace an --out file that is there (else "
+                                               "the run refuses to, before it starts)."),
+    engine: str = typer.Option(None, help="auto, cpu or cuda (GPUSTREAM_ENGINE overrides)."),
+    max_rows: int = typer.Option(20, help="With --out console: at most this many rows of "
+                                          "each batch printed."),
+    max_events: int = typer.Option(None, help="Stop after this many input events."),
+    explain: bool = typer.Option(False, help="Print the plan instead of running it."),
+    live: bool = typer.Option(None, help="Show the live view (default: on with an --out "
+                                         "file, off with console output)."),
+) -> None:
+    """Run a SQL query (Flink SQL) over files, as a stream, until its inputs end.
+
+    `gpustream sql "SELECT auction, price FROM bid WHERE price > 1000" --source bid=data/bids.parquet`. The text may start with CREATE TABLE bid (..., WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND) to give a source its event time (for TUMBLE, HOP, SESSION and interval joins) and CREATE VIEW statements; the last query's rows go to --out. A bad query exits 2, naming the SQL line and column.
+    """
+    import gpustream as gs
+    from gpustream.spec.yaml_spec import output_sink
+
+    text = _sql_text(query, file)
+    sources = _sql_sources(source)
+    if max_rows < 1:
+        raise typer.BadParameter(f"must be >= 1, got {max_rows}", param_hint="--max-rows")
+    try:
+        sink = output_sink(out, max_rows, mode="overwrite" if overwrite and out != "console"
+                           else None)
+    except (OSError, ValueError, GpustreamError) as err:
+        raise typer.BadParameter(str(err), param_hint="--out") from None
+    if getattr(sink, "single", False) and not overwrite and Path(out).exists():
+        raise typer.BadParameter(f"{out} exists: give --overwrite to replace it, or another "
+                                 "path", param_hint="--out")
+    p = gs.Pipeline("sql", engine=engine or "auto")
+    p.sql(text, sources=sources).sink(sink)
+    if explain:
+        Console().print(p.explain(), highlight=False, markup=False, soft_wrap=True)
+        return
+    _execute(p, None, max_events, None, "127.0.0.1", out != "console" if live is None else live)
 
 
 @app.command()
@@ -323,26 +427,37 @@ def bench_nexmark(
                                        "timing.json)."),
     warmup: bool = typer.Option(True, help="Run each query on 20,000 events first, untimed "
                                            "(compiles its kernels)."),
+    sql: bool = typer.Option(False, help="Build each query from its SQL text (Flink's "
+                                         "Nexmark SQL, run by `Pipeline.sql`) instead of the "
+                                         "Python API; with --query all, every query that "
+                                         "runs from SQL."),
 ) -> None:
     """Run Nexmark queries on generated events and time them (events in, seconds, events/s).
 
     The input comes from the project's Nexmark generator (`gs.nexmark`), made in memory before the timing starts; each query is one gpustream pipeline, or with --engine duckdb the same query as DuckDB SQL. `benchmarks/nexmark/README.md` lists the queries and their stand-ins.
     """
     from gpustream.bench.nexmark import query_names
-    from gpustream.bench.runner import ENGINES, bench
+    from gpustream.bench.runner import ENGINES, bench, sql_names
 
     try:
         names = query_names(query)
+        if sql:
+            names = sql_names(names, every=query.strip().lower() == "all")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--query") from None
     if engine not in ENGINES:
         raise typer.BadParameter(f"{engine!r} is not one of {', '.join(ENGINES)}",
                                  param_hint="--engine")
+    if sql and engine == "duckdb":
+        raise typer.BadParameter("--sql builds gpustream's pipeline from each query's SQL "
+                                 "text; DuckDB runs SQL already: use cpu, cuda or auto",
+                                 param_hint="--engine")
     if events < 1:
         raise typer.BadParameter(f"must be >= 1, got {events}", param_hint="--events")
     console = Console()
-    results = bench(names, events, seed, engine, out, warmup=warmup)
-    table = Table("query", "backend", "rows out", "seconds", "events/s")
+    results = bench(names, events, seed, engine, out, warmup=warmup, sql=sql)
+    table = Table("query", "backend", "rows out", "seconds", "events/s",
+                  title="from SQL text" if sql else None)
     for r in results:
         table.add_row(r.query, r.backend, f"{r.table.num_rows:,}", f"{r.seconds:.3f}",
                       f"{r.events_per_s:,.0f}")

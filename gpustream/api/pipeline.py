@@ -132,6 +132,8 @@ class Pipeline:
         self._sinks: list[tuple[Node, Sink]] = []
         self._nodes: list[Node] = []
         self._source_names: set[str] = set()
+        #: the streams of named sources, for SQL (``FROM bid``)
+        self._named_streams: dict[str, Stream] = {}
         self._tables: list[TableNode] = []
         self._backend: Backend | None = None
 
@@ -192,7 +194,34 @@ class Pipeline:
         node = SourceNode(source, event_time, watermark, name)
         schema = output_schema(node)
         self._source_names.add(name)
-        return self._stream(node, schema)
+        stream = self._stream(node, schema)
+        self._named_streams[name] = stream
+        return stream
+
+    def sql(self, text: str, sources: Mapping[str, Source | Any] | None = None) -> Stream:
+        """The stream of a SQL query (Flink SQL) over this pipeline's named sources and
+        tables: ``FROM bid`` reads ``p.source(..., name="bid")``.
+
+        ``text`` may start with ``CREATE TABLE`` (a source: its columns and ``WATERMARK
+        FOR ts AS ts - INTERVAL 'n' SECOND``) and ``CREATE VIEW`` statements, separated by
+        ``;``; the last query's stream is returned, a stream like any other (sinks,
+        ``collect()``, ``explain()``). ``sources``: sources by name for those ``CREATE
+        TABLE`` statements (added on first use). Windows are Flink's windowing functions
+        (``TABLE(TUMBLE(TABLE bid, DESCRIPTOR(ts), INTERVAL '10' SECOND))``); see the
+        README's SQL section for the whole surface. Errors name the line and column.
+
+        Examples
+        --------
+        >>> import gpustream as gs
+        >>> p = gs.Pipeline(engine="cpu")
+        >>> _ = p.source(gs.from_arrow({"item": ["a", "b", "a"], "ts": [1, 2, 3]}),
+        ...              event_time="ts", name="views")
+        >>> out = p.sql("SELECT item, COUNT(*) AS n FROM views GROUP BY item")
+        >>> gs.materialize(out.collect(), key="item").to_pydict()
+        {'item': ['a', 'b'], 'n': [2, 1]}
+        """
+        from gpustream.sql import sql
+        return sql(self, text, sources)
 
     def table(self, source: Source | Any, key: str | list[str] | tuple[str, ...],
               name: str | None = None, changelog: Source | None = None,
@@ -500,7 +529,9 @@ class Stream:
         steps that need append-only rows (windows, over, top_k, interval and window
         joins) refuse it. Null keys match nothing. An output row's event time is the
         larger of its two rows' (a padded row's: its row's); no column holds it, so
-        time-based steps after the join are refused.
+        time-based steps after the join are refused. Without ``retention`` the join
+        reads no event time: its inputs may have none, and its rows may be joined again
+        (``a.join(b, ...).join(c, ...)``).
 
         Parameters
         ----------
@@ -635,8 +666,8 @@ class Stream:
         label = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
         return self._then(MapBatchesNode(self._node, fn, declared, str(label)))
 
-    def top_k(self, n: int, by: str, per: str | Sequence[str] = (),
-              descending: bool = True, ties: str = "first") -> Stream:
+    def top_k(self, n: int, by: str | Sequence[str], per: str | Sequence[str] = (),
+              descending: bool | Sequence[bool] = True, ties: str = "first") -> Stream:
         """The ``n`` rows with the largest ``by`` (``descending=False``: smallest) in each
         window of a window's output, per ``per`` columns, with their ``rank`` (1..n): SQL's
         ``ROW_NUMBER() OVER (PARTITION BY window_start, window_end, per ORDER BY by DESC)
@@ -648,9 +679,13 @@ class Stream:
         ``-D`` for one pushed out, no rank; the rows the changelog describes
         (``gs.materialize(rows)``) do not depend on batching.
 
-        Of rows with equal ``by``, the earlier ranks first; ``ties="last"``: the later
-        (e.g. ``top_k(1, by="ts", per="user", ties="last")`` keeps each user's last row
-        even when two share a time, as SQL's ``ORDER BY ts DESC, arrival DESC``).
+        ``by`` may list several columns (``descending`` then one flag per column, as
+        Polars' ``sort``): rows are ordered by the first, then the next for equal values
+        (``ORDER BY price DESC, ts ASC``: ``by=["price", "ts"], descending=[True,
+        False]``). Of rows equal in every ``by`` column, the earlier ranks first;
+        ``ties="last"``: the later (e.g. ``top_k(1, by="ts", per="user", ties="last")``
+        keeps each user's last row even when two share a time, as SQL's ``ORDER BY ts
+        DESC, arrival DESC``).
 
         A window's rows wait here until the watermark passes the window's end, then are
         ranked: ties in ``by`` in the order the window emitted its rows (by its keys),
@@ -669,14 +704,25 @@ class Stream:
         >>> best = s.top_k(1, by="ts", per="item")  # each item's latest row, a changelog
         >>> gs.materialize(best.collect()).to_pydict()
         {'ts': [1, 3, 4], 'item': [1, 2, 3]}
+        >>> first = s.top_k(1, by=["item", "ts"], descending=[True, False])  # ts breaks ties
+        >>> gs.materialize(first.collect()).to_pydict()
+        {'ts': [4], 'item': [3]}
         """
+        where = f"step {self._node.step + 1} (top_k)"
+        cols = [by] if isinstance(by, str) else list(by)
+        flags = [descending] * len(cols) if isinstance(descending, bool) else list(descending)
+        if not cols or not all(isinstance(c, str) for c in cols):
+            raise PlanError(f"{where}: by= names a column, or a list of columns")
+        if len(flags) != len(cols) or not all(isinstance(f, bool) for f in flags):
+            raise PlanError(f"{where}: descending= is one bool, or one per by= column "
+                            f"({len(cols)}), got {descending!r}")
         if ties not in ("first", "last"):
             raise PlanError(f"step {self._node.step + 1} (top_k): ties={ties!r}: 'first' "
                             "(of rows with equal values, the earlier ranks first) or 'last'")
         groups = (per,) if isinstance(per, str) else tuple(per)
         whole = not ranks_windows(self._node, self._schema)
-        return self._then(TopKNode(self._node, n, by, descending, groups, whole,
-                                   ties == "last"))
+        return self._then(TopKNode(self._node, n, cols[0], flags[0], groups, whole,
+                                   ties == "last", tuple(zip(cols[1:], flags[1:], strict=True))))
 
     def with_columns(
         self, exprs: Mapping[str, Expr | Any] | None = None, **named: Expr | Any

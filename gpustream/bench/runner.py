@@ -35,7 +35,7 @@ from gpustream.ingest.source import Source
 
 __all__ = ["ENGINES", "WARMUP_EVENTS", "BenchError", "NexmarkData", "QueryResult", "bench",
            "differences", "generate", "normalize", "require_duckdb", "run_duckdb",
-           "run_gpustream", "run_query", "shuffled", "write_result"]
+           "run_gpustream", "run_query", "shuffled", "sql_names", "write_result"]
 
 #: what ``--engine`` takes: gpustream's backends, and DuckDB running the SQL
 ENGINES = ("cpu", "cuda", "auto", "duckdb")
@@ -145,21 +145,54 @@ def shuffled(data: NexmarkData, bound_ms: int, seed: int = 0) -> NexmarkData:
     return NexmarkData(mix(data.persons), mix(data.auctions), mix(data.bids), data.config)
 
 
+def sql_names(names: list[str], every: bool = False) -> list[str]:
+    """The queries of ``names`` that run from their SQL text
+    (:mod:`gpustream.bench.nexmark_sql`): all of them, or a :class:`ValueError` naming
+    those that do not; with ``every`` (``--query all``) those that do.
+
+    Examples
+    --------
+    >>> sql_names(["q0", "q99"], every=True)
+    ['q0']
+    >>> sql_names(["q1", "q99"])
+    Traceback (most recent call last):
+    ...
+    ValueError: q99 does not run from SQL (--sql): the ones that do are q0, q1, q2, ...
+    """
+    from gpustream.bench.nexmark_sql import QUERIES_SQL
+
+    missing = [n for n in names if n not in QUERIES_SQL]
+    if missing and not every:
+        raise ValueError(f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not "
+                         f"run from SQL (--sql): the ones that do are {', '.join(QUERIES_SQL)}")
+    return [n for n in names if n in QUERIES_SQL]
+
+
 def run_gpustream(query: Query, data: NexmarkData, engine: str = "cpu",
-                  batch_rows: int | None = None) -> QueryResult:
-    """Build ``query`` as one pipeline over ``data`` and run it to the end.
+                  batch_rows: int | None = None, sql: bool = False) -> QueryResult:
+    """Build ``query`` as one pipeline over ``data`` and run it to the end; ``sql``: build
+    it from its SQL text (:func:`gpustream.bench.nexmark_sql.build_sql`), not with the
+    Python API (``query.build``).
 
     Examples
     --------
     >>> r = run_gpustream(QUERIES["q0"], generate(events=1000, seed=1), engine="cpu")
     >>> r.table.num_rows, r.backend
     (920, 'cpu')
+    >>> run_gpustream(QUERIES["q0"], generate(events=1000, seed=1), sql=True).table.num_rows
+    920
     """
     started = time.perf_counter()
     p = gs.Pipeline(f"nexmark-{query.name}", engine=engine)
     kw = {} if batch_rows is None else {"batch_rows": batch_rows}
     sources = {k: gs.from_arrow(data.table(k), **kw) for k in ("persons", "auctions", "bids")}
-    table = query.build(Inputs(p, sources, max_auction_ms=max_auction_ms(data.config))).collect()
+    inputs = Inputs(p, sources, max_auction_ms=max_auction_ms(data.config))
+    if sql:
+        from gpustream.bench.nexmark_sql import build_sql
+
+        table = build_sql(inputs, query.name).collect()
+    else:
+        table = query.build(inputs).collect()
     if query.changelog is not None:  # the table the changelog describes
         table = gs.materialize(table, key=list(query.changelog) or None)
     seconds = time.perf_counter() - started
@@ -210,19 +243,27 @@ def run_duckdb(query: Query, data: NexmarkData) -> QueryResult:
 
 
 def run_query(query: Query, data: NexmarkData, engine: str,
-              batch_rows: int | None = None) -> QueryResult:
-    """``query`` on ``engine``: ``cpu``, ``cuda``, ``auto`` (gpustream) or ``duckdb``.
+              batch_rows: int | None = None, sql: bool = False) -> QueryResult:
+    """``query`` on ``engine``: ``cpu``, ``cuda``, ``auto`` (gpustream) or ``duckdb``;
+    ``sql``: gpustream builds it from its SQL text (see :func:`run_gpustream`).
 
     Examples
     --------
     >>> run_query(QUERIES["q1"], generate(events=200, seed=1), "duckdb").engine
     'duckdb'
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    _check_engine(engine, sql)
     if engine == "duckdb":
         return run_duckdb(query, data)
-    return run_gpustream(query, data, engine, batch_rows)
+    return run_gpustream(query, data, engine, batch_rows, sql=sql)
+
+
+def _check_engine(engine: str, sql: bool) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if sql and engine == "duckdb":
+        raise ValueError("sql=True (--sql) builds gpustream's pipeline from the query's SQL "
+                         "text; DuckDB runs its own SQL: use --engine cpu, cuda or auto")
 
 
 def normalize(table: pa.Table, query: Query) -> pa.Table:
@@ -322,14 +363,15 @@ WARMUP_EVENTS = 20_000
 
 
 def bench(names: list[str], events: int, seed: int, engine: str, out: Path,
-          warmup: bool = True) -> list[QueryResult]:
+          warmup: bool = True, sql: bool = False) -> list[QueryResult]:
     """Generate ``events`` Nexmark events, run each query of ``names`` on ``engine`` and
     write its ``result.parquet`` and ``timing.json`` to ``out`` (one query) or to
     ``out/<query>/`` (several, with a summary ``out/timing.json``).
 
     ``warmup``: first run each query on :data:`WARMUP_EVENTS` events, untimed, so its
     timing leaves out compiling its kernels (numba caches them on disk, so later
-    processes skip most of it anyway).
+    processes skip most of it anyway). ``sql``: build each query from its SQL text
+    (:func:`run_gpustream`); ``timing.json`` then says ``"sql": true``.
 
     Examples
     --------
@@ -340,8 +382,7 @@ def bench(names: list[str], events: int, seed: int, engine: str, out: Path,
     ['q1', 'q2']
     ['q1', 'q2', 'timing.json']
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    _check_engine(engine, sql)
     if engine == "duckdb":
         require_duckdb()
     started = time.perf_counter()
@@ -350,17 +391,18 @@ def bench(names: list[str], events: int, seed: int, engine: str, out: Path,
     small = generate(min(events, WARMUP_EVENTS), seed) if warmup and engine != "duckdb" \
         else None
     results = []
+    front = {"sql": True} if sql else {}
     for name in names:
         query = QUERIES[name]
         if small is not None:
-            run_query(query, small, engine)
-        result = run_query(query, data, engine)
+            run_query(query, small, engine, sql=sql)
+        result = run_query(query, data, engine, sql=sql)
         write_result(result, out if len(names) == 1 else out / name,
-                     {"seed": seed, "generate_seconds": round(made, 6)})
+                     {"seed": seed, "generate_seconds": round(made, 6), **front})
         results.append(result)
     if len(names) > 1:
         seconds = sum(r.seconds for r in results)
-        summary = {"engine": engine, "events": events, "seed": seed,
+        summary = {"engine": engine, **front, "events": events, "seed": seed,
                    "generate_seconds": round(made, 6), "seconds": round(seconds, 6),
                    "queries": [r.timing() for r in results]}
         (out / "timing.json").write_text(json.dumps(summary, indent=2) + "\n")

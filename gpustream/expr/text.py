@@ -46,7 +46,8 @@ from gpustream.expr.nodes import (
 from gpustream.expr.strings import concat_str
 from gpustream.expr.when import Case, when
 
-__all__ = ["AGGREGATIONS", "FUNCTIONS", "MAX_EXPR_CHARS", "parse_agg", "parse_expr"]
+__all__ = ["AGGREGATIONS", "FUNCTIONS", "MAX_EXPR_CHARS", "apply_function", "parse_agg",
+           "parse_expr"]
 
 #: the longest expression text accepted, checked before it is parsed (a real one is
 #: well under 1,000 characters; an expression's depth and parts are capped as well, see
@@ -202,42 +203,7 @@ class _Walker:
             return self.build(node, lambda: concat_str(parts))
         x = self.expr(node.args[0])
         consts = [self.constant(a) for a in node.args[1:]]
-        return self.build(node, lambda: self.method(name, x, consts))
-
-    def method(self, name: str, x: Expr, args: list[Any]) -> Expr:
-        """The Python method a function of the text stands for."""
-        if name in _STR_METHODS:
-            return getattr(x.str, _STR_METHODS[name])()
-        if name in _DT_METHODS:
-            return getattr(x.dt, _DT_METHODS[name])()
-        if name == "fill_null":
-            return x.fill_null(args[0])
-        if name == "cast":
-            return x.cast(str(args[0]))
-        if name == "contains":
-            return x.str.contains(args[0], literal=True)
-        if name == "regexp_match":
-            return x.str.contains(args[0])
-        if name == "starts_with":
-            return x.str.starts_with(args[0])
-        if name == "ends_with":
-            return x.str.ends_with(args[0])
-        if name == "replace":
-            return x.str.replace_all(args[0], args[1], literal=True)
-        if name == "regexp_extract":
-            return x.str.extract(args[0], *(args[1:] or [0]))
-        if name == "split_part":
-            return x.str.split_part(args[0], args[1])
-        if name == "substring":
-            start = args[0]
-            if isinstance(start, bool) or not isinstance(start, int) or start < 1:
-                raise PlanError(f"substring(): the start counts from 1, got {start!r}")
-            return x.str.slice(start - 1, *args[1:])
-        if name == "truncate":
-            return x.dt.truncate(args[0])
-        if name == "strftime":
-            return x.dt.strftime(args[0])
-        return getattr(x, name)()
+        return self.build(node, lambda: apply_function(name, x, consts))
 
     def when(self, node: ast.Call) -> Expr:
         """``when(c1, v1, c2, v2, ..., [else])``: CASE WHEN c1 THEN v1 ... ELSE else END."""
@@ -290,6 +256,57 @@ class _Walker:
         else:
             out = getattr(self.expr(node.args[0]), kind)()
         return out if where is None else self.build(node, lambda: out.filter(where))
+
+
+def apply_function(name: str, x: Expr, args: list[Any]) -> Expr:
+    """The expression the function ``name`` (SQL's name, DuckDB's conventions) of ``x``
+    stands for, with the constant arguments ``args``: the one mapping of SQL function
+    names onto the Python methods, shared by the YAML spec's text and the SQL front end
+    (:mod:`gpustream.sql.scalar`). A wrong argument raises :class:`PlanError`.
+
+    Examples
+    --------
+    >>> apply_function("substring", col("s"), [2, 3])
+    col('s').str.slice(1, 3)
+    >>> apply_function("hour", col("ts"), [])
+    col('ts').dt.hour()
+    >>> apply_function("substring", col("s"), [0])
+    Traceback (most recent call last):
+    ...
+    gpustream.errors.PlanError: substring(): the start counts from 1, got 0
+    """
+    if name in _STR_METHODS:
+        return getattr(x.str, _STR_METHODS[name])()
+    if name in _DT_METHODS:
+        return getattr(x.dt, _DT_METHODS[name])()
+    if name == "fill_null":
+        return x.fill_null(args[0])
+    if name == "cast":
+        return x.cast(str(args[0]))
+    if name == "contains":
+        return x.str.contains(args[0], literal=True)
+    if name == "regexp_match":
+        return x.str.contains(args[0])
+    if name == "starts_with":
+        return x.str.starts_with(args[0])
+    if name == "ends_with":
+        return x.str.ends_with(args[0])
+    if name == "replace":
+        return x.str.replace_all(args[0], args[1], literal=True)
+    if name == "regexp_extract":
+        return x.str.extract(args[0], *(args[1:] or [0]))
+    if name == "split_part":
+        return x.str.split_part(args[0], args[1])
+    if name == "substring":
+        start = args[0]
+        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+            raise PlanError(f"substring(): the start counts from 1, got {start!r}")
+        return x.str.slice(start - 1, *args[1:])
+    if name == "truncate":
+        return x.dt.truncate(args[0])
+    if name == "strftime":
+        return x.dt.strftime(args[0])
+    return getattr(x, name)()
 
 
 def _did_you_mean(name: str, known: dict[str, Any]) -> str:

@@ -67,6 +67,7 @@ class JoinSpec:
 
     left_on: tuple[str, ...]
     right_on: tuple[str, ...]
+    #: the inputs' event-time columns ("": none, for a regular join without retention)
     left_ts: str
     right_ts: str
     right_cols: tuple[tuple[str, str], ...]  # (right name, output name)
@@ -295,20 +296,28 @@ class _JoinBase(TwoInputOperator):
             self._maps[(c, id(stream))] = (len(values), mapping)
         return mapping[codes]
 
+    def times(self, port: int, batch: Batch) -> Any:
+        """The event times of ``batch``'s rows on input ``port`` (zeros for an input
+        without event time: a regular join without retention reads none)."""
+        name = self.spec.left_ts if port == 0 else self.spec.right_ts
+        if not name:
+            return self.xp.zeros(batch.num_rows, dtype=np.int64)
+        shift = self.spec.time_shift[port]
+        return batch[name] + shift if shift else batch[name]
+
     def _rows(self, port: int, batch: Batch) -> _Rows | None:
         """The batch's on-time rows with a full key, ready to buffer or probe (their key
         hashes only on the GPU, whose buffers are grouped by them)."""
         xp = self.xp
         names = self.spec.left_on if port == 0 else self.spec.right_on
         ts_name = self.spec.left_ts if port == 0 else self.spec.right_ts
-        ts = batch[ts_name] + self.spec.time_shift[port] if self.spec.time_shift[port] \
-            else batch[ts_name]
+        ts = self.times(port, batch)
         keep = self._on_time(batch, ts)
         for name in names:
             v = batch.validity(name)
             if v is not None:
                 keep = keep & v
-        tv = batch.validity(ts_name)
+        tv = batch.validity(ts_name) if ts_name else None
         if tv is not None:
             keep = keep & tv
         if not bool(keep.all()):

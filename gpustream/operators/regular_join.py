@@ -126,8 +126,7 @@ class RegularJoinOp(_JoinBase):
             return []
         spec = self.spec
         names = spec.left_on if port == 0 else spec.right_on
-        ts_name = spec.left_ts if port == 0 else spec.right_ts
-        ts = batch[ts_name] + spec.time_shift[port] if spec.time_shift[port] else batch[ts_name]
+        ts = self.times(port, batch)
         wm = xp.full(n, self.current, dtype=np.int64) if batch.watermarks is None \
             else xp.maximum(batch.watermarks, self.current)
         keep = xp.ones(n, dtype=bool)
@@ -139,7 +138,8 @@ class RegularJoinOp(_JoinBase):
                 self._late.setdefault(_LATE[port], []).append(batch.filter(late))
                 keep = ~late
         full = keep
-        for name in (*names, ts_name):
+        ts_name = spec.left_ts if port == 0 else spec.right_ts
+        for name in (*names, *([ts_name] if ts_name else [])):
             v = batch.validity(name)
             if v is not None:
                 full = full & v

@@ -45,9 +45,9 @@ from gpustream.state.keyed import (
     init_new,
     key_columns,
     key_words,
+    output_dictionaries,
     restore_aggs,
     snapshot_aggs,
-    string_sources,
     update_states,
 )
 from gpustream.state.table import SlotTable
@@ -74,6 +74,8 @@ class RunningSpec:
     #: their ``+I``/``+U`` rows added (count, sum, mean only), and a key whose rows are
     #: all taken back is deleted (``-D``)
     retracting: bool = False
+    #: the input's schema: the dictionaries of string aggregates of computed expressions
+    input_schema: pa.Schema | None = None
 
 
 class RunningAggOp(Operator):
@@ -307,9 +309,8 @@ class RunningAggOp(Operator):
         columns["op"] = op
         validity["op"] = None
         dictionaries: dict[str, Any] = {"op": self.op_dictionary}
-        for out, src in string_sources(spec.keys, spec.aggs).items():
-            if src in self.dictionaries:
-                dictionaries[out] = self.dictionaries[src]
+        dictionaries.update(output_dictionaries(spec.keys, spec.aggs, self.dictionaries,
+                                                spec.input_schema))
         watermarks = xp.full(int(op.shape[0]), self.forwarded, dtype=np.int64)
         return Batch(columns, spec.schema, validity, dictionaries, watermarks)
 

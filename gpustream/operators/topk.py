@@ -43,14 +43,30 @@ class TopKSpec:
     schema: pa.Schema  #: the output schema: the input's columns, then ``rank``
     #: ties in ``by`` keep the later row (default: the earlier)
     keep_last: bool = False
+    #: further sort columns for rows of equal ``by``: ``(column, descending)``
+    then: tuple[tuple[str, bool], ...] = ()
+
+
+def _sort_keys(rows: Batch, by: str, descending: bool, xp: Any) -> list[Any]:
+    """Sort keys of one column, least significant first: its values (largest first if
+    ``descending``), then nulls after every value."""
+    value = rows[by]
+    ok = rows.validity(by)
+    if ok is not None:  # (what a null slot holds must not order the nulls)
+        value = xp.where(ok, value, xp.zeros((), dtype=value.dtype))
+    if descending:  # order-reversing without overflow: ~x for integers and bools
+        value = -value if value.dtype.kind == "f" else ~value
+    return [value] if ok is None else [value, ~ok]
 
 
 def group_ranks(rows: Batch, by: str, descending: bool, groups: list[Any],
-                per: tuple[str, ...], xp: Any, last: bool = False) -> tuple[Any, Any]:
+                per: tuple[str, ...], xp: Any, last: bool = False,
+                then: tuple[tuple[str, bool], ...] = ()) -> tuple[Any, Any]:
     """``(order, rank)``: the rows sorted by their group (the arrays ``groups``, then the
     ``per`` columns), then by ``by`` (largest first if ``descending``; nulls after every
-    value), ties in row order (``last``: the later row first); and each sorted row's
-    rank in its group (1, 2, ...).
+    value), then by the ``then`` columns (each ``(column, descending)``), ties in row
+    order (``last``: the later row first); and each sorted row's rank in its group
+    (1, 2, ...).
 
     Examples
     --------
@@ -58,19 +74,15 @@ def group_ranks(rows: Batch, by: str, descending: bool, groups: list[Any],
     >>> order, rank = group_ranks(b, "v", True, [], ("g",), np)
     >>> order.tolist(), rank.tolist()
     ([2, 0, 3, 1], [1, 2, 3, 1])
+    >>> b = Batch.from_arrow(pa.record_batch({"v": [5, 5, 7], "t": [9, 2, 4]}))
+    >>> group_ranks(b, "v", True, [], (), np, then=(("t", False),))[0].tolist()
+    [2, 1, 0]
     """
-    value = rows[by]
-    ok = rows.validity(by)
-    if ok is not None:  # (what a null slot holds must not order the nulls)
-        value = xp.where(ok, value, xp.zeros((), dtype=value.dtype))
     m = rows.num_rows
-    # sort keys, least significant first: position (ties), the value (nulls after every
-    # value), then the groups
-    if descending:  # order-reversing without overflow: ~x for integers and bools
-        value = -value if value.dtype.kind == "f" else ~value
-    keys = [value]
-    if ok is not None:
-        keys.append(~ok)
+    # sort keys, least significant first: position (ties), the ``then`` columns (the
+    # last first), the value (nulls after every value), then the groups
+    keys = [k for name, desc in then[::-1] for k in _sort_keys(rows, name, desc, xp)]
+    keys += _sort_keys(rows, by, descending, xp)
     groups = list(groups)
     for name in per:
         col = rows[name]
@@ -153,7 +165,7 @@ class TopKOp(Operator):
         spec = self.spec
         order, rank = group_ranks(rows, spec.by, spec.descending,
                                   [rows["window_end"], rows["window_start"]], spec.per, xp,
-                                  spec.keep_last)
+                                  spec.keep_last, spec.then)
         keep = rank <= spec.n
         picked = order[keep]
         columns = {name: rows[name][picked] for name in self._input.names}
@@ -251,7 +263,7 @@ class TopNChangelogOp(Operator):
         held = 0 if self.held is None else self.held.num_rows
         rows = new if self.held is None else Batch.concat([self.held, new], xp)
         order, rank = group_ranks(rows, spec.by, spec.descending, [], spec.per, xp,
-                                  spec.keep_last)
+                                  spec.keep_last, spec.then)
         kept = xp.zeros(rows.num_rows, dtype=bool)
         kept[order[rank <= spec.n]] = True
         gone = xp.nonzero(~kept[order] & (order < held))[0]  # held rows pushed out

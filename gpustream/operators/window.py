@@ -31,9 +31,9 @@ from gpustream.state.keyed import (
     init_new,
     key_columns,
     key_words,
+    output_dictionaries,
     restore_aggs,
     snapshot_aggs,
-    string_sources,
     update_states,
 )
 from gpustream.state.store_table import TableStore
@@ -73,6 +73,8 @@ class WindowSpec:
     #: added to the event-time column's values: -1 where that column is an upstream
     #: window's ``window_end`` (the event time of a window's row is its end - 1)
     time_shift: int = 0
+    #: the input's schema: the dictionaries of string aggregates of computed expressions
+    input_schema: pa.Schema | None = None
 
 
 class AggOpBase(Operator):
@@ -194,9 +196,8 @@ class AggOpBase(Operator):
             assert op_dictionary is not None
             columns["op"] = op.astype(np.int32)
             dictionaries["op"] = op_dictionary
-        for out, src in string_sources(spec.keys, spec.aggs).items():
-            if src in self.dictionaries:
-                dictionaries[out] = self.dictionaries[src]
+        dictionaries.update(output_dictionaries(spec.keys, spec.aggs, self.dictionaries,
+                                                spec.input_schema))
         watermarks = xp.full(starts.shape[0], self.forwarded, dtype=np.int64)
         return Batch(columns, spec.schema, validity, dictionaries, watermarks)
 

@@ -554,6 +554,8 @@ class TopKNode(Node):
     per: tuple[str, ...]
     over_stream: bool = False
     keep_last: bool = False  #: ties keep the later row
+    #: further sort columns for rows of equal ``by``: ``(column, descending)``
+    then: tuple[tuple[str, bool], ...] = ()
 
     @property
     def emits_changelog(self) -> bool:
@@ -579,23 +581,27 @@ class TopKNode(Node):
         order = "largest" if self.descending else "smallest"
         per = f" per {', '.join(self.per)}" if self.per else ""
         scope = "over the stream (changelog)" if self.over_stream else "per window"
-        return f"{self.n} {order} {self.by} {scope}{per}"
+        then = "".join(f", then {c}{' desc' if d else ''}" for c, d in self.then)
+        return f"{self.n} {order} {self.by}{then} {scope}{per}"
 
 
 def _topk_schema(n: TopKNode, input_schema: pa.Schema) -> pa.Schema:
     where = n.label
     if isinstance(n.n, bool) or not isinstance(n.n, int) or n.n < 1:
         raise PlanError(f"{where}: n must be a whole number >= 1, got {n.n!r}")
-    for col in (n.by, *n.per):
+    order_by = (n.by, *(c for c, _ in n.then))
+    for col in (*order_by, *n.per):
         if col not in input_schema.names:
             near = difflib.get_close_matches(col, input_schema.names, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise PlanError(f"{where}: column {col!r} is not in the rows it ranks "
                             f"({', '.join(input_schema.names)}){hint}")
-    t = input_schema.field(n.by).type
-    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-            or pa.types.is_timestamp(t)):
-        raise PlanError(f"{where}: by={n.by!r} is {t}; rank by a number, bool or timestamp")
+    for col in order_by:
+        t = input_schema.field(col).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                or pa.types.is_timestamp(t)):
+            raise PlanError(f"{where}: by={col!r} is {t}; rank by a number, bool or "
+                            "timestamp")
     if n.over_stream:
         if "op" in input_schema.names:
             raise PlanError(f"{where}: the rows already have a column 'op' (a changelog's "
@@ -724,9 +730,40 @@ def _interval_time(n: IntervalJoinNode, where: str) -> tuple[str, Node]:
                     "interval one-sided (lower=0 or upper=0), or window the inputs first")
 
 
+def untimed_join(n: Node) -> bool:
+    """Whether ``n`` is a regular join without retention over an input whose event time
+    no step can read (no event time, or a regular join's rows): it needs none, as it
+    keeps every row and pairs rows whatever their times.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from gpustream.ingest.arrow import from_arrow
+    >>> a = SourceNode(from_arrow(pa.table({"k": [1]})), None, None, "a")
+    >>> b = SourceNode(from_arrow(pa.table({"k": [1]})), None, None, "b")
+    >>> untimed_join(RegularJoinNode(a, b, ("k",), ("k",), "inner", None, "j"))
+    True
+    """
+    if not isinstance(n, RegularJoinNode) or n.retention_ms is not None:
+        return False
+    for side in (n.left, n.right):
+        try:
+            stream_event_time(side, n.label)
+        except PlanError:
+            return True
+    return False
+
+
 def _two_input_schema(n: IntervalJoinNode | WindowJoinNode | RegularJoinNode, left: pa.Schema,
                       right: pa.Schema) -> pa.Schema:
     where = n.label
+    if untimed_join(n):  # a regular join without retention reads no event time
+        mine = {id(x) for x in lineage(n.left) if isinstance(x, SourceNode)}
+        if any(id(x) in mine for x in lineage(n.right) if isinstance(x, SourceNode)):
+            raise PlanError(f"{where}: joining a stream with itself is not supported; join "
+                            "two sources")
+        cols = join_columns(where, left, right, n.left_on, n.right_on)
+        return pa.schema(list(left) + [pa.field(o, right.field(r).type) for r, o in cols])
     lsrc, lts, ltype, lshift = stream_event_time(n.left, where)
     rsrc, rts, rtype, rshift = stream_event_time(n.right, where)
     if lsrc is rsrc and not any(isinstance(x, _TIMED_OUTPUTS)

@@ -38,6 +38,7 @@ from gpustream.plan.logical import (
     stream_time,
     time_shift,
     to_event_units,
+    untimed_join,
 )
 from gpustream.windows import Session
 
@@ -85,7 +86,8 @@ def window_spec(node: WindowAggNode, input_schema: pa.Schema, schema: pa.Schema)
         aggs.append(AggSpec(name, agg, in_type, schema.field(name).type))
     return WindowSpec(node.name, node.keys, event_time, g.size, g.slide, g.offset, g.gap,
                       to_event_units(node.allowed_lateness_ms, ts_type, where), tuple(aggs),
-                      schema, node.allowed_lateness_ms > 0, time_shift(node.input, where))
+                      schema, node.allowed_lateness_ms > 0, time_shift(node.input, where),
+                      input_schema)
 
 
 def _operator(node: Node, schema: pa.Schema, backend: Backend,
@@ -120,7 +122,8 @@ def _operator(node: Node, schema: pa.Schema, backend: Backend,
     if isinstance(node, TopKNode):
         from gpustream.operators.topk import TopKOp, TopKSpec, TopNChangelogOp
 
-        ranked = TopKSpec(node.n, node.by, node.descending, node.per, schema, node.keep_last)
+        ranked = TopKSpec(node.n, node.by, node.descending, node.per, schema, node.keep_last,
+                          node.then)
         return TopNChangelogOp(ranked, backend) if node.over_stream else TopKOp(ranked, backend)
     if isinstance(node, LateNode):
         return Operator()
@@ -186,13 +189,14 @@ def _running(node: RunningAggNode, input_schema: pa.Schema, schema: pa.Schema,
         timed = False
     if not timed:
         return RunningAggOp(RunningSpec(node.name, node.keys, aggs, schema,
-                                        retracting=retracting), backend)
+                                        retracting=retracting, input_schema=input_schema),
+                            backend)
     event_time, ts_type = event_time_of(node)
     retention = (None if node.retention_ms is None
                  else to_event_units(node.retention_ms, ts_type, where))
     return RunningAggOp(RunningSpec(node.name, node.keys, aggs, schema, event_time,
-                                    retention, time_shift(node.input, where), retracting),
-                        backend)
+                                    retention, time_shift(node.input, where), retracting,
+                                    input_schema), backend)
 
 
 def _idleness_s(node: Node) -> float | None:
@@ -220,10 +224,16 @@ def _two_stream_join(node: IntervalJoinNode | WindowJoinNode | RegularJoinNode, 
 
     where = node.label
     left, right = memo[id(node.left)], memo[id(node.right)]
-    lsrc, lts, ltype, lshift = stream_event_time(node.left, where)
-    rsrc, rts, _, rshift = stream_event_time(node.right, where)
-    idle = tuple(None if s.watermark is None or s.watermark.idleness_ms is None
-                 else s.watermark.idleness_ms / 1e3 for s in (lsrc, rsrc))
+    if untimed_join(node):  # (a regular join without retention reads no time)
+        lts = rts = ""
+        lshift = rshift = 0
+        idle: tuple[float | None, ...] = (None, None)
+        ltype = pa.int64()
+    else:
+        lsrc, lts, ltype, lshift = stream_event_time(node.left, where)
+        rsrc, rts, _, rshift = stream_event_time(node.right, where)
+        idle = tuple(None if s.watermark is None or s.watermark.idleness_ms is None
+                     else s.watermark.idleness_ms / 1e3 for s in (lsrc, rsrc))
     spec = JoinSpec(node.left_on, node.right_on, lts, rts,
                     tuple(join_columns(where, left, right, node.left_on, node.right_on)),
                     schema, string_key_flags(left, node.left_on), idle,  # type: ignore[arg-type]

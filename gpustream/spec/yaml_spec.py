@@ -14,6 +14,12 @@ checked against columns and types. :func:`check_spec` with ``need_inputs=False``
 ``gpustream validate`` does) needs no input file: a text source whose ``schema:`` gives
 every column is checked against that schema, with a warning, when its file is missing.
 
+A spec may say its pipeline in SQL instead: ``sql:`` (Flink SQL, run by
+:meth:`gpustream.Pipeline.sql`) reads the spec's ``sources:`` (and a named ``source:``,
+and ``tables:``) by name; ``steps:`` then apply to the query's rows, and the sinks take
+them. An error in the query names the spec's line of the query's line, and the SQL line
+and column.
+
 A spec cannot make checking it expensive: YAML anchors and aliases (``&a``, ``*a``),
 which can expand a few lines into gigabytes, and nesting deeper than
 :data:`MAX_YAML_DEPTH` are refused before any structure is built, and expression text is
@@ -36,9 +42,10 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, StrictInt, TypeAdap
 
 from gpustream.errors import GpustreamError, PlanError
 from gpustream.expr.text import parse_agg, parse_expr
+from gpustream.ingest.files import ArrowIpcSource, ParquetSource
 
-__all__ = ["Spec", "SpecCheck", "SpecError", "build_pipeline", "check_spec", "load_spec",
-           "pipeline_from_spec"]
+__all__ = ["FILE_SUFFIXES", "Spec", "SpecCheck", "SpecError", "build_pipeline", "check_spec",
+           "file_reader", "file_type", "load_spec", "output_sink", "pipeline_from_spec"]
 
 Duration = str | int
 T = TypeVar("T")
@@ -172,11 +179,15 @@ class CheckpointSpec(_Model):
 
 
 class Spec(_Model):
-    """A whole spec file."""
+    """A whole spec file: ``source:`` and ``steps:``, or ``sql:`` (a query over the
+    spec's named sources, ``sources:`` and/or a ``source:`` with a ``name``, and its
+    ``tables:``) and then, optionally, ``steps:`` on the query's result."""
 
     name: str = "pipeline"
     engine: Literal["auto", "cpu", "cuda"] = "auto"
-    source: SourceSpec
+    source: SourceSpec | None = None
+    sources: dict[str, SourceSpec] = {}
+    sql: str | None = None
     tables: dict[str, SourceSpec] = {}
     steps: list[dict[str, Any]] = []
     sink: SinkSpec | list[SinkSpec] | None = None
@@ -227,6 +238,9 @@ class _Where:
         self.bad: set[str] = set()
         #: False (``gpustream validate``): a missing text input with a full schema warns
         self.need_inputs = True
+        #: ``sql:``: the file line of the query's first line, when its lines are the
+        #: file's (a literal block ``sql: |``, or one line); else None
+        self.sql_first_line: int | None = None
 
     def line(self, path: tuple[Any, ...]) -> int:
         while path and path not in self.lines:
@@ -238,6 +252,14 @@ class _Where:
 
     def error(self, path: tuple[Any, ...], msg: str) -> SpecError:
         return SpecError(self.at(path, msg))
+
+    def sql_error(self, err: Any) -> SpecError:
+        """A :class:`~gpustream.sql.SqlError` of ``sql:``, placed at the file line of the
+        query's line it names (the ``sql:`` key's line where the two cannot be matched)."""
+        line = self.line(("sql",))
+        if err.line is not None and self.sql_first_line is not None:
+            line = self.sql_first_line + err.line - 1
+        return SpecError(f"{self.file}:{line}: sql: {err}")
 
     def note(self, err: SpecError) -> None:
         self.messages += [m for m in err.messages if m not in self.messages]
@@ -448,6 +470,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
     if node is not None:
         _lines(node, (), lines)
     where = _Where(file, lines)
+    where.sql_first_line = _sql_first_line(node)
     if not isinstance(data, dict):
         raise where.error((), "a spec is a mapping with at least 'source' and 'sink'")
     try:
@@ -463,6 +486,22 @@ def _read(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
     except ValidationError:  # pragma: no cover - the sections were validated one by one
         where.raise_errors()
         raise
+
+
+def _sql_first_line(node: yaml.Node | None) -> int | None:
+    """The file line (1-based) of the first line of a top-level ``sql:`` text whose
+    lines are the file's: a literal block (``sql: |``, its text from the next line) or a
+    scalar on one line; None for a folded or multi-line plain or quoted scalar."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key, value in node.value:
+        if key.value != "sql" or not isinstance(value, yaml.ScalarNode):
+            continue
+        if value.style == "|":
+            return int(value.start_mark.line) + 2
+        if value.start_mark.line == value.end_mark.line:
+            return int(value.start_mark.line) + 1
+    return None
 
 
 def load_spec(path: str | os.PathLike[str]) -> tuple[Spec, _Where]:
@@ -499,6 +538,55 @@ def _need(spec: BaseModel, names: list[str], path: tuple[Any, ...], where: _Wher
 
 TEXT_TYPES = ("csv", "jsonl")
 FILE_TYPES = ("parquet", "arrow_ipc", "csv", "jsonl")
+#: a file source's type by the file's suffix (``gpustream sql --source name=path``)
+FILE_SUFFIXES: dict[str, str] = {**dict.fromkeys(ParquetSource.suffix, "parquet"),
+                                 **dict.fromkeys(ArrowIpcSource.suffix, "arrow_ipc"),
+                                 ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                                 ".json": "jsonl"}
+
+
+def file_reader(kind: str) -> Callable[..., Any]:
+    """The reader of a file source type (``parquet``, ``arrow_ipc``, ``csv``, ``jsonl``).
+
+    Examples
+    --------
+    >>> file_reader("arrow_ipc").__name__
+    'read_arrow_ipc'
+    """
+    import gpustream as gs
+
+    readers = {"parquet": gs.read_parquet, "arrow_ipc": gs.read_arrow_ipc,
+               "csv": gs.read_csv, "jsonl": gs.read_jsonl}
+    return readers[kind]  # type: ignore[return-value]
+
+
+def file_type(path: str | os.PathLike[str]) -> str:
+    """The file source type of ``path`` by its suffix (see :data:`FILE_SUFFIXES`): of a
+    file or a glob, or of a directory by the files in it (all of one type).
+
+    Examples
+    --------
+    >>> file_type("data/bids.parquet"), file_type("logs/*.ndjson"), file_type("b.feather")
+    ('parquet', 'jsonl', 'arrow_ipc')
+    >>> file_type("bids.txt")
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot tell the format of 'bids.txt' from its suffix: give a file, glob or folder of .parquet, .arrow, .arrows, .feather, .ipc, .csv, .jsonl, .ndjson or .json files
+    """
+    p = Path(path)
+    found = {p.suffix.lower()}
+    if p.is_dir():
+        found = {f.suffix.lower() for f in p.iterdir() if f.suffix.lower() in FILE_SUFFIXES}
+    kinds = {FILE_SUFFIXES[x] for x in found if x in FILE_SUFFIXES}
+    if len(kinds) == 1:
+        return kinds.pop()
+    known = list(FILE_SUFFIXES)
+    if len(kinds) > 1:
+        raise ValueError(f"the folder {os.fspath(path)!r} holds files of several formats "
+                         f"({', '.join(sorted(kinds))}): give a glob such as "
+                         f"'{os.fspath(path)}/*.parquet'")
+    raise ValueError(f"cannot tell the format of {os.fspath(path)!r} from its suffix: give a "
+                     f"file, glob or folder of {', '.join(known[:-1])} or {known[-1]} files")
 
 
 def _source(s: SourceSpec, path: tuple[Any, ...], where: _Where, base: Path) -> Any:
@@ -525,14 +613,14 @@ def _source(s: SourceSpec, path: tuple[Any, ...], where: _Where, base: Path) -> 
                 kw["batch_rows"] = s.max_rows
             if s.poll_interval is not None:
                 kw["poll_interval"] = s.poll_interval
-            columnar: Any = gs.read_parquet if s.type == "parquet" else gs.read_arrow_ipc
+            columnar = file_reader(s.type)
             return _input(lambda follow: columnar(file(s.path), follow=follow, **kw),  # type: ignore[arg-type]
                           s, path, where)
         if s.poll_interval is not None:
             kw["poll_interval"] = s.poll_interval
         if s.type == "csv":
             kw.update(has_header=s.has_header, delimiter=s.delimiter)
-        text: Any = gs.read_csv if s.type == "csv" else gs.read_jsonl
+        text = file_reader(s.type)
         return _input(lambda follow: text(
             file(s.path), schema=s.schema_, schema_overrides=s.schema_overrides,  # type: ignore[arg-type]
             follow=follow, max_bad_fraction=s.max_bad_fraction, **_batching(s), **kw),
@@ -624,6 +712,81 @@ def _sink(s: SinkSpec, path: tuple[Any, ...], where: _Where, base: Path) -> Any:
     return gs.to_redis_stream(s.url, s.stream)  # type: ignore[arg-type]
 
 
+def _sql_sources(spec: Spec, p: Any, where: _Where) -> dict[str, Any] | None:
+    """The named sources a ``sql:`` query reads: those with an ``event_time`` added to
+    ``p``; the others returned by name, for ``p.sql(..., sources=)`` (so a ``CREATE
+    TABLE`` in the query can give them a watermark). None if any of them failed."""
+    named: list[tuple[str, SourceSpec, tuple[Any, ...]]] = []
+    ok = "source" not in where.bad and "sources" not in where.bad
+    if spec.source is not None and "source" not in where.bad:
+        if spec.source.name is None:
+            where.note(where.error(("source", "name"), "is required with sql: the name the "
+                                                       "query reads it by (FROM name)"))
+            ok = False
+        else:
+            named.append((spec.source.name, spec.source, ("source",)))
+    for key, s in spec.sources.items():
+        path: tuple[Any, ...] = ("sources", key)
+        if s.name is not None and s.name != key:
+            where.note(where.error((*path, "name"), f"{s.name!r} is not its key {key!r}, the "
+                                                    "name the query reads it by; remove name:"))
+            ok = False
+        elif spec.source is not None and spec.source.name == key:
+            where.note(where.error(path, f"the name {key!r} is the source:'s name too; give "
+                                         "each input its own name"))
+            ok = False
+        else:
+            named.append((key, s.model_copy(update={"name": key}), path))
+    if not named and ok:
+        where.note(where.error(("sql",), "needs its inputs: sources: {name: {type: parquet, "
+                                         "path: ...}} (FROM name), or a source: with a name"))
+        return None
+    pending: dict[str, Any] = {}
+    for name, s, path in named:
+        if s.event_time is None and s.watermark is None:
+            made = where.attempt(path, _source, s, path, where, where.base)
+            pending[name] = made
+        else:
+            made = where.attempt(path, _stream_of, p, s, path, where)
+        ok = ok and made is not None
+    return pending if ok else None
+
+
+def _sql(p: Any, text: str, sources: dict[str, Any], where: _Where) -> Any:
+    """The stream of ``p.sql(text)``, a :class:`~gpustream.sql.SqlError` placed at the
+    spec's line of the query's line it names."""
+    from gpustream.sql import SqlError
+
+    if not text.strip():
+        raise where.error(("sql",), "is empty: give a query, e.g. sql: SELECT * FROM bids")
+    try:
+        return p.sql(text, sources=sources)
+    except SqlError as err:
+        raise where.sql_error(err) from None
+
+
+def output_sink(out: str, max_rows: int = 20, mode: str | None = None) -> Any:
+    """The sink a spec's ``sink:`` would make of the CLI's ``--out``: ``console`` (a
+    table of at most ``max_rows`` rows per batch), a path ending in ``.parquet``,
+    ``.csv`` or ``.jsonl`` (that file; ``mode``: error, overwrite or append), or any
+    other path (a folder of Parquet part files).
+
+    Examples
+    --------
+    >>> output_sink("console", max_rows=5).name
+    'console (max_rows=5)'
+    >>> type(output_sink("out/result.csv")).__name__, type(output_sink("out/q5")).__name__
+    ('CsvSink', 'ParquetSink')
+    """
+    kind = "console" if out == "console" else {".csv": "csv", ".jsonl": "jsonl"}.get(
+        Path(out).suffix.lower(), "parquet")
+    if kind == "console" and mode is not None:
+        raise ValueError(f"mode={mode!r} applies to a file output, not console")
+    spec = SinkSpec.model_validate({"type": kind, "path": None if kind == "console" else out,
+                                    "max_rows": max_rows, "mode": mode})
+    return _sink(spec, ("--out",), _Where("--out", {}), Path.cwd())
+
+
 def _stream_of(p: Any, s: SourceSpec, path: tuple[Any, ...], where: _Where) -> Any:
     """``p.source(...)`` for a source spec (``source:`` or a join's ``other:``)."""
     import gpustream as gs
@@ -670,11 +833,27 @@ def _build(spec: Spec, where: _Where, engine: str | None, base: Path | None) -> 
     p = gs.Pipeline(spec.name, engine=engine or spec.engine, dead_letter=dead,
                     max_state_bytes=limit)
     stream: Any = None
-    if "source" not in where.bad:
+    pending: dict[str, Any] | None = None
+    uses_sql = spec.sql is not None or "sql" in where.bad
+    if spec.sql is not None:
+        pending = _sql_sources(spec, p, where)
+    elif uses_sql:
+        pass  # a sql: that is not text, reported
+    elif spec.source is None:
+        if "source" not in where.bad:
+            where.note(where.error(("source",), "is required (or sql: with its sources:)"))
+    elif "source" not in where.bad:
         stream = where.attempt(("source",), _stream_of, p, spec.source, ("source",), where)
+    if spec.sources and not uses_sql:
+        where.note(where.error(("sources",), "names the inputs of a sql: query; without sql:, "
+                                             "a spec reads one source: (join or union the "
+                                             "others in steps), or add the sql:"))
     tables: dict[str, Any] = {}
     for tname, t in spec.tables.items():
         tables[tname] = where.attempt(("tables", tname), _table, p, tname, t, where)
+    if spec.sql is not None and pending is not None and "tables" not in where.bad \
+            and None not in tables.values():  # else its inputs' errors are reported
+        stream = where.attempt(("sql",), _sql, p, spec.sql, pending, where)
     windowed: Any = None
     has_agg = False
     previous: str | None = None

@@ -9,7 +9,7 @@ every operator that keeps such a table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,17 @@ from gpustream.expr import Col
 from gpustream.kernels.hashing import widen_keys
 from gpustream.state.aggstate import AggState, UpdateContext
 
-__all__ = ["finalized", "init_new", "key_columns", "key_words", "restore_aggs",
-           "snapshot_aggs", "string_sources", "update_states"]
+__all__ = [
+    "finalized",
+    "init_new",
+    "key_columns",
+    "key_words",
+    "output_dictionaries",
+    "restore_aggs",
+    "snapshot_aggs",
+    "string_sources",
+    "update_states",
+]
 
 
 def key_words(keys: Sequence[str], batch: Batch, rows: Any, extra: Any | None, xp: Any) -> Any:
@@ -213,4 +222,41 @@ def string_sources(keys: Sequence[str], aggs: Sequence[Any]) -> dict[str, str]:
     for a in aggs:
         if isinstance(a.agg.value_input, Col):
             out[a.name] = a.agg.value_input.name
+    return out
+
+
+def output_dictionaries(keys: Sequence[str], aggs: Sequence[Any],
+                        dictionaries: Mapping[str, Any],
+                        input_schema: pa.Schema | None) -> dict[str, Any]:
+    """The string dictionaries of a keyed aggregation's output columns: the input's for
+    keys and aggregates of a column (:func:`string_sources`), and for a string aggregate
+    of a computed expression (``max_by(upper(s), ...)``) the expression's derived
+    dictionary, a function of the input's dictionaries (found by evaluating it over no
+    rows: :mod:`gpustream.expr.entries`).
+
+    Examples
+    --------
+    >>> from gpustream.expr import col
+    >>> from gpustream.ingest.dictionary import StringDictionary
+    >>> from gpustream.operators.window import AggSpec
+    >>> up = AggSpec("u", col("s").str.to_uppercase().first(), pa.string(), pa.string())
+    >>> d = output_dictionaries((), [up], {"s": StringDictionary(pa.array(["a", "b"]))},
+    ...                         pa.schema({"s": pa.string()}))
+    >>> d["u"].values.to_pylist()
+    ['A', 'B']
+    """
+    from gpustream.expr import evaluate
+
+    out = {o: dictionaries[src] for o, src in string_sources(keys, aggs).items()
+           if src in dictionaries}
+    computed = [a for a in aggs if a.agg.value_input is not None
+                and not isinstance(a.agg.value_input, Col) and a.out_type is not None
+                and (pa.types.is_string(a.out_type) or pa.types.is_large_string(a.out_type))]
+    if computed and input_schema is not None:
+        none = Batch.from_arrow(pa.RecordBatch.from_pylist([], schema=input_schema))
+        none.dictionaries = {**none.dictionaries, **dictionaries}
+        for a in computed:
+            column = evaluate(a.agg.value_input, none, np)
+            if column.dictionary is not None:
+                out[a.name] = column.dictionary
     return out
