@@ -519,3 +519,18 @@ def test_bad_arguments_name_the_step_and_the_fix() -> None:
     with pytest.raises(PlanError, match="column 'op', which the join adds"):
         c.join(d, on="k", how="left")
     assert c.join(d, on="k").schema.names[-1] == "ts_right"  # inner: no op added
+
+
+def test_a_join_without_event_time_still_refuses_revised_window_rows() -> None:
+    """Inputs without event time join (no retention reads none), but a window with
+    allowed lateness before the join is refused: its revisions would join twice."""
+    p = gs.Pipeline(engine="cpu")
+    a = p.source(gs.from_arrow({"k": [1, 1], "ts": [1, 5]}), event_time="ts", name="a")
+    b = p.source(gs.from_arrow({"k": [1]}), name="b")  # no event time
+    w = a.key_by("k").window(gs.Tumbling(10), allowed_lateness=100).agg(n=gs.count())
+    with pytest.raises(gs.PlanError, match="allowed_lateness"):
+        w.join(b, on="k")
+    plain = a.join(b, on="k")
+    assert plain.collect().to_pydict() == {"k": [1, 1], "ts": [1, 5]}
+    with pytest.raises(gs.PlanError, match="drop retention="):
+        a.join(b, on="k", retention="1s")

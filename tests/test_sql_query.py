@@ -133,6 +133,21 @@ def test_session_windows_as_a_tvf_and_as_a_group_window() -> None:
         _same(got.select(["user", "n", "e"]), want)
 
 
+@pytest.mark.parametrize("engine", ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)])
+def test_cumulating_windows_give_duckdb_s_groups(engine: str) -> None:
+    """CUMULATE(step 5 s, size 20 s): [0, 5), [0, 10), [0, 15), [0, 20), [20, 25) ..."""
+    got = _pipeline(engine, batch_rows=200 if engine == "cudasim" else 64).sql("""
+        SELECT user, window_start, window_end, COUNT(*) AS n, SUM(amount) AS total
+        FROM TABLE(CUMULATE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '5' SECOND,
+                            INTERVAL '20' SECOND))
+        GROUP BY user, window_start, window_end""").collect()
+    _same(got, _duck("""
+        SELECT user, s AS window_start, s + k * 5000 AS window_end, COUNT(*) AS n,
+               SUM(amount) AS total
+        FROM (SELECT *, ts // 20000 * 20000 AS s FROM clicks), range(1, 5) t(k)
+        WHERE s + k * 5000 > ts GROUP BY ALL"""))
+
+
 def test_a_window_over_a_window_s_rows_groups_by_its_window() -> None:
     """Nexmark q5's shape: the most clicks of any user in each hopping window."""
     got = _pipeline().sql("""

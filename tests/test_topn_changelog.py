@@ -186,3 +186,36 @@ def test_ties_last_keeps_the_later_row(batch_rows: int) -> None:
         assert dict(zip(got["k"], got["v"], strict=True)) == want, ties
     with pytest.raises(PlanError, match="ties='middle'"):
         s.top_k(1, by="ts", ties="middle")
+
+
+@pytest.mark.parametrize("batch_rows", [7, 3000])
+def test_several_order_columns_rank_as_pandas_sorts(tmp_path: Path, batch_rows: int) -> None:
+    """by=[price, bidder], descending=[True, False]: the highest price, then the lowest
+    bidder; in the API and in a spec (``by: [price, bidder]``), as pandas sorts."""
+    import pyarrow.parquet as pq
+
+    from gpustream.spec import pipeline_from_spec
+
+    table = _bids(seed=21, n=3000)
+    df = table.to_pandas().assign(_null=lambda d: d["price"].isna(),
+                                  _arrival=np.arange(len(table)))
+    df = df.sort_values(["_null", "price", "bidder", "_arrival"],
+                        ascending=[True, False, True, True], kind="stable")
+    want = _key(df.groupby("auction", sort=False).head(2).drop(columns=["_null", "_arrival"]))
+    p = gs.Pipeline(engine="cpu")
+    s = p.source(gs.from_arrow(table, batch_rows=batch_rows), event_time="ts")
+    out = s.top_k(2, by=["price", "bidder"], per="auction", descending=[True, False])
+    assert "then bidder asc" in p.explain()
+    assert _held(out.collect().to_batches()) == want
+    pq.write_table(table, tmp_path / "bids.parquet")
+    spec = tmp_path / "topn.yaml"
+    spec.write_text(f"""
+name: topn2
+engine: cpu
+source: {{type: parquet, path: {tmp_path / 'bids.parquet'}, event_time: ts, watermark: 1s}}
+steps:
+  - top_k: {{n: 2, by: [price, bidder], descending: [true, false], per: auction}}
+sink: {{type: parquet, path: {tmp_path / 'out'}}}
+""")
+    pipeline_from_spec(spec).run()
+    assert _held(pq.read_table(tmp_path / "out").to_batches()) == want

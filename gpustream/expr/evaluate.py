@@ -13,6 +13,7 @@ column.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -237,11 +238,13 @@ def value_bits(values: Any) -> Any:
     return values.astype(np.int64)
 
 
-def agg_input(agg: Agg, batch: Batch, xp: ModuleType) -> Column | None:
+def agg_input(agg: Agg, batch: Batch, xp: ModuleType,
+              recode: Callable[[Column], Column] | None = None) -> Column | None:
     """An aggregation's input on ``batch`` (values, validity), as its state folds it:
     None for ``count()``; for ``max_by`` / ``min_by`` a :class:`ByInput` valid where both
     the value and the ``by`` column are non-null (and the filter holds), as DuckDB's
-    ``arg_max`` skips such rows.
+    ``arg_max`` skips such rows. ``recode`` maps a string input's codes into another
+    dictionary (one the operator owns and checkpoints) before the state reads them.
 
     Examples
     --------
@@ -256,6 +259,8 @@ def agg_input(agg: Agg, batch: Batch, xp: ModuleType) -> Column | None:
     if agg.input is None:
         return None
     c = evaluate(agg.input, batch, xp)
+    if recode is not None and c.dictionary is not None:  # strings into an owned dictionary
+        c = recode(c)
     if agg.by is None:
         return c
     by = evaluate(agg.by, batch, xp)

@@ -36,11 +36,12 @@ from gpustream.changelog import (
     UPDATE_BEFORE,
     op_dictionary,
 )
-from gpustream.expr import agg_input, col
+from gpustream.expr import col
 from gpustream.operators.base import Operator
 from gpustream.operators.window import AggSpec
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
 from gpustream.state.keyed import (
+    ComputedStrings,
     finalized,
     init_new,
     key_columns,
@@ -74,8 +75,6 @@ class RunningSpec:
     #: their ``+I``/``+U`` rows added (count, sum, mean only), and a key whose rows are
     #: all taken back is deleted (``-D``)
     retracting: bool = False
-    #: the input's schema: the dictionaries of string aggregates of computed expressions
-    input_schema: pa.Schema | None = None
 
 
 class RunningAggOp(Operator):
@@ -118,6 +117,8 @@ class RunningAggOp(Operator):
                                    pa.int64(), self.table)
         self.op_dictionary = op_dictionary()
         self.dictionaries: dict[str, Any] = {}
+        #: aggregates of computed strings: their codes in dictionaries this step owns
+        self.strings = ComputedStrings(spec.aggs, backend)
         self.seq = 0
         self.forwarded = I64_MIN  #: the last watermark passed on: the rows' watermark
         self.late_out: list[Batch] = []
@@ -132,6 +133,10 @@ class RunningAggOp(Operator):
     def restore_dictionaries(self, dictionaries: Any) -> None:
         """The input's dictionaries after a restore: they decode the restored keys."""
         self.dictionaries.update(dictionaries)
+
+    def owned_dictionaries(self) -> dict[str, Any]:
+        """The dictionaries of string aggregates of computed expressions."""
+        return self.strings.dictionaries
 
     def state_bytes(self) -> int:
         return self.table.state_bytes() + sum(st.state_bytes() for st in self._all_states())
@@ -154,7 +159,7 @@ class RunningAggOp(Operator):
             ts, todo = self._on_time(batch)
         elif spec.event_time is not None:  # first/last/max_by ties: by event time
             ts = batch[spec.event_time].astype(np.int64, copy=False) + spec.time_shift
-        inputs = {i: agg_input(a.agg, batch, xp) for i, a in enumerate(spec.aggs)}
+        inputs = self.strings.inputs(batch)
         keys = key_words(spec.keys, batch, rows, None, xp)
         if self.last is not None:
             self.table.ensure_room(2 * int(todo.shape[0]))  # no rebuild between upserts
@@ -310,7 +315,7 @@ class RunningAggOp(Operator):
         validity["op"] = None
         dictionaries: dict[str, Any] = {"op": self.op_dictionary}
         dictionaries.update(output_dictionaries(spec.keys, spec.aggs, self.dictionaries,
-                                                spec.input_schema))
+                                                self.strings.dictionaries))
         watermarks = xp.full(int(op.shape[0]), self.forwarded, dtype=np.int64)
         return Batch(columns, spec.schema, validity, dictionaries, watermarks)
 
@@ -338,9 +343,11 @@ class RunningAggOp(Operator):
         state.update(snapshot_aggs(self._all_states(), self.table.live_slots(), to_host))
         state["seq"] = np.array([self.seq], dtype=np.int64)
         state["forwarded"] = np.array([self.forwarded], dtype=np.int64)
+        state.update(self.strings.snapshot())
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
+        self.strings.restore(state)
         table = {k[len("table."):]: v for k, v in state.items() if k.startswith("table.")}
         slots = self.table.restore(table, self.backend.to_device)
         restore_aggs(self._all_states(), state, slots, self.backend.to_device)

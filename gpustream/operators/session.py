@@ -445,9 +445,11 @@ class SessionAggOp(KeyedAggBase):
         for name, col in self.retired.columns.items():
             state[f"retired.col.{name}"] = to_host(col[r])
         state.update(self._snapshot_aggs(live))
+        state.update(self.strings.snapshot())
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
+        self.strings.restore(state)
         to_device = self.backend.to_device
         xp = self.xp
         n_keys = state["keys.hashes"].shape[0]

@@ -22,11 +22,12 @@ import pyarrow as pa
 
 from gpustream.backend import Backend
 from gpustream.batch import Batch
-from gpustream.expr import Agg, agg_input
+from gpustream.expr import Agg
 from gpustream.ingest.dictionary import StringDictionary
 from gpustream.operators.base import Operator
 from gpustream.state.aggstate import AggState, UpdateContext, make_state
 from gpustream.state.keyed import (
+    ComputedStrings,
     finalized,
     init_new,
     key_columns,
@@ -73,8 +74,6 @@ class WindowSpec:
     #: added to the event-time column's values: -1 where that column is an upstream
     #: window's ``window_end`` (the event time of a window's row is its end - 1)
     time_shift: int = 0
-    #: the input's schema: the dictionaries of string aggregates of computed expressions
-    input_schema: pa.Schema | None = None
 
 
 class AggOpBase(Operator):
@@ -99,12 +98,18 @@ class AggOpBase(Operator):
         #: per-row watermark of the rows it emits, as a source's rows carry the watermark
         #: as of their arrival, so that a window downstream sees them on time
         self.forwarded = I64_MIN
+        #: aggregates of computed strings: their codes in dictionaries this step owns
+        self.strings = ComputedStrings(spec.aggs, backend)
+
+    def owned_dictionaries(self) -> dict[str, StringDictionary]:
+        """The dictionaries of string aggregates of computed expressions."""
+        return self.strings.dictionaries
 
     # -- inputs ---------------------------------------------------------------------------
     def _inputs(self, batch: Batch) -> dict[int, Any]:
         """Each aggregation's input column (values, validity), evaluated once per batch
         (:func:`~gpustream.expr.evaluate.agg_input`: a filter's rows not kept are invalid)."""
-        return {i: agg_input(a.agg, batch, self.xp) for i, a in enumerate(self.spec.aggs)}
+        return self.strings.inputs(batch)
 
     def _event_times(self, batch: Batch) -> tuple[Any, Any | None, Any]:
         """Event times, their validity, and per-event watermarks; counts rows without time."""
@@ -197,7 +202,7 @@ class AggOpBase(Operator):
             columns["op"] = op.astype(np.int32)
             dictionaries["op"] = op_dictionary
         dictionaries.update(output_dictionaries(spec.keys, spec.aggs, self.dictionaries,
-                                                spec.input_schema))
+                                                self.strings.dictionaries))
         watermarks = xp.full(starts.shape[0], self.forwarded, dtype=np.int64)
         return Batch(columns, spec.schema, validity, dictionaries, watermarks)
 
@@ -354,9 +359,11 @@ class WindowAggOp(AggOpBase):
         state = self.store.snapshot()
         state["seq"] = np.array([self.seq], dtype=np.int64)
         state["forwarded"] = np.array([self.forwarded], dtype=np.int64)
+        state.update(self.strings.snapshot())
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
+        self.strings.restore(state)
         if not self.store.restore(state):
             self._move_to_table(state)
         self.seq = int(state["seq"][0])

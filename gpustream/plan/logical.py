@@ -581,7 +581,7 @@ class TopKNode(Node):
         order = "largest" if self.descending else "smallest"
         per = f" per {', '.join(self.per)}" if self.per else ""
         scope = "over the stream (changelog)" if self.over_stream else "per window"
-        then = "".join(f", then {c}{' desc' if d else ''}" for c, d in self.then)
+        then = "".join(f", then {c} {'desc' if d else 'asc'}" for c, d in self.then)
         return f"{self.n} {order} {self.by}{then} {scope}{per}"
 
 
@@ -748,9 +748,14 @@ def untimed_join(n: Node) -> bool:
         return False
     for side in (n.left, n.right):
         try:
-            stream_event_time(side, n.label)
+            if stream_time(side, n.label) is None:
+                return True
         except PlanError:
-            return True
+            # a regular join's rows have no readable time; any other refusal (a window
+            # with allowed lateness, whose revisions would join twice) stands
+            if any(isinstance(x, RegularJoinNode) for x in lineage(side)):
+                return True
+            raise
     return False
 
 
@@ -764,8 +769,14 @@ def _two_input_schema(n: IntervalJoinNode | WindowJoinNode | RegularJoinNode, le
                             "two sources")
         cols = join_columns(where, left, right, n.left_on, n.right_on)
         return pa.schema(list(left) + [pa.field(o, right.field(r).type) for r, o in cols])
-    lsrc, lts, ltype, lshift = stream_event_time(n.left, where)
-    rsrc, rts, rtype, rshift = stream_event_time(n.right, where)
+    try:
+        lsrc, lts, ltype, lshift = stream_event_time(n.left, where)
+        rsrc, rts, rtype, rshift = stream_event_time(n.right, where)
+    except PlanError as exc:
+        if isinstance(n, RegularJoinNode):  # (with retention: it reads the times)
+            raise PlanError(f"{exc}; or drop retention= to join without event time "
+                            "(every row kept)") from None
+        raise
     if lsrc is rsrc and not any(isinstance(x, _TIMED_OUTPUTS)
                                 for x in (*lineage(n.left), *lineage(n.right))):
         raise PlanError(f"{where}: joining a stream with itself is not supported; join two "

@@ -86,8 +86,7 @@ def window_spec(node: WindowAggNode, input_schema: pa.Schema, schema: pa.Schema)
         aggs.append(AggSpec(name, agg, in_type, schema.field(name).type))
     return WindowSpec(node.name, node.keys, event_time, g.size, g.slide, g.offset, g.gap,
                       to_event_units(node.allowed_lateness_ms, ts_type, where), tuple(aggs),
-                      schema, node.allowed_lateness_ms > 0, time_shift(node.input, where),
-                      input_schema)
+                      schema, node.allowed_lateness_ms > 0, time_shift(node.input, where))
 
 
 def _operator(node: Node, schema: pa.Schema, backend: Backend,
@@ -189,14 +188,13 @@ def _running(node: RunningAggNode, input_schema: pa.Schema, schema: pa.Schema,
         timed = False
     if not timed:
         return RunningAggOp(RunningSpec(node.name, node.keys, aggs, schema,
-                                        retracting=retracting, input_schema=input_schema),
-                            backend)
+                                        retracting=retracting), backend)
     event_time, ts_type = event_time_of(node)
     retention = (None if node.retention_ms is None
                  else to_event_units(node.retention_ms, ts_type, where))
     return RunningAggOp(RunningSpec(node.name, node.keys, aggs, schema, event_time,
-                                    retention, time_shift(node.input, where), retracting,
-                                    input_schema), backend)
+                                    retention, time_shift(node.input, where), retracting),
+                        backend)
 
 
 def _idleness_s(node: Node) -> float | None:

@@ -1017,12 +1017,14 @@ class UnionSpec(_Model):
 
 class TopKSpec(_Model):
     """``top_k:``: the ``n`` rows with the largest (``descending: false``: smallest)
-    ``by`` in each window of the window before it, per ``per`` columns."""
+    ``by`` in each window of the window before it, per ``per`` columns; ``by`` may list
+    several columns (then ``descending`` one flag per column: ``by: [price, ts]``,
+    ``descending: [true, false]``)."""
 
     n: int
-    by: str
+    by: str | list[str]
     per: str | list[str] = []
-    descending: bool = True
+    descending: bool | list[bool] = True
     ties: Literal["first", "last"] = "first"
 
 

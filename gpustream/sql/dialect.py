@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from sqlglot import exp, tokens
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError
-from sqlglot.parser import Parser
+from sqlglot.parser import Parser as SqlglotParser
 from sqlglot.tokens import TokenType
 
 from gpustream.sql.errors import SqlError
@@ -46,9 +46,9 @@ class Flink(Dialect):
         KEYWORDS: ClassVar[dict[str, TokenType]] = {
             k: v for k, v in tokens.Tokenizer.KEYWORDS.items() if k != "SESSION"}
 
-    class Parser(Parser):
+    class Parser(SqlglotParser):
         CONSTRAINT_PARSERS: ClassVar[dict[str, Any]] = {
-            **Parser.CONSTRAINT_PARSERS,
+            **SqlglotParser.CONSTRAINT_PARSERS,
             "WATERMARK": lambda self: self.expression(
                 exp.WatermarkColumnConstraint(
                     this=self._match(TokenType.FOR) and self._parse_column(),
@@ -57,7 +57,7 @@ class Flink(Dialect):
             ),
         }
         SCHEMA_UNNAMED_CONSTRAINTS: ClassVar[set[str]] = {
-            *Parser.SCHEMA_UNNAMED_CONSTRAINTS, "WATERMARK"}
+            *SqlglotParser.SCHEMA_UNNAMED_CONSTRAINTS, "WATERMARK"}
 
         def _parse_select_or_expression(self, alias: bool = False) -> exp.Expr | None:
             # ``TABLE name`` inside a call: the table itself (a TVF's input)

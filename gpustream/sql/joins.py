@@ -39,6 +39,7 @@ from gpustream.plan import stream_time, time_shift
 from gpustream.sql.errors import SqlError, sql_error
 from gpustream.sql.relation import Field, Rel
 from gpustream.sql.scalar import interval_ms
+from gpustream.sql.windows import Cumulate
 from gpustream.windows import WindowAssigner
 
 __all__ = ["JoinSpec", "conjuncts", "join"]
@@ -251,6 +252,9 @@ def join(left: Rel, right: Rel, how: str, conds: list[exp.Expression], text: str
             raise sql_error("a window join needs ON l.window_start = r.window_start AND "
                             "l.window_end = r.window_end (and is an inner join, without "
                             "time bounds)", node, text)
+        if isinstance(left.tvf.assigner, Cumulate):
+            raise sql_error("a window join of CUMULATE windows is not supported; join "
+                            "TUMBLE, HOP or SESSION windows", node, text)
         window = left.tvf.assigner
     for conds_of, side in ((left_only, "left"), (right_only, "right")):
         if conds_of:

@@ -31,10 +31,10 @@ from gpustream.errors import PlanError
 from gpustream.expr import Agg, Expr, col, count, lit, row_number
 from gpustream.plan import TableNode, stream_time
 from gpustream.sql.errors import SqlError, sql_error
-from gpustream.sql.joins import _all, conjuncts, join
+from gpustream.sql.joins import _all, conjuncts, join, sides
 from gpustream.sql.relation import WINDOW_KINDS, Field, Rel, Tvf, Windowed
 from gpustream.sql.scalar import Scalars, interval_ms, is_aggregate
-from gpustream.sql.windows import GROUP_WINDOW_PARTS, group_window, tvf_window
+from gpustream.sql.windows import GROUP_WINDOW_PARTS, Cumulate, group_window, tvf_window
 from gpustream.windows import ProcessingTime, Session, Sliding, Tumbling, WindowAssigner
 
 __all__ = ["Catalog", "Translator"]
@@ -308,16 +308,9 @@ class Translator:
 
     @staticmethod
     def _names_only(c: exp.Expression, left: Rel, right: Rel) -> bool:
-        got = set()
-        for column in c.find_all(exp.Column):
-            q = column.table or None
-            if left.find(column.name, q):
-                got.add("l")
-            elif right.find(column.name, q):
-                got.add("r")
-            else:
-                return False
-        return "r" in got
+        """Whether ``c`` names only the two inputs' columns, the right's among them."""
+        got = sides(c, left, right)
+        return "?" not in got and "r" in got
 
     # -- SELECT ----------------------------------------------------------------------------
     def select(self, sel: exp.Select, ctes: Mapping[str, Rel]) -> Rel:
@@ -522,7 +515,21 @@ class Translator:
             if not window_kinds:
                 raise self.error("GROUP BY over a windowing function must name window_start "
                                  "and window_end", group or sel)
-            assigner = rel.tvf.assigner
+            tvf_window_of = rel.tvf.assigner
+            if not isinstance(tvf_window_of, Cumulate):
+                assigner = tvf_window_of
+            else:
+                # per period of the size (a key), a sliding window of the size every
+                # step: the windows ending within the period hold the period's rows
+                # before their end, Flink's cumulating windows
+                cum = tvf_window_of
+                rel, (period,) = self.compute(
+                    rel, [("period", col(rel.tvf.time_column).dt.truncate(cum.size_ms))])
+                stream = rel.stream
+                key_cols.append(period)
+                start = next(f for f in rel.fields if f.kind == "window_start")
+                extra_fields.append(replace(start, column=period))
+                assigner = cum.sliding
         elif window_kinds:
             if rel.windowed is None:
                 raise self.error("GROUP BY window_start, window_end needs rows of a window",
@@ -543,12 +550,19 @@ class Translator:
             assigner = Tumbling(step)
             window_kinds = {"window_end"}
         assert stream is not None
+        out: Stream
         if assigner is not None:
             keyed = stream.key_by(*key_cols) if key_cols else stream
             out = self.plan("GROUP BY", group or sel,
                             lambda: keyed.window(assigner).agg(**aggs))
-            windowed = None if isinstance(assigner, Session) else Windowed(
-                assigner if not extra_fields else rel.windowed.assigner)  # type: ignore[union-attr]
+            if rel.tvf is not None and isinstance(rel.tvf.assigner, Cumulate):
+                # the sliding windows that reach past the period's end are not its
+                out = out.filter(col("window_start") <= col(extra_fields[0].column))
+                windowed = Windowed(assigner)
+            else:
+                windowed = None if isinstance(assigner, Session) else Windowed(
+                    assigner if not extra_fields
+                    else rel.windowed.assigner)  # type: ignore[union-attr]
         else:
             if not key_cols:
                 rel, (one,) = self.compute(rel, [("all", lit(0))])

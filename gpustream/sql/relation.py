@@ -31,6 +31,7 @@ from gpustream.api import Stream
 from gpustream.changelog import OP_COLUMN as OP
 from gpustream.plan import TableNode
 from gpustream.sql.errors import sql_error
+from gpustream.sql.windows import Cumulate
 from gpustream.windows import WindowAssigner
 
 __all__ = ["Field", "Rel", "Tvf", "Windowed"]
@@ -56,7 +57,7 @@ class Tvf:
     """A windowing table-valued function not yet aggregated: its window and the stream
     column it windows (the stream's event time)."""
 
-    assigner: WindowAssigner
+    assigner: WindowAssigner | Cumulate
     time_column: str
 
 

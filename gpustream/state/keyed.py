@@ -21,6 +21,7 @@ from gpustream.kernels.hashing import widen_keys
 from gpustream.state.aggstate import AggState, UpdateContext
 
 __all__ = [
+    "ComputedStrings",
     "finalized",
     "init_new",
     "key_columns",
@@ -225,38 +226,90 @@ def string_sources(keys: Sequence[str], aggs: Sequence[Any]) -> dict[str, str]:
     return out
 
 
+class ComputedStrings:
+    """Aggregates of computed string expressions (``max_by(upper(s), ...)``,
+    ``count_distinct(concat(a, b))``): their input's codes re-coded into dictionaries the
+    operator owns and checkpoints (:class:`~gpustream.operators.recode.Recoder`), as an
+    expression's own dictionary grows in arrival order, which a restart would not
+    repeat: states and output then keep their meaning across a restore.
+
+    Examples
+    --------
+    >>> from gpustream.backend import select_backend
+    >>> from gpustream.batch import Batch
+    >>> from gpustream.expr import col
+    >>> from gpustream.operators.window import AggSpec
+    >>> up = AggSpec("u", col("s").str.to_uppercase().first(), pa.string(), pa.string())
+    >>> strings = ComputedStrings([up], select_backend("cpu"))
+    >>> b = Batch.from_arrow(pa.record_batch({"s": ["b", "a", "b"]}))
+    >>> strings.inputs(b)[0].values.tolist(), strings.dictionaries["u"].values.to_pylist()
+    ([0, 1, 0], ['B', 'A'])
+    """
+
+    def __init__(self, aggs: Sequence[Any], backend: Any) -> None:
+        from gpustream.operators.recode import Recoder
+
+        self.aggs = list(aggs)
+        self.xp = backend.xp
+        self.recoder = Recoder([a.name for a in self.aggs if _computed_string(a)], backend)
+
+    @property
+    def dictionaries(self) -> dict[str, Any]:
+        """The owned dictionary of each such aggregate (its output column's too)."""
+        return self.recoder.dictionaries
+
+    def inputs(self, batch: Batch) -> dict[int, Any]:
+        """Each aggregation's input on ``batch`` (:func:`~gpustream.expr.agg_input`),
+        computed strings as codes into the owned dictionaries."""
+        from gpustream.expr import Column, agg_input
+
+        def recoder(name: str) -> Any:
+            def recode(c: Column) -> Column:
+                owned = self.recoder.dictionaries[name]
+                return Column(self.recoder.recode(name, c.dictionary, c.values), c.valid, owned)
+            return recode
+
+        return {i: agg_input(a.agg, batch, self.xp,
+                             recoder(a.name) if a.name in self.recoder.dictionaries else None)
+                for i, a in enumerate(self.aggs)}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The owned dictionaries, as checkpoint arrays."""
+        return self.recoder.snapshot("aggstrings.")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`snapshot` saved."""
+        self.recoder.restore(state, "aggstrings.")
+
+
+def _computed_string(a: Any) -> bool:
+    """Whether an aggregation's input is a string computed by an expression."""
+    return (a.agg.value_input is not None and not isinstance(a.agg.value_input, Col)
+            and a.in_type is not None
+            and (pa.types.is_string(a.in_type) or pa.types.is_large_string(a.in_type)))
+
+
 def output_dictionaries(keys: Sequence[str], aggs: Sequence[Any],
                         dictionaries: Mapping[str, Any],
-                        input_schema: pa.Schema | None) -> dict[str, Any]:
+                        owned: Mapping[str, Any]) -> dict[str, Any]:
     """The string dictionaries of a keyed aggregation's output columns: the input's for
-    keys and aggregates of a column (:func:`string_sources`), and for a string aggregate
-    of a computed expression (``max_by(upper(s), ...)``) the expression's derived
-    dictionary, a function of the input's dictionaries (found by evaluating it over no
-    rows: :mod:`gpustream.expr.entries`).
+    keys and aggregates of a column (:func:`string_sources`), and the operator's own for
+    string aggregates of computed expressions (:class:`ComputedStrings`).
 
     Examples
     --------
     >>> from gpustream.expr import col
     >>> from gpustream.ingest.dictionary import StringDictionary
     >>> from gpustream.operators.window import AggSpec
-    >>> up = AggSpec("u", col("s").str.to_uppercase().first(), pa.string(), pa.string())
-    >>> d = output_dictionaries((), [up], {"s": StringDictionary(pa.array(["a", "b"]))},
-    ...                         pa.schema({"s": pa.string()}))
-    >>> d["u"].values.to_pylist()
-    ['A', 'B']
+    >>> f = AggSpec("f", col("s").first(), pa.string(), pa.string())
+    >>> d = StringDictionary(pa.array(["a"]))
+    >>> output_dictionaries(("k",), [f], {"s": d, "k": d}, {}) == {"k": d, "f": d}
+    True
     """
-    from gpustream.expr import evaluate
-
     out = {o: dictionaries[src] for o, src in string_sources(keys, aggs).items()
            if src in dictionaries}
-    computed = [a for a in aggs if a.agg.value_input is not None
-                and not isinstance(a.agg.value_input, Col) and a.out_type is not None
-                and (pa.types.is_string(a.out_type) or pa.types.is_large_string(a.out_type))]
-    if computed and input_schema is not None:
-        none = Batch.from_arrow(pa.RecordBatch.from_pylist([], schema=input_schema))
-        none.dictionaries = {**none.dictionaries, **dictionaries}
-        for a in computed:
-            column = evaluate(a.agg.value_input, none, np)
-            if column.dictionary is not None:
-                out[a.name] = column.dictionary
+    for a in aggs:
+        if a.name in owned and a.out_type is not None and (
+                pa.types.is_string(a.out_type) or pa.types.is_large_string(a.out_type)):
+            out[a.name] = owned[a.name]
     return out
