@@ -21,6 +21,7 @@ Inside a batch ``op`` is a string column of int32 codes into a fixed dictionary
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,7 @@ __all__ = [
     "materialize",
     "op_dictionary",
     "op_field",
+    "weights",
 ]
 
 OP_COLUMN = "op"
@@ -129,3 +131,21 @@ def materialize(changelog: pa.Table, key: str | Sequence[str] | None = None) -> 
     result = changelog.take(groups["__row_max"].combine_chunks())
     alive = pc.is_in(result[OP_COLUMN], value_set=pa.array([OPS[INSERT], OPS[UPDATE_AFTER]]))
     return result.filter(alive).drop_columns([OP_COLUMN])
+
+
+def weights(batch: Any, xp: Any) -> Any:
+    """+1 for the rows of a changelog that add (``+I``, ``+U``), -1 for those that take
+    back (``-U``, ``-D``), whatever the codes of the batch's ``op`` dictionary.
+
+    Examples
+    --------
+    >>> import numpy as np, pyarrow as pa
+    >>> from gpustream.batch import Batch
+    >>> b = Batch.from_arrow(pa.record_batch({"op": ["+I", "-U", "+U", "-D"]}))
+    >>> weights(b, np).tolist()
+    [1, -1, 1, -1]
+    """
+    names = batch.dictionaries[OP_COLUMN].values.to_pylist()
+    adds = np.array([n in (OPS[INSERT], OPS[UPDATE_AFTER]) for n in names], dtype=bool)
+    table = xp.asarray(np.where(adds, 1, -1).astype(np.int64))
+    return table[batch[OP_COLUMN]]

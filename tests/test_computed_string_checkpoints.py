@@ -8,6 +8,7 @@ them, so the codes held in a window's state mean the same strings after a restor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +43,31 @@ def _pipeline(source: Any, kind: str) -> tuple[gs.Pipeline, list[pa.RecordBatch]
     return p, out
 
 
+Build = Callable[[Any, str], tuple[gs.Pipeline, list[pa.RecordBatch]]]
+
+
+def _crash_and_resume(build: Build, kind: str, tmp_path: Path
+                      ) -> tuple[list[pa.RecordBatch], list[pa.RecordBatch]]:
+    """The output of a whole run, and of a run that crashed then resumed from its
+    checkpoint (both parts)."""
+    table = _table()
+    whole, out = build(gs.from_arrow(table, batch_rows=150), kind)
+    whole.run()
+    assert len(_rows(out)) > 20
+    ck = gs.Checkpointing(tmp_path / "ck", every_batches=4)
+    first, out1 = build(_Crash(gs.from_arrow(table, batch_rows=150), 14), kind)
+    with pytest.raises(OSError, match="lost power"):
+        first.run(checkpoint=ck)
+    second, out2 = build(gs.from_arrow(table, batch_rows=150), kind)
+    assert second.run(checkpoint=ck).restored_checkpoint is not None
+    return out, out1 + out2
+
+
 @pytest.mark.parametrize("kind", ["concat", "case", "strftime"])
 def test_a_window_keyed_on_a_computed_string_resumes_with_the_same_rows(
         tmp_path: Path, kind: str) -> None:
-    table = _table()
-    whole, out = _pipeline(gs.from_arrow(table, batch_rows=150), kind)
-    whole.run()
-    want = _rows(out)
-    assert len(want) > 20
-    ck = gs.Checkpointing(tmp_path / "ck", every_batches=4)
-    first, out1 = _pipeline(_Crash(gs.from_arrow(table, batch_rows=150), 14), kind)
-    with pytest.raises(OSError, match="lost power"):
-        first.run(checkpoint=ck)
-    second, out2 = _pipeline(gs.from_arrow(table, batch_rows=150), kind)
-    stats = second.run(checkpoint=ck)
-    assert stats.restored_checkpoint is not None
-    assert set(_rows(out1) + _rows(out2)) == set(want)
+    want, got = _crash_and_resume(_pipeline, kind, tmp_path)
+    assert set(_rows(got)) == set(_rows(want))
 
 
 def test_two_columns_of_one_dictionary_each_get_their_own() -> None:
@@ -94,21 +104,9 @@ def test_aggregates_of_a_computed_string_resume_with_the_same_rows(
         tmp_path: Path, kind: str) -> None:
     """Before the aggregating operators owned these dictionaries, a restore decoded the
     held codes with a new process's dictionary: wrong strings, or an index error."""
-    table = _table()
-    whole, out = _agg_pipeline(gs.from_arrow(table, batch_rows=150), kind)
-    whole.run()
-    want = _rows(out)
-    assert len(want) > 20
-    ck = gs.Checkpointing(tmp_path / "ck", every_batches=4)
-    first, out1 = _agg_pipeline(_Crash(gs.from_arrow(table, batch_rows=150), 14), kind)
-    with pytest.raises(OSError, match="lost power"):
-        first.run(checkpoint=ck)
-    second, out2 = _agg_pipeline(gs.from_arrow(table, batch_rows=150), kind)
-    stats = second.run(checkpoint=ck)
-    assert stats.restored_checkpoint is not None
+    want, got = _crash_and_resume(_agg_pipeline, kind, tmp_path)
     if kind == "running":  # a changelog: the table it describes
-        got = gs.materialize(pa.Table.from_batches(out1 + out2), key="a")
-        assert got.sort_by("a").to_pylist() == gs.materialize(
-            pa.Table.from_batches(out), key="a").sort_by("a").to_pylist()
+        assert gs.materialize(pa.Table.from_batches(got), key="a").sort_by("a").to_pylist() \
+            == gs.materialize(pa.Table.from_batches(want), key="a").sort_by("a").to_pylist()
     else:
-        assert set(_rows(out1) + _rows(out2)) == set(want)
+        assert set(_rows(got)) == set(_rows(want))

@@ -177,6 +177,12 @@ def test_group_by_without_a_window_is_a_changelog_of_duckdb_s_groups() -> None:
         FROM clicks GROUP BY page HAVING COUNT(*) > 100"""))
 
 
+def test_select_distinct_emits_each_distinct_row_once() -> None:
+    out = _pipeline().sql("SELECT DISTINCT user % 4 AS b, page FROM clicks").collect()
+    assert set(out["op"].to_pylist()) == {"+I"}  # a distinct row never changes
+    _same(out.drop(["op"]), _duck("SELECT DISTINCT user % 4 AS b, page FROM clicks"))
+
+
 def test_an_aggregate_of_the_whole_stream_and_a_computed_key() -> None:
     total = _pipeline().sql("SELECT COUNT(*) AS n, AVG(amount) AS mean FROM clicks").collect()
     got = gs.materialize(total, key=None)
@@ -463,3 +469,16 @@ def test_three_way_joins_and_window_times_name_their_error() -> None:
         _pipeline().sql("""SELECT x.user FROM clicks x JOIN clicks y ON x.user = y.user
                            AND y.ts BETWEEN x.ts AND x.ts + INTERVAL '1' SECOND""")
     assert joined.value.line == 1
+
+
+def test_top_n_of_a_window_s_rows_must_partition_by_the_window() -> None:
+    """gpustream ranks a window aggregation's rows per window; a ROW_NUMBER without the
+    window in PARTITION BY means across windows (Flink), so it is refused, not changed."""
+    with pytest.raises(SqlError, match="PARTITION BY window_start, window_end"):
+        _pipeline().sql("""
+            SELECT * FROM (
+                SELECT *, ROW_NUMBER() OVER (ORDER BY n DESC) AS rn
+                FROM (SELECT user, window_start, window_end, COUNT(*) AS n FROM TABLE(
+                          TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '20' SECOND))
+                      GROUP BY user, window_start, window_end))
+            WHERE rn <= 1""")

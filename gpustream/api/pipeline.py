@@ -526,8 +526,8 @@ class Stream:
         changelog: a row without a partner comes at once as ``+I`` with nulls for the
         other side, and when its first partner arrives, ``-D`` of that row then ``+I``
         of the pair (:func:`gpustream.changelog.materialize` gives the join's table);
-        steps that need append-only rows (windows, over, top_k, interval and window
-        joins) refuse it. Null keys match nothing. An output row's event time is the
+        steps that need append-only rows (windows, top_k, interval and window joins)
+        refuse it (an OVER window over it takes ``order_by=``). Null keys match nothing. An output row's event time is the
         larger of its two rows' (a padded row's: its row's); no column holds it, so
         time-based steps after the join are refused. Without ``retention`` the join
         reads no event time: its inputs may have none, and its rows may be joined again
@@ -802,7 +802,7 @@ class Stream:
         return KeyedStream(self, ()).window(assigner, name, allowed_lateness)
 
     def over(self, range: Duration | None = None, rows: int | str | None = None,
-             name: str | None = None) -> OverWindow:
+             name: str | None = None, order_by: str | None = None) -> OverWindow:
         """An OVER window over the whole stream (no key); see :meth:`KeyedStream.over`.
 
         Examples
@@ -814,7 +814,7 @@ class Stream:
         >>> s.over(rows=1).agg(hi=gs.col("v").max()).collect().to_pydict()
         {'ts': [1, 3, 5], 'v': [1, 3, 2], 'hi': [1, 3, 3]}
         """
-        return KeyedStream(self, ()).over(range, rows, name)
+        return KeyedStream(self, ()).over(range, rows, name, order_by)
 
     def sink(self, sink: Sink) -> Stream:
         """Send this stream's rows to ``sink`` when the pipeline runs; returns this stream.
@@ -1038,7 +1038,7 @@ class KeyedStream:
 
 
     def over(self, range: Duration | None = None, rows: int | str | None = None,
-             name: str | None = None) -> OverWindow:
+             name: str | None = None, order_by: str | None = None) -> OverWindow:
         """An OVER window: per key, aggregates over each row's frame, added to every row.
 
         As SQL's ``agg(x) OVER (PARTITION BY keys ORDER BY event_time RANGE BETWEEN
@@ -1063,6 +1063,13 @@ class KeyedStream:
             numbers the rows), each key's aggregates kept instead of its rows.
         name
             A stable name for the state (keys its checkpoints); default ``over@<step>``.
+        order_by
+            Over a changelog (rows with an ``op`` column: a running aggregation, a
+            top_k over a stream, an outer join): the column (integer or timestamp)
+            ordering the rows of the table the changelog describes. The result is that
+            table's OVER, as a changelog of ``+I``/``-D`` rows that follows every change
+            of the input (:mod:`gpustream.operators.over_changelog`); no event time is
+            needed. Over an append-only stream rows are ordered by the event time.
 
         Examples
         --------
@@ -1087,19 +1094,21 @@ class KeyedStream:
             raise PlanError(f"{where}: give exactly one of range= (event time, e.g. '5m') "
                             "and rows= (a number of preceding rows)")
         span = None if range is None else to_millis(range, what=f"{where} range")
-        return OverWindow(self._stream, self.keys, span, rows, name)
+        return OverWindow(self._stream, self.keys, span, rows, name, order_by)
 
 
 class OverWindow:
     """An OVER window waiting for its aggregations; call :meth:`agg`."""
 
     def __init__(self, stream: Stream, keys: tuple[str, ...], range_ms: int | None,
-                 rows: int | str | None, name: str | None) -> None:
+                 rows: int | str | None, name: str | None,
+                 order_by: str | None = None) -> None:
         self._stream = stream
         self.keys = keys
         self.range_ms = range_ms
         self.rows = rows
         self.name = name
+        self.order_by = order_by
 
     def agg(self, **aggs: Agg) -> AggStream:
         """Add aggregates of each row's frame to every row: ``gs.count()``, and ``sum``,
@@ -1117,7 +1126,7 @@ class OverWindow:
         parent = self._stream
         name = self.name or f"over@{parent._node.step + 1}"
         node = OverNode(parent._node, self.keys, self.range_ms, self.rows,
-                        tuple(aggs.items()), name)
+                        tuple(aggs.items()), name, self.order_by)
         schema = output_schema(node, {id(parent._node): parent._schema})
         parent._pipeline._nodes.append(node)
         return AggStream(parent._pipeline, node, schema)

@@ -5,17 +5,14 @@ Each :class:`Query` builds one streaming pipeline over the generator's three str
 holds the SQL of the same query for DuckDB over the same rows as batch tables, with how
 to compare the two results (the columns, the float tolerance). The queries follow the
 text of Flink's Nexmark suite (nexmark/nexmark, ``nexmark-flink/.../queries/qN.sql``);
-regular joins (q3, q4, q9, q20), unwindowed GROUP BY (q4) and ROW_NUMBER over the
-whole stream (q9, q18, q19) run as gpustream's changelog operators (``Stream.join``,
-``key_by(...).agg(...)``, ``top_k``): their result is the table the changelog describes
+regular joins (q3, q4, q6, q9, q20), unwindowed GROUP BY (q4), ROW_NUMBER over the
+whole stream (q6, q9, q18, q19) and an OVER window over its changelog (q6) run as
+gpustream's changelog operators (``Stream.join``, ``key_by(...).agg(...)``, ``top_k``,
+``over(..., order_by=)``): their result is the table the changelog describes
 (:attr:`Query.changelog`, :func:`gpustream.materialize`). Where the text still needs
 what gpustream does not do, a stand-in gives the same final result on bounded input,
 named in :attr:`Query.stand_in`:
 
-- q6: an OVER window over an updating input (each auction's winning price): each
-  auction's price from a session window over an interval join, ordered by when the
-  auction closes (its last bid) instead of its winning bid's time (Flink cannot run the
-  text either);
 - q12: processing-time windows (``gs.ProcessingTime.tumbling``) give results that depend
   on arrival time, which no reference can check: an event-time window of the same size;
 - q15-q17: GROUP BY a day: a 1-day tumbling window (a row per day when the day ends).
@@ -32,9 +29,9 @@ Examples
 >>> QUERIES["q5"].title
 'Hot items'
 >>> [q.name for q in QUERIES.values() if q.stand_in]
-['q6', 'q12', 'q15', 'q16', 'q17']
+['q12', 'q15', 'q16', 'q17']
 >>> [q.name for q in QUERIES.values() if q.changelog is not None]
-['q4', 'q9', 'q18', 'q19']
+['q4', 'q6', 'q9', 'q18', 'q19']
 """
 
 from __future__ import annotations
@@ -216,17 +213,12 @@ def _q5(i: Inputs) -> gs.Stream:
 
 
 def _q6(i: Inputs) -> gs.Stream:
-    # one session per auction (its bids lie within its life, shorter than the gap): the
-    # winning price, emitted when the auction is over; the join an interval join, whose
-    # rows keep an event time (the bid's) for the session window
-    joined = i.auctions.interval_join(i.bids, on=("id", "auction"), lower=0,
-                                      upper=i.max_auction_ms)
-    bids = joined.filter(_col("date_time_right") <= _col("expires"))
-    won = (bids.key_by("id", "seller")
-           .window(gs.Session(i.max_auction_ms + 1), name="won")
-           .agg(final=_col("price").max()))
-    return (won.key_by("seller").over(rows=10, name="last10")
-            .agg(avg_price=_col("final").mean()).select("seller", "id", "avg_price"))
+    # each auction's winning bid (the top bid, a changelog as bids come), then per seller
+    # the mean of the last ten winning prices by the winning bid's time: an OVER over
+    # the table the changelog describes (order_by: no event time needed)
+    best = _auction_bids(i).top_k(1, by="price", per=("id", "seller"))
+    return (best.key_by("seller").over(rows=10, order_by="date_time_right", name="last10")
+            .agg(avg_price=_col("price").mean()).select("seller", "avg_price", "op"))
 
 
 def _q7(i: Inputs) -> gs.Stream:
@@ -428,10 +420,12 @@ _SQL = {
              SELECT c.auction, c.num, c.window_start, c.window_end
              FROM c JOIN m USING (window_end) WHERE c.num >= m.maxn""",
     "q6": f"""WITH w AS (
-                SELECT id, seller, max(price) AS final, max(bid_date_time) AS closed
-                FROM ({_AUCTION_BIDS}) GROUP BY id, seller)
-              SELECT seller, id, avg(final) OVER (PARTITION BY seller ORDER BY closed, id
-                  ROWS BETWEEN 10 PRECEDING AND CURRENT ROW) AS avg_price FROM w""",
+                SELECT id, seller, price, bid_date_time, row_number() OVER (
+                    PARTITION BY id, seller ORDER BY price DESC, seq) AS rn
+                FROM ({_AUCTION_BIDS}))
+              SELECT seller, avg(price) OVER (PARTITION BY seller ORDER BY bid_date_time
+                  ROWS BETWEEN 10 PRECEDING AND CURRENT ROW) AS avg_price
+              FROM w WHERE rn = 1""",
     "q7": """WITH b AS (SELECT *, epoch_ms(date_time) AS ts FROM bids),
              w AS (SELECT max(price) AS maxprice, (ts // 10000 + 1) * 10000 AS wend
                    FROM b GROUP BY ts // 10000)
@@ -531,17 +525,12 @@ QUERIES: dict[str, Query] = {q.name: q for q in (
           streams=("auctions", "bids"), changelog=("category",)),
     Query("q5", "Hot items", _q5, _SQL["q5"],
           ("window_end", "auction", "num", "window_start")),
-    Query("q6", "Average selling price by seller", _q6, _SQL["q6"],
-          ("seller", "id", "avg_price"), streams=("auctions", "bids"),
-          stand_in="the winning bid per auction: a session window per "
-                   "auction (its gap: max_auction_ms + 1); OVER ROWS 10 ordered by the "
-                   "auction's close (its last bid), not its winning bid's time (Flink cannot "
-                   "run the text: an OVER window over an updating input)",
-          ties="auctions of one seller that close in the same millisecond are peers of "
-               "the OVER window's order: ROWS frames over peers depend on their order, "
-               "which SQL leaves open (DuckDB: by id here; gpustream: as its session "
-               "window emits them). Where event times are distinct (the tests' 200 "
-               "events/s) the answers are equal"),
+    Query("q6", "Average selling price by seller", _q6, _SQL["q6"], ("seller", "avg_price"),
+          streams=("auctions", "bids"), changelog=(),
+          ties="winning bids of one seller at the same millisecond are peers of the OVER "
+               "window's order: ROWS frames over peers depend on their order, which SQL "
+               "leaves open (gpustream: as the winners came). Where event times are "
+               "distinct (the tests' 200 events/s) the answers are equal"),
     Query("q7", "Highest bid", _q7, _SQL["q7"], _BID5),
     Query("q8", "Monitor new users", _q8, _SQL["q8"], ("id", "name", "starttime"),
           streams=("persons", "auctions")),

@@ -31,10 +31,10 @@ from gpustream.batch import Batch, physical_dtype
 from gpustream.changelog import (
     DELETE,
     INSERT,
-    OPS,
     UPDATE_AFTER,
     UPDATE_BEFORE,
     op_dictionary,
+    weights,
 )
 from gpustream.expr import col
 from gpustream.operators.base import Operator
@@ -178,7 +178,7 @@ class RunningAggOp(Operator):
         self.seq += n
         gone = None
         if self.weight is not None:
-            w = _weights(batch, xp)
+            w = weights(batch, xp)
             for st, col_ in zip(self.states, inputs.values(), strict=True):
                 st.fold(slots, rows, col_, w, ctx)
             self.weight.update(slots, rows, w, None, ctx)
@@ -411,22 +411,6 @@ def _segment_scan(values: Any, first: Any, xp: Any) -> Any:
         out[shift:] = xp.where(same, xp.maximum(out[shift:], out[:-shift]), out[shift:])
         shift *= 2
     return out
-
-
-def _weights(batch: Batch, xp: Any) -> Any:
-    """+1 for the rows of a changelog that add (``+I``, ``+U``), -1 for those that take
-    back (``-U``, ``-D``), whatever the codes of the batch's ``op`` dictionary.
-
-    Examples
-    --------
-    >>> b = Batch.from_arrow(pa.record_batch({"op": ["+I", "-U", "+U", "-D"]}))
-    >>> _weights(b, np).tolist()
-    [1, -1, 1, -1]
-    """
-    names = batch.dictionaries["op"].values.to_pylist()
-    adds = np.array([n in (OPS[INSERT], OPS[UPDATE_AFTER]) for n in names], dtype=bool)
-    table = xp.asarray(np.where(adds, 1, -1).astype(np.int64))
-    return table[batch["op"]]
 
 
 class _Retracting:

@@ -266,9 +266,17 @@ class OverNode(Node):
     rows: int | str | None  # a number of rows, or "unbounded"
     aggs: tuple[tuple[str, Agg], ...]
     name: str
+    #: the column ordering the rows of an OVER over a changelog (the table it describes:
+    #: :mod:`gpustream.operators.over_changelog`); None: the event time
+    order_by: str | None = None
 
     def __post_init__(self) -> None:
         self._set_step()
+
+    @property
+    def emits_changelog(self) -> bool:
+        """Over a changelog, its rows are one (each change of the input changes rows)."""
+        return changelog_origin(self.input) is not None
 
     @property
     def op(self) -> str:
@@ -287,7 +295,8 @@ class OverNode(Node):
         frame = (f"range {format_millis(self.range_ms)}" if self.range_ms is not None
                  else f"rows {self.rows}")
         aggs = ", ".join(f"{n}={a!r}" for n, a in self.aggs)
-        return f"{keys}{frame} preceding agg({aggs})"
+        order = f" order_by {self.order_by} (the table of a changelog)" if self.order_by else ""
+        return f"{keys}{frame} preceding{order} agg({aggs})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -1129,7 +1138,7 @@ def output_schema(node: Node, _memo: dict[int, pa.Schema] | None = None) -> pa.S
     for n in lineage(node):
         if id(n) in memo:
             continue
-        if isinstance(n, (WindowAggNode, OverNode, TopKNode, IntervalJoinNode,
+        if isinstance(n, (WindowAggNode, TopKNode, IntervalJoinNode,
                           WindowJoinNode, RegularJoinNode)):
             _refuse_changelog(n)
         elif isinstance(n, (SelectNode, WithColumnsNode, MapBatchesNode)):
@@ -1243,8 +1252,9 @@ def stream_time(node: Node, where: str) -> tuple[str, pa.DataType, int] | None:
                 "allowed_lateness there, or window the source's events with the coarser "
                 "window")
         return "window_end", event_time_of(node)[1], 0
-    if isinstance(node, RunningAggNode):  # a changelog: its rows have no event time
-        return None
+    if isinstance(node, RunningAggNode) or (isinstance(node, OverNode)
+                                            and node.emits_changelog):
+        return None  # a changelog: its rows have no event time
     if isinstance(node, UnionNode):
         times = [stream_time(n, where) for n in node.streams]
         if any(t is None for t in times):
@@ -1518,9 +1528,29 @@ def over_output_schema(node: OverNode, schema: pa.Schema) -> pa.Schema:
     gpustream.errors.PlanError: step 1 (over 'o') agg 'v': OVER windows compute count, sum, min, max, mean, row_number; col('v').std() is not one of them (aggregate it in a window instead)
     """
     where = node.label
-    event_time, ts_type = event_time_of(node)
-    if event_time not in schema.names:
-        raise PlanError(f"{where}: the event-time column {event_time!r} is missing")
+    changelog = changelog_origin(node.input) is not None
+    if changelog:  # the table's OVER: ordered by a column, no event time needed
+        if node.order_by is None or node.order_by not in schema.names:
+            raise PlanError(f"{where}: an OVER window over a changelog (op column) orders "
+                            "the rows of the table it describes by a column: give "
+                            "order_by='<column>'" + (f" (not {node.order_by!r}: the columns "
+                                                     f"are {', '.join(schema.names)})"
+                                                     if node.order_by else ""))
+        ts_type = schema.field(node.order_by).type
+        if not (pa.types.is_integer(ts_type) or pa.types.is_timestamp(ts_type)):
+            raise PlanError(f"{where}: order_by={node.order_by!r} is {ts_type}; order by an "
+                            "integer or timestamp column")
+        if node.rows == UNBOUNDED and any(a.kind in ("min", "max") for _, a in node.aggs
+                                          if isinstance(a, Agg)):
+            raise PlanError(f"{where}: min/max over an unbounded frame of a changelog are "
+                            "not supported; give rows=n")
+    else:
+        event_time, ts_type = event_time_of(node)
+        if event_time not in schema.names:
+            raise PlanError(f"{where}: the event-time column {event_time!r} is missing")
+        if node.order_by is not None and node.order_by != event_time:
+            raise PlanError(f"{where}: an OVER window orders rows by the event time "
+                            f"({event_time!r}); order_by= is for OVER over a changelog")
     if (node.range_ms is None) == (node.rows is None):
         raise PlanError(f"{where}: give exactly one of range= (event time, e.g. '5m') and "
                         "rows= (a number of preceding rows)")
@@ -1536,7 +1566,7 @@ def over_output_schema(node: OverNode, schema: pa.Schema) -> pa.Schema:
     _key_fields(where, node.keys, schema)
     if not node.aggs:
         raise PlanError(f"{where}: agg needs at least one aggregation, e.g. n=gs.count()")
-    fields = [(f.name, f.type) for f in schema]
+    fields = [(f.name, f.type) for f in schema if not (changelog and f.name == "op")]
     for name, agg in node.aggs:
         what = f"{where} agg {name!r}"
         if not isinstance(agg, Agg):
@@ -1558,4 +1588,6 @@ def over_output_schema(node: OverNode, schema: pa.Schema) -> pa.Schema:
     if clash:
         raise PlanError(f"{where}: output column(s) {', '.join(clash)} appear twice; rename "
                         "the aggregation(s)")
+    if changelog:
+        fields.append(("op", pa.string()))
     return pa.schema(fields)

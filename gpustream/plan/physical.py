@@ -158,8 +158,20 @@ def _over(node: OverNode, input_schema: pa.Schema, schema: pa.Schema,
     """The OVER window operator of ``node``, its frame in event-time units."""
     from gpustream.operators.over import UNBOUNDED_ROWS, OverAgg, OverOp, OverSpec
 
-    event_time, ts_type = event_time_of(node)
     where = node.label
+    if node.emits_changelog:  # the table's OVER, ordered by a column, as a changelog
+        from gpustream.operators.over_changelog import ChangelogOverOp
+
+        assert node.order_by is not None
+        ts_type = input_schema.field(node.order_by).type
+        span = None if node.range_ms is None else to_event_units(node.range_ms, ts_type,
+                                                                 where)
+        rows = UNBOUNDED_ROWS if node.rows == UNBOUNDED else node.rows
+        assert rows is None or isinstance(rows, int)
+        aggs = tuple(OverAgg(name, agg, schema.field(name).type) for name, agg in node.aggs)
+        return ChangelogOverOp(OverSpec(node.name, node.keys, node.order_by, span, rows,
+                                        aggs, input_schema, schema), backend)
+    event_time, ts_type = event_time_of(node)
     span = None if node.range_ms is None else to_event_units(node.range_ms, ts_type, where)
     aggs = tuple(OverAgg(name, agg, schema.field(name).type) for name, agg in node.aggs)
     unbounded = node.rows == UNBOUNDED

@@ -2,9 +2,11 @@
 
 ``p.sql(text)`` runs ``CREATE TABLE`` / ``CREATE VIEW`` statements and returns the
 stream of the last query; nothing is evaluated as Python: each clause becomes the step
-that does it (:mod:`~gpustream.sql.query`, :mod:`~gpustream.sql.joins`,
-:mod:`~gpustream.sql.windows`, :mod:`~gpustream.sql.scalar`). Errors name the line and
-column of the text (:class:`~gpustream.sql.errors.SqlError`).
+that does it (:mod:`~gpustream.sql.query`: FROM, WHERE, projections;
+:mod:`~gpustream.sql.grouping`: GROUP BY; :mod:`~gpustream.sql.ranking`: OVER, top-N;
+:mod:`~gpustream.sql.joins`, :mod:`~gpustream.sql.windows`, :mod:`~gpustream.sql.ddl`,
+:mod:`~gpustream.sql.scalar`: expressions). Errors name the line and column of the text
+(:class:`~gpustream.sql.errors.SqlError`).
 
 Examples
 --------
