@@ -370,8 +370,10 @@ class OverOp(Operator):
             parts.append({"n": n_valid, "s": total, "h": h, "l": low})
         return parts
 
-    def _output(self, rows: Batch, picked: Any, parts: list[dict[str, Any]]) -> Batch:
-        """The rows ``picked`` of ``rows`` with their aggregates from ``parts``."""
+    def _output(self, rows: Batch, picked: Any, parts: list[dict[str, Any]],
+                on_device: bool = True) -> Batch:
+        """The rows ``picked`` of ``rows`` with their aggregates from ``parts`` (moved to
+        the backend's device unless ``on_device`` is False)."""
         spec = self.spec
         columns: dict[str, Any] = {}
         validity: dict[str, Any] = {}
@@ -397,7 +399,7 @@ class OverOp(Operator):
                         if c in self.dictionaries}
         watermarks = np.full(picked.shape[0], self.forwarded, dtype=np.int64)
         out = Batch(columns, spec.schema, validity, dictionaries, watermarks)
-        return out.to_device(self.backend)
+        return out.to_device(self.backend) if on_device else out
 
     def _prune(self, watermark: int, order: Any, key_id: Any) -> None:
         """Drop the emitted rows no later frame needs: RANGE, those older than the

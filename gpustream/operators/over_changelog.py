@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gpustream.backend import Backend
+from gpustream.backend import Backend, select_backend
 from gpustream.batch import Batch
 from gpustream.changelog import DELETE, INSERT, OP_COLUMN, op_dictionary, weights
 from gpustream.kernels.hashing import hash_rows
@@ -111,6 +111,7 @@ class ChangelogOverOp(OverOp):
         super().__init__(replace(spec, input_schema=table, schema=result, unbounded=False),
                          backend)
         self.out_schema = spec.schema
+        self._host = select_backend("cpu")  # the held rows are host arrays
         self.op_dictionary = op_dictionary()
         #: the result rows emitted and not deleted (host)
         self.out: Batch | None = None
@@ -127,7 +128,7 @@ class ChangelogOverOp(OverOp):
         keys = list(self.spec.keys)
         if not keys:
             return np.zeros(batch.num_rows, dtype=np.uint64)
-        return np.asarray(hash_rows(self._words(batch, keys), self.backend))
+        return hash_rows(self._words(batch, keys), self._host)  # (host rows, any backend)
 
     def process(self, batch: Batch) -> list[Batch]:
         if batch.num_rows == 0:
@@ -179,7 +180,7 @@ class ChangelogOverOp(OverOp):
                 lo, hi = frame_bounds(self.ts[sel], group, spec.range_span, spec.rows)
                 every = np.ones(n, dtype=np.bool_)
                 parts = self._parts(self.rows, sel, group, lo, hi, every, idx, None)
-                new = self._output(self.rows, sel, parts).to_host()
+                new = self._output(self.rows, sel, parts, on_device=False)
         old = None
         if self.out is not None and self.out.num_rows:
             affected = np.isin(self._key_hashes(self.out), touched)

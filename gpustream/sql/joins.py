@@ -42,7 +42,7 @@ from gpustream.sql.scalar import interval_ms
 from gpustream.sql.windows import Cumulate
 from gpustream.windows import WindowAssigner
 
-__all__ = ["JoinSpec", "conjuncts", "join"]
+__all__ = ["JoinSpec", "and_all", "conjuncts", "join"]
 
 _FLIP = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE}
 
@@ -198,8 +198,14 @@ def _window_pairs(pairs: list[tuple[exp.Expression, exp.Expression]], left: Rel,
     return rest, kinds
 
 
-def _all(conds: list[exp.Expression]) -> exp.Expression:
-    """The conditions AND-ed."""
+def and_all(conds: list[exp.Expression]) -> exp.Expression:
+    """The conditions AND-ed (at least one).
+
+    Examples
+    --------
+    >>> and_all([exp.column("a"), exp.column("b"), exp.column("c")]).sql()
+    'a AND b AND c'
+    """
     out = conds[0]
     for c in conds[1:]:
         out = exp.And(this=out, expression=c)
@@ -267,7 +273,7 @@ def join(left: Rel, right: Rel, how: str, conds: list[exp.Expression], text: str
                                     "before registering it", conds_of[0], text)
                 rest.extend(conds_of)
                 continue
-            pred = scalar(rel, _all(conds_of))
+            pred = scalar(rel, and_all(conds_of))
             moved = rel.with_stream(rel.stream.filter(pred))
             left, right = (moved, right) if side == "left" else (left, moved)
     for lhs, rhs in pairs:

@@ -28,7 +28,7 @@ from gpustream.changelog import OP_COLUMN
 from gpustream.expr import Expr, col
 from gpustream.sql.errors import sql_error
 from gpustream.sql.grouping import Grouping
-from gpustream.sql.joins import _all, conjuncts, join, sides
+from gpustream.sql.joins import and_all, conjuncts, join, sides
 from gpustream.sql.ranking import Ranking
 from gpustream.sql.relation import WINDOW_KINDS, Field, Rel, Tvf
 from gpustream.sql.steps import HIDDEN, Catalog
@@ -212,7 +212,7 @@ class Translator(Grouping, Ranking):
             rel, rest = join(rel, right, how, on + take, self.text, self.scalar,
                              self.compute, j)
             if rest:
-                pred = self.scalar(rel, _all(rest))
+                pred = self.scalar(rel, and_all(rest))
                 assert rel.stream is not None
                 rel = rel.with_stream(rel.stream.filter(pred))
         return rel, where
@@ -245,7 +245,7 @@ class Translator(Grouping, Ranking):
         if where:
             for c in where:
                 self.no_aggregates(c, "WHERE")
-            pred = self.scalar(rel, _all(where))
+            pred = self.scalar(rel, and_all(where))
             assert rel.stream is not None
             rel = rel.with_stream(self.plan("WHERE", where[0],
                                             lambda: rel.stream.filter(pred)))  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from sqlglot import exp
 
 from gpustream.api import Stream
 from gpustream.expr import Agg, lit, row_number
-from gpustream.sql.joins import _all
+from gpustream.sql.joins import and_all
 from gpustream.sql.relation import Field, Rel
 from gpustream.sql.scalar import interval_ms
 from gpustream.sql.steps import HIDDEN, Steps
@@ -46,10 +46,10 @@ class Ranking(Steps):
             return None
         inner = sel.copy()
         rest = [c.copy() for c in where if c not in bound]
-        inner.set("where", exp.Where(this=_all(rest)) if rest else None)
+        inner.set("where", exp.Where(this=and_all(rest)) if rest else None)
         return exp.Select(expressions=[exp.Star()],
                           from_=exp.From(this=exp.Subquery(this=inner)),
-                          where=exp.Where(this=_all([c.copy() for c in bound])))
+                          where=exp.Where(this=and_all([c.copy() for c in bound])))
 
     def over(self, rel: Rel, items: list[exp.Expression]
              ) -> tuple[Rel, list[exp.Expression]]:
