@@ -9,6 +9,7 @@ sources stopped, sinks closed, the summary printed).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,6 +37,13 @@ generate_app = typer.Typer(help="Generate test data.", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
 
 ENGINE_HELP = "auto, cpu or cuda (overrides the spec; GPUSTREAM_ENGINE overrides both)."
+CLUSTER_HELP = ("Run as partitions on Dask: local:N (a LocalCluster of N worker processes "
+                "started here) or dask://HOST:PORT (a running scheduler). Overrides the "
+                "spec's cluster:.")
+PARALLELISM_HELP = ("How many partitions (default: the N of local:N). Each reads its share "
+                    "of the source; rows are repartitioned by the keyed steps' key. Without "
+                    "--cluster, more than 1 starts a LocalCluster of that many workers. "
+                    "Overrides the spec's parallelism:.")
 #: exit statuses of a clean stop: 128 + the signal's number, as a shell reports it
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
@@ -136,24 +144,30 @@ def run(
                                           "interface, as the container image sets)."),
     live: bool = typer.Option(True, help="Show the live view (a log line per interval "
                                          "when stdout is not a terminal)."),
+    cluster: str = typer.Option(None, help=CLUSTER_HELP),
+    parallelism: int = typer.Option(None, min=1, help=PARALLELISM_HELP),
 ) -> None:
     """Run a pipeline spec until its bounded sources end (or Ctrl-C, or SIGTERM).
 
-    Ctrl-C and SIGTERM stop it cleanly at a batch boundary (sources stopped, a final checkpoint taken when the spec checkpoints, sinks committed and closed, the summary printed) with exit status 130 and 143; a second signal stops at once.
+    Ctrl-C and SIGTERM stop it cleanly at a batch boundary (sources stopped, a final checkpoint taken when the spec checkpoints, sinks committed and closed, the summary printed) with exit status 130 and 143; a second signal stops at once. With --cluster / --parallelism (or the spec's cluster: / parallelism:) it runs as partitions on Dask, the live view and the metrics showing each partition.
     """
     from gpustream.spec import check_spec
 
     checked = check_spec(spec, engine,
                          checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
     checked.raise_errors()
-    _execute(checked.pipeline, checked.checkpoint, max_events, metrics_port, metrics_host, live)
+    _execute(checked.pipeline, checked.checkpoint, max_events, metrics_port, metrics_host, live,
+             cluster if cluster is not None else checked.cluster,
+             parallelism if parallelism is not None else checked.parallelism)
 
 
 def _execute(p: Any, checkpoint: Any, max_events: int | None, metrics_port: int | None,
-             metrics_host: str, live: bool) -> None:
+             metrics_host: str, live: bool, cluster: str | None = None,
+             parallelism: int | None = None) -> None:
     """Run ``p`` to the end as ``run`` does: the header, metrics, the live view, the
     summary; a failure while running is :class:`RunFailed`, a clean stop
-    :class:`Interrupted`."""
+    :class:`Interrupted`. ``cluster`` / ``parallelism`` (either one): partitions on Dask
+    (:meth:`gpustream.Pipeline.run`); neither: in this process."""
     from gpustream.live import LiveView
     from gpustream.metrics import Metrics, serve_prometheus
 
@@ -165,14 +179,20 @@ def _execute(p: Any, checkpoint: Any, max_events: int | None, metrics_port: int 
     if server is not None:
         console.print(f"metrics: http://{metrics_host}:{server.server_port}/metrics",
                       highlight=False)
+    scale: dict[str, Any] = {}
+    if cluster is not None or parallelism is not None:
+        scale = {"cluster": cluster, "parallelism": parallelism}
+        # Dask's INFO lines (scheduler and workers starting, connections) would bury the
+        # live view; its warnings and errors still show. The workers read it at start.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         if live:
             with LiveView(metrics, console):
                 stats = p.run(max_events=max_events, metrics=metrics, checkpoint=checkpoint,
-                              exit_on_sigterm=False)
+                              exit_on_sigterm=False, **scale)
         else:
             stats = p.run(max_events=max_events, metrics=metrics, checkpoint=checkpoint,
-                          exit_on_sigterm=False)
+                          exit_on_sigterm=False, **scale)
     except GpustreamError as err:  # e.g. a file of the wrong format, met while running
         raise RunFailed(str(err)) from err
     finally:
@@ -314,11 +334,19 @@ def validate(spec: Path = typer.Argument(..., help="The pipeline spec (YAML)."))
 def explain(
     spec: Path = typer.Argument(..., help="The pipeline spec (YAML)."),
     engine: str = typer.Option(None, help=ENGINE_HELP),
+    parallelism: int = typer.Option(None, min=1, help="Also print how a run of this many "
+                                                      "partitions splits (the source's "
+                                                      "shares, the key rows are "
+                                                      "repartitioned by), or why it cannot. "
+                                                      "Overrides the spec's parallelism:."),
 ) -> None:
-    """Print the plan, the backend that would run it and, on fallback, why."""
-    from gpustream.spec import pipeline_from_spec
+    """Print the plan, the backend that would run it and, on fallback, why; with --parallelism (or the spec's parallelism:), its partitioning."""
+    from gpustream.spec import check_spec
 
-    Console().print(pipeline_from_spec(spec, engine).explain(), highlight=False, markup=False)
+    checked = check_spec(spec, engine)
+    checked.raise_errors()
+    n = parallelism if parallelism is not None else checked.parallelism
+    Console().print(checked.pipeline.explain(parallelism=n), highlight=False, markup=False)
 
 
 @app.command()

@@ -7,7 +7,8 @@ from which the live view takes its rates over the last ``RECENT_S`` seconds. Not
 allocated per batch. Gauges that live in the operators (open windows, late events) are
 read when someone looks: the live view's refresh, or a scrape of ``/metrics``; each
 source's lag (records behind its input, per part) is set by the runtime from
-:meth:`gpustream.ingest.source.Source.lag`.
+:meth:`gpustream.ingest.source.Source.lag`. A partitioned run (:mod:`gpustream.cluster`)
+also sets each partition's counters after every round (:meth:`Metrics.set_partitions`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LATENCY_BUCKETS_S", "RECENT_S", "SAMPLE_EVERY_S", "Metrics", "serve_prometheus"]
+__all__ = ["LATENCY_BUCKETS_S", "PARTITION_KEYS", "RECENT_S", "SAMPLE_EVERY_S", "Metrics",
+           "serve_prometheus"]
 
 _UNIT_MS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
 
@@ -36,6 +38,10 @@ SAMPLE_EVERY_S = 0.25
 NEAR_NOW_S = 86_400.0
 _SAMPLES = 64  # ring of samples: >= RECENT_S / SAMPLE_EVERY_S + slack
 _LATENCIES = 1024  # ring of recent batch latencies, for the live view's p50/p99
+#: what :meth:`Metrics.set_partitions` keeps of each partition (a missing one reads 0;
+#: ``watermark`` None)
+PARTITION_KEYS = ("events_in", "events_out", "bad_records", "late_events", "state_bytes",
+                  "round_seconds", "watermark")
 
 
 @dataclass
@@ -72,6 +78,9 @@ class Metrics:
     #: records behind per source and part ({source: {part: records}}), for the sources
     #: that can tell; the runtime replaces the whole dict every so often
     source_lag: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: a partitioned run's partitions (index = partition number), as last set by
+    #: :meth:`set_partitions`; empty for a run in one process
+    _partitions: tuple[dict[str, float | None], ...] = field(default=(), repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     wall_clock: Callable[[], float] = field(default=time.time, repr=False)
     started: float = field(init=False)
@@ -116,6 +125,79 @@ class Metrics:
                 self.watermark_ms = watermark * _UNIT_MS.get(self.unit, 1.0)
             if now - self._last_sample >= SAMPLE_EVERY_S:
                 self._sample(now)
+
+    def set_partitions(self, parts: Sequence[Mapping[str, float | None]]) -> None:
+        """A partitioned run's partitions, after a round: one mapping each (index =
+        partition number) of ``events_in``, ``events_out``, ``bad_records``,
+        ``late_events``, ``state_bytes`` (totals since the partition opened),
+        ``round_seconds`` (its last round) and ``watermark`` (event-time units, or None).
+
+        The totals of the run stay those :meth:`batch` and the coordinator keep; these
+        are served next to them, labelled ``partition="i"``, and shown by the live view.
+        Safe to call while another thread reads them (:meth:`partitions`).
+
+        Examples
+        --------
+        >>> m = Metrics("doc", "cpu")
+        >>> m.set_partitions([{"events_in": 600, "events_out": 5, "watermark": 9_000},
+        ...                   {"events_in": 400, "events_out": 3, "watermark": None}])
+        >>> [(p["events_in"], p["state_bytes"], p["watermark"]) for p in m.partitions()]
+        [(600, 0, 9000), (400, 0, None)]
+        """
+        kept = tuple({k: part.get(k, None if k == "watermark" else 0) for k in PARTITION_KEYS}
+                     for part in parts)
+        with self._lock:
+            self._partitions = kept
+
+    def partitions(self) -> list[dict[str, float | None]]:
+        """A copy of the partitions as last set (empty: not a partitioned run)."""
+        with self._lock:
+            kept = self._partitions
+        return [dict(p) for p in kept]
+
+    def partition_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """The live view's partition table: (partition, events in, rows out, watermark,
+        state) as text, one row per partition. The watermark shows as its lag behind
+        wall-clock time when it is live, else as how far it is behind the partition
+        furthest ahead (the skew that holds back the run's watermark).
+
+        Examples
+        --------
+        >>> m = Metrics("doc", "cpu", wall_clock=lambda: 1_767_225_610.0)
+        >>> m.set_partitions([
+        ...     {"events_in": 1200, "events_out": 7, "state_bytes": 3 * 2**20,
+        ...      "watermark": 1_767_225_600_000},
+        ...     {"events_in": 800, "events_out": 4, "state_bytes": 512, "watermark": None}])
+        >>> for row in m.partition_rows():
+        ...     print(row)
+        ('0', '1,200', '7', '10.0 s behind', '3.0 MiB')
+        ('1', '800', '4', '-', '0.5 KiB')
+        >>> m.wall_clock = lambda: 1_900_000_000.0  # replaying history: skew between them
+        >>> m.set_partitions([{"watermark": 60_000}, {"watermark": 45_000}])
+        >>> [row[3] for row in m.partition_rows()]
+        ['1970-01-01 00:01:00 UTC', '15.0 s behind partition 0']
+        """
+        parts = self.partitions()
+        scale = _UNIT_MS.get(self.unit, 1.0) / 1e3
+        marks = [None if p["watermark"] is None else float(p["watermark"]) * scale
+                 for p in parts]
+        known = [(wm, i) for i, wm in enumerate(marks) if wm is not None]
+        ahead = max(known) if known else None
+        now = self.wall_clock()
+        rows = []
+        for i, (p, wm) in enumerate(zip(parts, marks, strict=True)):
+            if wm is None:
+                shown = "-"
+            elif abs(now - wm) <= NEAR_NOW_S:
+                shown = f"{now - wm:,.1f} s behind"
+            elif ahead is not None and ahead[0] > wm:
+                shown = f"{ahead[0] - wm:,.1f} s behind partition {ahead[1]}"
+            else:
+                shown = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wm))
+            rows.append((str(i), f"{int(p['events_in'] or 0):,}",
+                         f"{int(p['events_out'] or 0):,}", shown,
+                         _size(int(p["state_bytes"] or 0))))
+        return rows
 
     def latency_ms(self, q: float) -> float:
         """The ``q`` quantile of recent batch latencies, in milliseconds (0 before any)."""
@@ -375,6 +457,51 @@ def _families(metrics: Metrics) -> Iterator[Any]:
             for part, n in parts.items():
                 gauge.add_metric([metrics.pipeline, source, part], n)
         yield gauge
+    yield from _partition_families(metrics)
+
+
+#: a partitioned run's series, per partition: (name, help, kind, unit, key of the report)
+_PARTITION_SERIES = (
+    ("gpustream_partition_events_in", "Events read by one partition of a partitioned run "
+     "(since it opened; the run's total is gpustream_events_in).", "counter", "", "events_in"),
+    ("gpustream_partition_events_out", "Rows one partition wrote to the sinks (since it "
+     "opened).", "counter", "", "events_out"),
+    ("gpustream_partition_bad_records", "Records one partition sent to the dead letters "
+     "(since it opened).", "counter", "", "bad_records"),
+    ("gpustream_partition_late_events", "Events too late for all their windows in one "
+     "partition (since it opened).", "counter", "", "late_events"),
+    ("gpustream_partition_state_bytes", "Bytes of operator state one partition holds.",
+     "gauge", "bytes", "state_bytes"),
+    ("gpustream_partition_round_seconds", "Seconds one partition's last round took.",
+     "gauge", "seconds", "round_seconds"),
+)
+
+
+def _partition_families(metrics: Metrics) -> Iterator[Any]:
+    """The per-partition families (``partition="i"``) of a partitioned run; none for a
+    run in one process."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    parts = metrics.partitions()
+    if not parts:
+        return
+    labels = ["pipeline", "partition"]
+    for name, doc, kind, unit, key in _PARTITION_SERIES:
+        family: Any = (CounterMetricFamily(name, doc, labels=labels) if kind == "counter"
+                       else GaugeMetricFamily(name, doc, labels=labels, unit=unit))
+        for i, part in enumerate(parts):
+            family.add_metric([metrics.pipeline, str(i)], float(part[key] or 0))
+        yield family
+    scale = _UNIT_MS.get(metrics.unit, 1.0) / 1e3
+    wm = GaugeMetricFamily(
+        "gpustream_partition_watermark_timestamp_seconds",
+        "One partition's watermark (event time, seconds since the epoch); the run's is the "
+        "smallest of them. Absent for a partition that has none yet.",
+        labels=labels, unit="seconds")
+    for i, part in enumerate(parts):
+        if part["watermark"] is not None:
+            wm.add_metric([metrics.pipeline, str(i)], float(part["watermark"]) * scale)
+    yield wm
 
 
 def serve_prometheus(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Any:
@@ -383,7 +510,10 @@ def serve_prometheus(metrics: Metrics, port: int, host: str = "127.0.0.1") -> An
     Binds to loopback unless told otherwise. Returns the server (``.shutdown()`` stops it).
     Counters end in ``_total``, batch latency is a histogram
     (``gpustream_batch_latency_seconds``), per-source lag is
-    ``gpustream_source_lag_records{pipeline, source, part}``.
+    ``gpustream_source_lag_records{pipeline, source, part}``. A partitioned run adds
+    ``gpustream_partition_*{pipeline, partition}`` series (events in and out, bad
+    records, late events, state bytes, last round's seconds, watermark), one per
+    partition, next to the run's totals.
 
     Examples
     --------
@@ -395,6 +525,15 @@ def serve_prometheus(metrics: Metrics, port: int, host: str = "127.0.0.1") -> An
     >>> text = urllib.request.urlopen(url).read().decode()
     >>> [ln for ln in text.splitlines() if ln.startswith("gpustream_events_in_total")]
     ['gpustream_events_in_total{pipeline="doc"} 10.0']
+    >>> m.set_partitions([{"events_in": 6, "watermark": 2_000}, {"events_in": 4}])
+    >>> text = urllib.request.urlopen(url).read().decode()
+    >>> for ln in text.splitlines():
+    ...     if ln.startswith(("gpustream_partition_events_in_total",
+    ...                       "gpustream_partition_watermark_timestamp_seconds{")):
+    ...         print(ln)
+    gpustream_partition_events_in_total{partition="0",pipeline="doc"} 6.0
+    gpustream_partition_events_in_total{partition="1",pipeline="doc"} 4.0
+    gpustream_partition_watermark_timestamp_seconds{partition="0",pipeline="doc"} 2.0
     >>> server.shutdown(); server.server_close()
     """
     from prometheus_client import CollectorRegistry

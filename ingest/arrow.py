@@ -43,6 +43,28 @@ class ArrowSource(Source):
             yield SourceBatch(chunks[0], stop)
             start = stop
 
+    def _share(self, index: int, count: int) -> ArrowSource:
+        """Rows ``[index*n//count, (index+1)*n//count)``, a zero-copy slice; its offset
+        counts the rows yielded from the share."""
+        n = self.table.num_rows
+        lo, hi = index * n // count, (index + 1) * n // count
+        return ArrowSource(self.table.slice(lo, hi - lo), self.batch_rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the table as an Arrow IPC stream: a slice's pickle would carry
+        its parent's whole buffers (a share shipped to a worker, all the rows)."""
+        state = dict(self.__dict__)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.table.schema) as w:
+            w.write_table(self.table)
+        state["table"] = sink.getvalue()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Read the table back from its IPC stream."""
+        state["table"] = pa.ipc.open_stream(state["table"]).read_all()
+        self.__dict__.update(state)
+
 
 def as_arrow_table(data: Any, where: str = "from_arrow") -> pa.Table:
     """``data`` as a ``pyarrow.Table``, without copying where the producer allows.

@@ -6,7 +6,9 @@ pyarrow's readers, never whole. Every file is conformed to the first file's sche
 ``[file name, rows read from that file]``; files that sort before it are done. With
 ``follow=True`` the source never ends and polls for new files, which must appear whole
 (write them under another name, then rename them into place) and sort after those read.
-The text formats are in :mod:`gpustream.ingest.textfiles`.
+The text formats are in :mod:`gpustream.ingest.textfiles`. ``split(index, count)`` gives
+the share of one partition of a pipeline (:class:`FileShare`): whole files, or Parquet
+row groups where there are fewer files than shares; its offsets have the same form.
 
 A file that cannot be read (corrupt, truncated, of another format) stops the run with an
 error naming it, or with ``on_bad_file="skip"`` is logged, counted in the source's
@@ -15,11 +17,13 @@ error naming it, or with ``on_bad_file="skip"`` is logged, counted in the source
 
 from __future__ import annotations
 
+import copy
 import glob
 import logging
 import os
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +37,8 @@ from gpustream.ingest.arrow import DEFAULT_BATCH_ROWS
 from gpustream.ingest.schema import conform
 from gpustream.ingest.source import Source, SourceBatch
 
-__all__ = ["ArrowIpcSource", "BadFiles", "ParquetSource", "expand_paths", "read_arrow_ipc",
-           "read_parquet"]
+__all__ = ["ArrowIpcSource", "BadFiles", "FileShare", "ParquetSource", "expand_paths",
+           "read_arrow_ipc", "read_parquet"]
 
 log = logging.getLogger("gpustream.ingest")
 
@@ -74,6 +78,12 @@ class BadFiles:
         self.where = where
         #: the files skipped so far, in the order met
         self.skipped: list[str] = []
+
+    def copy(self) -> BadFiles:
+        """The same policy and files skipped so far, in a list of its own (for a share)."""
+        fresh = BadFiles(self.on_bad_file, self.where)
+        fresh.skipped = list(self.skipped)
+        return fresh
 
     def handle(self, path: str | os.PathLike[str], err: Exception) -> None:
         """Raise (``"fail"``) or record and log (``"skip"``) that ``path`` is bad."""
@@ -118,11 +128,76 @@ def expand_paths(path: str | os.PathLike[str], suffix: str | tuple[str, ...],
     return files
 
 
+class FileShare:
+    """The files (and Parquet row groups) that share ``index`` of ``count`` of a file
+    source reads (see :meth:`~gpustream.ingest.source.Source.split`).
+
+    A bounded source's share is fixed when it is split, from the sorted listing then: the
+    files whose position ``% count == index``, or, for Parquet with fewer files than
+    shares, the row groups (numbered across the files in order) whose number
+    ``% count == index``. A followed source's share is the files whose name's CRC-32
+    ``% count == index``, so that new files never move old ones to another share.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> files = [Path(f"d/{c}.csv") for c in "abcde"]
+    >>> [f.name for f in FileShare.of(files, 1, 2, follow=False).files(files)]
+    ['b.csv', 'd.csv']
+    >>> FileShare.of([Path("d/a.parquet")], 1, 2, False, lambda f: 5).groups(Path("d/a.parquet"))
+    [1, 3]
+    """
+
+    def __init__(self, index: int, count: int,
+                 picked: dict[str, list[int] | None] | None) -> None:
+        self.index, self.count = index, count
+        #: bounded: file -> its row groups to read (None: all of it); None: by name hash
+        self.picked = picked
+
+    @classmethod
+    def of(cls, files: list[Path], index: int, count: int, follow: bool,
+           row_groups: Callable[[Path], int | None] | None = None) -> FileShare:
+        """Share ``index`` of ``count`` of ``files`` (the sorted listing); ``row_groups``
+        gives a file's number of row groups (None: unknown) where they may be split."""
+        if follow:
+            return cls(index, count, None)
+        if row_groups is None or len(files) >= count:
+            return cls(index, count, {str(f): None for i, f in enumerate(files)
+                                      if i % count == index})
+        picked: dict[str, list[int] | None] = {}
+        unit = 0
+        for f in files:
+            n = row_groups(f)
+            if n is None:  # unreadable now: a unit of its own, read (or failed) whole
+                if unit % count == index:
+                    picked[str(f)] = None
+                unit += 1
+                continue
+            mine = [g for g in range(n) if (unit + g) % count == index]
+            if mine:
+                picked[str(f)] = mine
+            unit += n
+        return cls(index, count, picked)
+
+    def files(self, listing: list[Path]) -> list[Path]:
+        """The files of ``listing`` (sorted) in this share, in order."""
+        if self.picked is None:
+            return [f for f in listing
+                    if zlib.crc32(f.name.encode()) % self.count == self.index]
+        return [f for f in listing if str(f) in self.picked]
+
+    def groups(self, path: Path) -> list[int] | None:
+        """The row groups of ``path`` in this share; None: the whole file."""
+        return None if self.picked is None else self.picked.get(str(path))
+
+
 class _ColumnarFiles(Source):
     """Files read batch by batch and conformed to the first file's schema."""
 
     where = "read"
     suffix: tuple[str, ...] = ()
+    #: for a share made by :meth:`split`, its files (and row groups)
+    file_share: FileShare | None = None
 
     def __init__(self, path: str | os.PathLike[str], batch_rows: int,
                  columns: list[str] | None, follow: bool, poll_interval: Duration,
@@ -177,11 +252,28 @@ class _ColumnarFiles(Source):
         """The files passed over as unreadable (``on_bad_file="skip"``), in order."""
         return self.bad_files.skipped
 
+    def _share(self, index: int, count: int) -> _ColumnarFiles:
+        """A copy that reads its :class:`FileShare` of the files."""
+        share = copy.copy(self)
+        share.bad_files = self.bad_files.copy()
+        if count > 1:
+            files = expand_paths(self.path, self.suffix, allow_empty=True)
+            share.file_share = FileShare.of(files, index, count, self.follow, self.row_groups)
+        return share
+
+    def row_groups(self, path: Path) -> int | None:
+        """A file's number of row groups, where a share may take some of them; None:
+        the file is split across shares only whole."""
+        return None
+
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches after ``offset`` (``[file name, rows read from it]``)."""
         last, skip = ("", 0) if offset is None else (str(offset[0]), int(offset[1]))
         while True:
-            for path in expand_paths(self.path, self.suffix, allow_empty=self.follow):
+            files = expand_paths(self.path, self.suffix, allow_empty=self.follow)
+            if self.file_share is not None:
+                files = self.file_share.files(files)
+            for path in files:
                 if str(path) < last:
                     continue
                 done = skip if str(path) == last else 0
@@ -195,18 +287,23 @@ class _ColumnarFiles(Source):
                 return
             time.sleep(self.poll_s)
 
+    def batches_at(self, path: Path, skip: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """This source's batches of ``path``, each with the file's row number it starts
+        at; those wholly before row ``skip`` may be left out."""
+        seen = 0
+        for rb in self.batches(path):
+            yield seen, rb
+            seen += rb.num_rows
+
     def _file(self, path: Path, skip: int) -> Iterator[SourceBatch]:
         if skip < 0:
             return
-        seen = 0
-        for rb in self.batches(path):
-            end = seen + rb.num_rows
-            if end <= skip:
-                seen = end
+        for start, rb in self.batches_at(path, skip):
+            seen = start + rb.num_rows
+            if seen <= skip:
                 continue
-            if seen < skip:
-                rb = rb.slice(skip - seen)
-            seen = end
+            if start < skip:
+                rb = rb.slice(skip - start)
             missing = [n for n in self._schema.names if n not in rb.schema.names]
             if missing:
                 raise IngestError(f"{self.where}: {path} lacks column(s) {', '.join(missing)} "
@@ -236,6 +333,32 @@ class ParquetSource(_ColumnarFiles):
         """Row groups, cut into batches of ``batch_rows``."""
         with pq.ParquetFile(path) as f:
             yield from f.iter_batches(batch_size=self.batch_rows, columns=self.columns)
+
+    def row_groups(self, path: Path) -> int | None:
+        """The number of row groups in the file's footer (None where it cannot be read)."""
+        try:
+            return int(pq.read_metadata(path).num_row_groups)
+        except BAD_FILE_ERRORS:
+            return None
+
+    def batches_at(self, path: Path, skip: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """The batches of the file's row groups in this source's share (all of them for
+        a whole file), each with its row number in the file; groups before ``skip`` are
+        not read."""
+        groups = None if self.file_share is None else self.file_share.groups(path)
+        if groups is None:
+            yield from super().batches_at(path, skip)
+            return
+        with pq.ParquetFile(path) as f:
+            sizes = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+            for g in groups:
+                seen = sum(sizes[:g])
+                if seen + sizes[g] <= skip:
+                    continue
+                for rb in f.iter_batches(batch_size=self.batch_rows, row_groups=[g],
+                                         columns=self.columns):
+                    yield seen, rb
+                    seen += rb.num_rows
 
 
 class ArrowIpcSource(_ColumnarFiles):

@@ -9,6 +9,10 @@ object per message, parsed as a block by pyarrow), ``arrow`` (each message an Ar
 stream) or ``avro`` (schemaless Avro records, decoded with fastavro). Values that do not
 parse become dead letters with their partition and offset.
 
+A share of the source (:meth:`~gpustream.ingest.source.Source.split`, for a partition of
+a pipeline) reads the partitions whose position in the sorted partition list
+``% count == index``; its offsets, lag and commits cover those alone.
+
 The offset is ``{partition: next offset}`` for every partition. The group's offsets are
 committed only by :meth:`KafkaSource.commit`, which the runtime calls once the output that
 depends on them is durable: after the checkpoint that holds them (checkpointed runs), or
@@ -22,6 +26,7 @@ each partition's consumer lag (high watermark - next offset) as of the last read
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import threading
@@ -111,6 +116,26 @@ class KafkaSource(Source):
         """The schema given."""
         return self._schema
 
+    def _share(self, index: int, count: int) -> KafkaSource:
+        """A fresh copy (no consumer, lock or lag of this one's); :meth:`split` records
+        ``(index, count)`` and the read takes those partitions when it lists them."""
+        return copy.copy(self)  # through __getstate__/__setstate__
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The settings, without the lock, the committing consumer and the lag of a read."""
+        state = dict(self.__dict__)
+        for k in ("_lock", "_committer", "_reading", "_lag"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Settings back, with a lock of its own and no read open."""
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._reading = 0
+        self._committer = None
+        self._lag = None
+
     def lag(self) -> dict[str, int] | None:
         """Records each partition (``"topic/partition"``) is behind: its high watermark
         as of the last fetch minus the next offset to read; None before the first read.
@@ -188,6 +213,13 @@ class KafkaSource(Source):
                 raise IngestError(f"kafka: topic {self.topic!r} is not on {self.bootstrap} "
                                   f"({info.error if info else 'no metadata'}); create it first")
             parts = sorted(info.partitions)
+            if self.shared_as is not None:
+                index, count = self.shared_as
+                parts = parts[index::count]
+                if not parts:
+                    log.warning("kafka %s: %s has no partition to read: the topic has %d, "
+                                "fewer than the %d shares", self.topic, self.name,
+                                len(info.partitions), count)
             given = {int(k): int(v) for k, v in (offset or {}).items()}
             committed = {} if given or self.group is None else {
                 tp.partition: tp.offset for tp in consumer.committed(

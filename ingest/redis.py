@@ -17,10 +17,17 @@ again whoever held them, and the group's entries up to it still pending (read be
 checkpoint, not yet acknowledged when the run died) are acknowledged. With a group,
 :meth:`RedisStreamSource.lag` gives the entries the group has not finished, from
 ``XINFO GROUPS`` sent with each read.
+
+A share of the source (:meth:`~gpustream.ingest.source.Source.split`, for a partition of
+a pipeline) needs a group: share ``i`` reads as consumer ``<consumer>-<i>`` of it, so the
+group hands each entry to one share. Resumed from an offset (its checkpoint's), a share
+leaves the group's position alone (the other shares read from it): it acknowledges its
+own pending entries up to the offset and reads first those after it, then new ones.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -103,6 +110,35 @@ class RedisStreamSource(Source):
         """The schema given."""
         return self._schema
 
+    def _share(self, index: int, count: int) -> RedisStreamSource:
+        """A fresh copy (no client, lock or batches of this one's) that reads as consumer
+        ``<consumer>-<index>`` of the group."""
+        share = copy.copy(self)  # through __getstate__/__setstate__
+        if count > 1:
+            if self.group is None:
+                raise IngestError(f"{self.name}: a stream is split across partitions by a "
+                                  "consumer group; give group= (each partition reads as a "
+                                  "consumer of it) or use parallelism=1")
+            share.consumer = f"{self.consumer}-{index}"
+        return share
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The settings, without the lock, the acknowledging client and a read's state."""
+        state = dict(self.__dict__)
+        for k in ("_lock", "_unacked", "_held", "_reading", "_acker", "_lag"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Settings back, with a lock of its own and no read open."""
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._unacked = deque()
+        self._held = 0
+        self._reading = 0
+        self._acker = None
+        self._lag = None
+
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches after ``offset`` (an entry id), or where the group stands."""
         guard = BadRecordGuard(self.max_bad_fraction, "redis_stream",
@@ -135,11 +171,17 @@ class RedisStreamSource(Source):
             except redis.ResponseError as err:
                 if "BUSYGROUP" not in str(err):
                     raise
-            if last is not None:
+            if last is not None and self.shared_as is None:
                 # a checkpoint's position: what comes after it is delivered again (to
                 # this consumer, whoever held it), what it covers is done with
                 r.xgroup_setid(self.stream, self.group, last)
                 self._ack_up_to(r, last)
+            elif last is not None:
+                # a share's checkpoint: its entries up to it are done with; the group's
+                # position is the other shares' too, so read first this consumer's
+                # pending entries after it
+                self._ack_up_to(r, last, self.consumer)
+                pending = True
             else:
                 pending = True  # first what this consumer was given and did not ack
         with self._lock:
@@ -190,12 +232,14 @@ class RedisStreamSource(Source):
                 self._reading -= 1
             r.close()
 
-    def _ack_up_to(self, r: Any, last: str) -> None:
-        """Acknowledge the group's pending entries up to and including ``last``."""
+    def _ack_up_to(self, r: Any, last: str, consumer: str | None = None) -> None:
+        """Acknowledge the group's pending entries up to and including ``last`` (those
+        ``consumer`` holds, where given)."""
         assert self.group is not None
         start = "-"
         while True:
-            held = r.xpending_range(self.stream, self.group, min=start, max=last, count=10_000)
+            held = r.xpending_range(self.stream, self.group, min=start, max=last, count=10_000,
+                                    consumername=consumer)
             if not held:
                 return
             r.xack(self.stream, self.group, *[h["message_id"] for h in held])

@@ -8,6 +8,8 @@ appended to the files and for new files (which must sort after those already rea
 timestamped part files do), closing a batch at ``max_rows`` lines or ``max_delay``.
 
 The offset is ``{file: [byte offset, next line number]}`` for every file read so far.
+``split(index, count)`` gives the share of one partition of a pipeline: whole files (see
+:class:`~gpustream.ingest.files.FileShare`), with offsets of the same form.
 A file that cannot be read (undecodable header, another layout, mostly bad records)
 stops the run with an error naming it, or with ``on_bad_file="skip"`` is logged, counted
 in ``skipped_files`` and passed over (see :class:`~gpustream.ingest.files.BadFiles`).
@@ -15,6 +17,7 @@ in ``skipped_files`` and passed over (see :class:`~gpustream.ingest.files.BadFil
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from gpustream.durations import Duration, to_millis
 from gpustream.errors import IngestError
 from gpustream.ingest.batching import LineBatcher, batch_bounds
 from gpustream.ingest.deadletter import BadRecordGuard
-from gpustream.ingest.files import BAD_FILE_ERRORS, BadFiles, expand_paths
+from gpustream.ingest.files import BAD_FILE_ERRORS, BadFiles, FileShare, expand_paths
 from gpustream.ingest.lines import Lines, parse_lines, read_lines
 from gpustream.ingest.schema import SchemaLike, as_schema
 from gpustream.ingest.source import Source, SourceBatch
@@ -41,6 +44,9 @@ BLOCK_BYTES = 1 << 20
 
 class TextFileSource(Source):
     """Line-oriented files as a source (see the module docstring)."""
+
+    #: for a share made by :meth:`split`, its files
+    file_share: FileShare | None = None
 
     def __init__(self, path: str | os.PathLike[str], fmt: TextFormat, suffix: tuple[str, ...],
                  where: str, schema: SchemaLike | None, schema_overrides: SchemaLike | None,
@@ -134,6 +140,17 @@ class TextFileSource(Source):
         """The stream schema (given, or inferred from the first file's first lines)."""
         return self.parser.stream
 
+    def _share(self, index: int, count: int) -> TextFileSource:
+        """A copy that reads its :class:`~gpustream.ingest.files.FileShare` of the files
+        (whole files: a share's offset is the unsplit form)."""
+        share = copy.copy(self)
+        share.bad_files = self.bad_files.copy()
+        share.fmt = copy.copy(self.fmt)
+        if count > 1:
+            files = expand_paths(self.path, self.suffix, allow_empty=True)
+            share.file_share = FileShare.of(files, index, count, self.follow)
+        return share
+
     def open(self, offset: Any = None) -> Iterator[SourceBatch]:
         """Yield batches from ``offset`` (``{file: [byte, next line]}``) onwards."""
         guard = BadRecordGuard(self.max_bad_fraction, self.where, self.fmt.kind)
@@ -143,6 +160,8 @@ class TextFileSource(Source):
         current: str | None = None  # the file the open batch's lines come from
         while True:
             files = expand_paths(self.path, self.suffix, allow_empty=self.follow)
+            if self.file_share is not None:
+                files = self.file_share.files(files)
             for path in (str(p) for p in files):
                 if current is not None and current != path and batcher.rows:
                     yield from self._deliver(current, batcher, state, guard)

@@ -260,6 +260,23 @@ class Pipeline:
         self._tables.append(node)
         return node
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling ships (a partitioned run sends the pipeline to its workers): all
+        but the stop handle of a run in progress in this process and the backend, which
+        each process chooses for itself (``engine``).
+
+        Examples
+        --------
+        >>> import pickle, gpustream as gs
+        >>> p = gs.Pipeline("doc", engine="cpu")
+        >>> p.backend.name, pickle.loads(pickle.dumps(p))._backend is None
+        ('cpu', True)
+        """
+        state = dict(self.__dict__)
+        state.pop("_stop", None)
+        state["_backend"] = None
+        return state
+
     def _dead_letters(self) -> DeadLetterFile | DeadLetterSink:
         if isinstance(self.dead_letter, Sink):
             return DeadLetterSink(self.dead_letter)
@@ -272,8 +289,10 @@ class Pipeline:
     def _sink(self, node: Node, sink: Sink) -> None:
         self._sinks.append((node, sink))
 
-    def explain(self) -> str:
-        """The plan, the backend that runs it and, on fallback, why the GPU is not used.
+    def explain(self, parallelism: int | None = None) -> str:
+        """The plan, the backend that runs it and, on fallback, why the GPU is not used;
+        with ``parallelism`` (a partitioned run's), how it splits into partitions (or why
+        it cannot).
 
         Examples
         --------
@@ -287,11 +306,29 @@ class Pipeline:
           (no sink)
             step 1 (filter) (col('x') > 0)  [x: int64]
               step 0 (source) 'nums': from_arrow(1 rows, batch_rows=65536)  [x: int64]
+        >>> s = p.source(gs.from_arrow({"ts": [1], "k": ["a"]}), event_time="ts", name="e")
+        >>> _ = s.key_by("k").window(gs.Tumbling(10)).agg(n=gs.count()).sink(
+        ...     gs.to_parquet("out/"))
+        >>> print(p.explain(parallelism=2).split("partitioning:")[1])
+        <BLANKLINE>
+          partitions: 2, each reading its share of source 'e'
+          repartitioned by hash(k) % 2 before step 1 (window 'window@1') (the key of every keyed step)
+          watermark of a partition: the smallest of the 2 shares' watermarks
         """
         used = {id(i) for n in self._nodes for i in n.inputs} | {id(n) for n, _ in self._sinks}
         dangling = [n for n in self._nodes if id(n) not in used]
         lines = [f"pipeline {self.name!r}", f"backend: {self.backend.describe()}", "plan:"]
         lines += ["  " + line for line in render_plan(self._sinks, dangling)]
+        if parallelism is not None and parallelism > 1:
+            from gpustream.cluster.partitioning import partitioning_of
+
+            lines.append("partitioning:")
+            try:
+                split = partitioning_of([n for n, _ in self._sinks])
+            except PlanError as err:
+                lines.append(f"  cannot run partitioned: {err}")
+            else:
+                lines += ["  " + line for line in split.describe(parallelism)]
         return "\n".join(lines)
 
     def stop(self) -> None:
@@ -311,7 +348,8 @@ class Pipeline:
             running.request()
 
     def run(self, max_events: int | None = None, metrics: Metrics | None = None,
-            checkpoint: Checkpointing | None = None, exit_on_sigterm: bool = True) -> RunStats:
+            checkpoint: Checkpointing | None = None, exit_on_sigterm: bool = True,
+            cluster: Any = None, parallelism: int | None = None) -> RunStats:
         """Run until the bounded sources end (or after ``max_events`` input events).
 
         ``metrics`` (a :class:`gpustream.metrics.Metrics`) is kept current after every
@@ -331,6 +369,14 @@ class Pipeline:
         exactly-once, and so is the output of the file sinks, which commit their files
         with each checkpoint; broker and callback sinks are at-least-once (see README).
 
+        ``cluster`` and ``parallelism`` run the pipeline as ``parallelism`` partitions on
+        Dask (``"local:N"``: a LocalCluster of N worker processes started here;
+        ``"dask://HOST:PORT"``: a running scheduler; or a ``distributed.Client``): each
+        reads its share of the source, rows are repartitioned by the hash of the keyed
+        steps' key, and each partition checkpoints its state in ``checkpoint``'s folder;
+        a lost worker's partitions resume from the last checkpoint they all took (see
+        :mod:`gpustream.cluster`). ``parallelism`` defaults to the number in ``local:N``.
+
         Returns
         -------
         RunStats
@@ -345,6 +391,12 @@ class Pipeline:
         >>> stats.events_in, stats.events_out
         (3, 3)
         """
+        if cluster is not None or (parallelism is not None and parallelism > 1):
+            stats = self._run_partitioned(cluster, parallelism, max_events, metrics,
+                                          checkpoint)
+            if exit_on_sigterm and stats.stopped_by == "SIGTERM":
+                raise SystemExit(143)
+            return stats
         plan = build_physical(self._sinks, self.backend)
         self._stop: GracefulStop | None = GracefulStop()
         try:
@@ -355,6 +407,31 @@ class Pipeline:
         if exit_on_sigterm and stats.stopped_by == "SIGTERM":
             raise SystemExit(143)  # what SIGTERM does to a process, after a clean stop
         return stats
+
+
+    def _run_partitioned(self, cluster: Any, parallelism: int | None,
+                         max_events: int | None, metrics: Metrics | None,
+                         checkpoint: Checkpointing | None) -> RunStats:
+        from gpustream.cluster.dask_run import run_partitioned
+
+        if max_events is not None:
+            raise PlanError("max_events cannot stop a partitioned run (each partition reads "
+                            "its own share); leave it out, or run with parallelism=1")
+        if parallelism is None:
+            tail = cluster.partition(":")[2] if isinstance(cluster, str) \
+                and cluster.startswith("local:") else ""
+            if not tail.isdigit():
+                raise PlanError("give parallelism= (how many partitions) with cluster="
+                                f"{cluster!r}")
+            parallelism = int(tail)
+        if cluster is None:
+            cluster = f"local:{parallelism}"
+        self._stop = GracefulStop()
+        try:
+            return run_partitioned(self, cluster, parallelism, checkpoint, metrics,
+                                   self._stop)
+        finally:
+            self._stop = None
 
 
 class Stream:

@@ -187,15 +187,19 @@ class CheckpointStore:
         return sorted(p for p in self.folder.iterdir()
                       if p.is_dir() and p.name.startswith("ckpt-") and not p.name.endswith(".tmp"))
 
-    def latest(self, fingerprint: Fingerprint | None = None) -> Checkpoint | None:
-        """The newest checkpoint that loads intact, or None when there is none.
+    def latest(self, fingerprint: Fingerprint | None = None,
+               upto: int | None = None) -> Checkpoint | None:
+        """The newest checkpoint that loads intact (of those numbered ``upto`` or less,
+        when given: a partitioned run restores the newest that every partition took), or
+        None when there is none.
 
         A damaged checkpoint (truncated or empty state, unreadable ``meta.json``, a
         checksum that does not match) is skipped with a warning for the one before it;
         when checkpoints exist but none loads, that is an error (starting over would
         write the output again). A checkpoint of another pipeline, or of a different
         plan (``fingerprint``), is refused."""
-        done = self._complete()
+        done = [p for p in self._complete()
+                if upto is None or int(p.name[len("ckpt-"):]) <= upto]
         damaged: list[str] = []
         for path in reversed(done):
             try:
@@ -301,6 +305,39 @@ class CheckpointStore:
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(self.folder)
+
+    def seqs(self) -> list[int]:
+        """The numbers of the checkpoints in the folder, oldest first.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> store = CheckpointStore(tempfile.mkdtemp(), "demo")
+        >>> store.write(Checkpoint(3, "demo"))
+        >>> store.seqs()
+        [3]
+        """
+        return [int(p.name[len("ckpt-"):]) for p in self._complete()]
+
+    def discard_after(self, seq: int) -> None:
+        """Remove the checkpoints numbered above ``seq`` (a partition's that the other
+        partitions did not take before a failure: the run resumes from ``seq``).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> store = CheckpointStore(tempfile.mkdtemp(), "demo")
+        >>> for seq in (1, 2):
+        ...     store.write(Checkpoint(seq, "demo"))
+        >>> store.discard_after(1)
+        >>> store.seqs()
+        [1]
+        """
+        for path in self._complete():
+            if int(path.name[len("ckpt-"):]) > seq:
+                shutil.rmtree(path)
+        if self.folder.is_dir():
+            fsync_dir(self.folder)
 
     def prune(self) -> None:
         """Remove all but the newest ``keep`` checkpoints, and the temporary folders of

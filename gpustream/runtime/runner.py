@@ -75,6 +75,12 @@ class RunStats:
     #: checkpoints taken in this run, and the one it started from (None: from the start)
     checkpoints: int = 0
     restored_checkpoint: int | None = None
+    #: partitions the run had (``Pipeline.run(parallelism=...)``), and how many times a
+    #: partitioned run rebuilt them from their last common checkpoint after losing a worker
+    partitions: int = 1
+    restarts: int = 0
+    #: the Dask workers a partitioned run started with (0: not partitioned)
+    workers: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -371,8 +377,9 @@ class _Checkpointer:
         self.dictionaries: list[dict[str, StringDictionary]] = [{} for _ in nodes]
         self.restored: int | None = None
 
-    def restore(self) -> None:
-        ck = self.store.latest(self.fingerprint)
+    def restore(self, upto: int | None = None) -> None:
+        """Restore the newest checkpoint (numbered ``upto`` or less, when given)."""
+        ck = self.store.latest(self.fingerprint, upto)
         if ck is None:
             for key, sink in self.sinks:  # discard what a run that died before its
                 sink.restore(None, 0, key)  # first checkpoint left in progress
@@ -409,6 +416,12 @@ class _Checkpointer:
                     or (c.every_s is not None and time.monotonic() - self.last >= c.every_s))
 
     def take(self) -> None:
+        """Write a checkpoint, then let the sinks and sources commit what it covers."""
+        self.write()
+        self.commit()
+
+    def write(self) -> int:
+        """Write the next checkpoint (the sinks' output prepared in it); its number."""
         self.seq += 1
         arrays: dict[str, Any] = {}
         for opid, pn in self.ops:
@@ -423,14 +436,19 @@ class _Checkpointer:
                           and ks[1].commits_in_prepare)}
         self.store.write(Checkpoint(self.seq, self.store.pipeline, offsets, arrays, dicts,
                                     self.fingerprint, pending))
+        self.batches = 0
+        self.last = time.monotonic()
+        return self.seq
+
+    def commit(self, prune: bool = True) -> None:
+        """Make what the last checkpoint covers visible (sinks) and tell the brokers."""
         for _, sink in self.sinks:
             sink.commit(self.seq)
         for n, o in zip(self.nodes, self.offsets, strict=True):
             if o is not None:
                 n.source.commit(o)
-        self.store.prune()
-        self.batches = 0
-        self.last = time.monotonic()
+        if prune:
+            self.store.prune()
 
 
 def _check_state(plan: PhysicalPlan, limit: int) -> None:

@@ -58,6 +58,16 @@ class Sink:
     def commit(self, seq: int) -> None:
         """Checkpoint ``seq`` is on disk: make the rows it covers visible."""
 
+    def for_partition(self, index: int) -> None:
+        """This object is partition ``index``'s own copy of the sink (a partitioned run
+        gives each partition one): make what must differ between the copies differ (the
+        names of files in progress). Default: nothing.
+
+        Examples
+        --------
+        >>> Sink().for_partition(1)
+        """
+
     def describe(self) -> str:
         """One line for ``explain()``."""
         return self.name

@@ -202,6 +202,11 @@ class FileSink(Sink):
         if self.single:
             self._assemble()
 
+    def for_partition(self, index: int) -> None:
+        """Partition ``index``'s copy names its files in progress apart from the others'
+        (the folder is shared; committed names are unique by lineage or by hard link)."""
+        self._token = f"{uuid.uuid4().hex[:8]}"
+
     # -- two-phase commit (checkpointed runs) ---------------------------------------
     def restore(self, state: dict[str, Any] | None, seq: int, key: str) -> None:
         folder = self._folder

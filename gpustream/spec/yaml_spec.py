@@ -195,6 +195,11 @@ class Spec(_Model):
     dead_letter: SinkSpec | None = None
     checkpoint: CheckpointSpec | None = None
     max_state_bytes: StrictInt | str | None = None
+    #: a partitioned run on Dask (``local:N`` or ``dask://HOST:PORT``); the CLI's
+    #: ``--cluster`` overrides it
+    cluster: str | None = Field(None, min_length=1)
+    #: how many partitions (``--parallelism`` overrides it)
+    parallelism: StrictInt | None = Field(None, ge=1)
 
 
 STEP_KINDS = ("filter", "with_columns", "select", "key_by", "window", "over", "agg",
@@ -1205,7 +1210,8 @@ class SpecCheck:
     """What checking a spec file found (see :func:`check_spec`).
 
     ``errors`` and ``warnings`` are ``file:line: field: message`` lines; ``pipeline`` and
-    ``checkpoint`` are what the spec builds (use them only when there is no error).
+    ``checkpoint`` are what the spec builds, ``cluster`` and ``parallelism`` its
+    partitioned run (None: in one process) (use them only when there is no error).
     """
 
     file: str
@@ -1214,6 +1220,8 @@ class SpecCheck:
     name: str | None = None
     pipeline: Any = None
     checkpoint: Any = None
+    cluster: str | None = None
+    parallelism: int | None = None
 
     def raise_errors(self) -> None:
         """Raise one :class:`SpecError` with every error, if there is any.
@@ -1271,7 +1279,7 @@ def check_spec(path: str | os.PathLike[str], engine: str | None = None, *,
         checkpoint = where.attempt(("checkpoint",), checkpointing_from_spec, spec, where,
                                    checkpoint_dir)
     return SpecCheck(where.file, list(where.messages), list(where.warnings), spec.name, p,
-                     checkpoint)
+                     checkpoint, spec.cluster, spec.parallelism)
 
 
 def pipeline_from_spec(path: str | os.PathLike[str], engine: str | None = None) -> Any:
