@@ -192,6 +192,49 @@ def test_a_run_that_dies_resumes_from_the_partitions_checkpoints(
             cluster=client, parallelism=3, checkpoint=ck)
 
 
+def _changelog(path: Path) -> pa.Table:
+    """A changelog folder's rows in the order each partition wrote them (part files by
+    name: a key's changes all come from one partition, in order)."""
+    return pa.concat_tables([pq.read_table(f) for f in sorted(path.glob("part-*.parquet"))])
+
+
+def test_running_aggregation_over_and_top_n_per_key_on_two_workers(
+        folder: Path, client: Any, tmp_path: Path) -> None:
+    def build(out: Path) -> gs.Pipeline:
+        p = gs.Pipeline("keyed", engine="cpu")
+        s = p.source(gs.read_parquet(folder, batch_rows=800), event_time="ts",
+                     watermark=gs.Watermark.bounded("5s"), name="ev").filter(gs.col("v") > 4)
+        s.key_by("user").agg(n=gs.count(), total=gs.col("v").sum()).sink(
+            gs.to_parquet(out / "running"))
+        s.key_by("user").over(range="2s").agg(recent=gs.col("v").max()).sink(
+            gs.to_parquet(out / "over"))
+        s.top_k(3, by="v", per="user").sink(gs.to_parquet(out / "top"))
+        return p
+
+    build(tmp_path / "one").run()
+    stats = build(tmp_path / "two").run(cluster=client, parallelism=2)
+    assert stats.partitions == 2
+    one, two = tmp_path / "one", tmp_path / "two"
+    # the running aggregation: the table its changelog describes, and pandas' group-by
+    got = gs.materialize(_changelog(two / "running"), key="user").to_pandas()
+    want = gs.materialize(_changelog(one / "running"), key="user").to_pandas()
+    _same(want.sort_values("user").reset_index(drop=True),
+          got.sort_values("user").reset_index(drop=True))
+    df = pa.concat_tables(_events(7)).to_pandas()
+    ref = df[df.v > 4].groupby("user").v.agg(["count", "sum"]).reset_index()
+    got = got.sort_values("user").reset_index(drop=True)
+    assert got.n.tolist() == ref["count"].tolist()
+    np.testing.assert_allclose(got.total.to_numpy(), ref["sum"].to_numpy(), rtol=1e-9)
+    # OVER (a RANGE frame: ties in event time are all in it, whatever their order)
+    by = ["user", "ts", "v"]
+    _same(_read(one / "over", by), _read(two / "over", by))
+    # top-N per key over the stream: the rows its changelog describes
+    top = [gs.materialize(_changelog(d / "top")).to_pandas().sort_values(["user", "v"])
+           .reset_index(drop=True) for d in (one, two)]
+    _same(top[0], top[1])
+    assert len(top[1]) == 3 * USERS
+
+
 # -- what a partitioned run refuses, before anything runs ---------------------------------
 def _source(**cols: Any) -> Any:
     return gs.from_arrow({"ts": [1, 2], "k": ["a", "b"], "v": [1.0, 2.0], **cols})

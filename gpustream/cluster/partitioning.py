@@ -5,9 +5,10 @@ A partitioned run (``Pipeline.run(cluster=..., parallelism=N)``) runs N copies o
 plan. Each reads its share of the source (``Source.split``); when the plan has keyed
 steps, every row is sent to the partition that owns its key (a hash of the key's values,
 :mod:`gpustream.cluster.exchange`), so each key's state lives in exactly one partition.
-The key is the columns every keyed step groups by, read from the source: a key column
-that a step before it computes or renames cannot be hashed at the source, and such a plan
-is refused with the step named.
+The key is the columns every keyed step (a window, a running aggregation, an OVER
+window, top-N per key) groups by, read from the source: a key column that a step before
+it computes or renames cannot be hashed at the source, and such a plan is refused with
+the step named.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from gpustream.plan.logical import (
     JoinTableNode,
     LateNode,
     Node,
+    OverNode,
+    RunningAggNode,
     SelectNode,
     SourceNode,
+    TopKNode,
     WindowAggNode,
     WithColumnsNode,
     lineage,
@@ -73,8 +77,8 @@ class Partitioning:
 
 def _passes(node: Node, column: str) -> bool:
     """True when ``node`` hands on its input's ``column`` unchanged, under that name."""
-    if isinstance(node, (FilterNode, LateNode)):
-        return True
+    if isinstance(node, (FilterNode, LateNode, TopKNode)):
+        return True  # (top-N passes its input rows on)
     if isinstance(node, WithColumnsNode):
         return column not in {n for n, _ in node.exprs}
     if isinstance(node, SelectNode):
@@ -82,20 +86,31 @@ def _passes(node: Node, column: str) -> bool:
                    for n, e in node.exprs)
     if isinstance(node, JoinTableNode):
         return True  # the stream's columns keep their names (the table's get _right)
-    if isinstance(node, WindowAggNode):
+    if isinstance(node, (WindowAggNode, RunningAggNode)):
         return column in node.keys
+    if isinstance(node, OverNode):
+        return column not in {n for n, _ in node.aggs}  # the input's columns, and its aggs
     return False
 
 
-def _unchanged(window: WindowAggNode, column: str, by_id: dict[int, Node]) -> str:
-    """Why ``column`` of the source does not reach ``window`` as read ("": it does)."""
-    n = window.input
+def _keys_of(node: Node) -> tuple[str, ...] | None:
+    """The columns a keyed step groups its state by (None: not a keyed step)."""
+    if isinstance(node, (WindowAggNode, RunningAggNode, OverNode)):
+        return node.keys
+    if isinstance(node, TopKNode):
+        return node.per
+    return None
+
+
+def _unchanged(step: Node, column: str, by_id: dict[int, Node]) -> str:
+    """Why ``column`` of the source does not reach ``step`` as read ("": it does)."""
+    n = step.inputs[0]
     while not isinstance(n, SourceNode):
         if not _passes(n, column):
-            return f"{window.label}: its key {column!r} is computed or renamed by {n.label}"
+            return f"{step.label}: its key {column!r} is computed or renamed by {n.label}"
         n = by_id[id(n.inputs[0])]
     if column not in n.source.schema().names:
-        return f"{window.label}: its key {column!r} is not a column of source {n.name!r}"
+        return f"{step.label}: its key {column!r} is not a column of source {n.name!r}"
     return ""
 
 
@@ -138,40 +153,42 @@ def partitioning_of(targets: list[Node]) -> Partitioning:
         raise PlanError(f"a partitioned run reads one stream source; this plan has "
                         f"{len(sources)} ({', '.join(repr(s.name) for s in sources)}); run "
                         "it with parallelism=1")
-    keyed: list[WindowAggNode] = []
+    keyed: list[tuple[Node, tuple[str, ...]]] = []
     for n in nodes:
-        if isinstance(n, WindowAggNode):
-            if n.assigner.processing_time:
-                raise PlanError(f"{n.label}: processing-time windows cannot run partitioned "
-                                "(their firing depends on each worker's clock); use event "
-                                "time or parallelism=1")
-            if not n.keys:
-                raise PlanError(f"{n.label}: a window without keys (one global aggregate) "
-                                "cannot be split by key; give it by= keys or run with "
-                                "parallelism=1")
-            keyed.append(n)
+        keys = _keys_of(n)
+        if isinstance(n, WindowAggNode) and n.assigner.processing_time:
+            raise PlanError(f"{n.label}: processing-time windows cannot run partitioned "
+                            "(their firing depends on each worker's clock); use event "
+                            "time or parallelism=1")
+        if keys is not None:
+            if not keys:
+                raise PlanError(f"{n.label}: a {n.op} without keys (over the whole stream) "
+                                "cannot be split by key; give it keys (key_by, per=, "
+                                "partition by) or run with parallelism=1")
+            keyed.append((n, keys))
         elif not isinstance(n, (SourceNode, *_STATELESS)):
             raise PlanError(f"{n.label}: {n.op} cannot run partitioned yet (partitioned runs "
-                            "take filters, projections, lookup joins and event-time "
-                            "windows); run with parallelism=1")
+                            "take filters, projections, lookup joins, event-time windows, "
+                            "running aggregations, OVER and top-N per key); run with "
+                            "parallelism=1")
     if not keyed:
         return Partitioning(sources[0], ())
-    common = [k for k in keyed[0].keys if all(k in w.keys for w in keyed)]
+    common = [k for k in keyed[0][1] if all(k in keys for _, keys in keyed)]
     if not common:
-        raise PlanError(f"{', '.join(w.label for w in keyed)} share no key column, so no "
+        raise PlanError(f"{', '.join(w.label for w, _ in keyed)} share no key column, so no "
                         "one hash sends each of their keys to one partition; group them "
                         "by a common column or run with parallelism=1")
     by_id = {id(n): n for n in nodes}
     usable: list[str] = []
     why = ""
     for k in common:  # a key column hashed as read must reach every window unchanged
-        reason = next((r for w in keyed if (r := _unchanged(w, k, by_id))), "")
+        reason = next((r for w, _ in keyed if (r := _unchanged(w, k, by_id))), "")
         if reason:
             why = why or reason
         else:
             usable.append(k)
     if not usable:  # (a subset of a group's key still sends each group to one place)
         raise PlanError(f"{why}, so rows cannot be sent to their partition as they are "
-                        "read; key the window by a source column as well, or run with "
+                        "read; key the step by a source column as well, or run with "
                         "parallelism=1")
-    return Partitioning(sources[0], tuple(usable), tuple(w.label for w in keyed))
+    return Partitioning(sources[0], tuple(usable), tuple(w.label for w, _ in keyed))
