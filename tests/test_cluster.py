@@ -235,9 +235,57 @@ def test_running_aggregation_over_and_top_n_per_key_on_two_workers(
     assert len(top[1]) == 3 * USERS
 
 
+@pytest.fixture(scope="module")
+def payments(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second stream over the same users and minutes: ``uid``, ``amount``."""
+    d = tmp_path_factory.mktemp("payments")
+    for i, t in enumerate(_events(8, files=3, rows=2_000)):
+        pq.write_table(t.rename_columns(["ts", "uid", "amount"]), d / f"part-{i}.parquet")
+    return d
+
+
+def test_joins_of_two_streams_and_a_union_on_two_workers_equal_one_process(
+        folder: Path, payments: Path, client: Any, tmp_path: Path) -> None:
+    def build(out: Path) -> gs.Pipeline:
+        p = gs.Pipeline("two-streams", engine="cpu")
+        ev = p.source(gs.read_parquet(folder, batch_rows=700), event_time="ts",
+                      watermark=gs.Watermark.bounded("5s"), name="ev")
+        pay = p.source(gs.read_parquet(payments, batch_rows=500), event_time="ts",
+                       watermark=gs.Watermark.bounded("5s"), name="pay")
+        ev.window_join(pay, on=("user", "uid"), window=gs.Tumbling("10s")).sink(
+            gs.to_parquet(out / "window_join"))
+        ev.interval_join(pay, on=("user", "uid"), lower="-1s", upper="1s").sink(
+            gs.to_parquet(out / "interval_join"))
+        both = ev.select("ts", "user", "v").union(
+            pay.select("ts", user=gs.col("uid"), v=gs.col("amount")))
+        (both.key_by("user").window(gs.Tumbling("10s")).agg(n=gs.count())
+         .sink(gs.to_parquet(out / "union")))
+        return p
+
+    one = build(tmp_path / "one").run()
+    two = build(tmp_path / "two").run(cluster=client, parallelism=2,
+                                      checkpoint=gs.Checkpointing(tmp_path / "ck",
+                                                                  every_batches=3))
+    assert one.late_events == two.late_events == 0
+    assert two.events_in == one.events_in == FILES * ROWS + 3 * 2_000
+    for name, by in (("window_join", ["user", "ts", "ts_right", "v", "amount"]),
+                     ("interval_join", ["user", "ts", "ts_right", "v", "amount"]),
+                     ("union", ["user", "window_start"])):
+        a, b = _read(tmp_path / "one" / name, by), _read(tmp_path / "two" / name, by)
+        _same(a, b)
+    # the window join against pandas: pairs of equal user in the same 10 s window
+    ev = pa.concat_tables(_events(7)).to_pandas()
+    pay = pa.concat_tables(_events(8, files=3, rows=2_000)).to_pandas()
+    ev["w"], pay["w"] = ev.ts.dt.floor("10s"), pay.ts.dt.floor("10s")
+    pairs = ev.merge(pay.rename(columns={"user": "uid", "v": "amount"}),
+                     left_on=["user", "w"], right_on=["uid", "w"])
+    assert len(_read(tmp_path / "two" / "window_join", ["user"])) == len(pairs)
+
+
 # -- what a partitioned run refuses, before anything runs ---------------------------------
 def _source(**cols: Any) -> Any:
-    return gs.from_arrow({"ts": [1, 2], "k": ["a", "b"], "v": [1.0, 2.0], **cols})
+    return gs.from_arrow({"ts": [1, 2], "k": ["a", "b"], "v": [1.0, 2.0], "c": [3, 4],
+                          **cols})
 
 
 def test_a_key_computed_after_the_source_is_refused_naming_the_step() -> None:
@@ -245,7 +293,8 @@ def test_a_key_computed_after_the_source_is_refused_naming_the_step() -> None:
     s = p.source(_source(), event_time="ts")
     w = s.with_columns(k=gs.col("ts") * 2).key_by("k").window(gs.Tumbling(10)).agg(
         n=gs.count())
-    with pytest.raises(PlanError, match=r"key 'k' is computed or renamed by step 1"):
+    with pytest.raises(PlanError,
+                       match=r"its key 'k': step 1 \(with_columns\) computes 'k'"):
         partitioning_of([w._node])
 
 
@@ -255,9 +304,15 @@ def test_plans_that_cannot_be_split_are_refused() -> None:
     with pytest.raises(PlanError, match="without keys"):
         partitioning_of([s.window(gs.Tumbling(10)).agg(n=gs.count())._node])
     other = p.source(_source(), event_time="ts", name="other")
+    with pytest.raises(PlanError, match="'source', 'other' meet in no keyed step"):
+        partitioning_of([s.union(other)._node])
     joined = s.window_join(other, on="k", window=gs.Tumbling(10))
-    with pytest.raises(PlanError, match="one stream source; this plan has 2"):
-        partitioning_of([joined._node])
+    by_c = joined.key_by("c").window(gs.Tumbling(10)).agg(n=gs.count())
+    with pytest.raises(PlanError, match="share no key column"):
+        partitioning_of([by_c._node])
+    # a window over the join keyed by the join key: both sides are hashed by it
+    by_k = joined.key_by("k").window(gs.Tumbling(10)).agg(n=gs.count())
+    assert partitioning_of([by_k._node]).by == {"source": ("k",), "other": ("k",)}
 
 
 def test_sinks_a_partitioned_run_cannot_use_are_refused(tmp_path: Path) -> None:

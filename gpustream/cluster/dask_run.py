@@ -178,8 +178,10 @@ class _Round:
     """The coordinator's view of the partitions between rounds."""
 
     reports: list[StepDone]
-    before: int
-    after: int
+    #: each source's watermark (the smallest over the partitions' shares) before and after
+    #: the rows the next round consumes
+    before: list[int]
+    after: list[int]
 
 
 def _wait(client: Any, futures: list[Any], places: list[str]) -> list[Any]:
@@ -285,13 +287,13 @@ def _attempt(client: Any, pipeline: Any, split: Partitioning, count: int,
         import cloudpickle
 
         shipped = client.scatter(cloudpickle.dumps(pipeline), broadcast=True, hash=False)
-        futures = [client.submit(open_partition, run, shipped, i, count, split.keys,
+        futures = [client.submit(open_partition, run, shipped, i, count, split.by,
                                  checkpoint, upto, client.id, workers=[places[i]], pure=False,
                                  key=f"gs-open-{run}-{i}") for i in range(count)]
         opened: list[Opened] = _wait(client, futures, places)
         restored = {o.restored for o in opened}
         stats.restored_checkpoint = restored.pop() if len(restored) == 1 else None
-        start = min(o.watermark for o in opened)
+        start = _smallest([o.watermarks for o in opened])
         state = _Round([], start, start)
         pieces: list[list[Any]] = [[None] * count for _ in range(count)]
         commit = False
@@ -324,9 +326,8 @@ def _attempt(client: Any, pipeline: Any, split: Partitioning, count: int,
             if due:
                 last_ck = time.monotonic()
                 stats.checkpoints += 1
-            marks = [rep.watermark for rep in reports]
-            state = _Round(reports, state.after, min(marks) if marks else NO_WATERMARK)
-            _account(stats, metrics, reports, time.perf_counter() - t0, state.after)
+            state = _Round(reports, state.after, _smallest([rep.watermarks for rep in reports]))
+            _account(stats, metrics, reports, time.perf_counter() - t0, min(state.after))
             if on_round is not None:
                 on_round(r, reports)
             r += 1
@@ -335,7 +336,7 @@ def _attempt(client: Any, pipeline: Any, split: Partitioning, count: int,
         futures = [client.submit(finish, run, j, commit, workers=[places[j]], pure=False,
                                  key=f"gs-finish-{run}-{j}") for j in range(count)]
         finals: list[StepDone] = _wait(client, futures, places)
-        _account(stats, metrics, finals, 0.0, state.after)
+        _account(stats, metrics, finals, 0.0, min(state.after))
         if interrupted:
             stats.interrupted = True
             stats.stopped_by = stop.signal_name or "stop()"
@@ -346,6 +347,17 @@ def _attempt(client: Any, pipeline: Any, split: Partitioning, count: int,
         except Exception as err:  # a worker that is going away cannot answer
             log.debug("dropping the partitions of run %s: %s", run, err)
         raise
+
+
+def _smallest(marks: list[list[int]]) -> list[int]:
+    """Each source's watermark: the smallest of its shares' (``marks[partition][source]``).
+
+    Examples
+    --------
+    >>> _smallest([[5, 9], [7, 2]])
+    [5, 2]
+    """
+    return [min(column) for column in zip(*marks, strict=True)]
 
 
 def _account(stats: RunStats, metrics: Metrics | None, reports: list[StepDone],

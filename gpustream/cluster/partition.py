@@ -6,17 +6,17 @@ rounds. In a round each partition
 1. commits the output of the checkpoint every partition took in the round before (its
    two-phase commit's second phase, so a failure between the phases leaves nothing
    visible that the restored checkpoint does not hold);
-2. consumes the rows every partition sent it in the round before (in partition order:
-   deterministic), with the watermark known before they arrived, then moves to the
-   smallest of the partitions' watermarks after them;
-3. takes a checkpoint when asked: operator state, its share's offset and its producer
-   watermark, in the single-process format, in its own folder. No row is in flight at
+2. consumes the rows every partition sent it in the round before (in partition order,
+   source by source: deterministic), each source's with the watermark known before they
+   arrived, then moves each source to the smallest of its shares' watermarks after them;
+3. takes a checkpoint when asked: operator state, its shares' offsets and producer
+   watermarks, in the single-process format, in its own folder. No row is in flight at
    that point, so the partitions' checkpoints of one round are a consistent cut;
-4. reads its share's next batch and splits it by the key's hash, one piece per partition.
+4. reads each share's next batch and splits it by the key's hash, one piece per partition.
 
-Results are those of one process that reads the shares one after another (a row is late
-in a partition only where it is late there); the watermark of a partition is the smallest
-of the shares' watermarks.
+Results are those of one process that reads each source's shares one after another (a
+row is late in a partition only where it is late there); the watermark of a source in a
+partition is the smallest of its shares' watermarks.
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ from gpustream.ingest.source import SourceBatch
 from gpustream.ingest.threaded import SourceThreads
 from gpustream.operators.base import WATERMARK_END, Operator
 from gpustream.plan.logical import SourceNode
+from gpustream.plan.physical import PhysicalNode
 from gpustream.runtime.checkpoint import Checkpointing
+from gpustream.runtime.runner import RunStats
+from gpustream.sinks.base import DeadLetterSink
 from gpustream.watermark import NO_WATERMARK
 
 __all__ = ["Opened", "Partition", "PartitionLost", "StepDone", "drop_orphans", "drop_run",
@@ -114,10 +117,10 @@ class SharedWatermarkOp(Operator):
 
 @dataclass
 class Opened:
-    """What a partition reports when it opens: its share's watermark, the checkpoint it
-    restored (None: it starts from the beginning)."""
+    """What a partition reports when it opens: its shares' watermarks (one per source),
+    the checkpoint it restored (None: it starts from the beginning)."""
 
-    watermark: int
+    watermarks: list[int]
     restored: int | None
 
 
@@ -125,7 +128,9 @@ class Opened:
 class StepDone:
     """What a round did in one partition (counters are totals since it opened)."""
 
-    watermark: int
+    #: its shares' watermarks, one per source (the plan's order)
+    watermarks: list[int]
+    #: every share read to its end
     done: bool
     events_in: int
     batches_in: int
@@ -139,6 +144,11 @@ class StepDone:
     open_windows: int = 0
     rows_out_by_sink: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def watermark(self) -> int:
+        """The smallest of its shares' watermarks (for the metrics)."""
+        return min(self.watermarks) if self.watermarks else NO_WATERMARK
 
 
 @dataclass
@@ -173,28 +183,14 @@ def _dead_letter_path(path: Path, index: int) -> Path:
     return path.with_name(f"{path.stem}.partition-{index:03d}{path.suffix}")
 
 
-class Partition:
-    """One partition of a plan: its share of the source, its keys' state, its sinks."""
+class _Share:
+    """One source's share in a partition: its reader (a thread that reads, hashes and
+    cuts ahead), its source step and its dictionaries."""
 
-    def __init__(self, pipeline: Any, index: int, count: int, keys: tuple[str, ...],
-                 checkpoint: Checkpointing | None, upto: int, owner: str = "") -> None:
-        from gpustream.ingest.staging import Stager
-        from gpustream.plan.physical import build_physical
-        from gpustream.runtime.runner import RunStats, _Checkpointer, _Runner
-        from gpustream.sinks.base import DeadLetterSink
-
-        self.index, self.count, self.keys = index, count, keys
-        #: the Dask client (the coordinator) that opened it; the round it runs next
-        self.owner = owner
-        self.round = 0
-        if isinstance(pipeline, bytes):  # each partition its own objects (sources, sinks),
-            import cloudpickle  # even beside another partition in one worker
-
-            pipeline = cloudpickle.loads(pipeline)
-        backend = pipeline.backend
-        self.plan = build_physical(pipeline._sinks, backend)
-        self.pn = self.plan.sources[0]
-        node = self.pn.node
+    def __init__(self, pn: PhysicalNode, index: int, count: int, keys: tuple[str, ...],
+                 backend: Backend) -> None:
+        self.pn, self.index, self.count, self.keys = pn, index, count, keys
+        node = pn.node
         assert isinstance(node, SourceNode)
         self.node = node
         # this worker's copy of the plan reads the share (the checkpoint's fingerprint
@@ -202,57 +198,28 @@ class Partition:
         object.__setattr__(node, "source", node.source.split(index, count))
         self.op: SharedWatermarkOp | None = None
         if node.event_time is not None:
-            self.op = SharedWatermarkOp(getattr(self.pn.op, "delay", 0), backend)
-            self.pn.op = self.op
-        self.stats = RunStats(pipeline.name, backend.name)
-        self.runner = _Runner(self.plan, self.stats)
-        dead = pipeline._dead_letters()
-        if isinstance(dead, DeadLetterFile):
-            dead = DeadLetterFile(_dead_letter_path(dead.path, index))
-        self.dead_letters: DeadLetterFile | DeadLetterSink = dead
-        self.ck: Any = None
-        for pn, sink in self.plan.sinks:
-            sink.for_partition(index)
-            sink.checkpointed_run = checkpoint is not None
-            sink.open(pn.schema)
-        offset: Any = None
+            self.op = SharedWatermarkOp(getattr(pn.op, "delay", 0), backend)
+            pn.op = self.op
         self.dictionaries: dict[str, StringDictionary] = {}
-        self.restored: int | None = None
-        if checkpoint is not None:
-            own = Checkpointing(partition_folder(checkpoint.dir, index, count),
-                                every_batches=1)
-            # the partition in the name: sink keys (a Kafka transactional id) differ
-            self.ck = _Checkpointer(own, self.plan, f"{pipeline.name}/partition-{index}",
-                                    [node], dead)
-            self.ck.store.lock()
-            try:
-                self.ck.store.discard_after(upto)  # what only some partitions took is undone
-                self.ck.restore(upto)
-                if upto and self.ck.restored != upto:  # its part of the common cut is lost:
-                    raise PlanError(  # an older one of its own would not fit the others'
-                        f"partition {index} of {count}: its checkpoint {upto} (which every "
-                        f"partition took) does not load from {own.dir}; the partitions "
-                        "cannot resume from one cut. Restore the folder, or start over with "
-                        "another checkpoint dir and output path")
-            except BaseException:
-                self.ck.store.unlock()
-                raise
-            self.restored = self.ck.restored
-            offset = self.ck.offsets[0]
-            self.dictionaries = self.ck.dictionaries[0]
-        for f in logical_schema(node.source.schema()):
+        self.offset: Any = None
+        self.done = False
+        self.reading: SourceThreads[_Read] | None = None
+        self.arrivals: Iterator[Any] = iter(())
+
+    def start(self, offset: Any, dictionaries: dict[str, StringDictionary]) -> None:
+        """Read from ``offset`` on, strings encoded into ``dictionaries`` (restored)."""
+        self.offset = offset
+        self.dictionaries = dictionaries
+        for f in logical_schema(self.node.source.schema()):
             if pa.types.is_string(f.type):
                 self.dictionaries.setdefault(f.name, StringDictionary())
-        self.stager = Stager(backend)
-        self.offset = offset
         # the share is read, cut by key and hashed ahead on a thread of its own (as a
         # single process's sources are), at most two batches ahead
-        self.reading = SourceThreads([self._prepared(node.source.open(offset))], capacity=2,
-                                     names=[f"{node.name}-share-{index}"])
+        self.reading = SourceThreads([self._prepared(self.node.source.open(offset))],
+                                     capacity=2,
+                                     names=[f"{self.node.name}-share-{self.index}"])
         self.arrivals = iter(self.reading)
-        self.done = False
 
-    # -- producer ------------------------------------------------------------------------
     def _prepared(self, batches: Iterator[SourceBatch]) -> Iterator[_Read]:
         """On the reading thread: rows without an event time to dead letters, the
         batch's largest event time, its rows cut by partition."""
@@ -278,7 +245,8 @@ class Partition:
                     pieces[self.index] = data
             yield _Read(pieces, data.num_rows, rejects, sb.offset, top)
 
-    def produce(self) -> list[pa.RecordBatch | None]:
+    def produce(self, stats: RunStats, dead_letters: DeadLetterFile | DeadLetterSink
+                ) -> list[pa.RecordBatch | None]:
         """The share's next batch; its rows, one piece per partition."""
         if self.done:
             return [None] * self.count
@@ -288,46 +256,132 @@ class Partition:
             return [None] * self.count
         read = got.item
         if read.rejects:
-            self.dead_letters.write(read.rejects)
-            self.stats.bad_records += len(read.rejects)
+            dead_letters.write(read.rejects)
+            stats.bad_records += len(read.rejects)
         self.offset = read.offset
         if read.rows:
-            self.stats.events_in += read.rows
-            self.stats.batches_in += 1
+            stats.events_in += read.rows
+            stats.batches_in += 1
         if self.op is not None and read.top is not None:
             self.op.running = max(self.op.running, int(read.top))
         return read.pieces
 
-    def share_watermark(self) -> int:
+    def watermark(self) -> int:
         """This share's watermark (+infinity once it is read to its end)."""
         if self.done and self.node.source.bounded:
             return WATERMARK_END
         return self.op.share_watermark if self.op is not None else NO_WATERMARK
 
-    # -- consumer ------------------------------------------------------------------------
-    def consume(self, pieces: list[pa.RecordBatch | None], before: int, after: int) -> None:
-        """Push the rows the partitions sent (with watermark ``before``), then move the
-        watermark to ``after``."""
-        rows = [p for p in pieces if p is not None and p.num_rows]
-        if rows:
+    def close(self) -> None:
+        if self.reading is not None:
+            self.reading.close()
+
+
+class Partition:
+    """One partition of a plan: its share of each source, its keys' state, its sinks."""
+
+    def __init__(self, pipeline: Any, index: int, count: int,
+                 by: dict[str, tuple[str, ...]], checkpoint: Checkpointing | None, upto: int,
+                 owner: str = "") -> None:
+        from gpustream.ingest.staging import Stager
+        from gpustream.plan.physical import build_physical
+        from gpustream.runtime.runner import _Checkpointer, _Runner
+
+        self.index, self.count = index, count
+        #: the Dask client (the coordinator) that opened it; the round it runs next
+        self.owner = owner
+        self.round = 0
+        if isinstance(pipeline, bytes):  # each partition its own objects (sources, sinks),
+            import cloudpickle  # even beside another partition in one worker
+
+            pipeline = cloudpickle.loads(pipeline)
+        backend = pipeline.backend
+        self.plan = build_physical(pipeline._sinks, backend)
+        self.shares = [_Share(pn, index, count, by.get(getattr(pn.node, "name", ""), ()),
+                              backend) for pn in self.plan.sources]
+        nodes = [sh.node for sh in self.shares]
+        self.stats = RunStats(pipeline.name, backend.name)
+        self.runner = _Runner(self.plan, self.stats)
+        dead = pipeline._dead_letters()
+        if isinstance(dead, DeadLetterFile):
+            dead = DeadLetterFile(_dead_letter_path(dead.path, index))
+        self.dead_letters: DeadLetterFile | DeadLetterSink = dead
+        self.ck: Any = None
+        for pn, sink in self.plan.sinks:
+            sink.for_partition(index)
+            sink.checkpointed_run = checkpoint is not None
+            sink.open(pn.schema)
+        offsets: list[Any] = [None] * len(nodes)
+        dictionaries: list[dict[str, StringDictionary]] = [{} for _ in nodes]
+        self.restored: int | None = None
+        if checkpoint is not None:
+            own = Checkpointing(partition_folder(checkpoint.dir, index, count),
+                                every_batches=1)
+            # the partition in the name: sink keys (a Kafka transactional id) differ
+            self.ck = _Checkpointer(own, self.plan, f"{pipeline.name}/partition-{index}",
+                                    nodes, dead)
+            self.ck.store.lock()
+            try:
+                self.ck.store.discard_after(upto)  # what only some partitions took is undone
+                self.ck.restore(upto)
+                if upto and self.ck.restored != upto:  # its part of the common cut is lost:
+                    raise PlanError(  # an older one of its own would not fit the others'
+                        f"partition {index} of {count}: its checkpoint {upto} (which every "
+                        f"partition took) does not load from {own.dir}; the partitions "
+                        "cannot resume from one cut. Restore the folder, or start over with "
+                        "another checkpoint dir and output path")
+            except BaseException:
+                self.ck.store.unlock()
+                raise
+            self.restored = self.ck.restored
+            offsets, dictionaries = self.ck.offsets, self.ck.dictionaries
+        self.stager = Stager(backend)
+        for sh, offset, dicts in zip(self.shares, offsets, dictionaries, strict=True):
+            sh.start(offset, dicts)
+
+    @property
+    def done(self) -> bool:
+        """Every share is read to its end."""
+        return all(sh.done for sh in self.shares)
+
+    def produce(self) -> list[list[pa.RecordBatch | None]]:
+        """Each share's next batch, cut by partition: ``[source][partition]``."""
+        return [sh.produce(self.stats, self.dead_letters) for sh in self.shares]
+
+    def watermarks(self) -> list[int]:
+        """The shares' watermarks, one per source."""
+        return [sh.watermark() for sh in self.shares]
+
+    def consume(self, pieces: list[list[pa.RecordBatch | None] | None], before: list[int],
+                after: list[int]) -> None:
+        """Push the rows the partitions sent (``pieces[producer][source]``), each source's
+        with its watermark ``before``, then move each source's watermark to ``after``."""
+        for s, sh in enumerate(self.shares):
+            rows = [rb for got in pieces if got is not None
+                    for rb in (got[s],) if rb is not None and rb.num_rows]
+            if not rows:
+                continue
             # each piece on its own: pieces of files that encode a string column
             # differently (a dictionary, plain) are one column once encoded
-            host = Batch.concat([Batch.from_arrow(p, self.dictionaries) for p in rows], np)
+            host = Batch.concat([Batch.from_arrow(p, sh.dictionaries) for p in rows], np)
             batch = self.stager.land(self.stager.stage(host))
-            if self.op is not None:
-                self.op.given = before
-            self.runner.push(self.pn, batch)
-        if self.op is not None and after > before and after != NO_WATERMARK:
-            self.op.given = after
-            self.runner.advance(self.pn, after)
+            if sh.op is not None:
+                sh.op.given = before[s]
+            self.runner.push(sh.pn, batch)
+        for s, sh in enumerate(self.shares):
+            if sh.op is not None and after[s] > before[s] and after[s] != NO_WATERMARK:
+                sh.op.given = after[s]
+                self.runner.advance(sh.pn, after[s])
 
     def end(self) -> None:
         """Every share is read and every row delivered: fire what is open."""
-        self.runner.end(self.pn)
+        for sh in self.shares:
+            self.runner.end(sh.pn)
 
     def checkpoint(self) -> int:
         """Write this partition's checkpoint of the round (first phase); its number."""
-        self.ck.done(0, self.offset)
+        for i, sh in enumerate(self.shares):
+            self.ck.done(i, sh.offset)
         seq: int = self.ck.write()
         return seq
 
@@ -339,7 +393,7 @@ class Partition:
         from gpustream.runtime.runner import _gauges
 
         gauges = _gauges(self.plan)
-        return StepDone(self.share_watermark(), self.done, self.stats.events_in,
+        return StepDone(self.watermarks(), self.done, self.stats.events_in,
                         self.stats.batches_in, self.stats.events_out,
                         self.stats.bad_records,
                         seq, int(gauges["late_events"]), int(gauges["dropped_memberships"]),
@@ -347,9 +401,10 @@ class Partition:
                         dict(self.stats.rows_out_by_sink), seconds)
 
     def close(self) -> None:
-        """Close the sinks and dead letters, and let the checkpoint folder go."""
+        """Close the readers, sinks and dead letters, and let the checkpoint folder go."""
         try:
-            self.reading.close()
+            for sh in self.shares:
+                sh.close()
             for _, sink in self.plan.sinks:
                 sink.close()
             self.dead_letters.close()
@@ -359,14 +414,15 @@ class Partition:
 
 
 # -- the tasks the coordinator submits (they run in the worker's process) ------------------
-def open_partition(run: str, pipeline: Any, index: int, count: int, keys: tuple[str, ...],
-                   checkpoint: Checkpointing | None, upto: int, owner: str = "") -> Opened:
+def open_partition(run: str, pipeline: Any, index: int, count: int,
+                   by: dict[str, tuple[str, ...]], checkpoint: Checkpointing | None,
+                   upto: int, owner: str = "") -> Opened:
     """Build partition ``index`` in this process (restoring checkpoint ``upto``) for the
-    coordinator whose Dask client id is ``owner``."""
-    part = Partition(pipeline, index, count, keys, checkpoint, upto, owner)
+    coordinator whose Dask client id is ``owner``; ``by``: each source's key columns."""
+    part = Partition(pipeline, index, count, by, checkpoint, upto, owner)
     with _LIVE_LOCK:
         _LIVE[(run, index)] = part
-    return Opened(part.share_watermark(), part.restored)
+    return Opened(part.watermarks(), part.restored)
 
 
 def _live(run: str, index: int) -> Partition:
@@ -382,12 +438,19 @@ class PartitionLost(RuntimeError):
     """A round reached a worker that does not hold its partition."""
 
 
-def step(run: str, index: int, round_no: int, pieces: list[pa.RecordBatch | None], before: int,
-         after: int, ended: bool, checkpoint: bool, commit: bool
-         ) -> tuple[list[pa.RecordBatch | None], StepDone]:
-    """Round ``round_no`` of partition ``index`` (see the module docstring); the pieces of
-    its next batch, by partition, and what it did. A round runs once: Dask recomputing a
-    lost result by running an earlier round again is refused (:class:`PartitionLost`)."""
+#: a round's result in a partition's worker: its pieces ``[source][partition]`` and report
+Result = tuple[list[list[pa.RecordBatch | None]], StepDone]
+
+
+def step(run: str, index: int, round_no: int,
+         pieces: list[list[pa.RecordBatch | None] | None], before: list[int],
+         after: list[int], ended: bool, checkpoint: bool, commit: bool) -> Result:
+    """Round ``round_no`` of partition ``index`` (see the module docstring): ``pieces``
+    holds what each partition sent it (``[producer][source]``, None: nothing yet);
+    ``before`` / ``after``: each source's watermark before and after those rows. Returns
+    the pieces of its next batches, by source and partition, and what it did. A round
+    runs once: Dask recomputing a lost result by running an earlier round again is
+    refused (:class:`PartitionLost`)."""
     import time
 
     t0 = time.perf_counter()
@@ -402,17 +465,16 @@ def step(run: str, index: int, round_no: int, pieces: list[pa.RecordBatch | None
     if ended:
         part.end()
     seq = part.checkpoint() if checkpoint else None
-    out = part.produce() if not ended else [None] * part.count
+    out = part.produce() if not ended else [[None] * part.count for _ in part.shares]
     return out, part.report(seq, time.perf_counter() - t0)
 
 
-def piece(result: tuple[list[pa.RecordBatch | None], StepDone], j: int
-          ) -> pa.RecordBatch | None:
-    """The rows of a round's result for partition ``j``."""
-    return result[0][j]
+def piece(result: Result, j: int) -> list[pa.RecordBatch | None]:
+    """The rows of a round's result for partition ``j``, by source."""
+    return [by_partition[j] for by_partition in result[0]]
 
 
-def done_of(result: tuple[list[pa.RecordBatch | None], StepDone]) -> StepDone:
+def done_of(result: Result) -> StepDone:
     """What a round did."""
     return result[1]
 

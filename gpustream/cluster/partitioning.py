@@ -2,13 +2,14 @@
 repartitioned by.
 
 A partitioned run (``Pipeline.run(cluster=..., parallelism=N)``) runs N copies of one
-plan. Each reads its share of the source (``Source.split``); when the plan has keyed
+plan. Each reads its share of every source (``Source.split``); when the plan has keyed
 steps, every row is sent to the partition that owns its key (a hash of the key's values,
 :mod:`gpustream.cluster.exchange`), so each key's state lives in exactly one partition.
 The key is the columns every keyed step (a window, a running aggregation, an OVER
-window, top-N per key) groups by, read from the source: a key column that a step before
-it computes or renames cannot be hashed at the source, and such a plan is refused with
-the step named.
+window, top-N per key, a join of two streams) groups by, read from the sources: a join
+key names a column of each side (``left_on`` / ``right_on``), so rows of both sides with
+equal keys meet in one partition. A key column that a step before it computes or
+renames cannot be hashed at the source, and such a plan is refused with the step named.
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ from gpustream.errors import PlanError
 from gpustream.expr.nodes import Col
 from gpustream.plan.logical import (
     FilterNode,
+    IntervalJoinNode,
     JoinTableNode,
     LateNode,
     Node,
     OverNode,
+    RegularJoinNode,
     RunningAggNode,
     SelectNode,
     SourceNode,
     TopKNode,
+    UnionNode,
     WindowAggNode,
+    WindowJoinNode,
     WithColumnsNode,
     lineage,
 )
@@ -35,83 +40,117 @@ from gpustream.plan.logical import (
 __all__ = ["Partitioning", "partitioning_of"]
 
 #: the steps a partitioned plan may hold (the others are refused, naming the step)
-_STATELESS = (FilterNode, SelectNode, WithColumnsNode, LateNode, JoinTableNode)
+_STATELESS = (FilterNode, SelectNode, WithColumnsNode, LateNode, JoinTableNode, UnionNode)
+_JOINS = (WindowJoinNode, IntervalJoinNode, RegularJoinNode)
 
 
 @dataclass(frozen=True)
 class Partitioning:
-    """A plan's split: its one stream source and the source columns rows are hashed by
-    (empty: no keyed step, each partition keeps its share as read); see
-    :func:`partitioning_of`."""
+    """A plan's split: its stream sources, and for each the columns its rows are hashed
+    by (by source name; empty: no keyed step, each partition keeps its shares as read);
+    see :func:`partitioning_of`."""
 
-    source: SourceNode
-    keys: tuple[str, ...]
+    sources: tuple[SourceNode, ...]
+    by: dict[str, tuple[str, ...]]
     #: the keyed steps that need the exchange (labels), for explain
     keyed_steps: tuple[str, ...] = ()
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The first source's key columns (() without a keyed step)."""
+        return self.by.get(self.sources[0].name, ())
+
     def describe(self, count: int) -> list[str]:
-        """Lines for ``explain()``: how the source splits and where rows go.
+        """Lines for ``explain()``: how the sources split and where rows go.
 
         Examples
         --------
         >>> import pyarrow as pa
         >>> from gpustream.ingest.arrow import from_arrow
         >>> s = SourceNode(from_arrow(pa.table({"k": [1], "ts": [1]})), "ts", name="clicks")
-        >>> for line in Partitioning(s, ("k",), ("step 1 (window)",)).describe(2):
+        >>> for line in Partitioning((s,), {"clicks": ("k",)}, ("step 1 (window)",)
+        ...                          ).describe(2):
         ...     print(line)
         partitions: 2, each reading its share of source 'clicks'
         repartitioned by hash(k) % 2 before step 1 (window) (the key of every keyed step)
         watermark of a partition: the smallest of the 2 shares' watermarks
         """
-        lines = [f"partitions: {count}, each reading its share of source {self.source.name!r}"]
-        if self.keys:
-            lines.append(f"repartitioned by hash({', '.join(self.keys)}) % {count} before "
+        names = ", ".join(repr(s.name) for s in self.sources)
+        lines = [f"partitions: {count}, each reading its share of source"
+                 f"{'s' if len(self.sources) > 1 else ''} {names}"]
+        if self.by:
+            how = "; ".join(
+                f"hash({', '.join(self.by[s.name])})"
+                + (f" of {s.name!r}" if len(self.sources) > 1 else "")
+                for s in self.sources)
+            lines.append(f"repartitioned by {how} % {count} before "
                          f"{', '.join(self.keyed_steps)} (the key of every keyed step)")
         else:
             lines.append("no keyed step: rows stay in the partition that read them")
-        if self.source.event_time is not None:
+        if any(s.event_time is not None for s in self.sources):
             lines.append(f"watermark of a partition: the smallest of the {count} shares' "
-                         "watermarks")
+                         "watermarks" + (", per source" if len(self.sources) > 1 else ""))
         return lines
 
 
-def _passes(node: Node, column: str) -> bool:
-    """True when ``node`` hands on its input's ``column`` unchanged, under that name."""
-    if isinstance(node, (FilterNode, LateNode, TopKNode)):
-        return True  # (top-N passes its input rows on)
-    if isinstance(node, WithColumnsNode):
-        return column not in {n for n, _ in node.exprs}
-    if isinstance(node, SelectNode):
-        return any(n == column and isinstance(e, Col) and e.name == column
-                   for n, e in node.exprs)
-    if isinstance(node, JoinTableNode):
-        return True  # the stream's columns keep their names (the table's get _right)
-    if isinstance(node, (WindowAggNode, RunningAggNode)):
-        return column in node.keys
-    if isinstance(node, OverNode):
-        return column not in {n for n, _ in node.aggs}  # the input's columns, and its aggs
-    return False
-
-
 def _keys_of(node: Node) -> tuple[str, ...] | None:
-    """The columns a keyed step groups its state by (None: not a keyed step)."""
+    """The columns a keyed step groups its state by (a join: its left key; None: not a
+    keyed step)."""
     if isinstance(node, (WindowAggNode, RunningAggNode, OverNode)):
         return node.keys
     if isinstance(node, TopKNode):
         return node.per
+    if isinstance(node, _JOINS):
+        return node.left_on
     return None
 
 
-def _unchanged(step: Node, column: str, by_id: dict[int, Node]) -> str:
-    """Why ``column`` of the source does not reach ``step`` as read ("": it does)."""
-    n = step.inputs[0]
-    while not isinstance(n, SourceNode):
-        if not _passes(n, column):
-            return f"{step.label}: its key {column!r} is computed or renamed by {n.label}"
-        n = by_id[id(n.inputs[0])]
-    if column not in n.source.schema().names:
-        return f"{step.label}: its key {column!r} is not a column of source {n.name!r}"
-    return ""
+def _merge(a: dict[str, str] | str, b: dict[str, str] | str) -> dict[str, str] | str:
+    if isinstance(a, str):
+        return a
+    if isinstance(b, str):
+        return b
+    clash = [name for name in a if name in b and a[name] != b[name]]
+    if clash:
+        return (f"source {clash[0]!r} would be hashed by both {a[clash[0]]!r} and "
+                f"{b[clash[0]]!r}")
+    return {**a, **b}
+
+
+def _trace(node: Node, column: str) -> dict[str, str] | str:
+    """Which column of each source feeds ``node``'s output ``column`` unchanged ({source
+    name: its column}), or why none does."""
+    if isinstance(node, SourceNode):
+        if column in node.source.schema().names:
+            return {node.name: column}
+        return f"{column!r} is not a column of source {node.name!r}"
+    if isinstance(node, LateNode):  # the keyed step's input rows, unchanged
+        return _trace(node.input.inputs[node.port], column)
+    if isinstance(node, (FilterNode, TopKNode, JoinTableNode)):
+        return _trace(node.inputs[0], column)
+    if isinstance(node, (WithColumnsNode, SelectNode)):
+        made = dict(node.exprs)
+        if column in made:  # a column taken as it is (renamed or not) is followed
+            e = made[column]
+            return _trace(node.input, e.name) if isinstance(e, Col) else \
+                f"{node.label} computes {column!r}"
+        if isinstance(node, WithColumnsNode):  # (select drops what it does not name)
+            return _trace(node.input, column)
+    if isinstance(node, (WindowAggNode, RunningAggNode)) and column in node.keys:
+        return _trace(node.input, column)
+    if isinstance(node, OverNode) and column not in {n for n, _ in node.aggs}:
+        return _trace(node.input, column)
+    if isinstance(node, UnionNode):
+        out: dict[str, str] | str = {}
+        for stream in node.streams:
+            out = _merge(out, _trace(stream, column))
+        return out
+    if isinstance(node, _JOINS):
+        for a, b in zip(node.left_on, node.right_on, strict=True):
+            if column in (a, b):  # a join key: both sides' rows of a key meet
+                return _merge(_trace(node.left, a), _trace(node.right, b))
+        return f"{node.label} joins on {', '.join(node.left_on)}, not {column!r}"
+    return f"{node.label} computes or renames {column!r}"
 
 
 def partitioning_of(targets: list[Node]) -> Partitioning:
@@ -120,9 +159,9 @@ def partitioning_of(targets: list[Node]) -> Partitioning:
     Raises
     ------
     PlanError
-        For a plan that cannot run partitioned (several stream sources, a lookup table
-        refreshed by a changelog, a global aggregate, a step not supported yet, a key
-        computed after the source), naming the step and the fix.
+        For a plan that cannot run partitioned (a lookup table refreshed by a changelog,
+        a step over the whole stream, a step not supported yet, a key computed after the
+        source), naming the step and the fix.
 
     Examples
     --------
@@ -143,16 +182,12 @@ def partitioning_of(targets: list[Node]) -> Partitioning:
             if id(n) not in seen:
                 seen.add(id(n))
                 nodes.append(n)
-    sources = [n for n in nodes if isinstance(n, SourceNode)]
+    sources = tuple(n for n in nodes if isinstance(n, SourceNode))
     for n in nodes:
         if isinstance(n, JoinTableNode) and n.table.changelog is not None:
             raise PlanError(f"{n.label}: a lookup table refreshed by a changelog cannot run "
                             "partitioned yet (every partition would need the whole "
                             "changelog); run with parallelism=1")
-    if len(sources) != 1:
-        raise PlanError(f"a partitioned run reads one stream source; this plan has "
-                        f"{len(sources)} ({', '.join(repr(s.name) for s in sources)}); run "
-                        "it with parallelism=1")
     keyed: list[tuple[Node, tuple[str, ...]]] = []
     for n in nodes:
         keys = _keys_of(n)
@@ -168,27 +203,42 @@ def partitioning_of(targets: list[Node]) -> Partitioning:
             keyed.append((n, keys))
         elif not isinstance(n, (SourceNode, *_STATELESS)):
             raise PlanError(f"{n.label}: {n.op} cannot run partitioned yet (partitioned runs "
-                            "take filters, projections, lookup joins, event-time windows, "
-                            "running aggregations, OVER and top-N per key); run with "
-                            "parallelism=1")
+                            "take filters, projections, unions, lookup joins, joins of two "
+                            "streams, event-time windows, running aggregations, OVER and "
+                            "top-N per key); run with parallelism=1")
     if not keyed:
-        return Partitioning(sources[0], ())
+        if len(sources) > 1:
+            raise PlanError(f"sources {', '.join(repr(s.name) for s in sources)} meet in no "
+                            "keyed step, so nothing says which of their rows belong "
+                            "together; run with parallelism=1")
+        return Partitioning(sources, {})
     common = [k for k in keyed[0][1] if all(k in keys for _, keys in keyed)]
     if not common:
         raise PlanError(f"{', '.join(w.label for w, _ in keyed)} share no key column, so no "
                         "one hash sends each of their keys to one partition; group them "
                         "by a common column or run with parallelism=1")
-    by_id = {id(n): n for n in nodes}
-    usable: list[str] = []
+    usable: list[dict[str, str]] = []
     why = ""
-    for k in common:  # a key column hashed as read must reach every window unchanged
-        reason = next((r for w, _ in keyed if (r := _unchanged(w, k, by_id))), "")
-        if reason:
-            why = why or reason
+    for k in common:  # a key column hashed as read must reach every keyed step unchanged
+        found: dict[str, str] | str = {}
+        for w, _ in keyed:
+            found = _merge(found, _trace(w, k) if isinstance(w, _JOINS)
+                           else _trace(w.inputs[0], k))
+            if isinstance(found, str):
+                found = f"{w.label}: its key {k!r}: {found}"
+                break
+        if isinstance(found, dict):
+            missing = [s.name for s in sources if s.name not in found]
+            if missing:
+                found = (f"{keyed[0][0].label}: its key {k!r} does not come from source "
+                         f"{missing[0]!r}")
+        if isinstance(found, str):
+            why = why or found
         else:
-            usable.append(k)
+            usable.append(found)
     if not usable:  # (a subset of a group's key still sends each group to one place)
         raise PlanError(f"{why}, so rows cannot be sent to their partition as they are "
                         "read; key the step by a source column as well, or run with "
                         "parallelism=1")
-    return Partitioning(sources[0], tuple(usable), tuple(w.label for w, _ in keyed))
+    by = {s.name: tuple(m[s.name] for m in usable) for s in sources}
+    return Partitioning(sources, by, tuple(w.label for w, _ in keyed))
