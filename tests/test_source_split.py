@@ -55,8 +55,11 @@ def _rows(batches: list[SourceBatch]) -> list[tuple[Any, ...]]:
     return out
 
 
-def _check_shares(src: Source, count: int, resume: bool = True) -> list[list[tuple[Any, ...]]]:
-    """The split contract for a bounded source; returns each share's rows."""
+def _check_shares(src: Source, count: int, resume: bool = True, ordered: bool = True
+                  ) -> list[list[tuple[Any, ...]]]:
+    """The split contract for a bounded source; returns each share's rows. ``ordered``:
+    a share keeps the unsplit source's order (not Kafka, whose reads interleave the
+    partitions as fetches come back: its callers check the order per partition)."""
     whole = _rows(list(src.open()))
     assert len(whole) == len({r[3] for r in whole})  # the row ids are unique
     place = {r[3]: i for i, r in enumerate(whole)}
@@ -69,10 +72,15 @@ def _check_shares(src: Source, count: int, resume: bool = True) -> list[list[tup
         batches = list(share.open())
         rows = _rows(batches)
         at = [place[r[3]] for r in rows]
-        assert at == sorted(at), f"share {i} is not in the unsplit source's order"
+        if ordered:
+            assert at == sorted(at), f"share {i} is not in the unsplit source's order"
         if resume and len(batches) >= 3:  # from a mid offset: exactly the rest
             k = len(batches) // 2
-            assert _rows(list(share.open(batches[k - 1].offset))) == _rows(batches[k:])
+            rest = _rows(list(share.open(batches[k - 1].offset)))
+            if ordered:
+                assert rest == _rows(batches[k:])
+            else:
+                assert Counter(rest) == Counter(_rows(batches[k:]))
         got.append(rows)
     together = [r for rows in got for r in rows]
     assert Counter(together) == Counter(whole)  # every record, none twice
@@ -304,7 +312,7 @@ def test_kafka_shares_are_partitions_by_position(kafka: str, count: int) -> None
     topic = f"split{count}"
     _kafka_topic(kafka, topic, 4, _table(2000, seed=80))
     src = gs.kafka(topic, kafka, schema=SCHEMA, group=f"g{count}", max_rows=200, bounded=True)
-    got = _check_shares(src, count)
+    got = _check_shares(src, count, ordered=False)
     for i, rows in enumerate(got):
         mine = [0, 1, 2, 3][i::count]
         assert sorted({r[3] % 4 for r in rows}) == mine

@@ -42,7 +42,8 @@ from gpustream.ingest.dictionary import StringDictionary
 from gpustream.ingest.schema import logical_schema
 from gpustream.ingest.source import SourceBatch
 from gpustream.ingest.threaded import SourceThreads
-from gpustream.operators.base import WATERMARK_END, Operator
+from gpustream.operators.base import WATERMARK_END
+from gpustream.operators.watermark import WatermarkOp
 from gpustream.plan.logical import SourceNode
 from gpustream.plan.physical import PhysicalNode
 from gpustream.runtime.checkpoint import Checkpointing
@@ -71,33 +72,26 @@ def partition_folder(root: str | os.PathLike[str], index: int, count: int) -> Pa
     return Path(root) / f"partition-{index:03d}-of-{count:03d}"
 
 
-class SharedWatermarkOp(Operator):
+class SharedWatermarkOp(WatermarkOp):
     """The source step of a partition: rows carry the watermark the coordinator gave
-    (the smallest of the shares' watermarks before they arrived); ``running`` is the
-    largest event time of this partition's own share (its producer watermark, before
-    the delay), saved in checkpoints as :class:`~gpustream.operators.watermark.WatermarkOp`
-    saves it.
+    (``given``: the smallest of the shares' watermarks before they arrived). ``running``
+    and :attr:`current` are those of this partition's own share (its producer watermark),
+    saved in checkpoints as :class:`~gpustream.operators.watermark.WatermarkOp` saves
+    them; the share's rows are scanned on its reading thread, not here.
 
     Examples
     --------
     >>> from gpustream.backend import select_backend
-    >>> op = SharedWatermarkOp(2, select_backend("cpu"))
+    >>> op = SharedWatermarkOp("ts", 2, select_backend("cpu"))
     >>> op.given = 5
     >>> out = op.process(Batch.from_arrow(pa.record_batch({"ts": [10, 7]})))[0]
     >>> out.watermarks.tolist(), op.output_watermark()
     ([5, 5], 5)
     """
 
-    def __init__(self, delay: int, backend: Backend) -> None:
-        self.delay = delay
-        self.backend = backend
-        self.running = NO_WATERMARK
+    def __init__(self, event_time: str, delay: int, backend: Backend) -> None:
+        super().__init__(event_time, delay, backend)
         self.given = NO_WATERMARK
-
-    @property
-    def share_watermark(self) -> int:
-        """This share's watermark: its largest event time read less the delay."""
-        return NO_WATERMARK if self.running == NO_WATERMARK else self.running - self.delay
 
     def output_watermark(self) -> int:
         return self.given
@@ -107,12 +101,6 @@ class SharedWatermarkOp(Operator):
         return [Batch(batch.columns, batch.schema,
                       {n: batch.validity(n) for n in batch.column_names},
                       batch.dictionaries, wm)]
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"running": np.array([self.running], dtype=np.int64)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.running = int(state["running"][0])
 
 
 @dataclass
@@ -198,7 +186,7 @@ class _Share:
         object.__setattr__(node, "source", node.source.split(index, count))
         self.op: SharedWatermarkOp | None = None
         if node.event_time is not None:
-            self.op = SharedWatermarkOp(getattr(pn.op, "delay", 0), backend)
+            self.op = SharedWatermarkOp(node.event_time, getattr(pn.op, "delay", 0), backend)
             pn.op = self.op
         self.dictionaries: dict[str, StringDictionary] = {}
         self.offset: Any = None
@@ -270,7 +258,7 @@ class _Share:
         """This share's watermark (+infinity once it is read to its end)."""
         if self.done and self.node.source.bounded:
             return WATERMARK_END
-        return self.op.share_watermark if self.op is not None else NO_WATERMARK
+        return self.op.current if self.op is not None else NO_WATERMARK
 
     def close(self) -> None:
         if self.reading is not None:
