@@ -304,15 +304,61 @@ def test_plans_that_cannot_be_split_are_refused() -> None:
     with pytest.raises(PlanError, match="without keys"):
         partitioning_of([s.window(gs.Tumbling(10)).agg(n=gs.count())._node])
     other = p.source(_source(), event_time="ts", name="other")
-    with pytest.raises(PlanError, match="'source', 'other' meet in no keyed step"):
-        partitioning_of([s.union(other)._node])
+    # a union alone has no key: each partition passes its shares on as read
+    assert partitioning_of([s.union(other)._node]).by == {}
     joined = s.window_join(other, on="k", window=gs.Tumbling(10))
     by_c = joined.key_by("c").window(gs.Tumbling(10)).agg(n=gs.count())
-    with pytest.raises(PlanError, match="share no key column"):
+    with pytest.raises(PlanError, match="joins on k, not 'c'"):
         partitioning_of([by_c._node])
     # a window over the join keyed by the join key: both sides are hashed by it
     by_k = joined.key_by("k").window(gs.Tumbling(10)).agg(n=gs.count())
     assert partitioning_of([by_k._node]).by == {"source": ("k",), "other": ("k",)}
+
+
+def _two(**right: Any) -> tuple[gs.Pipeline, Any, Any]:
+    p = gs.Pipeline(engine="cpu")
+    left = p.source(gs.from_arrow({"ts": [1], "user": ["a"], "peer": ["b"], "v": [1.0]}),
+                    event_time="ts", name="l")
+    cols = {"ts": [1], "uid": ["a"], "peer": ["b"], "amount": [2.0], **right}
+    return p, left, p.source(gs.from_arrow(cols), event_time="ts", name="r")
+
+
+def test_join_keys_are_traced_to_the_column_each_side_reads() -> None:
+    # crossed keys: the output's 'peer' is the left side's; rows are hashed by what the
+    # window after the join groups by on each side
+    _, left, right = _two()
+    crossed = left.window_join(right, on=[("user", "peer"), ("peer", "uid")],
+                               window=gs.Tumbling(10))
+    w = crossed.key_by("peer").window(gs.Tumbling(10)).agg(n=gs.count())
+    assert partitioning_of([w._node]).by == {"l": ("peer",), "r": ("uid",)}
+    # a key of the right side under its own name, and a step on the right stream alone
+    _, left, right = _two()
+    j = left.window_join(right, on=("user", "uid"), window=gs.Tumbling(10))
+    alone = right.key_by("uid").agg(n=gs.count())
+    assert partitioning_of([j._node, alone._node]).by == {"l": ("user",), "r": ("uid",)}
+    # a stream no keyed step reaches keeps its rows where they are read
+    _, left, right = _two()
+    w = left.key_by("user").window(gs.Tumbling(10)).agg(n=gs.count())
+    assert partitioning_of([w._node, right.filter(gs.col("amount") > 0)._node]).by == {
+        "l": ("user",), "r": ()}
+    # a rename: two steps keyed by one source column under two names
+    _, left, _ = _two()
+    a = left.key_by("user").agg(n=gs.count())
+    b = left.select("ts", u=gs.col("user")).key_by("u").agg(n=gs.count())
+    assert partitioning_of([a._node, b._node]).by == {"l": ("user",)}
+
+
+def test_keys_an_outer_join_pads_with_nulls_and_retention_are_refused() -> None:
+    _, left, right = _two()
+    full = left.join(right, on=("user", "uid"), how="full")
+    assert partitioning_of([full._node]).by == {"l": ("user",), "r": ("uid",)}
+    with pytest.raises(PlanError, match=r"step 2 \(agg 'agg@2'\): its key 'user': "
+                       r"step 1 \(join how='full'\) \(full join\) leaves 'user' null"):
+        partitioning_of([full.key_by("user").agg(n=gs.count())._node])
+    _, left, right = _two()
+    kept = left.join(right, on=("user", "uid"), retention="10s")
+    with pytest.raises(PlanError, match="retention drops a key's state"):
+        partitioning_of([kept._node])
 
 
 def test_sinks_a_partitioned_run_cannot_use_are_refused(tmp_path: Path) -> None:

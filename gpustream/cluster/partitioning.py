@@ -35,6 +35,7 @@ from gpustream.plan.logical import (
     WindowJoinNode,
     WithColumnsNode,
     lineage,
+    output_schema,
 )
 
 __all__ = ["Partitioning", "partitioning_of"]
@@ -146,8 +147,20 @@ def _trace(node: Node, column: str) -> dict[str, str] | str:
             out = _merge(out, _trace(stream, column))
         return out
     if isinstance(node, _JOINS):
-        for a, b in zip(node.left_on, node.right_on, strict=True):
-            if column in (a, b):  # a join key: both sides' rows of a key meet
+        how = getattr(node, "how", "inner")
+        pairs = list(zip(node.left_on, node.right_on, strict=True))
+        left_names = output_schema(node.left).names
+        for a, b in pairs:  # the output's column of a left key's name is the left one
+            if column == a:
+                if how in ("right", "full") and a != b:  # right-only rows: null there
+                    return (f"{node.label} ({how} join) leaves {column!r} null for the "
+                            "right side's unmatched rows")
+                return _merge(_trace(node.left, a), _trace(node.right, b))
+        for a, b in pairs:  # a right key under its own name (no left column has it)
+            if column == b and column not in left_names:
+                if how in ("left", "full"):
+                    return (f"{node.label} ({how} join) leaves {column!r} null for the "
+                            "left side's unmatched rows")
                 return _merge(_trace(node.left, a), _trace(node.right, b))
         return f"{node.label} joins on {', '.join(node.left_on)}, not {column!r}"
     return f"{node.label} computes or renames {column!r}"
@@ -195,6 +208,11 @@ def partitioning_of(targets: list[Node]) -> Partitioning:
             raise PlanError(f"{n.label}: processing-time windows cannot run partitioned "
                             "(their firing depends on each worker's clock); use event "
                             "time or parallelism=1")
+        if isinstance(n, (RegularJoinNode, RunningAggNode)) and n.retention_ms is not None:
+            raise PlanError(f"{n.label}: retention drops a key's state by the watermark as "
+                            "of each row, which a partitioned run does not reproduce (its "
+                            "rows carry the smallest of the shares' watermarks); leave "
+                            "retention out or run with parallelism=1")
         if keys is not None:
             if not keys:
                 raise PlanError(f"{n.label}: a {n.op} without keys (over the whole stream) "
@@ -206,39 +224,38 @@ def partitioning_of(targets: list[Node]) -> Partitioning:
                             "take filters, projections, unions, lookup joins, joins of two "
                             "streams, event-time windows, running aggregations, OVER and "
                             "top-N per key); run with parallelism=1")
-    if not keyed:
-        if len(sources) > 1:
-            raise PlanError(f"sources {', '.join(repr(s.name) for s in sources)} meet in no "
-                            "keyed step, so nothing says which of their rows belong "
-                            "together; run with parallelism=1")
+    if not keyed:  # (several sources without a keyed step: a union, passed on as read)
         return Partitioning(sources, {})
-    common = [k for k in keyed[0][1] if all(k in keys for _, keys in keyed)]
-    if not common:
-        raise PlanError(f"{', '.join(w.label for w, _ in keyed)} share no key column, so no "
-                        "one hash sends each of their keys to one partition; group them "
-                        "by a common column or run with parallelism=1")
-    usable: list[dict[str, str]] = []
+    # each keyed step's key columns, traced to the source columns they are read from
+    traced: list[list[dict[str, str]]] = []
     why = ""
-    for k in common:  # a key column hashed as read must reach every keyed step unchanged
-        found: dict[str, str] | str = {}
-        for w, _ in keyed:
-            found = _merge(found, _trace(w, k) if isinstance(w, _JOINS)
-                           else _trace(w.inputs[0], k))
-            if isinstance(found, str):
-                found = f"{w.label}: its key {k!r}: {found}"
-                break
-        if isinstance(found, dict):
-            missing = [s.name for s in sources if s.name not in found]
-            if missing:
-                found = (f"{keyed[0][0].label}: its key {k!r} does not come from source "
-                         f"{missing[0]!r}")
-        if isinstance(found, str):
-            why = why or found
-        else:
-            usable.append(found)
-    if not usable:  # (a subset of a group's key still sends each group to one place)
-        raise PlanError(f"{why}, so rows cannot be sent to their partition as they are "
-                        "read; key the step by a source column as well, or run with "
-                        "parallelism=1")
-    by = {s.name: tuple(m[s.name] for m in usable) for s in sources}
-    return Partitioning(sources, by, tuple(w.label for w, _ in keyed))
+    for w, keys in keyed:
+        found = []
+        for k in keys:
+            if isinstance(w, _JOINS):  # the join's own key: each side's column
+                b = w.right_on[w.left_on.index(k)]
+                m = _merge(_trace(w.left, k), _trace(w.right, b))
+            else:
+                m = _trace(w.inputs[0], k)
+            if isinstance(m, str):
+                why = why or f"{w.label}: its key {k!r}: {m}"
+            else:
+                found.append(m)
+        if not found:
+            raise PlanError(f"{why}, so rows cannot be sent to their partition as they are "
+                            "read; key the step by a source column as well, or run with "
+                            "parallelism=1")
+        traced.append(found)
+    # one source column per source that every keyed step it reaches groups by: each key
+    # of each step then lives in one partition (sources no keyed step reaches keep their
+    # rows where they are read)
+    for m in (m for found in traced for m in found):
+        if all(any(all(m.get(src) == col for src, col in mine.items()) for mine in found)
+               for found in traced):
+            by: dict[str, tuple[str, ...]] = {
+                src.name: (m[src.name],) if src.name in m else () for src in sources}
+            return Partitioning(sources, by, tuple(w.label for w, _ in keyed))
+    raise PlanError(f"{', '.join(w.label for w, _ in keyed)} share no key column (traced "
+                    "to the sources' columns), so no one hash sends each of their keys to "
+                    "one partition; group them by a common column or run with "
+                    "parallelism=1")
