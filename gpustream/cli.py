@@ -135,7 +135,8 @@ class RunFailed(GpustreamError, RuntimeError):
 def run(
     spec: Path = typer.Argument(..., help="The pipeline spec (YAML)."),
     engine: str = typer.Option(None, help=ENGINE_HELP),
-    checkpoint_dir: Path = typer.Option(None, help="Where checkpoints go (overrides the spec)."),
+    checkpoint_dir: str = typer.Option(None, help="Where checkpoints go (overrides the spec): "
+                                       "a folder, or a URL (s3://bucket/ck, through fsspec)."),
     max_events: int = typer.Option(None, help="Stop after this many input events."),
     metrics_port: int = typer.Option(None, envvar="GPUSTREAM_METRICS_PORT",
                                      help="Serve Prometheus metrics on this port."),

@@ -144,8 +144,9 @@ def test_three_partitions_share_two_workers(folder: Path, client: Any, tmp_path:
     _same(_read(tmp_path / "one", BY), _read(tmp_path / "three", BY))
 
 
+@pytest.mark.parametrize("where", ["folder", "url"])
 def test_a_worker_killed_mid_run_the_partitions_resume_and_the_output_is_exactly_once(
-        folder: Path, client: Any, tmp_path: Path) -> None:
+        folder: Path, client: Any, tmp_path: Path, where: str) -> None:
     _tumbling(gs.read_parquet(folder, batch_rows=300), tmp_path / "one").run()
     pids = client.run(os.getpid)
     killed: list[str] = []
@@ -158,7 +159,9 @@ def test_a_worker_killed_mid_run_the_partitions_resume_and_the_output_is_exactly
             killed.append(victim)
 
     p = _tumbling(gs.read_parquet(folder, batch_rows=300), tmp_path / "two")
-    stats = run_partitioned(p, client, 2, gs.Checkpointing(tmp_path / "ck", every_batches=3),
+    # a folder, or a URL: the checkpoints go through fsspec, as to an object store
+    ck = tmp_path / "ck" if where == "folder" else f"file://{tmp_path}/ck"
+    stats = run_partitioned(p, client, 2, gs.Checkpointing(ck, every_batches=3),
                             on_round=kill)
     assert killed and stats.restarts == 1
     assert stats.restored_checkpoint is not None and stats.restored_checkpoint >= 1

@@ -44,7 +44,7 @@ from gpustream.cluster.partitioning import Partitioning, partitioning_of
 from gpustream.errors import PlanError
 from gpustream.metrics import Metrics
 from gpustream.operators.base import WATERMARK_END
-from gpustream.runtime.checkpoint import Checkpointing, CheckpointStore
+from gpustream.runtime.checkpoint import Checkpointing, CheckpointStore, is_url
 from gpustream.runtime.runner import RunStats
 from gpustream.runtime.stopping import GracefulStop
 from gpustream.watermark import NO_WATERMARK
@@ -140,11 +140,17 @@ def global_checkpoint(checkpoint: Checkpointing | None, count: int, pipeline: st
     """
     if checkpoint is None:
         return 0
-    from pathlib import Path
+    root = str(checkpoint.dir)
+    if is_url(root):
+        from fsspec.core import url_to_fs
 
-    root = Path(checkpoint.dir)
-    other = sorted({p.name.rpartition("-of-")[2] for p in root.glob("partition-*-of-*")
-                    if p.is_dir()} - {f"{count:03d}"})
+        fs, path = url_to_fs(root)
+        found = [str(p) for p in fs.glob(f"{path.rstrip('/')}/partition-*-of-*")]
+    else:
+        from pathlib import Path
+
+        found = [str(p) for p in Path(root).glob("partition-*-of-*") if p.is_dir()]
+    other = sorted({p.rstrip("/").rpartition("-of-")[2] for p in found} - {f"{count:03d}"})
     if other:
         raise PlanError(f"checkpoint dir {root} holds the checkpoints of a run with "
                         f"parallelism {int(other[0])}; resume it with that parallelism "

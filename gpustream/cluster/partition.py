@@ -46,7 +46,7 @@ from gpustream.operators.base import WATERMARK_END
 from gpustream.operators.watermark import WatermarkOp
 from gpustream.plan.logical import SourceNode
 from gpustream.plan.physical import PhysicalNode
-from gpustream.runtime.checkpoint import Checkpointing
+from gpustream.runtime.checkpoint import Checkpointing, is_url
 from gpustream.runtime.runner import RunStats
 from gpustream.sinks.base import DeadLetterSink
 from gpustream.watermark import NO_WATERMARK
@@ -61,15 +61,21 @@ _LIVE: dict[tuple[str, int], Partition] = {}
 _LIVE_LOCK = threading.Lock()
 
 
-def partition_folder(root: str | os.PathLike[str], index: int, count: int) -> Path:
-    """Where partition ``index`` of ``count`` keeps its checkpoints.
+def partition_folder(root: str | os.PathLike[str], index: int, count: int) -> str:
+    """Where partition ``index`` of ``count`` keeps its checkpoints (a folder, or a URL
+    under a URL).
 
     Examples
     --------
-    >>> partition_folder("ck", 1, 4).as_posix()
+    >>> partition_folder("ck", 1, 4)
     'ck/partition-001-of-004'
+    >>> partition_folder("s3://bucket/ck/", 0, 2)
+    's3://bucket/ck/partition-000-of-002'
     """
-    return Path(root) / f"partition-{index:03d}-of-{count:03d}"
+    name = f"partition-{index:03d}-of-{count:03d}"
+    if is_url(root):
+        return f"{str(root).rstrip('/')}/{name}"
+    return (Path(root) / name).as_posix()
 
 
 class SharedWatermarkOp(WatermarkOp):

@@ -31,7 +31,8 @@ import pyarrow as pa
 
 from gpustream.errors import PlanError
 
-__all__ = ["Checkpoint", "CheckpointStore", "Checkpointing", "Fingerprint", "fsync_dir"]
+__all__ = ["Checkpoint", "CheckpointStore", "Checkpointing", "Fingerprint",
+           "RemoteCheckpointStore", "fsync_dir", "is_url"]
 
 #: 2: plan fingerprint, sinks' pending output and the state's checksum in meta.json
 FORMAT = 2
@@ -174,6 +175,12 @@ class CheckpointStore:
     (1, {'src': [0, 10]}, [0, 1, 2], ['a', 'b'])
     """
 
+    def __new__(cls, folder: str | os.PathLike[str], pipeline: str, keep: int = 2
+                ) -> CheckpointStore:
+        if cls is CheckpointStore and is_url(folder):  # an object store, through fsspec
+            return super().__new__(RemoteCheckpointStore)
+        return super().__new__(cls)
+
     def __init__(self, folder: str | os.PathLike[str], pipeline: str, keep: int = 2) -> None:
         self.folder = Path(folder)
         self.pipeline = pipeline
@@ -230,16 +237,9 @@ class CheckpointStore:
     def _load(self, path: Path) -> Checkpoint:
         try:
             meta = json.loads((path / "meta.json").read_text())
-            if not isinstance(meta, dict) or "seq" not in meta:
-                raise ValueError("meta.json holds no checkpoint")
         except (OSError, ValueError) as err:
             raise DamagedCheckpoint(f"meta.json: {err}") from err
-        want_meta = meta.pop("meta_sha256", None)
-        if want_meta is not None and _digest(meta) != want_meta:
-            raise DamagedCheckpoint("meta.json does not match its checksum")
-        if meta.get("pipeline") != self.pipeline:
-            raise PlanError(f"checkpoint {path} belongs to pipeline {meta.get('pipeline')!r}, "
-                            f"not {self.pipeline!r}; give this pipeline its own checkpoint dir")
+        meta = self._checked_meta(path, meta)
         state = path / "state.arrow"
         want = meta.get("checksums", {}).get("state.arrow")
         try:
@@ -249,23 +249,19 @@ class CheckpointStore:
                 table = pa.ipc.open_file(m).read_all()
         except (OSError, pa.ArrowException) as err:
             raise DamagedCheckpoint(f"state.arrow: {err}") from err
-        arrays: dict[str, np.ndarray] = {}
-        dicts: dict[str, pa.Array] = {}
-        shapes = json.loads((table.schema.metadata or {}).get(b"shapes", b"{}"))
-        for name in table.column_names:
-            if not (pa.types.is_list(table[name].type)
-                    or pa.types.is_large_list(table[name].type)):
-                continue  # the placeholder column of a checkpoint without state arrays
-            values = table[name].combine_chunks()[0].values
-            if name in meta["dictionaries"]:
-                dicts[name] = values
-            else:
-                arr = values.to_numpy(zero_copy_only=False).copy()
-                arrays[name] = arr.reshape(shapes[name]) if name in shapes else arr
-        fp = meta.get("fingerprint")
-        return Checkpoint(int(meta["seq"]), meta["pipeline"], meta["offsets"], arrays, dicts,
-                          None if fp is None else Fingerprint(tuple(fp)),
-                          meta.get("sinks", {}))
+        return _decode(meta, table)
+
+    def _checked_meta(self, path: Any, meta: Any) -> dict[str, Any]:
+        """``meta.json``'s content, checked: a checkpoint's, intact, this pipeline's."""
+        if not isinstance(meta, dict) or "seq" not in meta:
+            raise DamagedCheckpoint("meta.json: meta.json holds no checkpoint")
+        want_meta = meta.pop("meta_sha256", None)
+        if want_meta is not None and _digest(meta) != want_meta:
+            raise DamagedCheckpoint("meta.json does not match its checksum")
+        if meta.get("pipeline") != self.pipeline:
+            raise PlanError(f"checkpoint {path} belongs to pipeline {meta.get('pipeline')!r}, "
+                            f"not {self.pipeline!r}; give this pipeline its own checkpoint dir")
+        return meta
 
     def write(self, ck: Checkpoint) -> None:
         """Write ``ck`` atomically (temporary folder, then rename); keep the newest few."""
@@ -275,30 +271,13 @@ class CheckpointStore:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        columns: dict[str, pa.Array] = {}
-        shapes: dict[str, list[int]] = {}
-        for name, arr in ck.arrays.items():
-            arr = np.asarray(arr)
-            if arr.ndim != 1:
-                shapes[name] = list(arr.shape)
-            flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
-            columns[name] = pa.ListArray.from_arrays(pa.array([0, len(flat)], pa.int32()), flat)
-        for name, values in ck.dictionaries.items():
-            columns[name] = pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()),
-                                                          values)
-        table = pa.table(columns) if columns else pa.table({"_": pa.array([0])})
-        table = table.replace_schema_metadata({"shapes": json.dumps(shapes)})
+        table = _state_table(ck)
         with pa.OSFile(str(tmp / "state.arrow"), "wb") as sink, \
                 pa.ipc.new_file(sink, table.schema) as w:
             w.write_table(table)
         _fsync_file(tmp / "state.arrow")
-        meta = {"format": FORMAT, "seq": ck.seq, "pipeline": ck.pipeline, "offsets": ck.offsets,
-                "dictionaries": sorted(ck.dictionaries),
-                "fingerprint": None if ck.fingerprint is None else list(ck.fingerprint.lines),
-                "sinks": ck.sinks,
-                "checksums": {"state.arrow": _sha256(tmp / "state.arrow")}}
-        meta["meta_sha256"] = _digest(meta)
-        (tmp / "meta.json").write_text(json.dumps(meta, default=_plain))
+        (tmp / "meta.json").write_text(json.dumps(_meta(ck, _sha256(tmp / "state.arrow")),
+                                                  default=_plain))
         _fsync_file(tmp / "meta.json")
         fsync_dir(tmp)
         if final.exists():
@@ -374,7 +353,169 @@ class CheckpointStore:
             self._lock = None
 
 
+def _state_table(ck: Checkpoint) -> pa.Table:
+    """The state arrays and dictionaries of ``ck`` as ``state.arrow``'s one-row table."""
+    columns: dict[str, pa.Array] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, arr in ck.arrays.items():
+        arr = np.asarray(arr)
+        if arr.ndim != 1:
+            shapes[name] = list(arr.shape)
+        flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
+        columns[name] = pa.ListArray.from_arrays(pa.array([0, len(flat)], pa.int32()), flat)
+    for name, values in ck.dictionaries.items():
+        columns[name] = pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()),
+                                                      values)
+    table = pa.table(columns) if columns else pa.table({"_": pa.array([0])})
+    return table.replace_schema_metadata({"shapes": json.dumps(shapes)})
+
+
+def _meta(ck: Checkpoint, state_sha256: str) -> dict[str, Any]:
+    """``meta.json``'s content for ``ck``, its own checksum included."""
+    meta = {"format": FORMAT, "seq": ck.seq, "pipeline": ck.pipeline, "offsets": ck.offsets,
+            "dictionaries": sorted(ck.dictionaries),
+            "fingerprint": None if ck.fingerprint is None else list(ck.fingerprint.lines),
+            "sinks": ck.sinks, "checksums": {"state.arrow": state_sha256}}
+    meta["meta_sha256"] = _digest(meta)
+    return meta
+
+
+def _decode(meta: dict[str, Any], table: pa.Table) -> Checkpoint:
+    """A checkpoint from its checked ``meta.json`` and ``state.arrow``'s table."""
+    arrays: dict[str, np.ndarray] = {}
+    dicts: dict[str, pa.Array] = {}
+    shapes = json.loads((table.schema.metadata or {}).get(b"shapes", b"{}"))
+    for name in table.column_names:
+        if not (pa.types.is_list(table[name].type)
+                or pa.types.is_large_list(table[name].type)):
+            continue  # the placeholder column of a checkpoint without state arrays
+        values = table[name].combine_chunks()[0].values
+        if name in meta["dictionaries"]:
+            dicts[name] = values
+        else:
+            arr = values.to_numpy(zero_copy_only=False).copy()
+            arrays[name] = arr.reshape(shapes[name]) if name in shapes else arr
+    fp = meta.get("fingerprint")
+    return Checkpoint(int(meta["seq"]), meta["pipeline"], meta["offsets"], arrays, dicts,
+                      None if fp is None else Fingerprint(tuple(fp)), meta.get("sinks", {}))
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"offset value {value!r} is not plain data")
+
+
+def is_url(folder: str | os.PathLike[str]) -> bool:
+    """True for a checkpoint dir given as a URL (``s3://bucket/ck``, ``gs://``,
+    ``memory://``): an fsspec file system, not a local folder.
+
+    Examples
+    --------
+    >>> is_url("s3://bucket/ck"), is_url("ck/"), is_url(Path("/tmp/ck"))
+    (True, False, False)
+    """
+    return isinstance(folder, str) and "://" in folder
+
+
+class RemoteCheckpointStore(CheckpointStore):
+    """Checkpoints in an object store, through fsspec (``s3://``, ``gs://``, ``abfs://``
+    with s3fs, gcsfs or adlfs installed; ``file://``, ``memory://``).
+
+    An object store renames nothing atomically, so a checkpoint is complete once its
+    ``meta.json`` exists: ``state.arrow`` is written first, then ``meta.json`` (which holds
+    the state's checksum); a checkpoint folder without ``meta.json`` is one a run died
+    writing, never restored, and removed by :meth:`prune`. Object stores lock nothing
+    either: a second run on the same URL is not refused (one run per URL).
+
+    Examples
+    --------
+    >>> import uuid
+    >>> store = CheckpointStore(f"memory://gs-doc-{uuid.uuid4().hex}", "demo")
+    >>> type(store).__name__
+    'RemoteCheckpointStore'
+    >>> store.write(Checkpoint(1, "demo", {"src": [0, 10]}, {"w/x": np.arange(3)}))
+    >>> ck = store.latest()
+    >>> ck.seq, ck.offsets, ck.state_of("w")["x"].tolist(), store.seqs()
+    (1, {'src': [0, 10]}, [0, 1, 2], [1])
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], pipeline: str, keep: int = 2) -> None:
+        self.url = str(folder).rstrip("/")
+        try:
+            from fsspec.core import url_to_fs
+
+            self.fs, self.root = url_to_fs(self.url)
+        except (ImportError, ValueError) as err:  # fsspec, the store's package (s3fs,
+            # gcsfs), or a protocol fsspec does not know
+            raise PlanError(f"checkpoint dir {self.url} is a URL, read through fsspec: "
+                            f"{err}; install it (pip install fsspec s3fs, or gcsfs, adlfs "
+                            "for the store), or give a folder") from err
+        self.folder = Path(self.root)  # (for messages)
+        self.pipeline = pipeline
+        self.keep = keep
+
+    def _dirs(self) -> list[str]:
+        """Every checkpoint folder, complete or not, oldest first."""
+        try:
+            found = self.fs.glob(f"{self.root}/ckpt-*")
+        except FileNotFoundError:
+            return []
+        return sorted(str(p).rstrip("/") for p in found)
+
+    def _complete(self) -> list[Path]:
+        done = {str(p).rsplit("/", 2)[-2] for p in self.fs.glob(f"{self.root}/ckpt-*/meta.json")}
+        return [Path(d) for d in self._dirs() if d.rsplit("/", 1)[-1] in done]
+
+    def _load(self, path: Path) -> Checkpoint:
+        where = path.as_posix()
+        try:
+            meta = json.loads(self.fs.cat_file(f"{where}/meta.json"))
+        except (OSError, ValueError) as err:
+            raise DamagedCheckpoint(f"meta.json: {err}") from err
+        meta = self._checked_meta(f"{self.url}/{path.name}", meta)
+        want = meta.get("checksums", {}).get("state.arrow")
+        try:
+            data = self.fs.cat_file(f"{where}/state.arrow")
+            if want is not None and hashlib.sha256(data).hexdigest() != want:
+                raise DamagedCheckpoint("state.arrow does not match its checksum")
+            table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+        except (OSError, pa.ArrowException) as err:
+            raise DamagedCheckpoint(f"state.arrow: {err}") from err
+        return _decode(meta, table)
+
+    def write(self, ck: Checkpoint) -> None:
+        """Write ``ck``: ``state.arrow``, then ``meta.json`` (which completes it)."""
+        final = f"{self.root}/ckpt-{ck.seq:09d}"
+        if self.fs.exists(final):
+            self.fs.rm(final, recursive=True)
+        self.fs.makedirs(final, exist_ok=True)  # (a local or mounted file system)
+        table = _state_table(ck)
+        out = pa.BufferOutputStream()
+        with pa.ipc.new_file(out, table.schema) as w:
+            w.write_table(table)
+        state = out.getvalue().to_pybytes()
+        self.fs.pipe_file(f"{final}/state.arrow", state)
+        meta = _meta(ck, hashlib.sha256(state).hexdigest())
+        self.fs.pipe_file(f"{final}/meta.json", json.dumps(meta, default=_plain).encode())
+
+    def seqs(self) -> list[int]:
+        return [int(p.name[len("ckpt-"):]) for p in self._complete()]
+
+    def discard_after(self, seq: int) -> None:
+        for d in self._dirs():
+            if int(d.rsplit("/", 1)[-1][len("ckpt-"):]) > seq:
+                self.fs.rm(d, recursive=True)
+
+    def prune(self) -> None:
+        complete = [p.as_posix() for p in self._complete()]
+        keep = set(complete[-self.keep:])
+        for d in self._dirs():  # older ones, and those a run died writing
+            if d not in keep:
+                self.fs.rm(d, recursive=True)
+
+    def lock(self) -> None:
+        """Nothing: an object store has no locks (one run per URL)."""
+
+    def unlock(self) -> None:
+        """Nothing to let go."""

@@ -1184,7 +1184,7 @@ def checkpointing_from_spec(spec: Spec, where: _Where, checkpoint_dir: str | Non
     no section it checkpoints every 100 batches.
     """
     from gpustream.durations import to_millis
-    from gpustream.runtime.checkpoint import Checkpointing
+    from gpustream.runtime.checkpoint import Checkpointing, is_url
 
     c = spec.checkpoint
     if c is None and checkpoint_dir is None:
@@ -1198,8 +1198,8 @@ def checkpointing_from_spec(spec: Spec, where: _Where, checkpoint_dir: str | Non
     if every_batches is None and every is None:
         every_batches = 100
     try:
-        return Checkpointing(folder if os.path.isabs(folder) or checkpoint_dir else
-                             str(base / folder), every_batches,
+        return Checkpointing(folder if os.path.isabs(folder) or checkpoint_dir
+                             or is_url(folder) else str(base / folder), every_batches,
                              None if every is None else to_millis(every, what="every") / 1e3)
     except (GpustreamError, ValueError, TypeError) as err:
         raise where.error(("checkpoint",), str(err).removeprefix("checkpoint: ")) from None
