@@ -251,7 +251,11 @@ def run_partitioned(pipeline: Any, cluster: Any, parallelism: int,
     try:
         with stop:
             restarts = 0
-            client.wait_for_workers(1, timeout=60)
+            try:
+                client.wait_for_workers(1, timeout=60)
+            except TimeoutError:
+                raise PlanError("the Dask cluster has no workers after 60 s; start some "
+                                "(dask worker ADDRESS)") from None
             #: the workers a life waits for: as many as the run started with
             stats.workers = len(client.scheduler_info().get("workers", {}))
             while True:
@@ -288,7 +292,10 @@ def _attempt(client: Any, pipeline: Any, split: Partitioning, count: int,
     try:
         # partitions whose coordinator died without dropping them hold their folders
         live = client.run_on_scheduler(_clients)
-        client.run(drop_orphans, live)
+        try:
+            client.run(drop_orphans, live)
+        except Exception as err:  # a worker still starting again cannot answer (it holds
+            log.debug("dropping orphaned partitions: %s", err)  # no partition either)
         # shipped again in each life: a lost worker may have held the only copy
         import cloudpickle
 
