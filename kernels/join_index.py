@@ -23,9 +23,12 @@ The join indexes hold no rows, only row numbers into their owner's row stores:
   of its input; a min-heap of session ends says which fire at a watermark.
 
 Rows that leave (their windows fired, the watermark passed their range) are never
-paired again; the owner compacts an input's rows (``compact``: one pass keeping those
-still held, in order) once they have doubled since the last time, so compacting costs
-O(1) per row, amortised: nothing is rebuilt per batch.
+paired again. For interval and session joins the owner compacts an input's rows
+(``compact``: one pass keeping those still held, in order, renumbering them) once they
+have doubled since the last time, so compacting costs O(1) per row, amortised: nothing is
+rebuilt per batch. Window joins never renumber: a window's rows leave when it fires, and
+windows fire in order of time, so the owner drops the rows below the lowest one still
+held (:meth:`WindowIndex.first_row`), copying only those after it.
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ def _each(items: Sequence[_T], fn: Callable[[_T], _R]) -> list[_R]:
     if len(items) == 1:
         return [fn(items[0])]
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="gpustream-join")
+        # (up to 4 shards, or shards and a task beside them: all but one on the pool)
+        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpustream-join")
     rest = [_POOL.submit(fn, x) for x in items[1:]]
     try:
         first = fn(items[0])
@@ -564,23 +568,20 @@ def _new_block(b_next, b_fill, b_free, b_meta):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def _split(hashes, nshards):  # type: ignore[no-untyped-def]
-    """Each shard's rows (of ``nshards``, a power of two), in order, by the hashes' high
-    bits (their low bits pick map slots)."""
+def _own_rows(keys, shard, nshards, sel, hs):  # type: ignore[no-untyped-def]
+    """The rows of ``keys`` (``uint64[K, n]``) of shard ``shard`` of ``nshards`` (a power
+    of two; by their hashes' high bits, whose low bits pick map slots), in order, into
+    ``sel``, and their hashes into ``hs``; returns how many. Each shard picks its own
+    rows on its own thread: no pass over the batch is left to one thread."""
     m = np.uint64(nshards - 1)
-    counts = np.zeros(nshards, dtype=np.int64)
-    for i in range(hashes.shape[0]):
-        counts[np.int64((hashes[i] >> _S32) & m)] += 1
-    starts = np.zeros(nshards + 1, dtype=np.int64)
-    for k in range(nshards):
-        starts[k + 1] = starts[k] + counts[k]
-    rows = np.empty(hashes.shape[0], dtype=np.int64)
-    at = starts[:-1].copy()
-    for i in range(hashes.shape[0]):
-        k = np.int64((hashes[i] >> _S32) & m)
-        rows[at[k]] = i
-        at[k] += 1
-    return rows, starts
+    k = np.uint64(shard)
+    n = 0
+    for i in range(keys.shape[1]):
+        h = _hash_key(keys, i)
+        sel[n] = i  # (written whether or not it is the shard's: no branch to mispredict)
+        hs[n] = h
+        n += ((h >> _S32) & m) == k
+    return n
 
 
 #: per key id, the scratch of a window's join (int32: 16 bytes, so that a key table's
@@ -594,7 +595,8 @@ def _window_insert(kt, k_slot, k_free, k_meta, k_limit, k_scr, wt, w_slot, w_fre
                    w_limit, w_start, w_head, w_tail, b_next, b_fill, b_free, b_meta, e_kid,
                    e_row, e_live, side, keys, hashes, sel, ts, wm, size, slide, offset, nwin,
                    row_base, pos):
-    # the rows sel (all rows where it is empty), from its position pos on
+    # the rows sel (all rows where it is empty), from its position pos on; hashes[jj] is
+    # the hash of the jj-th of them
     n = sel.shape[0] if sel.shape[0] else ts.shape[0]
     nk = keys.shape[0]
     width = kt.shape[1]
@@ -626,16 +628,15 @@ def _window_insert(kt, k_slot, k_free, k_meta, k_limit, k_scr, wt, w_slot, w_fre
             stop = jj
             break
         if jj + PREFETCH_DISTANCE < n:
-            ahead = sel[jj + PREFETCH_DISTANCE] if sel.shape[0] else jj + PREFETCH_DISTANCE
-            _prefetch(flat, np.int64(hashes[ahead] & mask) * width)
+            _prefetch(flat, np.int64(hashes[jj + PREFETCH_DISTANCE] & mask) * width)
         i = sel[jj] if sel.shape[0] else jj
         if nk == 1:
-            s = np.int64(hashes[i] & mask)
+            s = np.int64(hashes[jj] & mask)
             x = keys[0, i]
             while kt[s, 0] != _ZERO and kt[s, 1] != x:
                 s = (s + 1) & imask
         else:
-            s = _slot_of(kt, hashes[i], keys, i, nk)
+            s = _slot_of(kt, hashes[jj], keys, i, nk)
         if kt[s, 0] == _ZERO:
             kid, k_nxt, k_nfree = _new_id(k_free, k_nxt, k_nfree)
             kt[s, 0] = np.uint64(kid + 1)
@@ -726,9 +727,10 @@ def _window_due(w_slot, w_used, w_start, size, wm):  # type: ignore[no-untyped-d
 
 @numba.njit(nogil=True, cache=CACHE)
 def _window_fire(due, cursor, gen0, wt, w_slot, w_free, w_meta, w_start, w_head, b_next,  # type: ignore[no-untyped-def]
-                 b_fill, b_free, b_meta, e_kid, e_row, e_nxt, k_scr, e_live, out_l, out_r,
-                 out_s):
-    """Pairs (left row, right row, window start) of the ``due`` windows, from ``cursor`` =
+                 b_fill, b_free, b_meta, e_kid, e_row, e_nxt, k_scr, e_live, l_base, r_base,
+                 out_l, out_r, out_s):
+    """Pairs (left row - ``l_base``, right row - ``r_base``, window start) of the ``due``
+    windows, from ``cursor`` =
     (window position, left block, position in it, right side built) on, as many whole
     left rows as ``out_*`` hold; moves the cursor, returns the count (``-c`` when the
     next left row's ``c`` pairs do not fit in empty arrays).
@@ -772,11 +774,11 @@ def _window_fire(due, cursor, gen0, wt, w_slot, w_free, w_meta, w_start, w_head,
                     if n + c > cap:
                         cursor[0], cursor[1], cursor[2], cursor[3] = wi, lb, lq, built
                         return n if n else -c
-                    li = e_row[e]
+                    li = e_row[e] - l_base
                     r = k_scr[kid, _HEAD]
                     while r >= 0:
                         out_l[n] = li
-                        out_r[n] = e_row[r]
+                        out_r[n] = e_row[r] - r_base
                         out_s[n] = start
                         n += 1
                         r = e_nxt[r]
@@ -824,34 +826,6 @@ def _window_entries(order, side, w_head, w_start, b_next, b_fill, e_kid, e_row):
 
 
 @numba.njit(nogil=True, cache=CACHE)
-def _window_rows(order, side, w_head, b_next, b_fill, e_row, new, renumber):  # type: ignore[no-untyped-def]
-    """Over ``side``'s entries of the open windows ``order``: mark the rows they hold
-    (``new[row] = 1``), or (``renumber``) give each its row's new number ``new[row]``."""
-    for w in order:
-        b = w_head[side, w]
-        while b >= 0:
-            for q in range(b_fill[b]):
-                e = b * BLOCK + q
-                if renumber:
-                    e_row[e] = new[e_row[e]]
-                else:
-                    new[e_row[e]] = 1
-            b = b_next[b]
-
-
-@numba.njit(nogil=True, cache=CACHE)
-def _numbered(marks):  # type: ignore[no-untyped-def]
-    """Replace 0/1 marks by each marked item's number among the marked (in place);
-    returns how many are marked."""
-    m = 0
-    for r in range(marks.shape[0]):
-        mark = marks[r]
-        marks[r] = m
-        m += mark
-    return m
-
-
-@numba.njit(nogil=True, cache=CACHE)
 def _purge_keys(order, w_head, b_next, b_fill, e_kid, t, id_slot, free, meta):  # type: ignore[no-untyped-def]
     """Forget the keys no entry of the open windows ``order`` holds any more."""
     held = np.zeros(meta[_NEXT], dtype=np.bool_)
@@ -881,8 +855,8 @@ class WindowIndex:
     :meth:`fire` takes the windows a watermark closes in order of start and joins each
     one's two inputs through the key ids (see :func:`_window_fire`); their blocks go
     back to a pool. Keys whose windows have all fired are forgotten when the map is
-    full. Row numbers are the owner's (each input's rows numbered in arrival order from
-    0, renumbered by :meth:`WindowShards.compact`).
+    full. Row numbers are the owner's (each input's rows numbered in arrival order,
+    never renumbered: the owner drops the rows below :meth:`first_row`).
 
     Examples
     --------
@@ -919,6 +893,8 @@ class WindowIndex:
         self.e_nxt = np.empty(16 * BLOCK, dtype=np.int32)
         self.e_live = np.zeros(2, dtype=np.int64)  # assignments held per input
         self.fired = 0  # windows fired so far
+        self._sel = np.empty(0, dtype=np.int64)  # a batch's rows of this shard
+        self._hs = np.empty(0, dtype=np.uint64)  # and their hashes
 
     @property
     def held(self) -> int:
@@ -972,11 +948,11 @@ class WindowIndex:
     def insert(self, side: int, keys: np.ndarray, hashes: np.ndarray, ts: np.ndarray,
                wm: np.ndarray | None, row_base: int, nwin: int | None = None,
                sel: np.ndarray | None = None) -> None:
-        """Assign rows ``row_base ..`` of input ``side`` (key words ``uint64[K, n]``, their
-        :func:`_key_hashes`, times, the watermark as of each row or None; only the rows
-        ``sel`` where given) to each of their windows whose end is past their
-        watermark. ``nwin=1`` assigns each row to the window starting at its ``ts`` only
-        (restoring)."""
+        """Assign rows ``row_base ..`` of input ``side`` (key words ``uint64[K, n]``, the
+        :func:`_key_hashes` of the rows assigned, times, the watermark as of each row or
+        None; only the rows ``sel`` where given, ``hashes`` then one per row of ``sel``)
+        to each of their windows whose end is past their watermark. ``nwin=1`` assigns
+        each row to the window starting at its ``ts`` only (restoring)."""
         if sel is not None and not sel.shape[0]:
             return
         sel_ = _NO_ROWS if sel is None else sel
@@ -997,16 +973,29 @@ class WindowIndex:
                 return
             self._make_room(nwin)
 
+    def insert_own(self, shard: int, nshards: int, side: int, keys: np.ndarray,
+                   ts: np.ndarray, wm: np.ndarray | None, row_base: int,
+                   nwin: int | None = None) -> None:
+        """:meth:`insert` of the rows of ``keys`` whose hash picks shard ``shard`` of
+        ``nshards`` (the others are another shard's)."""
+        n = keys.shape[1]
+        if self._sel.shape[0] < n:  # (kept: no allocation per batch)
+            self._sel = np.empty(max(n, 2 * self._sel.shape[0]), dtype=np.int64)
+            self._hs = np.empty(self._sel.shape[0], dtype=np.uint64)
+        m = int(_own_rows(keys, shard, nshards, self._sel, self._hs))
+        self.insert(side, keys, self._hs[:m], ts, wm, row_base, nwin, self._sel[:m])
+
     def open_windows(self) -> np.ndarray:
         """The open windows, by start."""
         open_ = self.windows.alive()
         return open_[np.argsort(self.w_start[open_], kind="stable")]
 
-    def fire(self, wm: int, chunk: int = 1 << 22) -> Any:
+    def fire(self, wm: int, chunk: int = 1 << 22, bases: tuple[int, int] = (0, 0)) -> Any:
         """Pairs ``(left rows, right rows, window starts)`` of the windows whose end
         ``wm`` has reached, in chunks of at most ``chunk`` pairs (or one left row's), by
         window start, then left arrival, then right arrival; the windows are forgotten
-        as their pairs are taken."""
+        as their pairs are taken. Each input's rows are given less its ``bases`` (the
+        owner's number of the first row it stores)."""
         w = self.windows
         due = _window_due(w.id_slot, w.ids_used, self.w_start, self.size, wm)
         gen0 = self.fired + 1
@@ -1020,7 +1009,8 @@ class WindowIndex:
             n = int(_window_fire(due, cursor, gen0, w.t, w.id_slot, w.free, w.meta, self.w_start,
                                  self.w_head, self.b_next, self.b_fill,
                                  self.b_free, self.b_meta, self.e_kid, self.e_row,
-                                 self.e_nxt, self.k_scr, self.e_live, out_l, out_r, out_s))
+                                 self.e_nxt, self.k_scr, self.e_live, bases[0], bases[1],
+                                 out_l, out_r, out_s))
             if n < 0:  # one left row with more pairs than that
                 cap = -n
                 continue
@@ -1028,11 +1018,13 @@ class WindowIndex:
                 yield out_l[:n], out_r[:n], out_s[:n]
             cap = max(cap, min(chunk, 2 * cap))
 
-    def rows(self, side: int, new: np.ndarray, renumber: bool) -> None:
-        """Mark in ``new`` the rows of ``side`` the open windows hold, or (``renumber``)
-        renumber them by ``new`` (old row -> new row)."""
-        _window_rows(self.open_windows(), side, self.w_head, self.b_next, self.b_fill,
-                     self.e_row, new, renumber)
+    def first_row(self, side: int) -> int | None:
+        """The lowest row of ``side`` an open window holds (None: none held): each
+        window's entries are in arrival order, so its head block's first entry is its
+        lowest row."""
+        heads = self.w_head[side, self.windows.alive()]
+        heads = heads[heads >= 0]
+        return int(self.e_row[heads * BLOCK].min()) if heads.shape[0] else None
 
     def held_entries(self, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``side``'s held assignments, by window start, then arrival: (rows, key words,
@@ -1060,8 +1052,8 @@ def _key_hashes(keys: np.ndarray) -> np.ndarray:
 
 class WindowShards:
     """:class:`WindowIndex` split by key hash into ``nshards`` shards that insert and fire
-    on threads of their own (a shard's kernels release the GIL); rows are numbered per
-    input across the shards, which renumber them together (:meth:`compact`).
+    on threads of their own (a shard's kernels release the GIL), each picking its own
+    rows of a batch; row numbers are the owner's, the same in every shard.
 
     Examples
     --------
@@ -1072,8 +1064,8 @@ class WindowShards:
     >>> sorted((l, r, s) for li, ri, st in ix.fire(10)
     ...        for l, r, s in zip(li.tolist(), ri.tolist(), st.tolist()))
     [(0, 3, 0), (1, 2, 0), (2, 1, 0), (3, 0, 0)]
-    >>> ix.held, ix.compact(0).tolist(), ix.compact(1).tolist()  # right rows: in [5, 15)
-    (4, [False, False, False, False], [True, True, True, True])
+    >>> ix.held, ix.first_row(0), ix.first_row(1)  # right rows: in [5, 15) too
+    (4, None, 0)
     """
 
     def __init__(self, key_words: int, size: int, slide: int, offset: int,
@@ -1081,7 +1073,6 @@ class WindowShards:
         if nshards & (nshards - 1):
             raise ValueError(f"shards must be a power of two, got {nshards}")
         self.shards = [WindowIndex(key_words, size, slide, offset) for _ in range(nshards)]
-        self.rows = [0, 0]  # each input's rows numbered so far
 
     @property
     def held(self) -> int:
@@ -1089,37 +1080,36 @@ class WindowShards:
         return sum(s.held for s in self.shards)
 
     def insert(self, side: int, keys: np.ndarray, ts: np.ndarray, wm: np.ndarray | None,
-               row_base: int, nwin: int | None = None) -> None:
-        """:meth:`WindowIndex.insert` on every shard."""
-        self.rows[side] = row_base + ts.shape[0]
-        hashes = _key_hashes(keys)
-        if len(self.shards) == 1:
-            self.shards[0].insert(side, keys, hashes, ts, wm, row_base, nwin)
-            return
-        rows, starts = _split(hashes, len(self.shards))
-        _each(range(len(self.shards)), lambda k: self.shards[k].insert(
-            side, keys, hashes, ts, wm, row_base, nwin, rows[starts[k]:starts[k + 1]]))
+               row_base: int, nwin: int | None = None,
+               alongside: Callable[[], object] | None = None) -> None:
+        """:meth:`WindowIndex.insert` on every shard, and ``alongside()`` (the owner's
+        work that does not touch the index: storing the rows) on a thread beside
+        them."""
+        n = len(self.shards)
+
+        def shard(k: int) -> None:
+            if n == 1:
+                self.shards[0].insert(side, keys, _key_hashes(keys), ts, wm, row_base, nwin)
+            else:
+                self.shards[k].insert_own(k, n, side, keys, ts, wm, row_base, nwin)
+        _each([*range(n), *([-1] if alongside else [])],
+              lambda k: shard(k) if k >= 0 else alongside and alongside())
 
     def fire(self, wm: int, chunk: int = 1 << 22,
-             each: Callable[[np.ndarray, np.ndarray, np.ndarray], _R] | None = None
-             ) -> list[Any]:
+             each: Callable[[np.ndarray, np.ndarray, np.ndarray], _R] | None = None,
+             bases: tuple[int, int] = (0, 0)) -> list[Any]:
         """:meth:`WindowIndex.fire` on every shard: the chunks of pairs of shard 0, then
         of shard 1, ...; or what ``each(left rows, right rows, starts)`` makes of each
         chunk, called on the shard's thread (numpy's gathers release the GIL too)."""
         def fire(s: WindowIndex) -> list[Any]:
-            return [c if each is None else each(*c) for c in s.fire(wm, chunk)]
+            return [c if each is None else each(*c) for c in s.fire(wm, chunk, bases)]
         return [c for part in _each(self.shards, fire) for c in part]
 
-    def compact(self, side: int) -> np.ndarray:
-        """Keep only ``side``'s rows an open window holds and renumber them: returns
-        which of its rows stay (the owner keeps those, in order)."""
-        new = np.zeros(self.rows[side], dtype=np.int64)
-        for s in self.shards:
-            s.rows(side, new, False)
-        keep = new.astype(bool)
-        self.rows[side] = int(_numbered(new))
-        _each(self.shards, lambda s: s.rows(side, new, True))
-        return keep
+    def first_row(self, side: int) -> int | None:
+        """The lowest row of ``side`` an open window holds (None: none held): every row
+        below it is held no more."""
+        firsts = [f for f in (s.first_row(side) for s in self.shards) if f is not None]
+        return min(firsts) if firsts else None
 
     def held_entries(self, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``side``'s held assignments (rows, key words, window starts), shard by shard."""

@@ -93,7 +93,8 @@ class _Store:
     """One input's rows on the host, in arrival order: the columns the join keeps (with
     their validity) and the event times (the event-time column itself where it is
     kept), in arrays that grow geometrically and are compacted by the keep masks of
-    the join's index.
+    the join's index (rows renumbered from 0), or lose the rows below a number (rows
+    keep their numbers: ``base`` is the number of the first one stored).
 
     Examples
     --------
@@ -104,24 +105,30 @@ class _Store:
     >>> st.compact(np.array([True, True, False, False, True, True]))
     >>> st.view(pa.schema([("x", pa.int64())])).to_arrow().to_pydict(), st.times().tolist()
     ({'x': [1, None, None, 3]}, [4, 5, 2, 3])
+    >>> st.drop_before(2); st.base, st.times().tolist(), st.times(np.array([3])).tolist()
+    (2, [2, 3], [3])
+    >>> st.append(b, b["y"])
+    4
     """
 
     def __init__(self, names: list[str], ts_name: str) -> None:
         self.names = names
         #: the column holding the event times: a kept one, or a column of its own
         self.ts_name = ts_name if ts_name in names else ""
-        self.n = 0
+        self.n = 0  # rows stored
+        self.base = 0  # the number of the first
         self.cols: dict[str, np.ndarray] = {}
         self.valid: dict[str, np.ndarray] = {}
 
     def times(self, rows: Any = None) -> np.ndarray:
-        """The stored rows' event times (or those of ``rows``)."""
+        """The stored rows' event times (or those of the rows numbered ``rows``)."""
         ts = self.cols.get(self.ts_name, np.empty(0, dtype=np.int64))
-        return ts[: self.n] if rows is None else ts[rows]
+        return ts[: self.n] if rows is None else ts[rows - self.base]
 
     def append(self, batch: Batch, ts: Any) -> int:
         """Append the rows of ``batch`` (its kept columns) with their times; returns the
         number of the first."""
+        first = self.base + self.n
         base, m = self.n, batch.num_rows
         need = base + m
         values: dict[str, Any] = {name: batch[name] for name in self.names}
@@ -141,30 +148,47 @@ class _Store:
                 held[base:need] = True if valid is None else valid
                 self.valid[name] = held
         self.n = need
-        return base
+        return first
 
     def compact(self, keep: np.ndarray) -> None:
-        """Keep the rows where ``keep`` (one flag per stored row), in order; give back
-        memory once the arrays are four times what the rows stored since the last
-        compaction needed."""
+        """Keep the rows where ``keep`` (one flag per stored row), in order, numbered from
+        0; give back memory once the arrays are four times what the rows stored since
+        the last compaction needed."""
         n = int(np.count_nonzero(keep))
         for group in (self.cols, self.valid):
             for name, a in group.items():
-                kept = a[: self.n][keep]
-                if a.shape[0] > 4 * max(self.n, COMPACT_AFTER):
-                    a = grown(kept, self.n)
-                else:
-                    a[:n] = kept
-                group[name] = a
-        self.n = n
+                group[name] = self._kept(a, a[: self.n][keep], n)
+        self.n, self.base = n, 0
+
+    def drop_before(self, first: int) -> None:
+        """Drop the rows numbered below ``first``; the others keep their numbers."""
+        k = min(first - self.base, self.n)
+        if k <= 0:
+            return
+        n = self.n - k
+        for group in (self.cols, self.valid):
+            for name, a in group.items():
+                group[name] = self._kept(a, a[k: self.n], n)
+        self.n, self.base = n, self.base + k
+
+    def _kept(self, a: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
+        """``a`` with ``kept`` (``n`` rows) at its start: in place, or a smaller copy
+        once ``a`` is four times what the rows stored since the last compaction
+        needed."""
+        if a.shape[0] > 4 * max(self.n, COMPACT_AFTER):
+            return grown(kept, self.n)
+        a[:n] = kept  # (numpy copies overlapping ranges as if through a buffer)
+        return a
 
     def view(self, schema: pa.Schema, rows: Any = None) -> Batch:
-        """The rows held (or the stored ``rows`` given) as a batch of ``schema``."""
+        """The rows held (or the stored rows numbered ``rows``) as a batch of
+        ``schema``."""
         n = self.n
+        at = None if rows is None else rows - self.base
         cols = {f.name: np.empty(0, dtype=physical_dtype(f.type, column=f.name))
-                if f.name not in self.cols else self.cols[f.name][:n] if rows is None
-                else self.cols[f.name][rows] for f in schema}
-        valid = {name: v[:n] if rows is None else v[rows] for name, v in self.valid.items()
+                if f.name not in self.cols else self.cols[f.name][:n] if at is None
+                else self.cols[f.name][at] for f in schema}
+        valid = {name: v[:n] if at is None else v[at] for name, v in self.valid.items()
                  if name}
         return Batch(cols, schema, valid)
 
@@ -673,11 +697,13 @@ class WindowJoinOp(_JoinBase):
         if rows is None:
             return []
         if not self.backend.is_device:
-            base = self.stores[port].append(rows.batch, rows.ts)
+            store = self.stores[port]
             if isinstance(self.index, SessionIndex):
-                self.index.insert(port, rows.keys, rows.ts, base)
-            else:
-                self.index.insert(port, rows.keys, rows.ts, rows.batch.watermarks, base)
+                self.index.insert(port, rows.keys, rows.ts, store.append(rows.batch, rows.ts))
+            else:  # the rows are stored while the shards index them
+                self.index.insert(port, rows.keys, rows.ts, rows.batch.watermarks,
+                                  store.base + store.n, alongside=lambda: store.append(
+                                      rows.batch, rows.ts))
             return []
         xp = self.xp
         if self.gap:
@@ -744,13 +770,24 @@ class WindowJoinOp(_JoinBase):
             for li, ri, first, end in self.index.fire(watermark, CHUNK_PAIRS):
                 out.append(self._emit(left, li, right, ri,
                                       {"window_start": first, "window_end": end}))
-        else:
-            def emit(li: Any, ri: Any, start: Any) -> Batch:
-                return self._emit(left, li, right, ri,
-                                  {"window_start": start, "window_end": start + self.size})
-            out = self.index.fire(watermark, CHUNK_PAIRS, emit)
-        self._compact([self.index.compact(side) if self._due_compaction(side) else None
-                       for side in (0, 1)])
+            self._compact([self.index.compact(side) if self._due_compaction(side) else None
+                           for side in (0, 1)])
+            return out
+
+        def emit(li: Any, ri: Any, start: Any) -> Batch:
+            return self._emit(left, li, right, ri,
+                              {"window_start": start, "window_end": start + self.size})
+        stores = self.stores
+        out = self.index.fire(watermark, CHUNK_PAIRS, emit, (stores[0].base, stores[1].base))
+        for side, store in enumerate(stores):
+            # the rows below the lowest one an open window holds are held no more: drop
+            # them once they are as many as the rows after them (so that a row is copied
+            # O(1) times, amortised)
+            first = self.index.first_row(side)
+            first = store.base + store.n if first is None else first
+            dead = first - store.base
+            if dead >= max(store.n - dead, COMPACT_AFTER):
+                store.drop_before(first)
         return out
 
     def _drop_fired(self, watermark: int) -> None:
