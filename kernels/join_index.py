@@ -1038,7 +1038,7 @@ class WindowIndex:
         """Bytes of its arrays."""
         arrays: list[np.ndarray] = [self.k_scr, self.w_start, self.w_head, self.w_tail,
                                     self.b_next, self.b_fill, self.b_free, self.e_kid,
-                                    self.e_row, self.e_nxt]
+                                    self.e_row, self.e_nxt, self._sel, self._hs]
         return self.keys.state_bytes() + self.windows.state_bytes() + sum(
             int(a.nbytes) for a in arrays)
 
