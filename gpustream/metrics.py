@@ -423,6 +423,8 @@ def _families(metrics: Metrics) -> Iterator[Any]:
     yield h
     gauges: list[tuple[str, str, str, float]] = [
         ("gpustream_open_windows", "Windows holding state.", "", g.get("open_windows", 0)),
+        ("gpustream_state_bytes", "Bytes of operator state held (windows, joins, tables; "
+         "device memory on a GPU).", "bytes", g.get("state_bytes", 0)),
     ]
     wm = metrics.watermark_ms
     if wm is not None:

@@ -42,22 +42,27 @@ def test_wheel_holds_subpackages_as_files_and_no_top_level_ones(tmp_path: Path) 
             assert (i.external_attr >> 16) & 0o170000 != 0o120000, i.filename
 
 
-def test_import_is_fast_silent_and_touches_no_gpu() -> None:
+#: what ``import gpustream`` must not load: the GPU stack, and the libraries only some runs
+#: need (connectors, scale-out, SQL, the live view, specs, the benchmarks' engines). Import
+#: time is what these cost; it is not timed here (a timed test fails on a busy machine).
+LAZY = ("cupy", "numba", "cudf", "dask", "distributed", "duckdb", "polars",
+        "confluent_kafka", "redis", "sqlglot", "prometheus_client", "rich", "pydantic",
+        "typer", "yaml", "fsspec")
+
+
+def test_import_is_light_silent_and_touches_no_gpu() -> None:
     code = (
-        "import json, sys, time\n"
-        "t = time.perf_counter()\n"
+        "import json, sys\n"
         "import gpustream\n"
-        "dt = time.perf_counter() - t\n"
-        "heavy = [m for m in sys.modules if m.startswith(('cupy', 'numba', 'cudf'))]\n"
-        "print(json.dumps({'seconds': dt, 'heavy': heavy}))\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {LAZY!r})\n"
+        "print(json.dumps({'heavy': heavy}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "GPUSTREAM_ENGINE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)
     assert out.stderr == ""
     report = json.loads(out.stdout)
-    assert report["heavy"] == [], "import gpustream must not load numba, cupy or cudf"
-    assert report["seconds"] < 1.0, report
+    assert report["heavy"] == [], f"import gpustream must not load {report['heavy']}"
 
 
 @pytest.mark.parametrize("name", ["Pipeline", "Stream", "col", "lit", "from_arrow",

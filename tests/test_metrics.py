@@ -151,6 +151,9 @@ def test_metrics_endpoint_serves_the_run_counters() -> None:
     assert value["gpustream_events_in"] == 4600
     assert value["gpustream_events_out"] == m.events_out > 0
     assert value["gpustream_batches"] == m.batches >= 1
+    # the window's state (its key table and pages, kept once its windows fired)
+    assert fams["gpustream_state_bytes"].type == "gauge"
+    assert value["gpustream_state_bytes"] == m.gauges()["state_bytes"] > 1000
     hist = _samples(fams["gpustream_batch_latency_seconds"])
     count = hist[("gpustream_batch_latency_seconds_count", (("pipeline", "hot"),))]
     assert count == m.batches
