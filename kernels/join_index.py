@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import numba
@@ -105,8 +105,8 @@ def _each(items: Sequence[_T], fn: Callable[[_T], _R]) -> list[_R]:
     try:
         first = fn(items[0])
     finally:
-        done = [f.result() for f in rest]  # every thread has stopped touching the arrays
-    return [first, *done]
+        wait(rest)  # every thread has stopped touching the arrays, even where one failed
+    return [first, *(f.result() for f in rest)]
 
 
 def grown(a: np.ndarray, n: int, fill: Any = None) -> np.ndarray:

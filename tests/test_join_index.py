@@ -345,6 +345,27 @@ def test_dropping_the_rows_no_window_holds_changes_no_pair(
     assert len(drops) > 20 and sum(drops) > 2000
 
 
+def test_a_failing_task_still_waits_for_the_others() -> None:
+    # the shards' tasks touch the index's arrays: none may still run once the call is
+    # over, even where another one failed
+    import time
+
+    from gpustream.kernels.join_index import _each
+
+    done: list[int] = []
+
+    def task(x: int) -> int:
+        if x == 1:
+            raise ValueError("a shard failed")
+        if x == 2:
+            time.sleep(0.2)
+            done.append(x)
+        return x
+    with pytest.raises(ValueError, match="a shard failed"):
+        _each([0, 1, 2], task)
+    assert done == [2]
+
+
 def test_a_window_joins_state_stays_bounded_as_windows_fire() -> None:
     # both inputs in step through 200 s of event time: the rows stored stay within a few
     # windows' worth (compaction drops the fired ones), far below the rows that passed
