@@ -29,7 +29,7 @@ from gpustream.expr import count
 from gpustream.operators.window import AggSpec, WindowAggOp, WindowSpec
 from gpustream.state.store_cpu_panes import CpuPaneStore
 from gpustream.state.store_table import TableStore
-from gpustream.state.window_store import make_store
+from gpustream.state.window_store import Events, make_store
 from tests.test_checkpoints import _Crash, _rows
 from tests.test_windows import events, run_windows
 
@@ -441,3 +441,27 @@ def test_events_without_time_are_counted_once_when_the_state_moves(
     b.watermarks = np.full(6, np.iinfo(np.int64).min)
     op.process(b)
     assert isinstance(op.store, TableStore) and op.no_time_events == 1
+
+
+def test_a_failing_shard_loop_waits_for_the_other_shards(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the shards' loops write the state's pages: none may still run once fold has
+    # raised, or a checkpoint or the table store taking over would see them half done
+    import time
+
+    cpu = select_backend("cpu")
+    store = CpuPaneStore(_spec(), cpu, shards=2)
+    fold, done = store._fold, []
+
+    def shard(k: int, *args: Any) -> Any:
+        if k == 0:
+            raise RuntimeError("shard 0 failed")
+        time.sleep(0.2)
+        done.append(k)
+        return fold(k, *args)
+    monkeypatch.setattr(store, "_fold", shard)
+    b = gs.Batch.from_arrow(pa.record_batch({"k": np.arange(100), "ts": np.arange(100)}))
+    wm = np.full(100, np.iinfo(np.int64).min)
+    with pytest.raises(RuntimeError, match="shard 0 failed"):
+        store.fold(Events(b, b["ts"], None, wm, {0: None}, 0))
+    assert done == [1]

@@ -29,7 +29,7 @@ the table format (the shards' rows together), so a checkpoint restores on every 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -344,8 +344,12 @@ class CpuPaneStore(WindowStore):
                            for k in range(1, len(self.shards) - 1)]
                 last = pool.submit(self._fold_then_emit, head, tail, events[-1], late, fire_at,
                                    ready)
-                first = self._fold(0, head, tail, events[0], late, fire_at)
-                events = self._events(shards, stop, n)
+                try:
+                    first = self._fold(0, head, tail, events[0], late, fire_at)
+                    events = self._events(shards, stop, n)
+                finally:  # no shard's thread still touches the state once this returns
+                    pending: list[Future[Any]] = [*futures, last]
+                    wait(pending)
                 popped_last, emitted = last.result()
                 fired.extend(emitted)
                 ready = None
