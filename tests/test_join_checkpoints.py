@@ -165,19 +165,12 @@ def test_the_join_of_a_crashed_right_input_resumes_too(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["tumbling", "sliding"])
 def test_a_window_join_resumes_after_dropping_rows(kind: str, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # rows below the lowest one held are dropped at every chance (not only once there are
-    # 16,384): the checkpoint then holds rows whose numbers start past 0, and the resumed
-    # run (a fresh store, numbered from 0) pairs them as the uninterrupted run did
-    from gpustream.operators import join as join_op
+    # rows below the lowest one held are dropped at every chance: the checkpoint then
+    # holds rows whose numbers start past 0, and the resumed run (a fresh store, numbered
+    # from 0) pairs them as the uninterrupted run did
+    from tests.test_join_index import drop_at_every_chance
 
-    drops: list[int] = []
-    drop = join_op._Store.drop_before
-
-    def counted(store: Any, first: int) -> None:
-        drops.append(first - store.base)
-        drop(store, first)
-    monkeypatch.setattr(join_op, "COMPACT_AFTER", 1)
-    monkeypatch.setattr(join_op._Store, "drop_before", counted)
+    drops = drop_at_every_chance(monkeypatch)
     left, right = _two(1500, seed=21, span=20_000)
     build = _two_stream_build(kind, left, right, batch_rows=40)
     want = _uninterrupted(build, "cpu")

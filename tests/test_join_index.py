@@ -323,16 +323,12 @@ def test_tumbling_and_session_joins_do_not_depend_on_batching_or_threads(
             os.environ["GPUSTREAM_CPU_THREADS"] = old
 
 
-@pytest.mark.parametrize("window", [gs.Tumbling(1000), gs.Sliding(1000, 250)])
-def test_dropping_the_rows_no_window_holds_changes_no_pair(
-        window: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    # out-of-order rows in small batches, the rows below the lowest one held dropped at
-    # every chance (not only once there are 16,384 of them): the same pairs as a run
-    # that never drops a row
+def drop_at_every_chance(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make window joins drop the rows below the lowest one held at every chance (not
+    only once there are COMPACT_AFTER of them); returns the list of how many rows each
+    drop took, filled as they happen."""
     from gpustream.operators import join as join_op
 
-    left, right = _two(3000, seed=5)
-    want = _run(left, right, (100_000, 100_000), window)
     drops: list[int] = []
     drop = join_op._Store.drop_before
 
@@ -341,6 +337,17 @@ def test_dropping_the_rows_no_window_holds_changes_no_pair(
         drop(store, first)
     monkeypatch.setattr(join_op, "COMPACT_AFTER", 1)
     monkeypatch.setattr(join_op._Store, "drop_before", counted)
+    return drops
+
+
+@pytest.mark.parametrize("window", [gs.Tumbling(1000), gs.Sliding(1000, 250)])
+def test_dropping_the_rows_no_window_holds_changes_no_pair(
+        window: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # out-of-order rows in small batches, rows dropped at every chance: the same pairs
+    # as a run that never drops a row
+    left, right = _two(3000, seed=5)
+    want = _run(left, right, (100_000, 100_000), window)
+    drops = drop_at_every_chance(monkeypatch)
     assert _run(left, right, (37, 53), window) == want and len(want) > 1000
     assert len(drops) > 20 and sum(drops) > 2000
 
