@@ -977,7 +977,17 @@ class WindowIndex:
                    ts: np.ndarray, wm: np.ndarray | None, row_base: int,
                    nwin: int | None = None) -> None:
         """:meth:`insert` of the rows of ``keys`` whose hash picks shard ``shard`` of
-        ``nshards`` (the others are another shard's)."""
+        ``nshards`` (the others are another shard's).
+
+        Examples
+        --------
+        >>> ix = [WindowIndex(1, size=10, slide=10, offset=0) for _ in range(2)]
+        >>> keys = np.arange(100, dtype=np.uint64)[None, :]
+        >>> for k in range(2):
+        ...     ix[k].insert_own(k, 2, 0, keys, np.full(100, 5), None, 0)
+        >>> ix[0].live(0) + ix[1].live(0), ix[0].live(0) > 0 and ix[1].live(0) > 0
+        (100, True)
+        """
         n = keys.shape[1]
         if self._sel.shape[0] < n:  # (kept: no allocation per batch)
             self._sel = np.empty(max(n, 2 * self._sel.shape[0]), dtype=np.int64)
@@ -1021,7 +1031,18 @@ class WindowIndex:
     def first_row(self, side: int) -> int | None:
         """The lowest row of ``side`` an open window holds (None: none held): each
         window's entries are in arrival order, so its head block's first entry is its
-        lowest row."""
+        lowest row.
+
+        Examples
+        --------
+        >>> ix = WindowIndex(1, size=10, slide=10, offset=0)
+        >>> keys = np.array([[1, 2, 3]], dtype=np.uint64)
+        >>> ix.insert(0, keys, _key_hashes(keys), np.array([3, 15, 4]), None, 7)
+        >>> ix.first_row(0), ix.first_row(1)
+        (7, None)
+        >>> _ = list(ix.fire(10)); ix.first_row(0)  # window [0, 10) fired: rows 7, 9 left
+        8
+        """
         heads = self.w_head[side, self.windows.alive()]
         heads = heads[heads >= 0]
         return int(self.e_row[heads * BLOCK].min()) if heads.shape[0] else None
