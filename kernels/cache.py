@@ -62,6 +62,7 @@ class _Locator:
     def __init__(self, py_func: Any, py_file: str, cache_path: Path) -> None:
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
+        self._module = str(py_func.__module__)
         self._cache_path = str(cache_path)
 
     def ensure_cache_path(self) -> None:
@@ -76,7 +77,12 @@ class _Locator:
         return _file_hash(self._py_file, st.st_mtime_ns, st.st_size)
 
     def get_disambiguator(self) -> str:
-        return str(self._lineno)
+        # a kernel file imported under another module name (``kernels.x`` through the
+        # repository's symlink, as a doctest run by path does) gets files of its own:
+        # its cached code names that module, which another process may not import
+        if self._module.startswith(("gpustream.", "gpustream_")):
+            return str(self._lineno)
+        return f"{self._module}-{self._lineno}"
 
     @classmethod
     def from_function(cls, py_func: Any, py_file: str) -> _Locator | None:

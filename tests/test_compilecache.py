@@ -170,6 +170,28 @@ def test_an_unwritable_cache_folder_compiles_in_memory(tmp_path: Path) -> None:
     assert reference["first"]["rows"] == report["first"]["rows"]
 
 
+@pytest.mark.skipif(cudasim_on(), reason="CPU kernels in fresh processes; the CPU step runs it")
+def test_a_kernel_file_imported_under_another_name_caches_apart(tmp_path: Path) -> None:
+    # ``kernels/`` is the repository's symlink to ``gpustream/kernels/``: importing a kernel
+    # file through it (a doctest run by path does) must not leave cached code that a
+    # process which cannot import ``kernels`` then fails to load
+    repo = Path(__file__).resolve().parent.parent
+    call = ("import numpy as np\n"
+            "from {m}.join_index import _key_hashes\n"
+            "print(int(_key_hashes(np.array([[7]], dtype=np.uint64))[0]))\n")
+    env = {**os.environ, "GPUSTREAM_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    outs = []
+    for module, cwd in (("kernels", repo), ("gpustream.kernels", tmp_path)):
+        out = subprocess.run([sys.executable, "-c", call.format(m=module)], cwd=cwd, env=env,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        outs.append(out.stdout)
+    assert outs[0] == outs[1]
+    names = {p.name for p in (tmp_path / "cache").glob("*/cpu/join_index._hashes-*.nbi")}
+    assert len(names) == 2 and any("kernels.join_index" in n for n in names), names
+
+
 def test_a_kernel_edit_moves_the_cache_to_a_new_folder(tmp_path: Path) -> None:
     from gpustream.kernels.cachedir import _source_key
 
